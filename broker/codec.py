@@ -1,0 +1,238 @@
+"""Safe msgpack codec for nested maps of numpy arrays.
+
+Observations and action chunks are maps (possibly nested) whose leaves are numpy arrays, strings,
+lists of strings, numbers, booleans or None. Arrays travel in msgpack-numpy's layout
+(`{b"nd": True, b"type": "<f4", b"kind": b"", b"shape": [...], b"data": <bytes>}`); the decoder
+also accepts openpi's layout (`{"__ndarray__": True, "dtype", "shape", "data"}`).
+
+msgpack-numpy's own decoder unpickles object arrays, so we never call it: the decode hook here is
+strict (dtype allow-list, shape x itemsize == byte length, caps on size, array count, container
+count and depth) and returns read-only arrays that share memory with the received bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgpack
+import numpy as np
+
+from broker.errors import CodecError
+
+# Little-endian (or byte-order-free) bool, signed/unsigned ints and floats only.
+_DTYPE = re.compile(r"^(\|b1|\|[iu]1|[<|=]?[iu][248]|[<|=]?f[248]|\?)$")
+_DTYPE_NAMES = {
+    "bool": "|b1", "int8": "|i1", "uint8": "|u1", "int16": "<i2", "uint16": "<u2", "int32": "<i4",
+    "uint32": "<u4", "int64": "<i8", "uint64": "<u8", "float16": "<f2", "float32": "<f4",
+    "float64": "<f8",
+}
+_MAX_NDIM = 16
+
+
+@dataclass(frozen=True)
+class CodecLimits:
+    """Caps applied before and while decoding untrusted bytes."""
+
+    max_bytes: int = 64 * 1024 * 1024
+    max_arrays: int = 256
+    max_containers: int = 4096
+    max_depth: int = 8
+    max_str_bytes: int = 64 * 1024
+
+
+class Codec(Protocol):
+    """What the broker needs from a serializer: bytes in, bytes out, `CodecError` on bad input."""
+
+    def encode(self, obj: Any) -> bytes: ...
+
+    def decode(self, data: bytes) -> Any: ...
+
+
+def _is_ndarray_map(obj: dict) -> bool:
+    return b"nd" in obj or "nd" in obj or "__ndarray__" in obj or b"__ndarray__" in obj
+
+
+def _get(obj: dict, name: str) -> Any:
+    if name in obj:
+        return obj[name]
+    b = name.encode()
+    if b in obj:
+        return obj[b]
+    raise CodecError(f"array map is missing its {name!r} field")
+
+
+def _dtype(spec: Any) -> np.dtype:
+    if isinstance(spec, bytes):
+        spec = spec.decode("ascii", "replace")
+    if not isinstance(spec, str):
+        raise CodecError(f"array dtype must be a string such as '<f4', got {type(spec).__name__}")
+    spec = _DTYPE_NAMES.get(spec, spec)
+    if not _DTYPE.match(spec):
+        raise CodecError(
+            f"array dtype {spec!r} is not allowed: send little-endian bool, int, uint or float arrays "
+            "(object, string, void, structured, complex and big-endian arrays are refused)"
+        )
+    return np.dtype(spec)
+
+
+def _array(obj: dict) -> np.ndarray:
+    openpi = "__ndarray__" in obj or b"__ndarray__" in obj
+    dtype = _dtype(_get(obj, "dtype" if openpi else "type"))
+    if not openpi:
+        kind = obj.get(b"kind", obj.get("kind", b""))
+        if kind not in (b"", ""):
+            raise CodecError("array kind must be empty: object and void arrays are refused")
+        if not (_get(obj, "nd") is True):
+            scalar = _get(obj, "data")
+            if not isinstance(scalar, bytes) or len(scalar) != dtype.itemsize:
+                raise CodecError(f"numpy scalar of dtype {dtype.str} needs {dtype.itemsize} data bytes")
+            return np.frombuffer(scalar, dtype=dtype)[0]
+    shape = _get(obj, "shape")
+    if not isinstance(shape, (list, tuple)) or len(shape) > _MAX_NDIM:
+        raise CodecError(f"array shape must be a list of at most {_MAX_NDIM} dimensions")
+    count = 1
+    for d in shape:
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+            raise CodecError(f"array shape {list(shape)!r} must hold non-negative integers")
+        count *= d
+    data = _get(obj, "data")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CodecError("array data must be a msgpack bin value")
+    if count * dtype.itemsize != len(data):
+        raise CodecError(
+            f"array of shape {tuple(shape)} and dtype {dtype.str} needs {count * dtype.itemsize} bytes, "
+            f"got {len(data)}"
+        )
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
+    arr.flags.writeable = False
+    return arr
+
+
+class _Decoder:
+    """One decode's state: counts containers and arrays as msgpack builds them."""
+
+    __slots__ = ("limits", "containers", "arrays")
+
+    def __init__(self, limits: CodecLimits) -> None:
+        self.limits = limits
+        self.containers = 0
+        self.arrays = 0
+
+    def _count(self) -> None:
+        self.containers += 1
+        if self.containers > self.limits.max_containers:
+            raise CodecError(f"message holds more than {self.limits.max_containers} maps/lists")
+
+    def object_hook(self, obj: dict) -> Any:
+        self._count()
+        if _is_ndarray_map(obj):
+            self.arrays += 1
+            if self.arrays > self.limits.max_arrays:
+                raise CodecError(f"message holds more than {self.limits.max_arrays} arrays")
+            return _array(obj)
+        if "__npgeneric__" in obj or b"__npgeneric__" in obj:
+            return np.asarray(_get(obj, "data"), dtype=_dtype(_get(obj, "dtype")))[()]
+        for k in obj:
+            if not isinstance(k, str):
+                raise CodecError(f"map keys must be strings, got {type(k).__name__} {k!r:.40}")
+        return obj
+
+    def list_hook(self, obj: list) -> list:
+        self._count()
+        return obj
+
+
+def _depth_ok(obj: Any, limit: int, depth: int = 0) -> bool:
+    if isinstance(obj, dict):
+        if depth >= limit:
+            return False
+        return all(_depth_ok(v, limit, depth + 1) for v in obj.values())
+    if isinstance(obj, list):
+        if depth >= limit:
+            return False
+        return all(_depth_ok(v, limit, depth + 1) for v in obj)
+    return True
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in "biuf" or obj.dtype.byteorder == ">":
+            raise CodecError(f"cannot send arrays of dtype {obj.dtype}: use bool, int, uint or float")
+        if not obj.flags.c_contiguous:
+            obj = np.ascontiguousarray(obj)
+        return {b"nd": True, b"type": obj.dtype.str, b"kind": b"", b"shape": list(obj.shape),
+                b"data": obj.data if obj.ndim else obj.tobytes()}
+    if isinstance(obj, np.generic):
+        if obj.dtype.kind not in "biuf":
+            raise CodecError(f"cannot send numpy scalars of dtype {obj.dtype}")
+        return {b"nd": False, b"type": obj.dtype.str, b"kind": b"", b"data": obj.tobytes()}
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise CodecError(f"cannot encode {type(obj).__name__}: send maps, lists, strings, numbers and arrays")
+
+
+class MsgpackNumpyCodec:
+    """The default codec: msgpack with msgpack-numpy's array layout, decoded strictly."""
+
+    def __init__(self, limits: CodecLimits | None = None) -> None:
+        self.limits = limits or CodecLimits()
+
+    def encode(self, obj: Any) -> bytes:
+        try:
+            return msgpack.packb(obj, default=_default, use_bin_type=True)
+        except CodecError:
+            raise
+        except (TypeError, ValueError, OverflowError) as e:
+            raise CodecError(f"cannot encode message: {e}") from None
+
+    def decode(self, data: bytes) -> Any:
+        lim = self.limits
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise CodecError("message must be bytes")
+        if len(data) > lim.max_bytes:
+            raise CodecError(f"message of {len(data)} bytes exceeds the {lim.max_bytes}-byte limit")
+        state = _Decoder(lim)
+        try:
+            obj = msgpack.unpackb(
+                data,
+                raw=False,
+                object_hook=state.object_hook,
+                list_hook=state.list_hook,
+                strict_map_key=False,
+                max_str_len=lim.max_str_bytes,
+                max_bin_len=lim.max_bytes,
+                max_array_len=lim.max_containers,
+                max_map_len=lim.max_containers,
+                max_ext_len=0,
+            )
+        except CodecError:
+            raise
+        except msgpack.ExtraData:
+            raise CodecError("message has trailing bytes after the msgpack value") from None
+        except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as e:
+            raise CodecError(f"message is not valid msgpack: {_short(e)}") from None
+        if not _depth_ok(obj, lim.max_depth):
+            raise CodecError(f"message nests maps/lists deeper than {lim.max_depth} levels")
+        return obj
+
+
+def _short(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:200]
+
+
+_default_codec = MsgpackNumpyCodec()
+
+
+def encode(obj: Any) -> bytes:
+    """Encode with the default codec."""
+    return _default_codec.encode(obj)
+
+
+def decode(data: bytes, limits: CodecLimits | None = None) -> Any:
+    """Decode with the default codec (or with the given limits)."""
+    if limits is None:
+        return _default_codec.decode(data)
+    return MsgpackNumpyCodec(limits).decode(data)

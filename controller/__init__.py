@@ -1,0 +1,1 @@
+"""The driver: evaluation sweeps, results and reports, the autoscaler, and the `rolloutq` CLI."""

@@ -1,0 +1,1 @@
+"""Metrics definitions, the queue exporter, Prometheus rules and Grafana dashboards."""

@@ -1,0 +1,1 @@
+"""Policy side: backends behind one small interface, and the loop that serves them from Redis."""

@@ -1,0 +1,1 @@
+"""Adapters for external simulators (Isaac Lab, gymnasium, ...), found by `make_task` too."""

@@ -1,0 +1,64 @@
+"""The interface every simulator adapter implements.
+
+An adapter owns one environment: it resets it from a seed, steps it with one env action, and
+translates in both directions between the simulator and the policy's schema (observation ->
+policy observation; one step of an action chunk -> env action). Everything else (querying the
+policy, action chunking, timing, recording) is the runner's job, so a new simulator is one module
+under `sim_workers/tasks/` (built-in tasks) or `sim_workers/adapters/` (external simulators) that
+defines a class named `Adapter`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Obs = dict[str, Any]
+Chunk = dict[str, np.ndarray]
+
+
+@dataclass
+class TaskInfo:
+    """What a report needs to say about a task."""
+
+    name: str
+    instruction: str
+    max_steps: int
+    description: str = ""
+
+
+@dataclass
+class StepResult:
+    obs: Obs
+    reward: float
+    done: bool
+    success: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class SimAdapter(ABC):
+    """One environment, seen from the rollout runner."""
+
+    info: TaskInfo
+
+    @abstractmethod
+    def reset(self, seed: int) -> Obs:
+        """Reset deterministically from `seed`; return the first observation in the policy schema."""
+
+    @abstractmethod
+    def step(self, action: np.ndarray) -> StepResult:
+        """Apply one env action; `done` is true on success, failure or the step cap."""
+
+    @abstractmethod
+    def action_from_chunk(self, chunk: Chunk, t: int) -> np.ndarray:
+        """The env action for step `t` (0-based) of a policy action chunk."""
+
+    def frame(self) -> np.ndarray | None:
+        """The latest camera image (H, W, 3) uint8, for videos in reports; None if there is none."""
+        return None
+
+    def close(self) -> None:
+        """Free renderers and simulator state."""
