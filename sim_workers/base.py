@@ -32,7 +32,6 @@ class TaskInfo:
 
 @dataclass
 class StepResult:
-    obs: Obs
     reward: float
     done: bool
     success: bool
@@ -45,8 +44,16 @@ class SimAdapter(ABC):
     info: TaskInfo
 
     @abstractmethod
-    def reset(self, seed: int) -> Obs:
-        """Reset deterministically from `seed`; return the first observation in the policy schema."""
+    def reset(self, seed: int) -> None:
+        """Reset deterministically from `seed` (same seed, same initial state, on any machine)."""
+
+    @abstractmethod
+    def observe(self) -> Obs:
+        """The current observation in the policy's schema.
+
+        Called only when the policy must be queried (once per executed chunk), so adapters render
+        cameras here and not in `step`.
+        """
 
     @abstractmethod
     def step(self, action: np.ndarray) -> StepResult:
