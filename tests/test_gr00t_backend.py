@@ -1,0 +1,226 @@
+"""GR00T backend: key mapping, batching (one get_action per micro-batch), metadata, errors.
+
+`ContractDoubleGr00tPolicy` below is a TEST DOUBLE, not NVIDIA's Gr00tPolicy: it enforces the
+documented `get_action` input contract (video (B, T, H, W, 3) uint8, state (B, T, D) float32,
+language (B, 1) lists of strings) and returns (B, 40, D) float32 actions whose values encode which
+batch row and which instruction they came from, so that stacking and splitting can be checked.
+The real network (random weights) is exercised by `test_n17_random_network_one_batched_request`
+where Python >= 3.12 and lerobot are present (the GPU machine); it skips elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from policy_workers.backends import make_backend
+from policy_workers.backends.gr00t import RANDOM_LABEL, REAL_G1, Backend
+from policy_workers.errors import BackendLoadError, SchemaMismatch
+
+TASK = "pick up the apple and place it on the plate"
+
+
+class ContractDoubleGr00tPolicy:
+    """TEST DOUBLE of Isaac-GR00T's Gr00tPolicy.get_action contract (see module docstring)."""
+
+    def __init__(self, settings=None) -> None:
+        self.calls: list[int] = []
+
+    def get_action(self, observation):
+        assert set(observation) == {"video", "state", "language"}
+        bs = None
+        for key, v in observation["video"].items():
+            assert isinstance(v, np.ndarray) and v.dtype == np.uint8 and v.ndim == 5 and v.shape[-1] == 3, key
+            bs = v.shape[0] if bs is None else bs
+            assert v.shape[0] == bs
+        for key, v in observation["state"].items():
+            assert isinstance(v, np.ndarray) and v.dtype == np.float32 and v.ndim == 3, key
+            assert v.shape[0] == bs
+        (lang,) = observation["language"].values()
+        assert isinstance(lang, list) and len(lang) == bs
+        assert all(isinstance(r, list) and len(r) == 1 and isinstance(r[0], str) for r in lang)
+        self.calls.append(bs)
+        # row marker: the first pixel of the first frame, and a hash of the instruction
+        marker = observation["video"]["ego_view"][:, 0, 0, 0, 0].astype(np.float32)
+        lang_id = np.array([zlib.crc32(r[0].encode()) % 1000 for r in lang], dtype=np.float32)
+        out = {}
+        for k, d in REAL_G1.action.items():
+            a = np.zeros((bs, 40, d), dtype=np.float32)
+            a[:, :, 0] = marker[:, None]
+            if d > 1:
+                a[:, :, 1] = lang_id[:, None]
+            out[k] = a
+        return out, {}
+
+
+def flat_obs(marker: int, task: str = TASK) -> dict:
+    video = np.zeros((1, 2, 256, 256, 3), dtype=np.uint8)
+    video[0, 0, 0, 0, 0] = marker
+    obs = {"video.ego_view": video, "annotation.human.task_description": [[task]]}
+    for k, shape in REAL_G1.state.items():
+        obs[f"state.{k}"] = np.full((1, *shape), marker, dtype=np.float32)
+    return obs
+
+
+def nested_obs(marker: int, task: str = TASK) -> dict:
+    flat = flat_obs(marker, task)
+    return {
+        "video": {"ego_view": flat["video.ego_view"]},
+        "state": {k[6:]: v for k, v in flat.items() if k.startswith("state.")},
+        "language": {"annotation.human.task_description": [[task]]},
+    }
+
+
+def backend() -> tuple[Backend, ContractDoubleGr00tPolicy]:
+    double = ContractDoubleGr00tPolicy()
+    b = Backend(policy_factory=lambda s: double, mode="gr00t", model_path="unused")
+    b.load()
+    return b, double
+
+
+def test_registry_builds_it():
+    b = make_backend("gr00t", mode="n17-random", device="cpu")
+    assert isinstance(b, Backend) and b.settings.mode == "n17-random"
+
+
+@pytest.mark.parametrize("form", [flat_obs, nested_obs])
+def test_batch_is_one_get_action_and_splits_in_order(form):
+    b, double = backend()
+    batch = [form(m) for m in (11, 22, 33, 44)]
+    chunks = b.infer(batch)
+    assert double.calls == [4]
+    assert len(chunks) == 4
+    for m, chunk in zip((11, 22, 33, 44), chunks, strict=True):
+        assert set(chunk) == {f"action.{k}" for k in REAL_G1.action}
+        for k, d in REAL_G1.action.items():
+            assert chunk[f"action.{k}"].shape == (1, 40, d) and chunk[f"action.{k}"].dtype == np.float32
+        assert chunk["action.left_arm"][0, 0, 0] == m
+
+
+def test_mixed_forms_and_languages_in_one_batch():
+    b, double = backend()
+    tasks = ["pick up the apple", "open the drawer", "PICK UP THE APPLE!", "wave"]
+    batch = [flat_obs(1, tasks[0]), nested_obs(2, tasks[1]), flat_obs(3, tasks[2]), nested_obs(4, tasks[3])]
+    chunks = b.infer(batch)
+    assert double.calls == [4]
+    for i, chunk in enumerate(chunks):
+        assert chunk["action.left_arm"][0, 0, 0] == i + 1
+        assert chunk["action.left_arm"][0, 0, 1] == zlib.crc32(tasks[i].encode()) % 1000
+
+
+def test_observation_with_batch_of_two_keeps_its_rows():
+    b, double = backend()
+    two = flat_obs(7)
+    two = {k: (np.concatenate([v, v + 1]) if isinstance(v, np.ndarray) else v * 2) for k, v in two.items()}
+    chunks = b.infer([flat_obs(5), two])
+    assert double.calls == [3]
+    assert chunks[0]["action.waist"].shape == (1, 40, 3)
+    assert chunks[1]["action.waist"].shape == (2, 40, 3)
+    assert list(chunks[1]["action.waist"][:, 0, 0]) == [7, 8]
+
+
+def test_language_variants_accepted():
+    b, double = backend()
+    o1 = flat_obs(1)
+    o1["annotation.human.task_description"] = TASK  # bare string
+    o2 = nested_obs(2)
+    o2["language"] = {"task": [TASK]}  # other key name, (B,) list
+    o3 = flat_obs(3)
+    o3["annotation.human.task_description"] = np.array([[TASK]])
+    b.infer([o1, o2, o3])
+    assert double.calls == [3]
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda o: o.pop("state.waist"), "missing state.waist"),
+        (lambda o: o.__setitem__("video.ego_view", np.zeros((1, 2, 128, 128, 3), np.uint8)), "video.ego_view must have shape"),
+        (lambda o: o.__setitem__("video.ego_view", np.zeros((1, 2, 256, 256, 3), np.float32)), "must be uint8"),
+        (lambda o: o.pop("annotation.human.task_description"), "missing language"),
+        (lambda o: o.__setitem__("annotation.human.task_description", [[1]]), "language must be"),
+    ],
+)
+def test_schema_mismatch_says_what_is_wrong(mutate, message):
+    b, _ = backend()
+    o = flat_obs(1)
+    mutate(o)
+    with pytest.raises(SchemaMismatch, match=message):
+        b.infer([flat_obs(0), o])
+
+
+def test_float64_state_is_converted():
+    b, _ = backend()
+    o = flat_obs(1)
+    o["state.left_arm"] = o["state.left_arm"].astype(np.float64)
+    b.infer([o])
+
+
+def test_metadata_publishes_real_g1_schema():
+    b, _ = backend()
+    md = b.metadata()
+    assert md.observation_schema["video.ego_view"] == {"dtype": "uint8", "shape": [1, 2, 256, 256, 3]}
+    assert md.observation_schema["state.left_wrist_eef_9d"] == {"dtype": "float32", "shape": [1, 1, 9]}
+    assert md.observation_schema["annotation.human.task_description"] == {"kind": "text"}
+    assert md.action_schema["action.navigate_command"]["shape"] == [1, 40, 3]
+    assert md.chunk_length == 40 and md.action_horizon == 8
+    assert md.extra["embodiment_tag"] == "real_g1_relative_eef_relative_joints"
+    assert set(md.extra["modality_config"]) == {"video", "state", "action", "language"}
+
+
+def test_random_mode_labels_metadata():
+    b = Backend(mode="n17-random", device="cpu")
+    md = b.metadata()
+    assert RANDOM_LABEL in md.description and md.extra["label"] == RANDOM_LABEL
+    assert "random" in md.model_id
+
+
+def test_settings_runtime_env_and_health_check(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    b = Backend(mode="gr00t", model_path="nvidia/GR00T-N1.7-3B", env_vars={"EXTRA": "1"})
+    assert b.runtime_env() == {"env_vars": {"HF_TOKEN": "hf_secret", "EXTRA": "1"}}
+    assert b.health_check_timeout_s == 300
+
+
+def test_bad_options_and_mode():
+    with pytest.raises(BackendLoadError, match="unknown options"):
+        Backend(nonsense=1)
+    with pytest.raises(BackendLoadError, match="mode must be"):
+        Backend(mode="n15")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gr00t") is not None, reason="gr00t is installed here")
+def test_missing_gr00t_package_says_how_to_install():
+    b = Backend(mode="gr00t", model_path="nvidia/GR00T-N1.7-3B")
+    with pytest.raises(BackendLoadError, match="Isaac-GR00T.*pip install"):
+        b.load()
+
+
+def _n17_skip_reason() -> str | None:
+    if sys.version_info < (3, 12):
+        return "the GR00T N1.7 network needs Python >= 3.12 (LeRobot 0.6); this is " + sys.version.split()[0]
+    for mod in ("lerobot", "diffusers", "tree", "transformers", "torch"):
+        if importlib.util.find_spec(mod) is None:
+            return f"the GR00T N1.7 network needs {mod}; not installed here"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "a 3.1 B-parameter network in bf16: run on a GPU machine (CUDA not available here)"
+    return None
+
+
+@pytest.mark.skipif(_n17_skip_reason() is not None, reason=str(_n17_skip_reason()))
+def test_n17_random_network_one_batched_request():
+    b = Backend(mode="n17-random", device="cuda")
+    b.load()
+    chunks = b.infer([flat_obs(1), nested_obs(2, "open the drawer"), flat_obs(3)])
+    assert len(chunks) == 3
+    for chunk in chunks:
+        assert chunk["info.note"] == RANDOM_LABEL
+        assert chunk["action.left_arm"].shape == (1, 40, 7)
+        assert np.isfinite(chunk["action.left_arm"]).all()
+    assert b.parameters > 3_000_000_000
