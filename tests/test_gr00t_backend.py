@@ -215,9 +215,23 @@ def _n17_skip_reason() -> str | None:
 
 @pytest.mark.skipif(_n17_skip_reason() is not None, reason=str(_n17_skip_reason()))
 def test_n17_random_network_one_batched_request():
+    import json
+    import time
+
     b = Backend(mode="n17-random", device="cuda")
     b.load()
+    b.infer([flat_obs(0)])  # warm-up
+    t = time.perf_counter()
     chunks = b.infer([flat_obs(1), nested_obs(2, "open the drawer"), flat_obs(3)])
+    ms = (time.perf_counter() - t) * 1e3
+    md = b.metadata()
+    print("\nGR00T N1.7 random-weight network, one batched request of 3 (flat, nested + other instruction, flat):")
+    print(json.dumps({
+        "model_id": md.model_id, "description": md.description, "parameters": md.parameters,
+        "load_time_s": round(b.load_time_s, 1), "infer_ms": round(ms, 1), "last_call": {k: round(v, 2) if isinstance(v, float) else v for k, v in b.last_call.items()},
+        "chunks": [{k: (list(v.shape), str(v.dtype), [round(float(x), 4) for x in v[0, 0, :3]]) if isinstance(v, np.ndarray) else v
+                    for k, v in c.items()} for c in chunks],
+    }, indent=1))
     assert len(chunks) == 3
     for chunk in chunks:
         assert chunk["info.note"] == RANDOM_LABEL

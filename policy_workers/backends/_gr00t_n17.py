@@ -89,7 +89,7 @@ class N17RandomPolicy:
         grid = torch.tensor([[1, gh, gw]], device=self.device, dtype=torch.long).expand(n, 3).contiguous()
         return pixel_values, grid
 
-    def _tokens(self, texts: list[str], frames: int) -> tuple[Any, Any]:
+    def _tokens(self, texts: list[str], frames: int, pad_to: int = 0) -> tuple[Any, Any]:
         torch = self.torch
         per_frame = (TARGET // PATCH // MERGE) ** 2
         rows = []
@@ -102,7 +102,7 @@ class N17RandomPolicy:
             for _ in range(frames):
                 row += [VISION_START] + [IMAGE_PAD] * per_frame + [VISION_END]
             rows.append(row + ids + [IM_END, NEWLINE])
-        length = max(len(r) for r in rows)
+        length = max(max(len(r) for r in rows), pad_to)
         ids = np.full((len(rows), length), PAD, dtype=np.int64)
         mask = np.zeros((len(rows), length), dtype=np.int64)
         for i, r in enumerate(rows):  # left padding, as the N1.7 processor does
@@ -111,7 +111,7 @@ class N17RandomPolicy:
         return (torch.from_numpy(ids).to(self.device, non_blocking=True),
                 torch.from_numpy(mask).to(self.device, non_blocking=True))
 
-    def prepare(self, obs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def prepare(self, obs: dict[str, dict[str, Any]], pad_to: int = 0) -> dict[str, Any]:
         torch = self.torch
         spec = self.spec
         videos = [obs["video"][k] for k in spec.video]
@@ -119,7 +119,7 @@ class N17RandomPolicy:
         b, frames = video.shape[0], video.shape[1]
         pixel_values, grid = self._pixels(video)
         texts = [row[0] for row in obs["language"][spec.language[0]]]
-        input_ids, attention_mask = self._tokens(texts, frames)
+        input_ids, attention_mask = self._tokens(texts, frames, pad_to)
         state = np.zeros((b, 1, MAX_DIM), dtype=np.float32)
         col = 0
         for k, shape in spec.state.items():

