@@ -4,7 +4,7 @@
 # serves one batched request), then benchmarks/gpu_bench.py with the given arguments.
 # Usage: bash DIR/code/benchmarks/run_gpu.sh DIR [--phases A,B,C,capture ...]
 set -uo pipefail
-dir=${1:?usage: run_gpu.sh DIR [gpu_bench args]}; shift
+dir=$(cd "${1:?usage: run_gpu.sh DIR [gpu_bench args]}" && pwd); shift
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 t0=$(date +%s)
 mkdir -p /tmp/site && tar -C /tmp/site -xJf "$dir/gpu-bundle.tar.xz" || exit 1
