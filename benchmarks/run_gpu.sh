@@ -8,7 +8,7 @@ dir=$(cd "${1:?usage: run_gpu.sh DIR [gpu_bench args]}" && pwd); shift
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 t0=$(date +%s)
 mkdir -p /tmp/site && tar -C /tmp/site -xJf "$dir/gpu-bundle.tar.xz" || exit 1
-for w in "$dir"/wheels/*.whl; do unzip -q -o "$w" -d /tmp/site || exit 1; done
+for w in "$dir"/wheels/*.whl; do python3 -m zipfile -e "$w" /tmp/site || exit 1; done
 export PYTHONPATH="$dir/code:/tmp/site" PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 echo "unpacked in $(( $(date +%s) - t0 ))s"
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,utilization.gpu --format=csv
