@@ -84,7 +84,7 @@ def _array(obj: dict) -> np.ndarray:
         kind = obj.get(b"kind", obj.get("kind", b""))
         if kind not in (b"", ""):
             raise CodecError("array kind must be empty: object and void arrays are refused")
-        if not (_get(obj, "nd") is True):
+        if _get(obj, "nd") is not True:
             scalar = _get(obj, "data")
             if not isinstance(scalar, bytes) or len(scalar) != dtype.itemsize:
                 raise CodecError(f"numpy scalar of dtype {dtype.str} needs {dtype.itemsize} data bytes")
