@@ -82,6 +82,9 @@ class Job:
     decode_s: float
 
 
+_PCTS = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
+
+
 @dataclass
 class WorkerStats:
     """Counters a worker keeps; `snapshot()` is what /stats and the stats hash show."""
@@ -120,9 +123,9 @@ class WorkerStats:
             "busy_s_total": round(self.busy_s_total, 4),
             "dead_letters_total": self.dead_letters_total,
             "reclaimed_total": self.reclaimed_total,
-            "infer_ms": {"p50": pct(self.infer_ms, 0.5), "p90": pct(self.infer_ms, 0.9), "p99": pct(self.infer_ms, 0.99)},
-            "queue_ms": {"p50": pct(self.queue_ms, 0.5), "p90": pct(self.queue_ms, 0.9), "p99": pct(self.queue_ms, 0.99)},
-            "recent_mean_batch_size": round(sum(self.batch_sizes) / len(self.batch_sizes), 3) if self.batch_sizes else 0.0,
+            "infer_ms": {q: pct(self.infer_ms, f) for q, f in _PCTS},
+            "queue_ms": {q: pct(self.queue_ms, f) for q, f in _PCTS},
+            "recent_mean_batch_size": round(sum(self.batch_sizes) / max(1, len(self.batch_sizes)), 3),
         }
 
 
