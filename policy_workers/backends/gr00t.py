@@ -233,6 +233,12 @@ class Gr00tSettings:
     env_vars: dict[str, str] = field(default_factory=dict)
     pass_env: tuple[str, ...] = ("HF_TOKEN", "HF_HOME", "HUGGINGFACE_HUB_CACHE")
     action_prefix: str = "action."
+    warmup_batch_sizes: tuple[int, ...] = ()
+    """Run synthetic batches of these sizes at load, so first-call costs (kernel selection, allocator
+    growth) are paid before serving instead of by the first rollouts."""
+    policy_factory: str | None = None
+    """`module:callable` taking the settings and returning a Gr00tPolicy-like object (custom wrappers,
+    test doubles); overrides `mode`'s loader."""
 
     @property
     def tag_value(self) -> str:
@@ -259,6 +265,8 @@ class Backend(PolicyBackend):
     """GR00T N1.x: real checkpoints through `gr00t`, or the N1.7 network with random weights."""
 
     def __init__(self, policy_factory: Any = None, **options: Any) -> None:
+        if isinstance(policy_factory, str):  # "module:callable", e.g. from JSON backend options
+            options["policy_factory"], policy_factory = policy_factory, None
         if "settings" in options:
             self.settings: Gr00tSettings = options.pop("settings")
         else:
@@ -278,6 +286,10 @@ class Backend(PolicyBackend):
         self.last_call: dict[str, Any] = {}
 
     @property
+    def _is_random_network(self) -> bool:
+        return self.settings.mode == "n17-random" and self._factory is None and not self.settings.policy_factory
+
+    @property
     def health_check_timeout_s(self) -> float:
         return self.settings.health_check_timeout_s
 
@@ -288,6 +300,11 @@ class Backend(PolicyBackend):
     def load(self) -> None:
         t0 = time.perf_counter()
         s = self.settings
+        if self._factory is None and s.policy_factory:
+            import importlib
+
+            module, _, name = s.policy_factory.partition(":")
+            self._factory = getattr(importlib.import_module(module), name)
         if self._factory is not None:
             self.policy = self._factory(s)
         elif s.mode == "n17-random":
@@ -303,6 +320,8 @@ class Backend(PolicyBackend):
         if isinstance(spec, ModalitySpec):
             self.spec = spec
         self.parameters = int(getattr(self.policy, "parameters", 0) or 0)
+        for b in s.warmup_batch_sizes:
+            self.infer([synthetic_observation(self.spec, i) for i in range(int(b))])
         self.load_time_s = time.perf_counter() - t0
 
     def _load_gr00t(self) -> GrootLikePolicy:
@@ -337,7 +356,7 @@ class Backend(PolicyBackend):
             f"{s.action_prefix}{k}": {"dtype": "float32", "shape": [1, spec.chunk_length, d]}
             for k, d in spec.action.items()
         }
-        random = s.mode == "n17-random" and self._factory is None
+        random = self._is_random_network
         if random:
             model_id = "gr00t-n1.7-random-weights"
             desc = (f"{RANDOM_LABEL}: the GR00T N1.7 architecture with random weights, for measuring "
@@ -380,7 +399,7 @@ class Backend(PolicyBackend):
         action, info = self.policy.get_action(stacked)
         t2 = time.perf_counter()
         chunks = split(action, sizes, self.settings.action_prefix)
-        if self.settings.mode == "n17-random" and self._factory is None:
+        if self._is_random_network:
             for c in chunks:
                 c["info.note"] = RANDOM_LABEL  # type: ignore[assignment]
         self.last_call = {
@@ -417,6 +436,16 @@ def _spec_from_gr00t(policy: Any, fallback: ModalitySpec) -> ModalitySpec:
     lang = tuple(getattr(cfg.get("language"), "modality_keys", []) or fallback.language)
     chunk = horizon("action", fallback.chunk_length)
     return ModalitySpec(video=video, state=state, action=action, language=lang, chunk_length=chunk)
+
+
+def synthetic_observation(spec: ModalitySpec, seed: int = 0, task: str = "pick up the apple") -> Obs:
+    """A flat observation of the right shapes with random content (warm-up, benchmarks)."""
+    rng = np.random.default_rng(seed)
+    obs: Obs = {f"video.{k}": rng.integers(0, 256, size=(1, *shape), dtype=np.uint8) for k, shape in spec.video.items()}
+    for k, shape in spec.state.items():
+        obs[f"state.{k}"] = rng.standard_normal((1, *shape)).astype(np.float32)
+    obs[spec.language[0]] = [[task]]
+    return obs
 
 
 def synthetic_text_ids(text: str, vocab: int = 151_000) -> list[int]:
