@@ -566,7 +566,8 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
         t = time.perf_counter()
         try:
             cohort = next((float(f[6:] or 30) for f in flags if f.startswith("cohort")), 0.0)
-            runs.append(c_run(args, gpu, mode, float(wait), graphs="g" in flags, cohort_ms=cohort))
+            mb = next((int(f[2:]) for f in flags if f.startswith("mb")), args.max_batch)
+            runs.append(c_run(args, gpu, mode, float(wait), graphs="g" in flags, cohort_ms=cohort, max_batch=mb))
         except Exception as e:
             import traceback
 
@@ -581,15 +582,16 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
 
 
 def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float, graphs: bool = False,
-          cohort_ms: float = 0.0) -> dict[str, Any]:
+          cohort_ms: float = 0.0, max_batch: int = 64) -> dict[str, Any]:
     import redis
 
     from broker.embedded import EmbeddedRedis
     from broker.keys import Keys
 
     red = EmbeddedRedis(binary=args.redis_server).start()
-    log(f"C[{mode}, max_wait {max_wait_ms} ms, graphs {graphs}, cohort {cohort_ms}]: redis-server at {red.url}")
+    log(f"C[{mode}, max_batch {max_batch}, max_wait {max_wait_ms} ms, graphs {graphs}, cohort {cohort_ms}]: redis at {red.url}")
     settings = worker_settings(args, red.url, max_wait_ms)
+    settings.worker.batch.max_batch_size = max_batch
     if graphs:
         settings.backend_options["cuda_graph_batch_sizes"] = args.graph_sizes
     t = time.perf_counter()
@@ -636,7 +638,7 @@ def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float, graphs: bool = F
     rows = []
     for n in args.ns:
         spec = LoadSpec("C", n, args.procs, args.step_ms, args.horizon, args.warmup + args.window, red.url, time.time() + 2,
-                        run_id=f"{mode}{int(max_wait_ms)}{'g' if graphs else ''}{'c' if cohort_ms else ''}-{int(time.time())}")
+                        run_id=f"{mode}{int(max_wait_ms)}{'g' if graphs else ''}{'c' if cohort_ms else ''}mb{max_batch}-{int(time.time())}")
         holder: dict[str, Any] = {}
 
         def snap(at: float, key: str) -> None:
@@ -670,10 +672,11 @@ def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float, graphs: bool = F
         serve.shutdown()
         ray.shutdown()
     red.cleanup()
-    return {"mode": mode, "max_wait_ms": max_wait_ms, "cuda_graphs": args.graph_sizes if graphs else None,
+    return {"mode": mode, "max_wait_ms": max_wait_ms, "max_batch_size": max_batch,
+            "cuda_graphs": args.graph_sizes if graphs else None,
             "cohort_batcher_merge_wait_ms": cohort_ms or None,
             "worker_ready_s": round(load_s, 1), "rows": rows,
-            "worker": f"{where}; max_batch_size={args.max_batch}, max_wait_ms={max_wait_ms}"
+            "worker": f"{where}; max_batch_size={max_batch}, max_wait_ms={max_wait_ms}"
                       + (f"; action head as CUDA graphs for B in {args.graph_sizes}" if graphs else "")
                       + (f"; PROTOTYPE cohort batcher (benchmarks/cohort_batcher.py), merge wait {cohort_ms} ms"
                          if cohort_ms else ""),
@@ -718,7 +721,8 @@ def compare(res: dict[str, Any]) -> dict[str, Any]:
     out = compare_rows(a, b, {r["n"]: r for r in res.get("C", {}).get("rows", [])})
     for run in res.get("C", {}).get("runs", []):
         if "rows" in run:
-            key = (f"C[{run['mode']},{run['max_wait_ms']},{'graphs' if run.get('cuda_graphs') else 'eager'}"
+            key = (f"C[{run['mode']},mb{run.get('max_batch_size', 64)},{run['max_wait_ms']},"
+                   f"{'graphs' if run.get('cuda_graphs') else 'eager'}"
                    f"{',cohort' if run.get('cohort_batcher_merge_wait_ms') else ''}]")
             out[key] = compare_rows(a, b, {r["n"]: r for r in run["rows"]})
     return out
@@ -829,7 +833,8 @@ def print_summary(res: dict[str, Any]) -> None:
     for key in ("capture", "diag"):
         if res.get("A", {}).get(key):
             print(key + ":", json.dumps(res["A"][key])[:900])
-    runs = [("B", res.get("B", {}))] + [(f"C[{r.get('mode')},{r.get('max_wait_ms')},{'graphs' if r.get('cuda_graphs') else 'eager'}"
+    runs = [("B", res.get("B", {}))] + [(f"C[{r.get('mode')},mb{r.get('max_batch_size', 64)},{r.get('max_wait_ms')},"
+                                         f"{'graphs' if r.get('cuda_graphs') else 'eager'}"
                                          f"{',cohort' if r.get('cohort_batcher_merge_wait_ms') else ''}]", r)
                                         for r in res.get("C", {}).get("runs", [])]
     for d, part in runs:
