@@ -1,0 +1,157 @@
+"""The compose stack's own commands, run as local processes against a local redis-server: the same
+argv and environment compose would give each container, with the service name `redis` pointing at
+127.0.0.1 and the `runs` volume at a temporary folder. No container is started.
+
+Redis runs with an ACL file that gives each service its own user (the passwords .env would hold),
+so the URLs compose builds are exercised with their credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from broker.embedded import EmbeddedRedis, free_port
+from controller.cli import app
+from tests.deploy.composefile import ROOT, env_for_tests, load
+
+pytestmark = pytest.mark.slow
+
+ENTRY = "from controller.cli import app; app()"
+USERS = {"rq-policy": "RQ_POLICY_PASSWORD", "rq-sim": "RQ_SIM_PASSWORD", "rq-controller": "RQ_CONTROLLER_PASSWORD",
+         "rq-exporter": "RQ_EXPORTER_PASSWORD"}
+
+
+@pytest.fixture
+def stack_env() -> dict[str, str]:
+    return env_for_tests(ROLLOUTQ_EPISODES="3", ROLLOUTQ_ENVS_PER_SIM="2", ROLLOUTQ_RUN="local-compose")
+
+
+@pytest.fixture
+def acl_redis(tmp_path, stack_env):
+    acl = tmp_path / "users.acl"
+    lines = ["user default off"]
+    lines += [f"user {user} on >{stack_env[var]} ~* &* +@all" for user, var in USERS.items()]
+    acl.write_text("\n".join(lines) + "\n")
+    server = EmbeddedRedis(extra_args=["--aclfile", str(acl)]).start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+class Service:
+    """One compose service's command as a local process."""
+
+    def __init__(self, name: str, svc: dict, redis_port: int, runs: Path, log_dir: Path, replica: int = 1) -> None:
+        self.name = f"{name}-{replica}"
+        argv = [a.replace("/runs", str(runs)) for a in svc["command"]]
+        assert argv[0] == "rolloutq"
+        self.argv = [sys.executable, "-c", ENTRY, *argv[1:]]
+        env = {k: str(v).replace("@redis:6379", f"@127.0.0.1:{redis_port}")
+               for k, v in (svc.get("environment") or {}).items()}
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("ROLLOUTQ_")},
+                    "PYTHONPATH": str(ROOT), **env}
+        self.log = log_dir / f"{self.name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Service:
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         cwd=ROOT, start_new_session=True)
+        return self
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(5)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+def run_health(svc: dict, redis_port: int) -> subprocess.CompletedProcess:
+    test = svc["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[1] == "rolloutq"
+    s = Service("health", {"command": test[1:], "environment": svc["environment"]}, redis_port, Path("/"), Path("/"))
+    return subprocess.run(s.argv, env=s.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.timeout(240)
+def test_cpu_profile_services_run_a_sweep_as_local_processes(acl_redis, stack_env, tmp_path):
+    doc = load(stack_env)
+    services = doc["services"]
+    port = acl_redis.port
+    runs, logs = tmp_path / "runs", tmp_path / "logs"
+    runs.mkdir()
+    logs.mkdir()
+
+    # before any policy worker: the policy's health check fails, with a reason
+    not_ready = run_health(services["policy-cpu"], port)
+    assert not_ready.returncode == 1, not_ready.stdout + not_ready.stderr
+    assert "no metadata" in not_ready.stdout + not_ready.stderr
+
+    procs = [
+        Service("policy-cpu", services["policy-cpu"], port, runs, logs),
+        Service("sim", services["sim"], port, runs, logs, replica=1),  # docker compose up --scale sim=2
+        Service("sim", services["sim"], port, runs, logs, replica=2),
+        Service("controller", services["controller"], port, runs, logs),
+    ]
+    have_exporter = "exporter" in {c.name for c in app.registered_commands}
+    if have_exporter:
+        exporter = dict(services["exporter"])
+        cmd = list(exporter["command"])
+        metrics_port = free_port()
+        cmd[cmd.index("--port") + 1] = str(metrics_port)  # 9108 may be taken on a shared machine
+        exporter["command"] = cmd
+        procs.append(Service("exporter", exporter, port, runs, logs))
+    try:
+        for p in procs:
+            p.start()
+        controller = procs[3]
+        try:
+            rc = controller.wait(180)
+        except subprocess.TimeoutExpired:
+            pytest.fail("controller did not finish:\n" + "\n".join(f"--- {p.name}\n{p.output()}" for p in procs))
+        assert rc == 0, "\n".join(f"--- {p.name}\n{p.output()}" for p in procs)
+
+        summary = json.loads((runs / "local-compose" / "summary.json").read_text())
+        assert summary["episodes"] == 3
+        episodes = [json.loads(line) for line in (runs / "local-compose" / "episodes.jsonl").read_text().splitlines()]
+        assert sorted(e["episode"] for e in episodes) == [0, 1, 2]
+        assert all(e["status"] == "ok" for e in episodes)
+
+        # the policy's container health check passes while it serves
+        healthy = run_health(services["policy-cpu"], port)
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+
+        for sim in procs[1:3]:
+            assert sim.wait(60) == 0, sim.output()  # simulators leave once the sweep is drained
+            assert "sim worker done" in sim.output()
+        if have_exporter:
+            import httpx
+
+            body = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+            assert "rolloutq_" in body
+        policy = procs[0]
+        assert policy.stop() == 0, policy.output()  # SIGTERM: graceful stop, as `docker compose down`
+        assert "policy worker stopped" in policy.output()
+    finally:
+        for p in procs:
+            p.stop()
