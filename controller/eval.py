@@ -81,8 +81,10 @@ class EvalSettings:
 def _backend_options(s: EvalSettings) -> dict[str, Any]:
     """Fit a generic backend to the task: the `cnn` network takes the task's observation layout."""
     opts = dict(s.backend_options)
+    layout = getattr(task_class(s.task), "layout", None) or {}
+    if s.backend == "null" and "action_dims" in layout:
+        opts.setdefault("action_dims", layout["action_dims"])
     if s.backend == "cnn":
-        layout = getattr(task_class(s.task), "layout", None) or {}
         for k, v in layout.items():
             opts.setdefault(k, v)
         size = s.task_options.get("image_size")
