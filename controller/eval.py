@@ -30,6 +30,7 @@ from broker.keys import Keys
 from broker.settings import ClientSettings, RedisSettings, WorkerSettings
 from broker.sweep import EpisodeSpec, SweepQueue
 from controller.errors import EvalFailed
+from controller.report import write_report
 from controller.results import percentile, summarize, write_results
 from policy_workers.loop import PolicyWorkerSettings
 from policy_workers.serve import ServeSettings
@@ -222,6 +223,7 @@ async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) ->
             vdir.mkdir(parents=True, exist_ok=True)
             for ep, data in sorted(videos.items()):
                 (vdir / f"episode_{ep:04d}.gif").write_bytes(data)
+        summary["report"] = str(write_report(s.out, records, summary))
         return summary
     finally:
         for a in actors:
