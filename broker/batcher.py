@@ -75,7 +75,7 @@ class MicroBatcher(Generic[T]):
         best_age = None
         for key, group in self._groups.items():
             head = group[0].arrived
-            if len(group) >= self.max_batch_size or flush or now - head >= self.max_wait_s:
+            if len(group) >= self.max_batch_size or flush or now - head >= self.max_wait_s - 1e-9:
                 if best_age is None or head < best_age:
                     best_key, best_age = key, head
         if best_key is None:

@@ -30,6 +30,7 @@ from broker.keys import Keys
 from broker.settings import ClientSettings, RedisSettings, WorkerSettings
 from broker.sweep import EpisodeSpec, SweepQueue
 from controller.errors import EvalFailed
+from controller.report import write_report
 from controller.results import percentile, summarize, write_results
 from policy_workers.loop import PolicyWorkerSettings
 from policy_workers.serve import ServeSettings
@@ -90,8 +91,10 @@ class EvalSettings:
 def _backend_options(s: EvalSettings) -> dict[str, Any]:
     """Fit a generic backend to the task: the `cnn` network takes the task's observation layout."""
     opts = dict(s.backend_options)
+    layout = getattr(task_class(s.task), "layout", None) or {}
+    if s.backend == "null" and "action_dims" in layout:
+        opts.setdefault("action_dims", layout["action_dims"])
     if s.backend == "cnn":
-        layout = getattr(task_class(s.task), "layout", None) or {}
         for k, v in layout.items():
             opts.setdefault(k, v)
         size = s.task_options.get("image_size")
@@ -255,6 +258,7 @@ async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) ->
             vdir.mkdir(parents=True, exist_ok=True)
             for ep, data in sorted(videos.items()):
                 (vdir / f"episode_{ep:04d}.gif").write_bytes(data)
+        summary["report"] = str(write_report(s.out, records, summary))
         return summary
     finally:
         for a in actors:
