@@ -11,7 +11,7 @@
 // policy published no metadata in time; 3 protocol version mismatch; 4 an error reply or no reply.
 
 import { createClient, RESP_TYPES } from "redis";
-import { encode, decode } from "@msgpack/msgpack";
+import { decode, encode } from "@msgpack/msgpack";
 import process from "node:process";
 
 export const PROTOCOL_VERSION = 1;
@@ -122,10 +122,68 @@ if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
   throw new Error("this simulator assumes a little-endian host (the protocol's arrays are little-endian)");
 }
 
-/** Encode a typed array with a shape as a msgpack-numpy array map. */
+/** A typed array with a shape, sent in msgpack-numpy's layout. */
+export class NdArray {
+  constructor(typed, shape, dtype) {
+    this.type = DTYPES[dtype][0];
+    this.shape = shape;
+    this.data = new Uint8Array(typed.buffer, typed.byteOffset, typed.byteLength);
+  }
+}
+
 export function ndarray(typed, shape, dtype) {
-  const [code] = DTYPES[dtype];
-  return { nd: true, type: code, kind: "", shape, data: new Uint8Array(typed.buffer, typed.byteOffset, typed.byteLength) };
+  return new NdArray(typed, shape, dtype);
+}
+
+function binHeader(n) {
+  if (n < 0x100) return Buffer.from([0xc4, n]);
+  const b = Buffer.alloc(n < 0x10000 ? 3 : 5);
+  if (n < 0x10000) {
+    b[0] = 0xc5;
+    b.writeUInt16BE(n, 1);
+  } else {
+    b[0] = 0xc6;
+    b.writeUInt32BE(n, 1);
+  }
+  return b;
+}
+
+function mapHeader(n) {
+  if (n < 16) return Buffer.from([0x80 | n]);
+  const b = Buffer.alloc(3);
+  b[0] = 0xde;
+  b.writeUInt16BE(n, 1);
+  return b;
+}
+
+const binKey = (k) => Buffer.concat([binHeader(k.length), Buffer.from(k, "latin1")]);
+
+/**
+ * Encode an observation: maps of arrays, strings and lists. @msgpack/msgpack writes map keys as
+ * strings only, and msgpack-numpy's array map has bin keys (b"nd", b"type", ...), so array maps
+ * are written here byte by byte, exactly as numpy's side writes them; everything else goes
+ * through the library.
+ */
+export function encodeMessage(value) {
+  if (value instanceof NdArray) {
+    return Buffer.concat([
+      mapHeader(5),
+      binKey("nd"), Buffer.from([0xc3]),
+      binKey("type"), Buffer.from(encode(value.type)),
+      binKey("kind"), binHeader(0),
+      binKey("shape"), Buffer.from(encode(value.shape)),
+      binKey("data"), binHeader(value.data.byteLength), Buffer.from(value.data.buffer, value.data.byteOffset, value.data.byteLength),
+    ]);
+  }
+  if (value && typeof value === "object" && !Array.isArray(value) && !ArrayBuffer.isView(value)) {
+    const entries = Object.entries(value);
+    return Buffer.concat([mapHeader(entries.length), ...entries.flatMap(([k, v]) => [Buffer.from(encode(k)), encodeMessage(v)])]);
+  }
+  if (Array.isArray(value) && value.some((v) => v instanceof NdArray || (v && typeof v === "object"))) {
+    const head = value.length < 16 ? Buffer.from([0x90 | value.length]) : Buffer.from([0xdc, value.length >> 8, value.length & 0xff]);
+    return Buffer.concat([head, ...value.map(encodeMessage)]);
+  }
+  return Buffer.from(encode(value));
 }
 
 /** Decode an array map (msgpack-numpy layout, or openpi's) into {shape, dtype, values}. */
@@ -307,7 +365,7 @@ class Rollout {
       "seq", String(seq),
       "reply_to", this.replyKey,
       "ttl_ms", String(o["deadline-ms"]),
-      "obs", Buffer.from(encode(obs)),
+      "obs", encodeMessage(obs),
     ]);
     for (;;) {
       const left = started + o["deadline-ms"] - Date.now();

@@ -142,3 +142,32 @@ def test_unreachable_redis_and_missing_policy_are_reported(redis_url):
     assert got.returncode == 2 and "Redis unreachable" in got.stderr
     got = node_sim(redis_url, "--policy", "nobody", "--wait-s", "0.5")
     assert got.returncode == 2 and "published no metadata" in got.stderr
+
+
+def test_node_encoder_writes_the_same_bytes_as_the_python_codec():
+    """Array maps with bin keys, exactly msgpack-numpy's layout (docs/PROTOCOL.md §5)."""
+    import numpy as np
+
+    from broker.codec import decode, encode
+
+    node = _need_node()
+    script = (
+        'import { encodeMessage, ndarray } from "./sim.js";'
+        "const obs = {"
+        '  "state.arm": ndarray(Float32Array.from([0.5, -1.25]), [1, 1, 2], "float32"),'
+        '  "video.top": ndarray(Uint8Array.from({length: 12}, (_, i) => i), [1, 1, 2, 2, 3], "uint8"),'
+        '  "annotation.human.task_description": [["touch the red ball"]],'
+        "};"
+        'process.stdout.write(encodeMessage(obs).toString("hex"));'
+    )
+    got = subprocess.run([node, "--input-type=module", "-e", script], cwd=NODE_SIM, capture_output=True, text=True,
+                         timeout=30)
+    assert got.returncode == 0, got.stderr
+    obs = {
+        "state.arm": np.array([[[0.5, -1.25]]], np.float32),
+        "video.top": np.arange(12, dtype=np.uint8).reshape(1, 1, 2, 2, 3),
+        "annotation.human.task_description": [["touch the red ball"]],
+    }
+    assert bytes.fromhex(got.stdout) == encode(obs)
+    back = decode(bytes.fromhex(got.stdout))
+    assert back["state.arm"].tolist() == [[[0.5, -1.25]]]
