@@ -6,6 +6,7 @@ Every command builds its settings dataclasses here and passes them down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -194,6 +195,8 @@ def policy_worker_cmd(
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0),
     claim_idle_ms: int = typer.Option(60_000, "--claim-idle-ms", help="Re-claim requests idle this long."),
     max_deliveries: int = typer.Option(3, "--max-deliveries", help="Dead-letter after this many deliveries."),
+    heartbeat_file: Path = typer.Option(None, "--heartbeat-file", envvar="ROLLOUTQ_HEARTBEAT_FILE",
+                                        help="Touch this file every 2 s while serving (for `rolloutq health`)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve a policy from Redis without Ray (one process; stop with SIGTERM)."""
@@ -215,7 +218,19 @@ def policy_worker_cmd(
                               batch=BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)),
     )
     worker = PolicyWorker(settings)
-    _run_until_signal(worker.run)
+
+    async def main(stop: asyncio.Event) -> None:
+        if heartbeat_file is None:
+            return await worker.run(stop)
+        beat = asyncio.create_task(_heartbeat(worker, heartbeat_file, stop))
+        try:
+            await worker.run(stop)
+        finally:
+            beat.cancel()
+            with contextlib.suppress(FileNotFoundError):
+                heartbeat_file.unlink()
+
+    _run_until_signal(main)
     console.print(f"policy worker stopped: {json.dumps(worker.stats())}")
 
 
@@ -251,34 +266,35 @@ def health_cmd(
     redis_url: str = typer.Option("redis://127.0.0.1:6379/0", "--redis-url", envvar="ROLLOUTQ_REDIS_URL"),
     namespace: str = NAMESPACE,
     policy: str = POLICY,
-    this_host: bool = typer.Option(False, "--this-host",
-                                   help="Also require a fresh stats snapshot from a policy worker on this host "
-                                        "(a container health check)."),
-    max_age_s: float = typer.Option(15.0, "--max-age-s", help="Stats older than this count as down."),
+    heartbeat_file: Path = typer.Option(None, "--heartbeat-file", envvar="ROLLOUTQ_HEARTBEAT_FILE",
+                                        help="Also require this file (policy-worker --heartbeat-file) to be "
+                                             "fresh: a container health check."),
+    max_age_s: float = typer.Option(15.0, "--max-age-s", help="A heartbeat older than this counts as down."),
 ) -> None:
-    """Exit 0 when Redis answers and the policy has published its metadata (and, with --this-host, a
-    policy worker of this host is publishing stats); else print why and exit 1."""
-    import socket
+    """Exit 0 when Redis answers and the policy has published its metadata (and, with --heartbeat-file,
+    the local worker's serving loop is alive); else print why and exit 1. Needs only HGET on the
+    policy's metadata hash, which every role may read."""
     import time
 
     from broker.connection import connect_sync
     from broker.keys import Keys
     from broker.settings import RedisSettings
 
+    if heartbeat_file is not None:
+        try:
+            age = time.time() - heartbeat_file.stat().st_mtime
+        except FileNotFoundError:
+            console.print(f"no heartbeat at {heartbeat_file} yet (model still loading?)")
+            raise typer.Exit(1) from None
+        if age > max_age_s:
+            console.print(f"heartbeat {heartbeat_file} is {age:.0f}s old: the worker's loop is stuck or dead")
+            raise typer.Exit(1)
     keys = Keys(namespace)
     r = connect_sync(RedisSettings(url=redis_url, namespace=namespace, socket_timeout_s=3.0, connect_retries=1))
     try:
-        if not r.hexists(keys.policy_meta(policy), "metadata"):
+        if r.hget(keys.policy_meta(policy), "metadata") is None:
             console.print(f"policy {policy!r} has published no metadata yet (model still loading?)")
             raise typer.Exit(1)
-        if this_host:
-            prefix = socket.gethostname() + "-"
-            fresh = [json.loads(v) for k, v in r.hgetall(keys.worker_stats(policy)).items()
-                     if k.decode().startswith(prefix)]
-            if not any(time.time() - float(snap.get("ts", 0)) < max_age_s for snap in fresh):
-                console.print(f"no policy worker on {socket.gethostname()} published stats in the last "
-                              f"{max_age_s:.0f}s")
-                raise typer.Exit(1)
     except typer.Exit:
         raise
     except Exception as e:
@@ -287,6 +303,16 @@ def health_cmd(
     finally:
         r.close()
     console.print("ok")
+
+
+async def _heartbeat(worker: Any, path: Path, stop: asyncio.Event, every_s: float = 2.0) -> None:
+    """Touch `path` while the worker serves: a health check that needs no Redis permissions."""
+    while not stop.is_set():
+        consumer = worker.consumer
+        if consumer is not None and consumer.ready.is_set() and worker.error is None:
+            path.touch()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
 
 
 def main() -> None:  # pragma: no cover

@@ -68,7 +68,8 @@ def test_service_command_parses(service, monkeypatch):
     ctx = parse(svc["command"], _env(svc), monkeypatch)
     assert ctx.params  # parsed, converted and validated (required options included)
     if "redis_url" in ctx.params:
-        assert ctx.params["redis_url"].startswith("redis://rq-")  # its own ACL user, from the environment
+        # its own ACL user (deploy/redis/users.acl.in), from the environment
+        assert re.match(r"redis://(policy|sim|controller):[^@]+@redis:6379/0$", ctx.params["redis_url"])
 
 
 @pytest.mark.parametrize("service", sorted(SERVICES))
