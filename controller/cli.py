@@ -104,6 +104,9 @@ def eval_cmd(
     external: bool = typer.Option(False, "--external",
                                   help="No Ray: fill the sweep and wait for separate `policy-worker` and `sim-worker` "
                                        "processes on --redis-url (compose)."),
+    no_deploy: bool = typer.Option(False, "--no-deploy",
+                                   help="A policy pool already serves on --redis-url (`serve deploy`, policy-worker "
+                                        "processes): start only the simulators, as Ray actors."),
     run_id: str = typer.Option("", "--run", envvar="ROLLOUTQ_RUN",
                                help="Sweep id (default: generated). Simulators join with `sim-worker --run`."),
     redis_host: str = typer.Option("", "--redis-host",
@@ -142,6 +145,7 @@ def eval_cmd(
         video_episodes=video_episodes, timeout_s=timeout_s, progress=not no_progress, verbose=verbose,
         mujoco_gl=mujoco_gl, sim_num_cpus=sim_cpus, sim_num_gpus=sim_gpus,
         sim_resources=_parse_resources(sim_resources, "--sim-resources"), external=external, run_id=run_id,
+        deploy_policy=not no_deploy,
         redis_host=redis_host,
         redis=RedisSettings(url=redis_url, namespace=namespace),
         worker=WorkerSettings(policy=policy, batch=BatchSettings(max_batch_size=max_batch_size,

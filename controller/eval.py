@@ -59,6 +59,9 @@ class EvalSettings:
     external: bool = False
     """No Ray: policy workers and simulators are separate processes (compose, other machines) that
     attach to the same Redis. The controller only fills the sweep and collects its results."""
+    deploy_policy: bool = True
+    """False: a policy pool already serves on `redis.url` (`serve deploy`, policy-worker processes);
+    only the simulators run as Ray actors."""
     redis_host: str = ""
     """Address the embedded redis-server binds to on a Ray cluster (default: the head node's IP)."""
     action_horizon: int = 0
@@ -163,6 +166,8 @@ def run_eval(s: EvalSettings, console: Console | None = None) -> dict[str, Any]:
                 raise EvalFailed("--external needs --redis-url: the policy workers and simulators must reach the "
                                  "same Redis")
             return asyncio.run(_drive(s, console, None, None))
+        if not s.deploy_policy and s.redis.url is None:
+            raise EvalFailed("--no-deploy needs --redis-url: the Redis the running policy pool serves from")
         env_vars = {"MUJOCO_GL": s.mujoco_gl, "PYOPENGL_PLATFORM": s.mujoco_gl, **s.serve.env_vars}
         if not ray.is_initialized():
             need = s.serve.replicas * s.serve.num_cpus + s.sims * s.sim_num_cpus
@@ -182,16 +187,17 @@ def run_eval(s: EvalSettings, console: Console | None = None) -> dict[str, Any]:
             embedded = _start_redis(s, ray)
             s.redis.url = embedded.url
             console.print(f"[dim]embedded redis-server on {embedded.url.split('@')[-1]}[/dim]")
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-        worker = PolicyWorkerSettings(backend=s.backend, backend_options=_backend_options(s), redis=s.redis,
-                                      worker=s.worker)
-        worker.worker.policy = s.policy
-        s.serve.env_vars = env_vars
-        with console.status(f"deploying policy {s.policy!r} ({s.backend}) on Ray Serve..."):
-            deploy(worker, s.serve)
+        if s.deploy_policy:
+            serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+            worker = PolicyWorkerSettings(backend=s.backend, backend_options=_backend_options(s), redis=s.redis,
+                                          worker=s.worker)
+            worker.worker.policy = s.policy
+            s.serve.env_vars = env_vars
+            with console.status(f"deploying policy {s.policy!r} ({s.backend}) on Ray Serve..."):
+                deploy(worker, s.serve)
         return asyncio.run(_drive(s, console, ray, SimActor))
     finally:
-        if not s.external:
+        if not s.external and s.deploy_policy:
             with contextlib.suppress(Exception):
                 serve.shutdown()
         if started_ray:
