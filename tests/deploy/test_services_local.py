@@ -190,3 +190,17 @@ def test_cpu_profile_services_run_a_sweep_as_local_processes(acl_redis, stack_en
     finally:
         for p in procs:
             p.stop()
+
+
+def test_redis_healthcheck_passes_with_the_default_user_off(acl_redis):
+    """compose's Redis health check counts NOAUTH as alive: the ACL file turns the default user off."""
+    import shutil
+
+    if shutil.which("redis-cli") is None:
+        pytest.skip("redis-cli is not installed")
+    test = load(env_for_tests())["services"]["redis"]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    command = test[1].replace("-p 6379", f"-p {acl_redis.port}")
+    assert subprocess.run(["sh", "-c", command], timeout=10).returncode == 0
+    acl_redis.stop()
+    assert subprocess.run(["sh", "-c", command], timeout=10, capture_output=True).returncode != 0
