@@ -182,7 +182,7 @@ def wait_for(fn, timeout: float = 30.0, every: float = 0.25, what: str = "condit
     while time.monotonic() < deadline:
         try:
             last = fn()
-        except AssertionError as e:
+        except (AssertionError, KeyError, LookupError) as e:
             last = e
         else:
             if last:

@@ -139,7 +139,11 @@ def test_exporter_serves_lag_and_top_once(mon_redis):
 
 
 def test_exporter_survives_redis_going_away(mon_redis_any):
-    r = mon_redis_any.client
+    from redis import Redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    r = Redis(port=mon_redis_any.port, retry=Retry(NoBackoff(), 0), socket_connect_timeout=1)
     ex = Exporter(r, ExporterSettings(port=0, addr="127.0.0.1"))
     assert ex.poll_once() is not None
     mon_redis_any.stop()
