@@ -20,7 +20,9 @@ M = 30
 
 def push(r, keys, policy, n, rollout="r1"):
     for i in range(n):
-        r.xadd(keys.requests(policy), Request(rollout, i, keys.replies(policy, rollout), b"o", 1000).to_fields())
+        r.xadd(
+            keys.requests(policy), Request(rollout, i, keys.replies(policy, rollout), b"o", 1000).to_fields()
+        )
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -86,11 +88,16 @@ def test_shards_dead_letters_and_workers(mon_redis_any):
     r.xadd(keys.requests("p", 1), {"v": "1"})
     r.xadd(keys.dead_letters("p", 1), {"v": "1"})
     now = time.time()
-    r.hset(keys.worker_stats("p"), mapping={
-        "w-up": json.dumps({"served_total": 100, "batches_total": 10, "busy_s_total": 2.0, "ts": now}),
-        "w-dead": json.dumps({"served_total": 5, "batches_total": 5, "busy_s_total": 1.0, "ts": now - 60}),
-        "w-bad": "not json",
-    })
+    r.hset(
+        keys.worker_stats("p"),
+        mapping={
+            "w-up": json.dumps({"served_total": 100, "batches_total": 10, "busy_s_total": 2.0, "ts": now}),
+            "w-dead": json.dumps(
+                {"served_total": 5, "batches_total": 5, "busy_s_total": 1.0, "ts": now - 60}
+            ),
+            "w-bad": "not json",
+        },
+    )
     probe = QueueProbe(r, keys, stale_after_s=10)
     p = probe.poll().policy("p")
     assert [s.shard for s in p.streams] == [0, 1]
@@ -98,8 +105,11 @@ def test_shards_dead_letters_and_workers(mon_redis_any):
     assert (p.replicas_up, p.replicas_stale) == (1, 1)
     assert p.service_rate_per_replica == pytest.approx(50.0)  # 100 served / 2 busy seconds
     # The next poll uses the window: 40 more served in 0.5 busy seconds -> 80/s.
-    r.hset(keys.worker_stats("p"), "w-up", json.dumps(
-        {"served_total": 140, "batches_total": 14, "busy_s_total": 2.5, "ts": time.time()}))
+    r.hset(
+        keys.worker_stats("p"),
+        "w-up",
+        json.dumps({"served_total": 140, "batches_total": 14, "busy_s_total": 2.5, "ts": time.time()}),
+    )
     push(r, keys, "p", 0)
     p = probe.poll().policy("p")
     assert p.service_rate_per_replica == pytest.approx(80.0)
