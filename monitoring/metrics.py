@@ -21,6 +21,7 @@ lookups and a lock per observation (about a microsecond each with prometheus_cli
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -209,6 +210,8 @@ class WorkerMetrics:
         self._requests: dict[str, _Bound] = {}
         self._gpu: dict[int, tuple[_Bound, _Bound, _Bound]] = {}
         self._nvml: Any = None
+        self._closed = False
+        self._last_tick = time.monotonic()
         self._up.set(1)
         # Export ok requests at 0 from the start, so rates exist before the first reply.
         self._request_counter("ok")
@@ -279,8 +282,20 @@ class WorkerMetrics:
         except Exception:
             self._nvml = False
 
+    def tick(self) -> None:
+        """Refresh the gauges (up, GPU): call it from any loop that runs at least every few
+        seconds, even when idle; it does the work at most once a second. Ray exports a gauge only
+        when it was set since the last report, so without this `up` vanishes on Ray."""
+        now = time.monotonic()
+        if now - self._last_tick < 1.0:
+            return
+        self._last_tick = now
+        self._up.set(0 if self._closed else 1)
+        self.sample_gpu()
+
     def close(self) -> None:
         """The worker stops: `rolloutq_worker_up` goes to 0."""
+        self._closed = True
         self._up.set(0)
 
 
@@ -297,6 +312,9 @@ class NullWorkerMetrics(WorkerMetrics):
         pass
 
     def sample_gpu(self, indices: Sequence[int] | None = None) -> None:
+        pass
+
+    def tick(self) -> None:
         pass
 
     def close(self) -> None:
@@ -316,6 +334,8 @@ class SimMetrics:
         self._successes = _bind(backend, SIM_SUCCESSES, **lab)
         self._infra = _bind(backend, SIM_INFRA_FAILURES, **lab)
         self._up = _bind(backend, SIM_UP, **lab)
+        self._closed = False
+        self._last_tick = time.monotonic()
         self._up.set(1)
 
     def observe_round_trip(self, s: float) -> None:
@@ -334,7 +354,17 @@ class SimMetrics:
         elif success:
             self._successes.inc(1)
 
+    def tick(self) -> None:
+        """Refresh `rolloutq_sim_up`; call it from the rollout loop (does the work at most once a
+        second). Needed on Ray, which drops gauges that were not set since its last report."""
+        now = time.monotonic()
+        if now - self._last_tick < 1.0:
+            return
+        self._last_tick = now
+        self._up.set(0 if self._closed else 1)
+
     def close(self) -> None:
+        self._closed = True
         self._up.set(0)
 
 
@@ -351,6 +381,9 @@ class NullSimMetrics(SimMetrics):
         pass
 
     def episode(self, success: bool, infra_failure: bool = False) -> None:
+        pass
+
+    def tick(self) -> None:
         pass
 
     def close(self) -> None:

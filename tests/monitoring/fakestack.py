@@ -44,9 +44,9 @@ class FakeWorker(threading.Thread):
         ensure_group(self.r, self.keys, self.policy)
         last_stats = 0.0
         while not self.stop_ev.is_set():
+            self.m.tick()
             if time.monotonic() - last_stats > self.stats_every_s:
                 self.write_stats()
-                self.m.sample_gpu()
                 last_stats = time.monotonic()
             got = self.r.xreadgroup(GROUP, self.wid, {stream: ">"}, count=self.max_batch, block=50)
             if not got:
@@ -97,6 +97,7 @@ class FakeSim(threading.Thread):
             last = "0-0"
             infra = False
             for seq in range(self.qpe):
+                self.m.tick()
                 t0 = time.perf_counter()
                 self.r.xadd(stream, Request(rollout, seq, reply_key, b"obs", 5000).to_fields())
                 got = self.r.xread({reply_key: last}, count=1, block=5000)
