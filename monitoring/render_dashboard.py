@@ -105,7 +105,7 @@ def render(prom: str, out: Path, minutes: float = 10.0, dashboard: Path = DASHBO
             ax.legend(fontsize=6, loc="upper left")
         ax.grid(alpha=0.3)
     fig.suptitle(f"{dash['title']} (rendered from Prometheus, last {minutes:g} min)", fontsize=12)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)

@@ -4,6 +4,7 @@ recording rules and the alert rules returns data, and the queue metrics follow a
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ def all_expressions() -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(180 + int(float(os.environ.get("ROLLOUTQ_STACK_TEST_EXTRA_S", "0"))))
 def test_prometheus_sees_the_whole_stack(mon_redis, mon_prometheus, tmp_path):
     r, keys = mon_redis.client, Keys()
     stop = threading.Event()
@@ -142,12 +143,25 @@ def test_prometheus_sees_the_whole_stack(mon_redis, mon_prometheus, tmp_path):
         ratio = prom.value('policy:rolloutq_sim_success_ratio{policy="pol"}')
         assert 0 <= ratio <= 1
 
+        # (Optional, for docs/img: keep the stack running longer with a load step in the middle.)
+        extra = float(os.environ.get("ROLLOUTQ_STACK_TEST_EXTRA_S", "0"))
+        if extra:
+            time.sleep(extra / 3)
+            more = [FakeSim(r, keys, "pol", f"sim{i}", sim_metrics(f"sim{i}", "pol")) for i in range(3, 12)]
+            threads.extend(more)
+            for s in more:
+                s.start()
+            time.sleep(extra / 3)
+            for s in more:
+                s.stop_ev.set()
+            time.sleep(extra / 3)
+
         # 6. The dashboard renders from this Prometheus.
         png = tmp_path / "dashboard.png"
-        counts = render_dashboard.render(prom.url, png, minutes=2)
+        counts = render_dashboard.render(prom.url, png, minutes=2 + extra / 60)
         assert png.stat().st_size > 20_000
         assert all(n > 0 for t, n in counts.items() if not t.startswith("GPU")), counts
-        if keep := __import__("os").environ.get("ROLLOUTQ_KEEP_DASHBOARD_PNG"):
+        if keep := os.environ.get("ROLLOUTQ_KEEP_DASHBOARD_PNG"):
             Path(keep).write_bytes(png.read_bytes())
 
         # 7. `rolloutq top --once` reads the same numbers from Redis.
