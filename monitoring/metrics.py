@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -194,6 +195,34 @@ def _bind(backend: str, d: MetricDef, **labels: str) -> _Bound:
     raise ValueError(f"metrics backend {backend!r} is not one of {BACKENDS}")
 
 
+# -- gauge refresher -----------------------------------------------------------------------------
+# Ray exports a gauge only when it was set since its last report, so a gauge set once vanishes
+# from Ray's endpoint (seen with Ray 2.60); GPU gauges need sampling anyway. One daemon thread per
+# process re-sets the `up` gauges and samples the GPU of every live recorder every REFRESH_S.
+REFRESH_S = 2.0
+_live: weakref.WeakSet = weakref.WeakSet()
+_refresher: threading.Thread | None = None
+
+
+def _refresh_loop() -> None:
+    while True:
+        time.sleep(REFRESH_S)
+        for rec in list(_live):
+            try:
+                rec.tick(force=True)
+            except Exception:  # metrics must never take the process down
+                pass
+
+
+def _register(rec: Any) -> None:
+    global _refresher
+    _live.add(rec)
+    with _prom_lock:
+        if _refresher is None:
+            _refresher = threading.Thread(target=_refresh_loop, name="rolloutq-metrics", daemon=True)
+            _refresher.start()
+
+
 # -- policy workers ---------------------------------------------------------------------------
 class WorkerMetrics:
     """What one policy worker (replica) records. Build with `worker_metrics(...)`."""
@@ -212,9 +241,11 @@ class WorkerMetrics:
         self._nvml: Any = None
         self._closed = False
         self._last_tick = time.monotonic()
+        self._gpu_lock = threading.Lock()
         self._up.set(1)
         # Export ok requests at 0 from the start, so rates exist before the first reply.
         self._request_counter("ok")
+        _register(self)
 
     def _request_counter(self, status: str) -> _Bound:
         c = self._requests.get(status)
@@ -246,10 +277,22 @@ class WorkerMetrics:
         """`n` requests answered with `status` (`"ok"` or a broker.schema.Status error code)."""
         self._request_counter(str(status)).inc(n)
 
+    # broker.consumer.ConsumerMetrics: pass a WorkerMetrics as the consumer's `metrics`.
+    def on_batch(self, size: int, queue_s: Sequence[float], infer_s: float, decode_s: float,
+                 encode_s: float) -> None:
+        self.observe_batch(size, queue_s, infer_s, decode_s, encode_s)
+
+    def on_reply(self, status: str) -> None:
+        self.count_request(status)
+
     def sample_gpu(self, indices: Sequence[int] | None = None) -> None:
         """Read GPU utilisation and memory through NVML (nvidia-ml-py), when it is installed and a
         GPU is present; a no-op otherwise. Call it from the stats loop (every few seconds), not
         per batch. `indices` are NVML device indices (all devices when None)."""
+        with self._gpu_lock:
+            self._sample_gpu(indices)
+
+    def _sample_gpu(self, indices: Sequence[int] | None) -> None:
         if self._nvml is False:
             return
         if self._nvml is None:
@@ -282,12 +325,11 @@ class WorkerMetrics:
         except Exception:
             self._nvml = False
 
-    def tick(self) -> None:
-        """Refresh the gauges (up, GPU): call it from any loop that runs at least every few
-        seconds, even when idle; it does the work at most once a second. Ray exports a gauge only
-        when it was set since the last report, so without this `up` vanishes on Ray."""
+    def tick(self, force: bool = False) -> None:
+        """Refresh the gauges (up, GPU sample). A background thread does it every REFRESH_S;
+        calling it yourself is optional (at most once a second unless forced)."""
         now = time.monotonic()
-        if now - self._last_tick < 1.0:
+        if not force and now - self._last_tick < 1.0:
             return
         self._last_tick = now
         self._up.set(0 if self._closed else 1)
@@ -314,7 +356,7 @@ class NullWorkerMetrics(WorkerMetrics):
     def sample_gpu(self, indices: Sequence[int] | None = None) -> None:
         pass
 
-    def tick(self) -> None:
+    def tick(self, force: bool = False) -> None:
         pass
 
     def close(self) -> None:
@@ -337,6 +379,7 @@ class SimMetrics:
         self._closed = False
         self._last_tick = time.monotonic()
         self._up.set(1)
+        _register(self)
 
     def observe_round_trip(self, s: float) -> None:
         """One policy query: seconds from sending the observation to having the action chunk."""
@@ -354,11 +397,21 @@ class SimMetrics:
         elif success:
             self._successes.inc(1)
 
-    def tick(self) -> None:
-        """Refresh `rolloutq_sim_up`; call it from the rollout loop (does the work at most once a
-        second). Needed on Ray, which drops gauges that were not set since its last report."""
+    # sim_workers.worker.SimMetrics: pass a SimMetrics as the sim worker's `metrics`.
+    def on_round_trip(self, seconds: float) -> None:
+        self.observe_round_trip(seconds)
+
+    def on_steps(self, n: int) -> None:
+        self.env_steps(n)
+
+    def on_episode(self, success: bool, infra_failure: bool) -> None:
+        self.episode(success, infra_failure)
+
+    def tick(self, force: bool = False) -> None:
+        """Refresh `rolloutq_sim_up`. A background thread does it every REFRESH_S; calling it
+        yourself is optional (at most once a second unless forced)."""
         now = time.monotonic()
-        if now - self._last_tick < 1.0:
+        if not force and now - self._last_tick < 1.0:
             return
         self._last_tick = now
         self._up.set(0 if self._closed else 1)
@@ -383,7 +436,7 @@ class NullSimMetrics(SimMetrics):
     def episode(self, success: bool, infra_failure: bool = False) -> None:
         pass
 
-    def tick(self) -> None:
+    def tick(self, force: bool = False) -> None:
         pass
 
     def close(self) -> None:

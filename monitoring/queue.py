@@ -13,7 +13,8 @@ that pages through XRANGE, capped at `scan_cap` entries per poll. Only ids cross
 
 Worker stats JSON (one field per worker id in `{ns}:workers:{policy}`, rewritten every second or
 so by each live worker): `served_total` (requests answered), `batches_total`, `busy_s_total`
-(seconds spent in inference), `ts` (unix seconds of the write); optional `errors_total`.
+(seconds spent in inference), `ts` (unix seconds of the write); optional `errors_total` (an int
+or a map of error code -> count). Other fields are ignored.
 """
 
 from __future__ import annotations
@@ -264,7 +265,9 @@ class QueueProbe:
                 served = int(d.get("served_total", 0))
                 batches = int(d.get("batches_total", 0))
                 busy = float(d.get("busy_s_total", 0.0))
-                errors = int(d.get("errors_total", 0))
+                errors = d.get("errors_total", 0)
+                # an int, or a map of error code -> count (the core's consumer writes the latter)
+                errors = sum(int(v) for v in errors.values()) if isinstance(errors, dict) else int(errors)
                 ts = float(d.get("ts", 0.0))
             except (ValueError, TypeError, AttributeError):
                 continue

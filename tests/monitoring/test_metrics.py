@@ -74,3 +74,31 @@ def test_unknown_backend_is_refused():
         worker_metrics("p", "w", backend="statsd")
     with pytest.raises(ValueError, match="backend"):
         sim_metrics("s", backend="statsd")
+
+
+def test_core_protocol_names_record_the_same_things():
+    """broker.consumer.ConsumerMetrics and sim_workers.worker.SimMetrics method names."""
+    w = worker_metrics("proto", "w1")
+    w.on_batch(2, [0.1, 0.2], 0.05, 0.001, 0.001)
+    w.on_reply("ok")
+    w.on_reply("expired")
+    s = sim_metrics("s1", "proto")
+    s.on_round_trip(0.3)
+    s.on_steps(8)
+    s.on_episode(False, True)
+    w.tick(force=True)
+    s.tick(force=True)
+    server = serve_metrics(0, "127.0.0.1")
+    try:
+        m = scrape(server.server_port)
+    finally:
+        server.shutdown()
+    assert m['rolloutq_worker_batch_size_sum{policy="proto",worker="w1"}'] == 2
+    assert m['rolloutq_worker_requests_total{policy="proto",status="expired",worker="w1"}'] == 1
+    assert m['rolloutq_sim_env_steps_total{policy="proto",sim="s1"}'] == 8
+    assert m['rolloutq_sim_infra_failures_total{policy="proto",sim="s1"}'] == 1
+    assert m['rolloutq_sim_successes_total{policy="proto",sim="s1"}'] == 0
+    for null in (worker_metrics("p", "w", "off"), sim_metrics("s", "p", "off")):
+        for name in ("on_batch", "on_reply", "on_round_trip", "on_steps", "on_episode"):
+            if hasattr(null, name):
+                assert callable(getattr(null, name))
