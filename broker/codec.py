@@ -51,7 +51,10 @@ class Codec(Protocol):
 
 
 def _is_ndarray_map(obj: dict) -> bool:
-    return b"nd" in obj or "nd" in obj or "__ndarray__" in obj or b"__ndarray__" in obj
+    # msgpack-numpy and openpi use bin keys; text keys count only with the whole layout present.
+    if b"nd" in obj or b"__ndarray__" in obj:
+        return True
+    return ("nd" in obj and "type" in obj and "data" in obj) or ("__ndarray__" in obj and "dtype" in obj)
 
 
 def _get(obj: dict, name: str) -> Any:
@@ -84,7 +87,7 @@ def _array(obj: dict) -> np.ndarray:
         kind = obj.get(b"kind", obj.get("kind", b""))
         if kind not in (b"", ""):
             raise CodecError("array kind must be empty: object and void arrays are refused")
-        if not (_get(obj, "nd") is True):
+        if _get(obj, "nd") is not True:
             scalar = _get(obj, "data")
             if not isinstance(scalar, bytes) or len(scalar) != dtype.itemsize:
                 raise CodecError(f"numpy scalar of dtype {dtype.str} needs {dtype.itemsize} data bytes")
@@ -132,7 +135,7 @@ class _Decoder:
             if self.arrays > self.limits.max_arrays:
                 raise CodecError(f"message holds more than {self.limits.max_arrays} arrays")
             return _array(obj)
-        if "__npgeneric__" in obj or b"__npgeneric__" in obj:
+        if b"__npgeneric__" in obj or ("__npgeneric__" in obj and "dtype" in obj):
             return np.asarray(_get(obj, "data"), dtype=_dtype(_get(obj, "dtype")))[()]
         for k in obj:
             if not isinstance(k, str):

@@ -16,13 +16,16 @@ def available() -> list[str]:
 
 
 def make_task(name: str, **options: Any) -> SimAdapter:
+    return task_class(name)(**options)
+
+
+def task_class(name: str) -> type[SimAdapter]:
+    """The adapter class of a task, without building an environment (for its `layout`)."""
     module_name = name.replace("-", "_")
     for package in (__name__, "sim_workers.adapters"):
         try:
-            module = importlib.import_module(f"{package}.{module_name}")
+            return importlib.import_module(f"{package}.{module_name}").Adapter
         except ModuleNotFoundError as e:
-            if e.name == f"{package}.{module_name}":
-                continue
-            raise
-        return module.Adapter(**options)
+            if e.name != f"{package}.{module_name}":
+                raise
     raise TaskNotFound(f"no task {name!r}; available: {', '.join(available())}")

@@ -1,0 +1,512 @@
+"""The policy worker's side of the wire: read requests, micro-batch them, reply, ack.
+
+One `StreamConsumer` per worker process (or Ray Serve replica). Its tasks share one event loop:
+
+- the reader XREADGROUPs new requests (never holding more than `max_inflight`, so the rest of a
+  backlog stays in Redis for other replicas), decodes and validates them, and feeds the batcher;
+- the dispatcher takes ready batches and runs the handler's `infer` in a one-thread executor, so
+  the loop keeps reading and decoding the next batch while the model runs;
+- reply writers pipeline XADD + EXPIRE of every reply, then XACK: a request is acked only after
+  its reply was written (at-least-once; the client drops duplicates by sequence number);
+- the claimer XAUTOCLAIMs entries left pending by dead workers, and dead-letters those delivered
+  `max_deliveries` times;
+- the stats task publishes a JSON snapshot to the worker-stats hash for `rolloutq top`, the
+  exporter and the controller.
+
+Bad requests never reach the handler: each gets an error reply naming the problem and is acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as aredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from broker.batcher import MicroBatcher, signature
+from broker.codec import Codec, MsgpackNumpyCodec
+from broker.errors import BrokerError, CodecError, ProtocolError
+from broker.keys import GROUP, Keys
+from broker.schema import Reply, Request, Status
+from broker.settings import WorkerSettings
+
+log = logging.getLogger("rolloutq.consumer")
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+class BatchHandler(Protocol):
+    """What the consumer needs from a policy: a schema check and batched inference."""
+
+    def validate(self, obs: Any) -> str | None:
+        """None if `obs` fits the policy's schema, else a message for the client."""
+
+    def infer(self, batch: list[Any]) -> list[Any]:
+        """One action chunk per observation (runs in the executor thread)."""
+
+
+class ConsumerMetrics(Protocol):
+    def on_batch(self, size: int, queue_s: list[float], infer_s: float, decode_s: float, encode_s: float) -> None: ...
+
+    def on_reply(self, status: str) -> None: ...
+
+
+class _NoMetrics:
+    def on_batch(self, size: int, queue_s: list[float], infer_s: float, decode_s: float, encode_s: float) -> None:
+        pass
+
+    def on_reply(self, status: str) -> None:
+        pass
+
+
+@dataclass
+class Job:
+    entry_id: bytes
+    stream: str
+    request: Request
+    obs: Any
+    id_ms: int
+    deliveries: int
+    decode_s: float
+
+
+_PCTS = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
+
+
+@dataclass
+class WorkerStats:
+    """Counters a worker keeps; `snapshot()` is what /stats and the stats hash show."""
+
+    worker: str
+    started: float = field(default_factory=time.time)
+    requests_total: int = 0
+    replies_ok: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    batches_total: int = 0
+    batched_items_total: int = 0
+    busy_s_total: float = 0.0
+    dead_letters_total: int = 0
+    reclaimed_total: int = 0
+    infer_ms: deque = field(default_factory=lambda: deque(maxlen=2048))
+    queue_ms: deque = field(default_factory=lambda: deque(maxlen=2048))
+    batch_sizes: deque = field(default_factory=lambda: deque(maxlen=2048))
+
+    def snapshot(self) -> dict[str, Any]:
+        def pct(values: deque, q: float) -> float | None:
+            if not values:
+                return None
+            s = sorted(values)
+            return round(s[min(len(s) - 1, int(q * len(s)))], 3)
+
+        return {
+            "worker": self.worker,
+            "ts": time.time(),
+            "uptime_s": round(time.time() - self.started, 3),
+            "requests_total": self.requests_total,
+            "served_total": self.batched_items_total,
+            "replies_ok_total": self.replies_ok,
+            "errors_total": dict(self.errors),
+            "batches_total": self.batches_total,
+            "mean_batch_size": round(self.batched_items_total / self.batches_total, 3) if self.batches_total else 0.0,
+            "busy_s_total": round(self.busy_s_total, 4),
+            "dead_letters_total": self.dead_letters_total,
+            "reclaimed_total": self.reclaimed_total,
+            "infer_ms": {q: pct(self.infer_ms, f) for q, f in _PCTS},
+            "queue_ms": {q: pct(self.queue_ms, f) for q, f in _PCTS},
+            "recent_mean_batch_size": round(sum(self.batch_sizes) / max(1, len(self.batch_sizes)), 3),
+        }
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class StreamConsumer:
+    def __init__(
+        self,
+        redis_client: aredis.Redis,
+        handler: BatchHandler,
+        settings: WorkerSettings,
+        keys: Keys | None = None,
+        codec: Codec | None = None,
+        metrics: ConsumerMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.redis = redis_client
+        self.handler = handler
+        self.settings = settings
+        self.keys = keys or Keys()
+        self.codec = codec or MsgpackNumpyCodec()
+        self.metrics = metrics or _NoMetrics()
+        self.clock = clock
+        self.worker_id = settings.worker_id or default_worker_id()
+        self.stats = WorkerStats(self.worker_id)
+        b = settings.batch
+        self.max_inflight = b.max_inflight or 2 * b.max_batch_size
+        self.batcher: MicroBatcher[Job] = MicroBatcher(b.max_batch_size, b.max_wait_ms / 1000)
+        self.streams = [self.keys.requests(settings.policy, s) for s in range(settings.shards)]
+        self._prefix = {s: self.keys.reply_prefix(settings.policy, i) for i, s in enumerate(self.streams)}
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="rolloutq-infer")
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._in_inference = 0
+        self._writers: set[asyncio.Task] = set()
+        self._offset_ms = 0.0
+        self._stopping = False
+        self.ready = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def setup(self) -> None:
+        for stream in self.streams:
+            try:
+                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+        sec, usec = await self.redis.time()
+        self._offset_ms = sec * 1000 + usec / 1000 - time.time() * 1000
+
+    async def run(self, stop: asyncio.Event, grace_s: float = 10.0) -> None:
+        """Serve until `stop` is set; then stop reading, finish what was read (within `grace_s`)."""
+        await self._retrying(self.setup)
+        self.ready.set()
+        tasks = [
+            asyncio.create_task(self._reader(stop), name="reader"),
+            asyncio.create_task(self._dispatcher(stop), name="dispatcher"),
+            asyncio.create_task(self._claimer(stop), name="claimer"),
+            asyncio.create_task(self._stats_publisher(stop), name="stats"),
+        ]
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not stopper and t.exception() is not None]
+        self._stopping = True
+        self._wake.set()
+        self._room.set()
+        try:
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), grace_s)
+            if self._writers:
+                await asyncio.wait_for(asyncio.gather(*self._writers, return_exceptions=True), grace_s)
+        except TimeoutError:
+            log.warning("worker %s: shutdown grace of %.0fs ran out; unanswered requests stay pending "
+                        "and will be re-claimed by another worker", self.worker_id, grace_s)
+            for t in tasks:
+                t.cancel()
+        finally:
+            stopper.cancel()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            with contextlib.suppress(Exception):
+                await self.redis.hdel(self.keys.worker_stats(self.settings.policy), self.worker_id)
+        if failed:
+            raise failed[0].exception()  # type: ignore[misc]
+
+    async def _retrying(self, op: Callable[[], Any]) -> Any:
+        delay = 0.05
+        while True:
+            try:
+                return await op()
+            except _REDIS_DOWN as e:
+                if self._stopping:
+                    raise
+                log.warning("worker %s: Redis unreachable (%s); retrying in %.2fs", self.worker_id, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _server_ms(self) -> float:
+        return time.time() * 1000 + self._offset_ms
+
+    # -- reading ---------------------------------------------------------------------------
+    def _held(self) -> int:
+        return len(self.batcher) + self._in_inference
+
+    async def _reader(self, stop: asyncio.Event) -> None:
+        streams = {s: ">" for s in self.streams}
+        delay = 0.05
+        while not stop.is_set():
+            room = self.max_inflight - self._held()
+            if room <= 0:
+                self._room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), 0.5)
+                continue
+            try:
+                got = await self.redis.xreadgroup(
+                    GROUP, self.worker_id, streams, count=room, block=self.settings.block_ms
+                )
+                delay = 0.05
+            except _REDIS_DOWN as e:
+                log.warning("worker %s: Redis unreachable while reading (%s); retrying", self.worker_id, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            except ResponseError as e:
+                if "NOGROUP" in str(e):  # Redis restarted without persistence: recreate the group
+                    await self._retrying(self.setup)
+                    continue
+                raise
+            if got:
+                await self._accept_all(got, deliveries=1)
+
+    async def _accept_all(self, got: list, deliveries: int | dict[bytes, int]) -> None:
+        rejects: list[tuple[str, bytes, str | None, Reply]] = []
+        for stream_name, entries in got:
+            stream = stream_name.decode() if isinstance(stream_name, bytes) else stream_name
+            for entry_id, fields in entries:
+                if fields is None:  # deleted while pending
+                    continue
+                n = deliveries if isinstance(deliveries, int) else deliveries.get(entry_id, 1)
+                bad = self._accept(stream, entry_id, fields, n)
+                if bad is not None:
+                    rejects.append(bad)
+        if rejects:
+            await self._write_replies(rejects)
+        self._wake.set()
+
+    def _accept(self, stream: str, entry_id: bytes, fields: dict, deliveries: int):
+        """Queue a request for batching, or return (stream, id, reply_to, error reply) to reject it."""
+        self.stats.requests_total += 1
+        raw_reply_to = fields.get(b"reply_to", b"")
+        reply_to = raw_reply_to.decode("utf-8", "replace") if isinstance(raw_reply_to, bytes) else ""
+        if not reply_to.startswith(self._prefix[stream]):
+            reply_to = None  # nowhere safe to answer; acked and dead-lettered
+        try:
+            seq = int(fields.get(b"seq", b"-1"))
+        except ValueError:
+            seq = -1
+        try:
+            request = Request.from_fields(fields)
+        except ProtocolError as e:
+            code = Status.UNSUPPORTED_VERSION if "version" in str(e) else Status.BAD_REQUEST
+            return stream, entry_id, reply_to, Reply(seq, code, error=str(e), worker=self.worker_id)
+        if reply_to is None:
+            return stream, entry_id, None, Reply(seq, Status.BAD_REQUEST, error="reply_to outside this policy's "
+                                                 "reply key space", worker=self.worker_id)
+        id_ms = int(entry_id.split(b"-")[0])
+        if self._server_ms() > id_ms + request.ttl_ms:
+            return stream, entry_id, reply_to, Reply(
+                seq, Status.EXPIRED, error=f"deadline of {request.ttl_ms} ms passed before inference; resend "
+                "with a longer deadline or add policy workers", worker=self.worker_id)
+        if deliveries > self.settings.max_deliveries:
+            return stream, entry_id, reply_to, Reply(
+                seq, Status.DEAD_LETTER, error=f"request was delivered {deliveries - 1} times without an "
+                "answer (worker crashes or inference failures); it was moved to the dead-letter stream",
+                worker=self.worker_id)
+        t0 = time.perf_counter()
+        try:
+            obs = self.codec.decode(request.obs)
+        except CodecError as e:
+            return stream, entry_id, reply_to, Reply(seq, Status.BAD_OBSERVATION, error=str(e), worker=self.worker_id)
+        decode_s = time.perf_counter() - t0
+        if self.settings.validate_schema:
+            problem = self.handler.validate(obs)
+            if problem:
+                return stream, entry_id, reply_to, Reply(seq, Status.SCHEMA_MISMATCH, error=problem,
+                                                         worker=self.worker_id)
+        job = Job(entry_id, stream, request, obs, id_ms, deliveries, decode_s)
+        self.batcher.add(job, signature(obs), self.clock())
+        return None
+
+    # -- batching and inference -------------------------------------------------------------
+    async def _dispatcher(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = self.batcher.pop_ready(self.clock(), flush=self._stopping)
+            if batch is None:
+                if self._stopping and not len(self.batcher):
+                    return
+                deadline = self.batcher.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - self.clock())
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout if timeout is not None else 0.5)
+                continue
+            jobs, _ = batch
+            self._in_inference = len(jobs)
+            try:
+                await self._infer(loop, jobs)
+            finally:
+                self._in_inference = 0
+                self._room.set()
+
+    async def _infer(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
+        now_ms = self._server_ms()
+        live: list[Job] = []
+        replies: list[tuple[str, bytes, str | None, Reply]] = []
+        for job in jobs:
+            if now_ms > job.id_ms + job.request.ttl_ms:
+                replies.append((job.stream, job.entry_id, job.request.reply_to,
+                                Reply(job.request.seq, Status.EXPIRED, error="deadline passed while queued; "
+                                      "add policy workers or lengthen the deadline", worker=self.worker_id)))
+            else:
+                live.append(job)
+        if live:
+            queue_ms = [max(0.0, now_ms - j.id_ms) for j in live]
+            t0 = time.perf_counter()
+            try:
+                chunks = await loop.run_in_executor(self._executor, self.handler.infer, [j.obs for j in live])
+                if len(chunks) != len(live):
+                    raise RuntimeError(f"backend returned {len(chunks)} chunks for {len(live)} observations")
+            except Exception as e:  # a bad batch must not kill the worker
+                log.error("worker %s: inference failed on a batch of %d: %s", self.worker_id, len(live), e)
+                replies.extend(await self._isolate(loop, live))
+            else:
+                infer_s = time.perf_counter() - t0
+                self._account(live, queue_ms, infer_s)
+                t1 = time.perf_counter()
+                for job, chunk, q in zip(live, chunks, queue_ms, strict=True):
+                    try:
+                        payload = self.codec.encode(chunk)
+                    except CodecError as e:
+                        replies.append((job.stream, job.entry_id, job.request.reply_to,
+                                        Reply(job.request.seq, Status.INFERENCE_FAILED, error=f"policy output "
+                                              f"could not be encoded: {e}", worker=self.worker_id)))
+                        continue
+                    replies.append((job.stream, job.entry_id, job.request.reply_to, Reply(
+                        job.request.seq, Status.OK, action=payload, queue_ms=q, infer_ms=infer_s * 1000,
+                        batch=len(live), worker=self.worker_id)))
+                self.metrics.on_batch(len(live), [q / 1000 for q in queue_ms], infer_s,
+                                      sum(j.decode_s for j in live), time.perf_counter() - t1)
+        if replies:
+            task = asyncio.create_task(self._write_replies(replies))
+            self._writers.add(task)
+            task.add_done_callback(self._writers.discard)
+
+    async def _isolate(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> list:
+        """After a failed batch, run its requests one by one so one poison request fails alone."""
+        out = []
+        for job in jobs:
+            error = ""
+            for _ in range(max(1, self.settings.max_deliveries - job.deliveries + 1)):
+                t0 = time.perf_counter()
+                try:
+                    chunk = (await loop.run_in_executor(self._executor, self.handler.infer, [job.obs]))[0]
+                    payload = self.codec.encode(chunk)
+                except Exception as e:
+                    error = _safe_message(e)
+                    job.deliveries += 1
+                    continue
+                infer_s = time.perf_counter() - t0
+                self._account([job], [0.0], infer_s)
+                out.append((job.stream, job.entry_id, job.request.reply_to, Reply(
+                    job.request.seq, Status.OK, action=payload, infer_ms=infer_s * 1000, batch=1,
+                    worker=self.worker_id)))
+                break
+            else:
+                out.append((job.stream, job.entry_id, job.request.reply_to, Reply(
+                    job.request.seq, Status.DEAD_LETTER, error=f"inference failed {self.settings.max_deliveries} "
+                    f"times on this observation ({error}); it was moved to the dead-letter stream",
+                    worker=self.worker_id)))
+        return out
+
+    def _account(self, jobs: list[Job], queue_ms: list[float], infer_s: float) -> None:
+        s = self.stats
+        s.batches_total += 1
+        s.batched_items_total += len(jobs)
+        s.busy_s_total += infer_s
+        s.infer_ms.append(infer_s * 1000)
+        s.queue_ms.extend(queue_ms)
+        s.batch_sizes.append(len(jobs))
+
+    # -- replies ------------------------------------------------------------------------------
+    async def _write_replies(self, replies: list[tuple[str, bytes, str | None, Reply]]) -> None:
+        """XADD every reply (and EXPIRE its stream), dead-letter what must be, then XACK all."""
+        s = self.settings
+        pipe = self.redis.pipeline(transaction=False)
+        acks: dict[str, list[bytes]] = {}
+        for stream, entry_id, reply_to, reply in replies:
+            if reply_to is not None:
+                pipe.xadd(reply_to, reply.to_fields(), maxlen=s.reply_maxlen, approximate=True)
+                pipe.expire(reply_to, s.reply_ttl_s)
+            if reply.status in (Status.DEAD_LETTER, Status.BAD_REQUEST) or reply_to is None:
+                pipe.xadd(self.keys.dead_letters(s.policy, self.streams.index(stream)), {
+                    "request_id": entry_id, "stream": stream, "reason": str(reply.status),
+                    "error": reply.error[:500], "worker": self.worker_id})
+                self.stats.dead_letters_total += 1
+            acks.setdefault(stream, []).append(entry_id)
+            if reply.ok:
+                self.stats.replies_ok += 1
+            else:
+                self.stats.errors[str(reply.status)] = self.stats.errors.get(str(reply.status), 0) + 1
+            self.metrics.on_reply(str(reply.status))
+        for stream, ids in acks.items():
+            pipe.xack(stream, GROUP, *ids)
+        delay = 0.05
+        while True:
+            try:
+                await pipe.execute()
+                return
+            except _REDIS_DOWN as e:
+                # Replies are idempotent by (rollout, seq): resending the whole pipeline is safe.
+                if self._stopping and delay > 1.0:
+                    log.warning("worker %s: dropping %d replies, Redis down at shutdown (%s); the requests stay "
+                                "pending and will be re-claimed", self.worker_id, len(replies), e)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    # -- re-claiming -------------------------------------------------------------------------
+    async def _claimer(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.claim_every_s)
+            if stop.is_set():
+                return
+            try:
+                await self.claim_once()
+            except _REDIS_DOWN:
+                continue
+            except ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+
+    async def claim_once(self) -> int:
+        """Take over requests idle longer than `claim_idle_ms` in other consumers' pending lists."""
+        claimed = 0
+        for stream in self.streams:
+            room = self.max_inflight - self._held()
+            if room <= 0:
+                break
+            res = await self.redis.xautoclaim(stream, GROUP, self.worker_id, self.settings.claim_idle_ms,
+                                              start_id="0-0", count=room)
+            entries = [e for e in res[1] if e[1] is not None] if res else []
+            if not entries:
+                continue
+            counts: dict[bytes, int] = {}
+            ids = [e[0] for e in entries]
+            info = await self.redis.xpending_range(stream, GROUP, min=ids[0], max=ids[-1], count=len(ids) + 100,
+                                                   consumername=self.worker_id)
+            for p in info:
+                counts[p["message_id"]] = p["times_delivered"]
+            claimed += len(entries)
+            self.stats.reclaimed_total += len(entries)
+            log.info("worker %s: re-claimed %d stale requests from %s", self.worker_id, len(entries), stream)
+            await self._accept_all([(stream, entries)], counts)
+        return claimed
+
+    # -- stats --------------------------------------------------------------------------------
+    async def _stats_publisher(self, stop: asyncio.Event) -> None:
+        key = self.keys.worker_stats(self.settings.policy)
+        while not stop.is_set():
+            with contextlib.suppress(*_REDIS_DOWN):
+                await self.redis.hset(key, self.worker_id, json.dumps(self.stats.snapshot()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.stats_every_s)
+
+
+def _safe_message(e: BaseException) -> str:
+    """One line, no traceback, no object reprs beyond 200 characters."""
+    if isinstance(e, BrokerError):
+        return str(e)[:200]
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}"[:200]

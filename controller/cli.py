@@ -1,0 +1,200 @@
+"""The `rolloutq` command line: the only place that reads flags and environment variables.
+
+Every command builds its settings dataclasses here and passes them down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="rolloutq: closed-loop evaluation of robot policies against simulators over Redis "
+                       "streams, with cross-rollout micro-batching.")
+console = Console(stderr=True)
+
+
+def _parse_options(pairs: list[str] | None, what: str) -> dict[str, Any]:
+    """`key=value` pairs; values are JSON when they parse as JSON, else strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise typer.BadParameter(f"{what} {pair!r} must look like key=value")
+        k, v = pair.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _env_passthrough(names: list[str] | None) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for name in names or []:
+        if name not in os.environ:
+            raise typer.BadParameter(f"--replica-env {name}: that variable is not set in this shell")
+        env[name] = os.environ[name]
+    return env
+
+
+def _setup(verbose: bool, mujoco_gl: str) -> None:
+    os.environ.setdefault("MUJOCO_GL", mujoco_gl)
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+REDIS_URL = typer.Option(None, "--redis-url", envvar="ROLLOUTQ_REDIS_URL",
+                         help="Redis URL (redis:// or rediss://, password in the URL). Default: start an "
+                              "embedded redis-server (eval only).")
+NAMESPACE = typer.Option("rq", "--namespace", envvar="ROLLOUTQ_NAMESPACE", help="Prefix of every Redis key.")
+POLICY = typer.Option("default", "--policy", envvar="ROLLOUTQ_POLICY", help="Policy deployment name.")
+
+
+@app.command("eval")
+def eval_cmd(
+    episodes: int = typer.Option(8, "--episodes", "-n", min=1, help="Episodes to run, over seeds 0..N-1."),
+    out: Path = typer.Option(Path("runs/latest"), "--out", help="Results folder (summary.json, episodes.jsonl)."),
+    task: str = typer.Option("reach", "--task", help="Built-in task or adapter name."),
+    task_option: list[str] = typer.Option(None, "--task-option", help="Task option key=value (repeatable)."),
+    backend: str = typer.Option("cnn", "--backend", help="Policy backend (null, cnn, ...)."),
+    option: list[str] = typer.Option(None, "--option", "-o", help="Backend option key=value (repeatable)."),
+    policy: str = POLICY,
+    sims: int = typer.Option(1, "--sims", min=1, help="Simulator actors."),
+    envs_per_sim: int = typer.Option(4, "--envs-per-sim", min=1, help="Environments per simulator actor."),
+    replicas: int = typer.Option(1, "--replicas", min=1, help="Policy replicas (Ray Serve)."),
+    gpus_per_replica: float = typer.Option(0.0, "--gpus-per-replica", help="GPUs per policy replica."),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", min=1),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0),
+    action_horizon: int = typer.Option(0, "--action-horizon", min=0,
+                                       help="Steps executed per chunk (0: the policy's own, 8 for GR00T)."),
+    seed_offset: int = typer.Option(0, "--seed-offset", help="First seed."),
+    address: str = typer.Option(None, "--address", help="Ray cluster address (auto = running cluster)."),
+    redis_url: str = REDIS_URL,
+    namespace: str = NAMESPACE,
+    replica_env: list[str] = typer.Option(None, "--replica-env",
+                                          help="Environment variable passed to replicas (e.g. HF_TOKEN)."),
+    health_check_timeout_s: float = typer.Option(300.0, "--health-check-timeout-s"),
+    deadline_s: float = typer.Option(120.0, "--deadline-s", help="Per-request deadline seen by simulators."),
+    video_episodes: int = typer.Option(4, "--video-episodes", min=0, help="Episodes recorded as GIFs."),
+    timeout_s: float = typer.Option(0.0, "--timeout-s", help="Fail the run after this long (0: never)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No live progress display."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show worker and Ray logs."),
+    mujoco_gl: str = typer.Option("egl", "--mujoco-gl", envvar="MUJOCO_GL", help="egl or osmesa."),
+) -> None:
+    """Run an evaluation: policy on Ray Serve, S sims x K envs, N episodes; writes OUT/summary.json."""
+    _setup(verbose, mujoco_gl)
+    from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
+    from controller.errors import ControllerError
+    from controller.eval import EvalSettings, run_eval
+    from controller.results import human_summary
+    from policy_workers.serve import ServeSettings
+
+    settings = EvalSettings(
+        episodes=episodes, out=out, task=task, task_options=_parse_options(task_option, "--task-option"),
+        backend=backend, backend_options=_parse_options(option, "--option"), policy=policy, sims=sims,
+        envs_per_sim=envs_per_sim, action_horizon=action_horizon, seed_offset=seed_offset, address=address,
+        video_episodes=video_episodes, timeout_s=timeout_s, progress=not no_progress, verbose=verbose,
+        mujoco_gl=mujoco_gl,
+        redis=RedisSettings(url=redis_url, namespace=namespace),
+        worker=WorkerSettings(policy=policy, batch=BatchSettings(max_batch_size=max_batch_size,
+                                                                 max_wait_ms=max_wait_ms)),
+        serve=ServeSettings(replicas=replicas, num_gpus=gpus_per_replica,
+                            health_check_timeout_s=health_check_timeout_s,
+                            env_vars=_env_passthrough(replica_env)),
+        client=ClientSettings(deadline_s=deadline_s, reply_timeout_s=min(30.0, deadline_s)),
+    )
+    try:
+        summary = run_eval(settings, console)
+    except ControllerError as e:
+        console.print(f"[red]eval failed:[/red] {e}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/red]")
+        raise typer.Exit(130) from None
+    console.print(human_summary(summary, out))
+    if summary["episodes"] < episodes:
+        console.print(f"[red]only {summary['episodes']} of {episodes} episodes completed[/red]")
+        raise typer.Exit(2)
+
+
+def _run_until_signal(main: Any) -> Any:
+    """Run `main(stop)` with SIGTERM/SIGINT setting `stop` (graceful shutdown)."""
+
+    async def runner() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await main(stop)
+
+    return asyncio.run(runner())
+
+
+@app.command("policy-worker")
+def policy_worker_cmd(
+    backend: str = typer.Option("cnn", "--backend", envvar="ROLLOUTQ_BACKEND", help="Policy backend."),
+    option: list[str] = typer.Option(None, "--option", "-o", help="Backend option key=value (repeatable)."),
+    policy: str = POLICY,
+    redis_url: str = typer.Option("redis://127.0.0.1:6379/0", "--redis-url", envvar="ROLLOUTQ_REDIS_URL",
+                                  help="Redis URL (redis:// or rediss://)."),
+    namespace: str = NAMESPACE,
+    worker_id: str = typer.Option("", "--worker-id", help="Consumer name (default host-pid)."),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", min=1),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0),
+    claim_idle_ms: int = typer.Option(60_000, "--claim-idle-ms", help="Re-claim requests idle this long."),
+    max_deliveries: int = typer.Option(3, "--max-deliveries", help="Dead-letter after this many deliveries."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve a policy from Redis without Ray (one process; stop with SIGTERM)."""
+    _setup(True, "egl")
+    from broker.settings import BatchSettings, RedisSettings, WorkerSettings
+    from policy_workers.loop import PolicyWorker, PolicyWorkerSettings
+
+    settings = PolicyWorkerSettings(
+        backend=backend, backend_options=_parse_options(option, "--option"),
+        redis=RedisSettings(url=redis_url, namespace=namespace),
+        worker=WorkerSettings(policy=policy, worker_id=worker_id, claim_idle_ms=claim_idle_ms,
+                              max_deliveries=max_deliveries,
+                              batch=BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)),
+    )
+    worker = PolicyWorker(settings)
+    _run_until_signal(worker.run)
+    console.print(f"policy worker stopped: {json.dumps(worker.stats())}")
+
+
+@app.command("sim-worker")
+def sim_worker_cmd(
+    run: str = typer.Option(..., "--run", envvar="ROLLOUTQ_RUN", help="Sweep (run id) to take episodes from."),
+    envs: int = typer.Option(4, "--envs", min=1, help="Environments in this process."),
+    redis_url: str = typer.Option("redis://127.0.0.1:6379/0", "--redis-url", envvar="ROLLOUTQ_REDIS_URL"),
+    namespace: str = NAMESPACE,
+    sim_id: str = typer.Option("", "--sim-id", help="Name of this simulator (default host-pid)."),
+    deadline_s: float = typer.Option(120.0, "--deadline-s"),
+    stay: bool = typer.Option(False, "--stay", help="Keep waiting for episodes instead of leaving when drained."),
+    mujoco_gl: str = typer.Option("egl", "--mujoco-gl", envvar="MUJOCO_GL"),
+) -> None:
+    """Join a sweep as a simulator process: K envs, episodes taken from Redis until it is drained."""
+    _setup(True, mujoco_gl)
+    from broker.settings import ClientSettings, RedisSettings
+    from sim_workers.worker import SimWorker, SimWorkerSettings
+
+    settings = SimWorkerSettings(run=run, envs=envs, sim_id=sim_id, exit_when_drained=not stay,
+                                 redis=RedisSettings(url=redis_url, namespace=namespace),
+                                 client=ClientSettings(deadline_s=deadline_s, reply_timeout_s=min(30.0, deadline_s)))
+    worker = SimWorker(settings)
+    summary = _run_until_signal(worker.run)
+    console.print(f"sim worker done: {json.dumps(summary)}")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

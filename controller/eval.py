@@ -1,0 +1,306 @@
+"""`rolloutq eval`: one evaluation run, end to end.
+
+Starts (or connects to) Redis and Ray, deploys the policy pool on Ray Serve, fills the sweep with
+episodes over seeds, launches S simulator actors x K environments, follows results with a live
+progress display, re-runs episodes lost to infrastructure (a dead simulator, a timeout), and
+writes episodes.jsonl and summary.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from broker.client import fetch_metadata
+from broker.connection import connect_async
+from broker.embedded import EmbeddedRedis, free_port
+from broker.keys import Keys
+from broker.settings import ClientSettings, RedisSettings, WorkerSettings
+from broker.sweep import EpisodeSpec, SweepQueue
+from controller.errors import EvalFailed
+from controller.report import write_report
+from controller.results import percentile, summarize, write_results
+from policy_workers.loop import PolicyWorkerSettings
+from policy_workers.serve import ServeSettings
+from sim_workers.tasks import task_class
+from sim_workers.worker import SimWorkerSettings
+
+log = logging.getLogger("rolloutq.eval")
+
+
+@dataclass
+class EvalSettings:
+    episodes: int = 8
+    out: Path = Path("runs/latest")
+    task: str = "reach"
+    task_options: dict[str, Any] = field(default_factory=dict)
+    backend: str = "cnn"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    policy: str = "default"
+    sims: int = 1
+    envs_per_sim: int = 4
+    sim_num_cpus: float = 1.0
+    action_horizon: int = 0
+    """0 means: the policy's published action horizon."""
+    seed_offset: int = 0
+    address: str | None = None
+    """Ray cluster address (`auto` for a running cluster); None starts a local Ray."""
+    run_id: str = ""
+    lease_s: float = 30.0
+    max_attempts: int = 3
+    video_episodes: int = 4
+    timeout_s: float = 0.0
+    progress: bool = True
+    verbose: bool = False
+    mujoco_gl: str = "egl"
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
+    client: ClientSettings = field(default_factory=ClientSettings)
+
+    def public(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        if self.redis.url:
+            d["redis"]["url"] = "<given>"
+        d["serve"]["env_vars"] = sorted(self.serve.env_vars)
+        return d
+
+
+def _backend_options(s: EvalSettings) -> dict[str, Any]:
+    """Fit a generic backend to the task: the `cnn` network takes the task's observation layout."""
+    opts = dict(s.backend_options)
+    layout = getattr(task_class(s.task), "layout", None) or {}
+    if s.backend == "null" and "action_dims" in layout:
+        opts.setdefault("action_dims", layout["action_dims"])
+    if s.backend == "cnn":
+        for k, v in layout.items():
+            opts.setdefault(k, v)
+        size = s.task_options.get("image_size")
+        if size and "image_shape" in opts:
+            shape = list(opts["image_shape"])
+            shape[2] = shape[3] = int(size)
+            opts["image_shape"] = shape
+    return opts
+
+
+class _Live:
+    """What the progress line shows, updated from results and worker stats."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.records: dict[int, dict[str, Any]] = {}
+        self.started = time.perf_counter()
+        self.calls_first: tuple[float, int] | None = None
+        self.calls_rate = 0.0
+
+    def line(self, live_steps: int) -> str:
+        done = [r for r in self.records.values() if r["status"] == "ok"]
+        wins = sum(r["success"] for r in done)
+        elapsed = max(1e-6, time.perf_counter() - self.started)
+        rts = [x for r in self.records.values() for x in r["round_trip_ms"][-50:]]
+        p50 = percentile(rts, 50)
+        rate = f"{wins / len(done):.0%}" if done else "-"
+        return (f"success {rate} | {live_steps / elapsed:.1f} env steps/s | {self.calls_rate:.1f} policy calls/s | "
+                f"rt p50 {p50 if p50 is not None else '-'} ms")
+
+
+async def _worker_stats(r: Any, keys: Keys, policy: str) -> dict[str, Any]:
+    raw = await r.hgetall(keys.worker_stats(policy))
+    snaps = [json.loads(v) for v in raw.values()]
+    served = sum(s.get("served_total", 0) for s in snaps)
+    batches = sum(s.get("batches_total", 0) for s in snaps)
+    return {"replicas_reporting": len(snaps), "served_total": served, "batches_total": batches,
+            "mean_batch_size": round(served / batches, 3) if batches else 0.0,
+            "busy_s_total": round(sum(s.get("busy_s_total", 0.0) for s in snaps), 3),
+            "errors_total": _merge([s.get("errors_total", {}) for s in snaps])}
+
+
+def _merge(dicts: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def run_eval(s: EvalSettings, console: Console | None = None) -> dict[str, Any]:
+    """Run a whole evaluation; returns the summary (also written to `s.out`)."""
+    import ray
+    from ray import serve
+
+    from policy_workers.serve import deploy
+    from sim_workers.actor import SimActor
+
+    console = console or Console(stderr=True)
+    s.run_id = s.run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    embedded: EmbeddedRedis | None = None
+    started_ray = False
+    try:
+        if s.redis.url is None:
+            embedded = EmbeddedRedis().start()
+            s.redis.url = embedded.url
+            console.print(f"[dim]embedded redis-server on {embedded.url}[/dim]")
+        env_vars = {"MUJOCO_GL": s.mujoco_gl, "PYOPENGL_PLATFORM": s.mujoco_gl, **s.serve.env_vars}
+        if not ray.is_initialized():
+            need = s.serve.replicas * s.serve.num_cpus + s.sims * s.sim_num_cpus
+            init_args: dict[str, Any] = {
+                "runtime_env": {"env_vars": env_vars},
+                "log_to_driver": s.verbose,
+                "logging_level": logging.INFO if s.verbose else logging.WARNING,
+                "include_dashboard": False,
+            }
+            if s.address:
+                ray.init(address=s.address, **init_args)
+            else:
+                ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), _node_ip_address="127.0.0.1",
+                         **init_args)
+            started_ray = True
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+        worker = PolicyWorkerSettings(backend=s.backend, backend_options=_backend_options(s), redis=s.redis,
+                                      worker=s.worker)
+        worker.worker.policy = s.policy
+        s.serve.env_vars = env_vars
+        with console.status(f"deploying policy {s.policy!r} ({s.backend}) on Ray Serve..."):
+            deploy(worker, s.serve)
+        return asyncio.run(_drive(s, console, ray, SimActor))
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        if started_ray:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+        if embedded is not None:
+            embedded.cleanup()
+            s.redis.url = None
+
+
+async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) -> dict[str, Any]:
+    keys = Keys(s.redis.namespace)
+    r = connect_async(s.redis)
+    actors: list[Any] = []
+    try:
+        meta = await fetch_metadata(r, keys, s.policy, wait_s=s.serve.health_check_timeout_s)
+        horizon = s.action_horizon or int(meta.get("action_horizon", 8))
+        task_options = dict(s.task_options)
+        if any(k.startswith("privileged.") for k in meta.get("observation_schema", {})):
+            task_options.setdefault("privileged", True)
+        config = {"policy": s.policy, "task": s.task, "task_options": task_options, "action_horizon": horizon,
+                  "shards": s.worker.shards, "video_episodes": s.video_episodes, "episodes": s.episodes,
+                  "model_id": meta.get("model_id")}
+        queue = SweepQueue(r, s.run_id, keys)
+        specs = [EpisodeSpec(i, s.seed_offset + i) for i in range(s.episodes)]
+        await queue.create(config, specs, s.lease_s)
+        sim_settings = [SimWorkerSettings(run=s.run_id, redis=s.redis, client=s.client, envs=s.envs_per_sim,
+                                          sim_id=f"sim{i}") for i in range(s.sims)]
+        remote = ray.remote(num_cpus=s.sim_num_cpus, max_concurrency=4)(SimActor)
+        actors = [remote.remote(ss) for ss in sim_settings]
+        runs = {a: a.run.remote() for a in actors}
+        records, videos = await _follow(s, console, r, keys, queue, actors, runs, ray)
+        await queue.stop()
+        stats = await _worker_stats(r, keys, s.policy)
+        stats["model_id"] = meta.get("model_id")
+        stats["parameters"] = meta.get("parameters")
+        stats["device"] = meta.get("device")
+        wall = max((r_["started_at"] + r_["wall_s"] for r_ in records), default=0) - min(
+            (r_["started_at"] for r_ in records), default=0)
+        summary = summarize(records, wall, stats, {**s.public(), "run_id": s.run_id, "sweep": config})
+        write_results(s.out, records, summary)
+        if videos:
+            vdir = s.out / "videos"
+            vdir.mkdir(parents=True, exist_ok=True)
+            for ep, data in sorted(videos.items()):
+                (vdir / f"episode_{ep:04d}.gif").write_bytes(data)
+        summary["report"] = str(write_report(s.out, records, summary))
+        return summary
+    finally:
+        for a in actors:
+            with contextlib.suppress(Exception):
+                ray.kill(a)
+        await r.aclose()
+
+
+async def _follow(s: EvalSettings, console: Console, r: Any, keys: Keys, queue: SweepQueue, actors: list,
+                  runs: dict, ray: Any) -> tuple[list[dict[str, Any]], dict[int, bytes]]:
+    live = _Live(s.episodes)
+    final: dict[int, dict[str, Any]] = {}
+    videos: dict[int, bytes] = {}
+    last_id = b"0-0"
+    last_expire = 0.0
+    deadline = time.perf_counter() + s.timeout_s if s.timeout_s else None
+    live_steps = 0
+    progress = Progress(TextColumn("[bold]episodes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.description}"), console=console, disable=not s.progress,
+                        transient=False)
+    with progress:
+        bar = progress.add_task("starting simulators...", total=s.episodes)
+        while len(final) < s.episodes:
+            for entry_id, record, video in await queue.read_results(last_id, block_ms=500):
+                last_id = entry_id
+                ep = int(record["episode"])
+                if ep in final:
+                    continue  # a duplicate from a simulator whose lease had expired
+                if record["status"] != "ok" and record["attempt"] < s.max_attempts:
+                    log.warning("episode %d attempt %d failed (%s); re-running", ep, record["attempt"],
+                                record["error"])
+                    await queue.requeue(EpisodeSpec(ep, record["seed"], record["attempt"] + 1))
+                    continue
+                final[ep] = record
+                live.records[ep] = record
+                if video:
+                    videos[ep] = video
+            now = time.perf_counter()
+            if now - last_expire > 1.0:
+                last_expire = now
+                back = await queue.expire_leases()
+                if back:
+                    console.print(f"[yellow]{back} episode(s) handed back from simulators that stopped "
+                                  "answering; re-running them[/yellow]")
+                live_steps = await _live_steps(actors, ray, live_steps)
+                st = await _worker_stats(r, keys, s.policy)
+                t = time.perf_counter()
+                if live.calls_first is None:
+                    live.calls_first = (t, st["served_total"])
+                elif t > live.calls_first[0]:
+                    live.calls_rate = (st["served_total"] - live.calls_first[1]) / (t - live.calls_first[0])
+                _check_sims(runs, ray, len(final), s.episodes)
+            progress.update(bar, completed=len(final), description=live.line(live_steps))
+            if deadline and time.perf_counter() > deadline:
+                raise EvalFailed(f"run did not finish within --timeout-s {s.timeout_s:.0f}s: "
+                                 f"{len(final)}/{s.episodes} episodes done")
+    return list(final.values()), videos
+
+
+async def _live_steps(actors: list, ray: Any, previous: int) -> int:
+    try:
+        refs = [a.progress.remote() for a in actors]
+        got = await asyncio.wait_for(asyncio.gather(*[asyncio.wrap_future(ref.future()) for ref in refs]), 2.0)
+        return sum(g["steps"] for g in got)
+    except Exception:
+        return previous
+
+
+def _check_sims(runs: dict, ray: Any, done: int, total: int) -> None:
+    ready, _ = ray.wait(list(runs.values()), timeout=0, num_returns=len(runs))
+    if len(ready) < len(runs) or done >= total:
+        return
+    errors = []
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except Exception as e:
+            errors.append(str(e).splitlines()[0][:300])
+    raise EvalFailed("every simulator actor exited before the sweep finished"
+                     + (f": {errors[0]}" if errors else "") + " (run with --verbose to see their logs)")

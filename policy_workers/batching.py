@@ -1,0 +1,100 @@
+"""Helpers backends share: flatten nested observations, check them against a published schema,
+stack a list of per-request observations along the batch axis, and split a batched chunk back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from policy_workers.base import Chunk, Obs
+
+
+def flatten(obs: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"video": {"ego_view": a}}` -> `{"video.ego_view": a}`; flat keys pass through."""
+    if not isinstance(obs, dict):
+        return {prefix[:-1]: obs} if prefix else {"": obs}
+    out: dict[str, Any] = {}
+    for k, v in obs.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_schema(obs: Any, schema: dict[str, dict[str, Any]], allow_extra: bool = False) -> str | None:
+    """None if `obs` matches `schema`, else a message naming the first problems found."""
+    if not isinstance(obs, dict):
+        return f"observation must be a map of named arrays, got {type(obs).__name__}"
+    flat = flatten(obs)
+    problems: list[str] = []
+    missing = [k for k in schema if k not in flat and not schema[k].get("optional")]
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if not allow_extra:
+        extra = [k for k in flat if k not in schema]
+        if extra:
+            problems.append(f"unknown keys {extra[:8]}")
+    for key, spec in schema.items():
+        if key not in flat:
+            continue
+        value = flat[key]
+        if spec.get("kind") == "text":
+            if not _is_text(value):
+                problems.append(f"{key} must be text (a string or a list of lists of strings)")
+            continue
+        if not isinstance(value, np.ndarray):
+            problems.append(f"{key} must be an array, got {type(value).__name__}")
+            continue
+        if "dtype" in spec and value.dtype != np.dtype(spec["dtype"]):
+            problems.append(f"{key} has dtype {value.dtype}, expected {spec['dtype']}")
+        shape = spec.get("shape")
+        if shape is not None and (len(shape) != value.ndim or any(
+                s not in (None, -1) and s != d for s, d in zip(shape, value.shape, strict=False))):
+            problems.append(f"{key} has shape {list(value.shape)}, expected {shape}")
+        if spec.get("finite") and value.dtype.kind == "f" and not np.isfinite(value).all():
+            problems.append(f"{key} contains NaN or Inf")
+    if not problems:
+        return None
+    return "observation does not match the policy's schema: " + "; ".join(problems)
+
+
+def _is_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return True
+    if isinstance(value, list):
+        return all(_is_text(v) for v in value)
+    return False
+
+
+def text_of(value: Any) -> str:
+    """The single string in a text field sent as `s`, `[s]` or `[[s]]`."""
+    while isinstance(value, list) and value:
+        value = value[0]
+    return value if isinstance(value, str) else ""
+
+
+def stack(batch: list[Obs]) -> dict[str, Any]:
+    """Concatenate per-request arrays (leading dim 1) along axis 0; text becomes a list of strings."""
+    flats = [flatten(o) for o in batch]
+    out: dict[str, Any] = {}
+    for key in flats[0]:
+        values = [f[key] for f in flats]
+        if isinstance(values[0], np.ndarray):
+            out[key] = np.concatenate(values, axis=0)
+        else:
+            out[key] = [text_of(v) for v in values]
+    return out
+
+
+def split(batched: dict[str, np.ndarray], sizes: list[int] | int) -> list[Chunk]:
+    """Inverse of `stack` for outputs: one chunk per request, each keeping a leading dim."""
+    if isinstance(sizes, int):
+        sizes = [1] * sizes
+    out: list[Chunk] = []
+    start = 0
+    for n in sizes:
+        out.append({k: np.ascontiguousarray(v[start:start + n]) for k, v in batched.items()})
+        start += n
+    return out

@@ -1,0 +1,28 @@
+"""The simulator worker as a Ray actor, so `rolloutq eval` can place sims on simulator nodes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sim_workers.worker import SimWorker, SimWorkerSettings
+
+
+class SimActor:
+    """Wrapped with `ray.remote(...)` by the controller (resources are per-pool settings)."""
+
+    def __init__(self, settings: SimWorkerSettings) -> None:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        self.worker = SimWorker(settings)
+        self._stop = asyncio.Event()
+
+    async def run(self) -> dict[str, Any]:
+        return await self.worker.run(self._stop)
+
+    async def stop(self) -> None:
+        self._stop.set()
+
+    async def progress(self) -> dict[str, Any]:
+        return self.worker.summary()

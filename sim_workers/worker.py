@@ -1,0 +1,167 @@
+"""A simulator worker: K environments in one process, taking episodes from a sweep.
+
+It reads the sweep's config from Redis (policy, task, action horizon), builds K environments of
+the task, and runs one episode per environment at a time, so K requests are in flight at once.
+Each episode is leased; the lease is renewed while it runs, and the result and the lease's end
+are written in one step. The same class runs inside a Ray actor (`sim_workers.actor`) and as the
+plain `rolloutq sim-worker` process, which is how external machines join a sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from broker.client import PolicyClient, fetch_metadata
+from broker.connection import connect_async
+from broker.keys import Keys
+from broker.settings import ClientSettings, RedisSettings
+from broker.sweep import SweepQueue
+from sim_workers.runner import EnvSlot, EpisodeRecord, run_episode
+from sim_workers.tasks import make_task
+
+log = logging.getLogger("rolloutq.sim")
+
+
+class SimMetrics(Protocol):
+    def on_round_trip(self, seconds: float) -> None: ...
+
+    def on_steps(self, n: int) -> None: ...
+
+    def on_episode(self, success: bool, infra_failure: bool) -> None: ...
+
+
+class _NoMetrics:
+    def on_round_trip(self, seconds: float) -> None:
+        pass
+
+    def on_steps(self, n: int) -> None:
+        pass
+
+    def on_episode(self, success: bool, infra_failure: bool) -> None:
+        pass
+
+
+@dataclass
+class SimWorkerSettings:
+    run: str
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    client: ClientSettings = field(default_factory=ClientSettings)
+    envs: int = 4
+    sim_id: str = ""
+    wait_for_sweep_s: float = 60.0
+    exit_when_drained: bool = False
+    """Leave once the sweep has nothing left to take and nothing of ours runs (plain processes);
+    Ray actors are stopped by the controller instead."""
+
+
+def encode_gif(frames: list[np.ndarray], fps: float = 6.0) -> bytes:
+    import imageio.v2 as imageio
+
+    buf = io.BytesIO()
+    imageio.mimwrite(buf, [np.asarray(f) for f in frames], format="GIF", duration=1.0 / fps, loop=0)
+    return buf.getvalue()
+
+
+class SimWorker:
+    def __init__(self, settings: SimWorkerSettings, metrics: SimMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or _NoMetrics()
+        self.sim_id = settings.sim_id or f"sim-{socket.gethostname()}-{os.getpid()}"
+        self.keys = Keys(settings.redis.namespace)
+        self.running: dict[int, int] = {}  # slot -> episode
+        self.done: list[EpisodeRecord] = []
+        self.steps = 0
+
+    async def run(self, stop: asyncio.Event | None = None) -> dict[str, Any]:
+        stop = stop or asyncio.Event()
+        s = self.settings
+        r = connect_async(s.redis)
+        slots: list[EnvSlot] = []
+        try:
+            queue = SweepQueue(r, s.run, self.keys)
+            config = await self._wait_config(queue, stop)
+            if config is None:
+                return self.summary()
+            client = PolicyClient(r, config["policy"], self.keys, s.client, shards=int(config.get("shards", 1)))
+            await fetch_metadata(r, self.keys, config["policy"], wait_s=s.wait_for_sweep_s)
+            lease_ms = await queue.lease_ms()
+            for i in range(s.envs):
+                slot = EnvSlot(make_task(config["task"], **config.get("task_options", {})), f"{self.sim_id}-{i}")
+                slots.append(slot)
+            renew = asyncio.create_task(self._renew(queue, lease_ms, stop))
+            await asyncio.gather(*[self._slot(i, slot, queue, client, config, lease_ms, stop)
+                                   for i, slot in enumerate(slots)])
+            renew.cancel()
+        finally:
+            for slot in slots:
+                with contextlib.suppress(Exception):
+                    await slot.close()
+            await r.aclose()
+        return self.summary()
+
+    async def _wait_config(self, queue: SweepQueue, stop: asyncio.Event) -> dict[str, Any] | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.wait_for_sweep_s
+        while not stop.is_set():
+            config = await queue.config()
+            if config is not None:
+                return config
+            if loop.time() > deadline:
+                raise TimeoutError(f"sweep {self.settings.run!r} not found in Redis: start `rolloutq eval` first, "
+                                   "or check --run, --redis-url and --namespace")
+            await asyncio.sleep(0.2)
+        return None
+
+    async def _renew(self, queue: SweepQueue, lease_ms: int, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(lease_ms / 3000)
+            with contextlib.suppress(Exception):
+                await queue.renew(self.sim_id, list(self.running.values()), lease_ms)
+
+    async def _slot(self, i: int, slot: EnvSlot, queue: SweepQueue, client: PolicyClient,
+                    config: dict[str, Any], lease_ms: int, stop: asyncio.Event) -> None:
+        video_episodes = int(config.get("video_episodes", 0))
+        while not stop.is_set():
+            if await queue.stopped():
+                return
+            spec = await queue.take(self.sim_id, lease_ms)
+            if spec is None:
+                if self.settings.exit_when_drained and not self.running and (await queue.counts())["todo"] == 0:
+                    return
+                await asyncio.sleep(0.2)
+                continue
+            self.running[i] = spec.episode
+            frames: list[np.ndarray] = []
+            record = await run_episode(
+                slot, client, spec.episode, spec.seed,
+                rollout_id=f"{self.settings.run}.e{spec.episode}.a{spec.attempt}",
+                action_horizon=int(config.get("action_horizon", 8)),
+                on_frame=frames.append if spec.episode < video_episodes else None,
+                on_steps=self._count_steps,
+            )
+            record.sim = self.sim_id
+            record.attempt = spec.attempt
+            for rt in record.round_trip_ms:
+                self.metrics.on_round_trip(rt / 1000)
+            self.metrics.on_episode(record.success, record.status != "ok")
+            video = encode_gif(frames) if frames else b""
+            await queue.finish(spec.episode, record.to_dict(), video)
+            self.running.pop(i, None)
+            self.done.append(record)
+
+    def _count_steps(self, n: int) -> None:
+        self.steps += n
+        self.metrics.on_steps(n)
+
+    def summary(self) -> dict[str, Any]:
+        return {"sim": self.sim_id, "episodes": len(self.done), "steps": self.steps,
+                "successes": sum(r.success for r in self.done)}

@@ -1,0 +1,78 @@
+"""Micro-batcher semantics (Triton's dynamic batcher): full batch, max wait, mixed shapes, order."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from broker.batcher import MicroBatcher, signature
+
+
+def test_full_batch_dispatches_immediately():
+    b = MicroBatcher[int](max_batch_size=4, max_wait_s=10.0)
+    for i in range(3):
+        b.add(i, "k", now=0.0)
+    assert b.pop_ready(now=0.0) is None
+    b.add(3, "k", now=0.0)
+    items, _ = b.pop_ready(now=0.0)
+    assert items == [0, 1, 2, 3]
+    assert len(b) == 0
+
+
+def test_partial_batch_waits_for_max_wait_of_oldest():
+    b = MicroBatcher[int](max_batch_size=8, max_wait_s=0.005)
+    b.add(1, "k", now=1.000)
+    b.add(2, "k", now=1.004)
+    assert b.pop_ready(now=1.0049) is None
+    assert abs(b.next_deadline() - 1.005) < 1e-9
+    items, arrivals = b.pop_ready(now=1.005)
+    assert items == [1, 2] and arrivals == [1.000, 1.004]
+
+
+def test_batch_never_exceeds_max_size_and_keeps_fifo():
+    b = MicroBatcher[int](max_batch_size=3, max_wait_s=0.0)
+    for i in range(7):
+        b.add(i, "k", now=float(i))
+    out = []
+    while (got := b.pop_ready(now=100.0)) is not None:
+        assert len(got[0]) <= 3
+        out.append(got[0])
+    assert out == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_mixed_shapes_form_separate_batches_oldest_group_first():
+    small = {"img": np.zeros((1, 2, 8, 8, 3), np.uint8), "lang": [["a"]]}
+    large = {"img": np.zeros((1, 2, 16, 16, 3), np.uint8), "lang": [["b"]]}
+    other_text = {"img": np.zeros((1, 2, 8, 8, 3), np.uint8), "lang": [["something else"]]}
+    assert signature(small) == signature(other_text)  # text does not split batches
+    assert signature(small) != signature(large)
+    b = MicroBatcher[str](max_batch_size=8, max_wait_s=0.01)
+    b.add("L1", signature(large), now=0.0)
+    b.add("S1", signature(small), now=0.001)
+    b.add("S2", signature(other_text), now=0.002)
+    b.add("L2", signature(large), now=0.003)
+    first, _ = b.pop_ready(now=0.02)
+    second, _ = b.pop_ready(now=0.02)
+    assert first == ["L1", "L2"] and second == ["S1", "S2"]
+    assert b.pop_ready(now=1.0) is None
+
+
+def test_dtype_difference_splits_batches():
+    a = {"x": np.zeros((1, 3), np.float32)}
+    c = {"x": np.zeros((1, 3), np.float64)}
+    assert signature(a) != signature(c)
+
+
+def test_flush_takes_partial_batches():
+    b = MicroBatcher[int](max_batch_size=8, max_wait_s=60.0)
+    b.add(1, "a", now=0.0)
+    assert b.pop_ready(now=0.0) is None
+    assert b.pop_ready(now=0.0, flush=True)[0] == [1]
+
+
+def test_full_group_preferred_by_age_among_ready():
+    b = MicroBatcher[str](max_batch_size=2, max_wait_s=60.0)
+    b.add("b1", "b", now=0.5)
+    b.add("a1", "a", now=0.1)
+    b.add("b2", "b", now=0.6)
+    # only group b is full; group a is older but not ready
+    assert b.pop_ready(now=1.0)[0] == ["b1", "b2"]

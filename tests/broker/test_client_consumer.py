@@ -1,0 +1,208 @@
+"""Client and consumer over a real redis-server: ordering, isolation, late workers, errors, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from broker.client import ActionChunker, PolicyClient, SyncPolicyClient
+from broker.connection import connect_async, connect_sync
+from broker.consumer import StreamConsumer
+from broker.errors import PolicyErrorReply, PolicyTimeout
+from broker.keys import GROUP, Keys
+from broker.schema import Reply, Status
+from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
+
+
+class EchoHandler:
+    """Replies with the observation's rollout index and step so each reply can be traced back."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.batches: list[int] = []
+
+    def validate(self, obs):
+        if "x" not in obs:
+            return "observation needs key 'x'"
+        return None
+
+    def infer(self, batch):
+        self.batches.append(len(batch))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return [{"echo": np.asarray(o["x"], np.float32).copy()} for o in batch]
+
+
+@contextlib.asynccontextmanager
+async def serving(url: str, handler, **worker_kwargs):
+    settings = WorkerSettings(policy="p", block_ms=20, **worker_kwargs)
+    r = connect_async(RedisSettings(url=url))
+    consumer = StreamConsumer(r, handler, settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    await asyncio.wait_for(consumer.ready.wait(), 10)
+    try:
+        yield consumer
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await r.aclose()
+
+
+def test_32_concurrent_rollouts_each_get_their_own_replies_in_sequence(redis_url):
+    async def main():
+        handler = EchoHandler(delay_s=0.002)
+        async with serving(redis_url, handler, batch=BatchSettings(max_batch_size=16, max_wait_ms=2)):
+            r = connect_async(RedisSettings(url=redis_url))
+            client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=20))
+
+            async def rollout(i: int) -> None:
+                for step in range(10):
+                    res = await client.act(f"r{i}", {"x": np.array([[i, step]], np.float32)})
+                    assert res.seq == step
+                    assert res.chunk["echo"].tolist() == [[i, step]]
+
+            await asyncio.gather(*[rollout(i) for i in range(32)])
+            await r.aclose()
+        assert sum(handler.batches) == 320
+        assert max(handler.batches) > 1  # requests of different rollouts shared forward passes
+
+    asyncio.run(main())
+
+
+def test_worker_started_after_requests_were_queued_still_serves_them(redis_url):
+    async def main():
+        r = connect_async(RedisSettings(url=redis_url))
+        client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=20))
+        pending = [asyncio.create_task(client.act(f"r{i}", {"x": np.array([[i]], np.float32)})) for i in range(5)]
+        await asyncio.sleep(0.5)
+        assert await r.xlen(Keys().requests("p")) == 5
+        assert not any(t.done() for t in pending)
+        async with serving(redis_url, EchoHandler()):
+            results = await asyncio.wait_for(asyncio.gather(*pending), 15)
+        assert [res.chunk["echo"][0, 0] for res in results] == [0, 1, 2, 3, 4]
+        assert (await r.xpending(Keys().requests("p"), GROUP))["pending"] == 0
+        await r.aclose()
+
+    asyncio.run(main())
+
+
+def test_bad_observation_gets_error_reply_and_worker_keeps_serving(redis_url):
+    async def main():
+        async with serving(redis_url, EchoHandler()):
+            r = connect_async(RedisSettings(url=redis_url))
+            client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=10))
+            with pytest.raises(PolicyErrorReply) as err:
+                await client.act("bad", {"y": np.zeros(1)})
+            assert err.value.code == Status.SCHEMA_MISMATCH and "needs key 'x'" in err.value.detail
+            with pytest.raises(PolicyErrorReply) as err2:
+                await client.act("bad2", b"\x92\x01")  # raw bytes that are not a valid observation map
+            assert err2.value.code == Status.SCHEMA_MISMATCH or err2.value.code == Status.BAD_OBSERVATION
+            with pytest.raises(PolicyErrorReply) as err3:
+                await client.act("bad3", b"\xc1")
+            assert err3.value.code == Status.BAD_OBSERVATION and "Traceback" not in err3.value.detail
+            res = await client.act("good", {"x": np.ones((1, 1), np.float32)})
+            assert res.chunk["echo"].shape == (1, 1)
+            await r.aclose()
+
+    asyncio.run(main())
+
+
+def test_stale_replies_are_ignored(redis_url):
+    async def main():
+        r = connect_async(RedisSettings(url=redis_url))
+        keys = Keys()
+        reply_key = keys.replies("p", "r0")
+        # a reply to an old sequence number (e.g. a duplicate) sits in the reply stream
+        await r.xadd(reply_key, Reply(seq=7, status=Status.OK, action=b"\x80").to_fields())
+        async with serving(redis_url, EchoHandler()):
+            client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=10))
+            res = await client.act("r0", {"x": np.full((1, 1), 3.0, np.float32)})
+            assert res.seq == 0 and res.chunk["echo"][0, 0] == 3.0
+        await r.aclose()
+
+    asyncio.run(main())
+
+
+def test_client_raises_clear_timeout_when_no_worker(redis_url):
+    async def main():
+        r = connect_async(RedisSettings(url=redis_url))
+        client = PolicyClient(r, "nobody", settings=ClientSettings(deadline_s=0.6, reply_timeout_s=0.25,
+                                                                   max_resends=5))
+        t0 = time.perf_counter()
+        with pytest.raises(PolicyTimeout, match="are policy workers running"):
+            await client.act("r0", {"x": np.zeros((1, 1), np.float32)})
+        assert time.perf_counter() - t0 < 5
+        assert await r.xlen(Keys().requests("nobody")) >= 2  # it resent with the same sequence number
+        seqs = {f[b"seq"] for _, f in await r.xrange(Keys().requests("nobody"))}
+        assert seqs == {b"0"}
+        await r.aclose()
+
+    asyncio.run(main())
+
+
+def test_expired_request_is_answered_without_inference(redis_url):
+    async def main():
+        r = connect_async(RedisSettings(url=redis_url))
+        client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=0.3, reply_timeout_s=5, max_resends=0))
+        handler = EchoHandler()
+        task = asyncio.create_task(client.act("late", {"x": np.zeros((1, 1), np.float32)}))
+        await asyncio.sleep(0.5)  # the request's 300 ms TTL runs out before any worker exists
+        async with serving(redis_url, handler):
+            await asyncio.sleep(0.5)
+        with pytest.raises((PolicyTimeout, PolicyErrorReply)):
+            await task
+        reply = (await r.xrange(Keys().replies("p", "late")))[0][1]
+        assert reply[b"status"] == b"expired" and handler.batches == []
+        await r.aclose()
+
+    asyncio.run(main())
+
+
+def test_sync_client_round_trip(redis_url):
+    ready = threading.Event()
+    stop_flag = threading.Event()
+
+    def serve() -> None:
+        async def main():
+            async with serving(redis_url, EchoHandler()):
+                ready.set()
+                while not stop_flag.is_set():
+                    await asyncio.sleep(0.05)
+
+        asyncio.run(main())
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        assert ready.wait(10)
+        client = SyncPolicyClient(connect_sync(RedisSettings(url=redis_url)), "p",
+                                  settings=ClientSettings(deadline_s=10))
+        for step in range(3):
+            res = client.act("sync", {"x": np.full((1, 2), step, np.float32)})
+            assert res.seq == step and res.chunk["echo"][0, 0] == step
+    finally:
+        stop_flag.set()
+        t.join(20)
+
+
+def test_action_chunker_queries_only_when_chunk_is_used_up():
+    chunker = ActionChunker(action_horizon=8)
+    queries = 0
+    executed = []
+    for _ in range(20):
+        if chunker.needs_query():
+            queries += 1
+            chunker.set_chunk({"a": np.arange(40, dtype=np.float32).reshape(1, 40, 1)})
+        chunk, t = chunker.next()
+        executed.append(int(chunk["a"][0, t, 0]))
+    assert queries == 3
+    assert executed == list(range(8)) * 2 + list(range(4))
+    short = ActionChunker(action_horizon=8)
+    short.set_chunk({"a": np.zeros((1, 5, 1))})
+    assert [short.next()[1] for _ in range(5)] == [0, 1, 2, 3, 4] and short.needs_query()
