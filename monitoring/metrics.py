@@ -369,17 +369,39 @@ class SimMetrics:
 
     def __init__(self, sim: str, policy: str = "", backend: str = "prometheus"):
         self.sim, self.policy, self.backend = sim, policy, backend
-        lab = {"policy": policy, "sim": sim}
-        self._steps = _bind(backend, SIM_ENV_STEPS, **lab)
-        self._rtt = _bind(backend, SIM_ROUND_TRIP, **lab)
-        self._episodes = _bind(backend, SIM_EPISODES, **lab)
-        self._successes = _bind(backend, SIM_SUCCESSES, **lab)
-        self._infra = _bind(backend, SIM_INFRA_FAILURES, **lab)
-        self._up = _bind(backend, SIM_UP, **lab)
         self._closed = False
         self._last_tick = time.monotonic()
-        self._up.set(1)
+        self._bind_all()
         _register(self)
+
+    def _bind_all(self) -> None:
+        lab = {"policy": self.policy, "sim": self.sim}
+        b = self.backend
+        self._steps = _bind(b, SIM_ENV_STEPS, **lab)
+        self._rtt = _bind(b, SIM_ROUND_TRIP, **lab)
+        self._episodes = _bind(b, SIM_EPISODES, **lab)
+        self._successes = _bind(b, SIM_SUCCESSES, **lab)
+        self._infra = _bind(b, SIM_INFRA_FAILURES, **lab)
+        self._up = _bind(b, SIM_UP, **lab)
+        self._up.set(1)
+
+    def set_policy(self, policy: str) -> None:
+        """Relabel with the policy once it is known (a simulator learns it from the sweep's
+        config, after it started). The old label set is dropped (prometheus_client) or marked
+        down (Ray, which cannot drop series)."""
+        if policy == self.policy:
+            return
+        old = self.policy
+        if self.backend == "prometheus":
+            for d in SIM_METRICS:
+                try:
+                    _prom_family(d).remove(old, self.sim)
+                except KeyError:
+                    pass
+        else:
+            self._up.set(0)
+        self.policy = policy
+        self._bind_all()
 
     def observe_round_trip(self, s: float) -> None:
         """One policy query: seconds from sending the observation to having the action chunk."""
@@ -435,6 +457,9 @@ class NullSimMetrics(SimMetrics):
 
     def episode(self, success: bool, infra_failure: bool = False) -> None:
         pass
+
+    def set_policy(self, policy: str) -> None:
+        self.policy = policy
 
     def tick(self, force: bool = False) -> None:
         pass

@@ -102,3 +102,19 @@ def test_core_protocol_names_record_the_same_things():
         for name in ("on_batch", "on_reply", "on_round_trip", "on_steps", "on_episode"):
             if hasattr(null, name):
                 assert callable(getattr(null, name))
+
+
+def test_sim_learns_its_policy_later():
+    s = sim_metrics("late", "")
+    s.on_steps(3)
+    s.set_policy("pol-late")
+    s.on_steps(5)
+    sim_metrics("x", backend="off").set_policy("p")
+    server = serve_metrics(0, "127.0.0.1")
+    try:
+        m = scrape(server.server_port)
+    finally:
+        server.shutdown()
+    assert m['rolloutq_sim_env_steps_total{policy="pol-late",sim="late"}'] == 5
+    assert m['rolloutq_sim_up{policy="pol-late",sim="late"}'] == 1
+    assert not any('policy="",sim="late"' in k for k in m)
