@@ -37,11 +37,12 @@ def render(snap: Snapshot) -> Any:
     q = Table(title="rolloutq queues", title_justify="left")
     for col in ("policy", "length", "lag", "pending", "oldest undeliv. s", "oldest pending s", "dlq",
                 "λ obs/s", "μ obs/s/replica", "replicas", "ρ"):
-        q.add_column(col, justify="left" if col == "policy" else "right")
+        q.add_column(col, justify="left" if col == "policy" else "right", no_wrap=col == "policy")
     w = Table(title="workers", title_justify="left")
     for col in ("policy", "worker", "served", "batches", "mean batch", "busy s", "errors", "μ obs/s",
                 "age s", "state"):
-        w.add_column(col, justify="left" if col in ("policy", "worker", "state") else "right")
+        w.add_column(col, justify="left" if col in ("policy", "worker", "state") else "right",
+                     no_wrap=col in ("policy", "worker"))
     for p in snap.policies:
         rho = p.utilization
         rho_s = _f(rho, "{:.2f}")
@@ -95,6 +96,8 @@ def top_main(settings: TopSettings, redis: Any = None) -> None:
 
         redis = redis_py.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=10)
     console = Console()
+    if not console.is_terminal:  # piped or captured: don't squeeze the tables into 80 columns
+        console = Console(width=200)
     if settings.once:
         console.print(render(top_once(redis, settings)))
         return

@@ -159,3 +159,22 @@ def test_exporter_survives_redis_going_away(mon_redis_any):
     mon_redis_any.stop()
     assert ex.poll_once() is None and ex.poll_errors == 1
     assert ex.snapshot is not None  # the last good snapshot is still served
+
+
+def test_cli_top_once_prints_a_snapshot(mon_redis):
+    from typer.testing import CliRunner
+
+    from monitoring.cli import app
+
+    r, keys = mon_redis.client, Keys("cli")
+    r.sadd(keys.policies(), "clipol")
+    push(r, keys, "clipol", 4)
+    r.hset(keys.worker_stats("clipol"), "wcli", json.dumps(
+        {"served_total": 10, "batches_total": 2, "busy_s_total": 0.5, "errors_total": {"expired": 1},
+         "ts": time.time()}))
+    out = CliRunner().invoke(app, ["top", "--once", "--interval", "0.1", "--namespace", "cli",
+                                   "--redis-url", mon_redis.url], terminal_width=200)
+    assert out.exit_code == 0, out.output
+    assert "clipol" in out.output and "wcli" in out.output
+    row = next(line for line in out.output.splitlines() if "clipol" in line and "wcli" not in line)
+    assert "4" in row.split()  # lag 4
