@@ -118,3 +118,29 @@ def test_sim_learns_its_policy_later():
     assert m['rolloutq_sim_env_steps_total{policy="pol-late",sim="late"}'] == 5
     assert m['rolloutq_sim_up{policy="pol-late",sim="late"}'] == 1
     assert not any('policy="",sim="late"' in k for k in m)
+
+
+def test_gpu_sampling_through_nvml(monkeypatch):
+    """With nvidia-ml-py present (here a stand-in module with NVML's call names), the GPU gauges
+    carry utilisation as a ratio and memory in bytes, per device index."""
+    import sys
+    import types
+
+    fake = types.ModuleType("pynvml")
+    fake.nvmlInit = lambda: None
+    fake.nvmlDeviceGetCount = lambda: 2
+    fake.nvmlDeviceGetHandleByIndex = lambda i: i
+    fake.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=[37, 80][h], memory=0)
+    fake.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=(h + 1) * 2**30, total=80 * 2**30)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    w = worker_metrics("gpupol", "gw")
+    w.sample_gpu()
+    server = serve_metrics(0, "127.0.0.1")
+    try:
+        m = scrape(server.server_port)
+    finally:
+        server.shutdown()
+    assert m['rolloutq_gpu_utilization_ratio{gpu="0",policy="gpupol",worker="gw"}'] == 0.37
+    assert m['rolloutq_gpu_utilization_ratio{gpu="1",policy="gpupol",worker="gw"}'] == 0.8
+    assert m['rolloutq_gpu_memory_used_bytes{gpu="1",policy="gpupol",worker="gw"}'] == 2 * 2**30
+    assert m['rolloutq_gpu_memory_total_bytes{gpu="0",policy="gpupol",worker="gw"}'] == 80 * 2**30
