@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,19 @@ pytestmark = pytest.mark.slow
 
 ENTRY = "from controller.cli import app; app()"
 ROLES = ("admin", "policy", "sim", "controller")
+
+
+def entry(command: str) -> str | None:
+    """How to run `rolloutq <command>` from this checkout (the installed script may be another's)."""
+    if command in {c.name for c in app.registered_commands}:
+        return ENTRY
+    try:  # the monitoring commands live on their own Typer app until they are mounted in controller/cli.py
+        from monitoring import cli as monitoring_cli
+    except ImportError:
+        return None
+    if command in {c.name for c in monitoring_cli.app.registered_commands}:
+        return "from monitoring.cli import app; app()"
+    return None
 
 
 def redis7() -> str | None:
@@ -88,7 +102,7 @@ class Service:
         self.name = f"{name}-{replica}"
         argv = [_host_path(a, root) for a in svc["command"]]
         assert argv[0] == "rolloutq"
-        self.argv = [sys.executable, "-c", ENTRY, *argv[1:]]
+        self.argv = [sys.executable, "-c", entry(argv[1]), *argv[1:]]
         env = {k: str(v).replace("@redis:6379", f"@127.0.0.1:{redis_port}")
                for k, v in (svc.get("environment") or {}).items()}
         self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("ROLLOUTQ_")},
@@ -120,6 +134,50 @@ class Service:
         return self.log.read_text(errors="replace")[-3000:]
 
 
+def check_prometheus(tmp_path: Path, exporter_port: int) -> None:
+    """The compose Prometheus config (monitoring/prometheus/), with the exporter's compose address
+    pointed at the local exporter, scrapes it: `up{job="rolloutq-exporter"} == 1`."""
+    import shutil
+
+    import httpx
+
+    binary = shutil.which("prometheus")
+    config_dir = ROOT / "monitoring" / "prometheus"
+    if binary is None or not config_dir.exists():
+        return
+    conf = tmp_path / "prometheus"
+    shutil.copytree(config_dir, conf)
+    text = (conf / "prometheus.yml").read_text()
+    assert "exporter:9108" in text
+    (conf / "prometheus.yml").write_text(text.replace("exporter:9108", f"127.0.0.1:{exporter_port}"))
+    port = free_port()
+    with open(tmp_path / "logs" / "prometheus.log", "wb") as log:
+        proc = subprocess.Popen([binary, f"--config.file={conf / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            assert proc.poll() is None, (tmp_path / "logs" / "prometheus.log").read_text()[-2000:]
+            try:
+                got = httpx.get(f"http://127.0.0.1:{port}/api/v1/query",
+                                params={"query": 'up{job="rolloutq-exporter"}'}, timeout=5).json()
+                if [r["value"][1] for r in got["data"]["result"]] == ["1"]:
+                    print(f"prometheus on :{port} scraped the exporter: {got['data']['result']}")
+                    return
+            except (httpx.HTTPError, ValueError):  # starting up: connection refused, or a 503 in plain text
+                pass
+            assert time.monotonic() < deadline, "Prometheus did not scrape the exporter within 40 s"
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def run_health(svc: dict, redis_port: int, root: Path) -> subprocess.CompletedProcess:
     test = svc["healthcheck"]["test"]
     assert test[0] == "CMD" and test[1] == "rolloutq"
@@ -147,7 +205,7 @@ def test_cpu_profile_services_run_a_sweep_as_local_processes(acl_redis, stack_en
         Service("sim", services["sim"], port, tmp_path, logs, replica=2),
         Service("controller", services["controller"], port, tmp_path, logs),
     ]
-    have_exporter = "exporter" in {c.name for c in app.registered_commands}
+    have_exporter = entry("exporter") is not None
     if have_exporter:
         exporter = dict(services["exporter"])
         cmd = list(exporter["command"])
@@ -183,6 +241,7 @@ def test_cpu_profile_services_run_a_sweep_as_local_processes(acl_redis, stack_en
 
             body = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
             assert "rolloutq_" in body
+            check_prometheus(tmp_path, metrics_port)
         policy = procs[0]
         assert policy.stop() == 0, policy.output()  # SIGTERM: graceful stop, as `docker compose down`
         assert "policy worker stopped" in policy.output()
