@@ -21,9 +21,9 @@ from pathlib import Path
 from broker.errors import RedisUnavailable
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -56,6 +56,9 @@ class EmbeddedRedis:
 
     binary: str | None = None
     port: int = 0
+    host: str = "127.0.0.1"
+    """Address to listen on; anything but loopback should come with a password."""
+    password: str | None = None
     appendonly: bool = False
     appendfsync: str = "everysec"
     extra_args: list[str] = field(default_factory=list)
@@ -65,31 +68,39 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         binary = find_redis_server(self.binary)
         if not self.port:
-            self.port = free_port()
+            self.port = free_port(self.host)
         if self.dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="rolloutq-redis-")
             self.dir = self._tmp.name
         args = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            binary, "--port", str(self.port), "--bind", self.host, "--save", "",
             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning",
             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.appendfsync,
             *self.extra_args,
         ]
+        if self.password:
+            # not on the command line (visible in ps): redis-server reads a config file from stdin with "-"
+            args.insert(1, "-")
         log = open(os.path.join(self.dir, "redis.log"), "ab")
-        self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                      stdin=subprocess.PIPE if self.password else subprocess.DEVNULL)
         log.close()
+        if self.password:
+            self._proc.stdin.write(f'requirepass "{self.password}"\n'.encode())
+            self._proc.stdin.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RedisUnavailable(f"redis-server exited with {self._proc.returncode}; see {self.dir}/redis.log")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2) as s:
                 s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
+                if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                     return self
             time.sleep(0.02)
         self.stop()

@@ -6,6 +6,7 @@ Every command builds its settings dataclasses here and passes them down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -46,6 +47,24 @@ def _env_passthrough(names: list[str] | None) -> dict[str, str]:
     return env
 
 
+def _parse_resources(raw: str | None, what: str) -> dict[str, float]:
+    """A JSON object of Ray custom resources, e.g. '{"policy_node": 1}'."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise typer.BadParameter(f"{what} must be a JSON object such as '{{\"sim_node\": 1}}': {e}") from None
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+            for k, v in value.items()):
+        raise typer.BadParameter(f"{what} must map resource names to non-negative numbers, got {raw!r}")
+    for reserved in ("CPU", "GPU", "memory"):
+        if reserved in value:
+            raise typer.BadParameter(f"{what}: set {reserved} with its own flag, not as a custom resource")
+    return {k: float(v) for k, v in value.items()}
+
+
 def _setup(verbose: bool, mujoco_gl: str) -> None:
     os.environ.setdefault("MUJOCO_GL", mujoco_gl)
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
@@ -73,6 +92,26 @@ def eval_cmd(
     envs_per_sim: int = typer.Option(4, "--envs-per-sim", min=1, help="Environments per simulator actor."),
     replicas: int = typer.Option(1, "--replicas", min=1, help="Policy replicas (Ray Serve)."),
     gpus_per_replica: float = typer.Option(0.0, "--gpus-per-replica", help="GPUs per policy replica."),
+    cpus_per_replica: float = typer.Option(1.0, "--cpus-per-replica", min=0.0, help="CPUs per policy replica."),
+    policy_resources: str = typer.Option(None, "--policy-resources",
+                                         help="Ray custom resources per policy replica, JSON "
+                                              """(e.g. '{"policy_node": 1}')."""),
+    sim_cpus: float = typer.Option(1.0, "--sim-cpus", min=0.0, help="CPUs per simulator actor."),
+    sim_gpus: float = typer.Option(0.0, "--sim-gpus", min=0.0, help="GPUs per simulator actor (rendering)."),
+    sim_resources: str = typer.Option(None, "--sim-resources",
+                                      help="Ray custom resources per simulator actor, JSON "
+                                           """(e.g. '{"sim_node": 1}')."""),
+    external: bool = typer.Option(False, "--external",
+                                  help="No Ray: fill the sweep and wait for separate `policy-worker` and `sim-worker` "
+                                       "processes on --redis-url (compose)."),
+    no_deploy: bool = typer.Option(False, "--no-deploy",
+                                   help="A policy pool already serves on --redis-url (`serve deploy`, policy-worker "
+                                        "processes): start only the simulators, as Ray actors."),
+    run_id: str = typer.Option("", "--run", envvar="ROLLOUTQ_RUN",
+                               help="Sweep id (default: generated). Simulators join with `sim-worker --run`."),
+    redis_host: str = typer.Option("", "--redis-host",
+                                   help="With --address and no --redis-url: address the controller's redis-server "
+                                        "listens on (default: this node's IP)."),
     max_batch_size: int = typer.Option(32, "--max-batch-size", min=1),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0),
     action_horizon: int = typer.Option(0, "--action-horizon", min=0,
@@ -104,11 +143,15 @@ def eval_cmd(
         backend=backend, backend_options=_parse_options(option, "--option"), policy=policy, sims=sims,
         envs_per_sim=envs_per_sim, action_horizon=action_horizon, seed_offset=seed_offset, address=address,
         video_episodes=video_episodes, timeout_s=timeout_s, progress=not no_progress, verbose=verbose,
-        mujoco_gl=mujoco_gl,
+        mujoco_gl=mujoco_gl, sim_num_cpus=sim_cpus, sim_num_gpus=sim_gpus,
+        sim_resources=_parse_resources(sim_resources, "--sim-resources"), external=external, run_id=run_id,
+        deploy_policy=not no_deploy,
+        redis_host=redis_host,
         redis=RedisSettings(url=redis_url, namespace=namespace),
         worker=WorkerSettings(policy=policy, batch=BatchSettings(max_batch_size=max_batch_size,
                                                                  max_wait_ms=max_wait_ms)),
-        serve=ServeSettings(replicas=replicas, num_gpus=gpus_per_replica,
+        serve=ServeSettings(replicas=replicas, num_gpus=gpus_per_replica, num_cpus=cpus_per_replica,
+                            resources=_parse_resources(policy_resources, "--policy-resources"),
                             health_check_timeout_s=health_check_timeout_s,
                             env_vars=_env_passthrough(replica_env)),
         client=ClientSettings(deadline_s=deadline_s, reply_timeout_s=min(30.0, deadline_s)),
@@ -144,6 +187,9 @@ def _run_until_signal(main: Any) -> Any:
 def policy_worker_cmd(
     backend: str = typer.Option("cnn", "--backend", envvar="ROLLOUTQ_BACKEND", help="Policy backend."),
     option: list[str] = typer.Option(None, "--option", "-o", help="Backend option key=value (repeatable)."),
+    task: str = typer.Option("", "--task", envvar="ROLLOUTQ_TASK",
+                             help="Fit a generic backend (cnn) to this task's observation/action layout."),
+    task_option: list[str] = typer.Option(None, "--task-option", help="Task option key=value (e.g. image_size=64)."),
     policy: str = POLICY,
     redis_url: str = typer.Option("redis://127.0.0.1:6379/0", "--redis-url", envvar="ROLLOUTQ_REDIS_URL",
                                   help="Redis URL (redis:// or rediss://)."),
@@ -153,6 +199,8 @@ def policy_worker_cmd(
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0),
     claim_idle_ms: int = typer.Option(60_000, "--claim-idle-ms", help="Re-claim requests idle this long."),
     max_deliveries: int = typer.Option(3, "--max-deliveries", help="Dead-letter after this many deliveries."),
+    heartbeat_file: Path = typer.Option(None, "--heartbeat-file", envvar="ROLLOUTQ_HEARTBEAT_FILE",
+                                        help="Touch this file every 2 s while serving (for `rolloutq health`)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve a policy from Redis without Ray (one process; stop with SIGTERM)."""
@@ -160,15 +208,33 @@ def policy_worker_cmd(
     from broker.settings import BatchSettings, RedisSettings, WorkerSettings
     from policy_workers.loop import PolicyWorker, PolicyWorkerSettings
 
+    options = _parse_options(option, "--option")
+    if task:
+        from controller.eval import EvalSettings, _backend_options
+
+        options = _backend_options(EvalSettings(task=task, task_options=_parse_options(task_option, "--task-option"),
+                                                backend=backend, backend_options=options))
     settings = PolicyWorkerSettings(
-        backend=backend, backend_options=_parse_options(option, "--option"),
+        backend=backend, backend_options=options,
         redis=RedisSettings(url=redis_url, namespace=namespace),
         worker=WorkerSettings(policy=policy, worker_id=worker_id, claim_idle_ms=claim_idle_ms,
                               max_deliveries=max_deliveries,
                               batch=BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)),
     )
     worker = PolicyWorker(settings)
-    _run_until_signal(worker.run)
+
+    async def main(stop: asyncio.Event) -> None:
+        if heartbeat_file is None:
+            return await worker.run(stop)
+        beat = asyncio.create_task(_heartbeat(worker, heartbeat_file, stop))
+        try:
+            await worker.run(stop)
+        finally:
+            beat.cancel()
+            with contextlib.suppress(FileNotFoundError):
+                heartbeat_file.unlink()
+
+    _run_until_signal(main)
     console.print(f"policy worker stopped: {json.dumps(worker.stats())}")
 
 
@@ -181,6 +247,8 @@ def sim_worker_cmd(
     sim_id: str = typer.Option("", "--sim-id", help="Name of this simulator (default host-pid)."),
     deadline_s: float = typer.Option(120.0, "--deadline-s"),
     stay: bool = typer.Option(False, "--stay", help="Keep waiting for episodes instead of leaving when drained."),
+    wait_for_sweep_s: float = typer.Option(60.0, "--wait-for-sweep-s", min=0.0,
+                                           help="How long to wait for the controller to create the sweep."),
     mujoco_gl: str = typer.Option("egl", "--mujoco-gl", envvar="MUJOCO_GL"),
 ) -> None:
     """Join a sweep as a simulator process: K envs, episodes taken from Redis until it is drained."""
@@ -189,11 +257,66 @@ def sim_worker_cmd(
     from sim_workers.worker import SimWorker, SimWorkerSettings
 
     settings = SimWorkerSettings(run=run, envs=envs, sim_id=sim_id, exit_when_drained=not stay,
+                                 wait_for_sweep_s=wait_for_sweep_s,
                                  redis=RedisSettings(url=redis_url, namespace=namespace),
                                  client=ClientSettings(deadline_s=deadline_s, reply_timeout_s=min(30.0, deadline_s)))
     worker = SimWorker(settings)
     summary = _run_until_signal(worker.run)
     console.print(f"sim worker done: {json.dumps(summary)}")
+
+
+@app.command("health")
+def health_cmd(
+    redis_url: str = typer.Option("redis://127.0.0.1:6379/0", "--redis-url", envvar="ROLLOUTQ_REDIS_URL"),
+    namespace: str = NAMESPACE,
+    policy: str = POLICY,
+    heartbeat_file: Path = typer.Option(None, "--heartbeat-file", envvar="ROLLOUTQ_HEARTBEAT_FILE",
+                                        help="Also require this file (policy-worker --heartbeat-file) to be "
+                                             "fresh: a container health check."),
+    max_age_s: float = typer.Option(15.0, "--max-age-s", help="A heartbeat older than this counts as down."),
+) -> None:
+    """Exit 0 when Redis answers and the policy has published its metadata (and, with --heartbeat-file,
+    the local worker's serving loop is alive); else print why and exit 1. Needs only HGET on the
+    policy's metadata hash, which every role may read."""
+    import time
+
+    from broker.connection import connect_sync
+    from broker.keys import Keys
+    from broker.settings import RedisSettings
+
+    if heartbeat_file is not None:
+        try:
+            age = time.time() - heartbeat_file.stat().st_mtime
+        except FileNotFoundError:
+            console.print(f"no heartbeat at {heartbeat_file} yet (model still loading?)")
+            raise typer.Exit(1) from None
+        if age > max_age_s:
+            console.print(f"heartbeat {heartbeat_file} is {age:.0f}s old: the worker's loop is stuck or dead")
+            raise typer.Exit(1)
+    keys = Keys(namespace)
+    r = connect_sync(RedisSettings(url=redis_url, namespace=namespace, socket_timeout_s=3.0, connect_retries=1))
+    try:
+        if r.hget(keys.policy_meta(policy), "metadata") is None:
+            console.print(f"policy {policy!r} has published no metadata yet (model still loading?)")
+            raise typer.Exit(1)
+    except typer.Exit:
+        raise
+    except Exception as e:
+        console.print(f"Redis at {redis_url.split('@')[-1]} did not answer: {e}")
+        raise typer.Exit(1) from None
+    finally:
+        r.close()
+    console.print("ok")
+
+
+async def _heartbeat(worker: Any, path: Path, stop: asyncio.Event, every_s: float = 2.0) -> None:
+    """Touch `path` while the worker serves: a health check that needs no Redis permissions."""
+    while not stop.is_set():
+        consumer = worker.consumer
+        if consumer is not None and consumer.ready.is_set() and worker.error is None:
+            path.touch()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
 
 
 def main() -> None:  # pragma: no cover

@@ -30,6 +30,7 @@ from broker.keys import Keys
 from broker.settings import ClientSettings, RedisSettings, WorkerSettings
 from broker.sweep import EpisodeSpec, SweepQueue
 from controller.errors import EvalFailed
+from controller.report import write_report
 from controller.results import percentile, summarize, write_results
 from policy_workers.loop import PolicyWorkerSettings
 from policy_workers.serve import ServeSettings
@@ -51,6 +52,18 @@ class EvalSettings:
     sims: int = 1
     envs_per_sim: int = 4
     sim_num_cpus: float = 1.0
+    sim_num_gpus: float = 0.0
+    sim_resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each simulator actor asks for (e.g. {"sim_node": 1}), so the pool lands on
+    simulator nodes; the policy pool's own are `serve.resources`."""
+    external: bool = False
+    """No Ray: policy workers and simulators are separate processes (compose, other machines) that
+    attach to the same Redis. The controller only fills the sweep and collects its results."""
+    deploy_policy: bool = True
+    """False: a policy pool already serves on `redis.url` (`serve deploy`, policy-worker processes);
+    only the simulators run as Ray actors."""
+    redis_host: str = ""
+    """Address the embedded redis-server binds to on a Ray cluster (default: the head node's IP)."""
     action_horizon: int = 0
     """0 means: the policy's published action horizon."""
     seed_offset: int = 0
@@ -81,8 +94,10 @@ class EvalSettings:
 def _backend_options(s: EvalSettings) -> dict[str, Any]:
     """Fit a generic backend to the task: the `cnn` network takes the task's observation layout."""
     opts = dict(s.backend_options)
+    layout = getattr(task_class(s.task), "layout", None) or {}
+    if s.backend == "null" and "action_dims" in layout:
+        opts.setdefault("action_dims", layout["action_dims"])
     if s.backend == "cnn":
-        layout = getattr(task_class(s.task), "layout", None) or {}
         for k, v in layout.items():
             opts.setdefault(k, v)
         size = s.task_options.get("image_size")
@@ -146,10 +161,13 @@ def run_eval(s: EvalSettings, console: Console | None = None) -> dict[str, Any]:
     embedded: EmbeddedRedis | None = None
     started_ray = False
     try:
-        if s.redis.url is None:
-            embedded = EmbeddedRedis().start()
-            s.redis.url = embedded.url
-            console.print(f"[dim]embedded redis-server on {embedded.url}[/dim]")
+        if s.external:
+            if s.redis.url is None:
+                raise EvalFailed("--external needs --redis-url: the policy workers and simulators must reach the "
+                                 "same Redis")
+            return asyncio.run(_drive(s, console, None, None))
+        if not s.deploy_policy and s.redis.url is None:
+            raise EvalFailed("--no-deploy needs --redis-url: the Redis the running policy pool serves from")
         env_vars = {"MUJOCO_GL": s.mujoco_gl, "PYOPENGL_PLATFORM": s.mujoco_gl, **s.serve.env_vars}
         if not ray.is_initialized():
             need = s.serve.replicas * s.serve.num_cpus + s.sims * s.sim_num_cpus
@@ -165,23 +183,43 @@ def run_eval(s: EvalSettings, console: Console | None = None) -> dict[str, Any]:
                 ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), _node_ip_address="127.0.0.1",
                          **init_args)
             started_ray = True
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-        worker = PolicyWorkerSettings(backend=s.backend, backend_options=_backend_options(s), redis=s.redis,
-                                      worker=s.worker)
-        worker.worker.policy = s.policy
-        s.serve.env_vars = env_vars
-        with console.status(f"deploying policy {s.policy!r} ({s.backend}) on Ray Serve..."):
-            deploy(worker, s.serve)
+        if s.redis.url is None:
+            embedded = _start_redis(s, ray)
+            s.redis.url = embedded.url
+            console.print(f"[dim]embedded redis-server on {embedded.url.split('@')[-1]}[/dim]")
+        if s.deploy_policy:
+            serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+            worker = PolicyWorkerSettings(backend=s.backend, backend_options=_backend_options(s), redis=s.redis,
+                                          worker=s.worker)
+            worker.worker.policy = s.policy
+            s.serve.env_vars = env_vars
+            with console.status(f"deploying policy {s.policy!r} ({s.backend}) on Ray Serve..."):
+                deploy(worker, s.serve)
         return asyncio.run(_drive(s, console, ray, SimActor))
     finally:
-        with contextlib.suppress(Exception):
-            serve.shutdown()
+        if not s.external and s.deploy_policy:
+            with contextlib.suppress(Exception):
+                serve.shutdown()
         if started_ray:
             with contextlib.suppress(Exception):
                 ray.shutdown()
         if embedded is not None:
             embedded.cleanup()
             s.redis.url = None
+
+
+def _start_redis(s: EvalSettings, ray: Any) -> EmbeddedRedis:
+    """The broker's Redis, started by the controller. Alone it listens on loopback; on a Ray cluster it
+    listens on the head node's address (nodes must reach it) behind a random password."""
+    if not s.address:
+        return EmbeddedRedis().start()
+    import secrets
+
+    host = s.redis_host or ray.util.get_node_ip_address()
+    password = secrets.token_urlsafe(24)
+    server = EmbeddedRedis(host=host, password=password).start()
+    log.info("embedded redis-server for the cluster on %s:%d", host, server.port)
+    return server
 
 
 async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) -> dict[str, Any]:
@@ -202,9 +240,15 @@ async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) ->
         await queue.create(config, specs, s.lease_s)
         sim_settings = [SimWorkerSettings(run=s.run_id, redis=s.redis, client=s.client, envs=s.envs_per_sim,
                                           sim_id=f"sim{i}") for i in range(s.sims)]
-        remote = ray.remote(num_cpus=s.sim_num_cpus, max_concurrency=4)(SimActor)
-        actors = [remote.remote(ss) for ss in sim_settings]
-        runs = {a: a.run.remote() for a in actors}
+        runs: dict[Any, Any] = {}
+        if ray is not None:
+            remote = ray.remote(num_cpus=s.sim_num_cpus, num_gpus=s.sim_num_gpus, max_concurrency=4,
+                                resources=dict(s.sim_resources) or None)(SimActor)
+            actors = [remote.remote(ss) for ss in sim_settings]
+            runs = {a: a.run.remote() for a in actors}
+        else:
+            console.print(f"[dim]sweep {s.run_id!r} ready: waiting for simulators (`rolloutq sim-worker --run "
+                          f"{s.run_id}`) and policy workers on this Redis[/dim]")
         records, videos = await _follow(s, console, r, keys, queue, actors, runs, ray)
         await queue.stop()
         stats = await _worker_stats(r, keys, s.policy)
@@ -220,6 +264,7 @@ async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) ->
             vdir.mkdir(parents=True, exist_ok=True)
             for ep, data in sorted(videos.items()):
                 (vdir / f"episode_{ep:04d}.gif").write_bytes(data)
+        summary["report"] = str(write_report(s.out, records, summary))
         return summary
     finally:
         for a in actors:
@@ -264,14 +309,16 @@ async def _follow(s: EvalSettings, console: Console, r: Any, keys: Keys, queue: 
                 if back:
                     console.print(f"[yellow]{back} episode(s) handed back from simulators that stopped "
                                   "answering; re-running them[/yellow]")
-                live_steps = await _live_steps(actors, ray, live_steps)
+                if ray is not None:
+                    live_steps = await _live_steps(actors, ray, live_steps)
                 st = await _worker_stats(r, keys, s.policy)
                 t = time.perf_counter()
                 if live.calls_first is None:
                     live.calls_first = (t, st["served_total"])
                 elif t > live.calls_first[0]:
                     live.calls_rate = (st["served_total"] - live.calls_first[1]) / (t - live.calls_first[0])
-                _check_sims(runs, ray, len(final), s.episodes)
+                if ray is not None:
+                    _check_sims(runs, ray, len(final), s.episodes)
             progress.update(bar, completed=len(final), description=live.line(live_steps))
             if deadline and time.perf_counter() > deadline:
                 raise EvalFailed(f"run did not finish within --timeout-s {s.timeout_s:.0f}s: "

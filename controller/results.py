@@ -73,6 +73,7 @@ def human_summary(summary: dict[str, Any], out: Path) -> str:
         f"{summary['env_steps_per_s']:.1f} env steps/s, {summary['policy_calls_per_s']:.1f} policy calls/s, "
         f"mean batch {summary['mean_batch_size']:.2f}, round trip p50 {rt['p50']} ms / p99 {rt['p99']} ms, "
         f"wall {summary['wall_s']:.1f}s",
-        f"results: {out / 'summary.json'}, {out / 'episodes.jsonl'}",
+        f"results: {out / 'summary.json'}, {out / 'episodes.jsonl'}"
+        + (f"\nreport: {summary['report']}" if summary.get("report") else ""),
     ]
     return "\n".join(lines)

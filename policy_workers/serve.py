@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,13 @@ class PolicyDeployment:
             replica = getattr(ctx, "replica_tag", None) or str(getattr(ctx, "replica_id", "replica"))
         except Exception:
             replica = "replica"
+        if not settings.redis.url:
+            # `serve deploy` configs hold no secrets: the URL (with its password) comes from the
+            # replica's environment (the node's, or runtime_env.env_vars)
+            settings.redis.url = os.environ.get("ROLLOUTQ_REDIS_URL") or None
+            if not settings.redis.url:
+                raise RuntimeError("no Redis URL: give `redis_url` in the application's args or set "
+                                   "ROLLOUTQ_REDIS_URL in the replicas' environment")
         if not settings.worker.worker_id:
             settings.worker.worker_id = replica.replace("#", ".").replace(" ", "")[-60:]
         self.worker = PolicyWorker(settings)
@@ -100,17 +108,61 @@ class PolicyDeployment:
 
 def deploy(worker: PolicyWorkerSettings, serve_settings: ServeSettings, blocking_ready_s: float = 600.0) -> Any:
     """Start (or update) the policy deployment on the connected Ray cluster; returns its handle."""
+    return serve.run(_deployment(serve_settings).bind(worker), name=serve_settings.name,
+                     route_prefix=f"{serve_settings.route_prefix}/{worker.worker.policy}")
+
+
+_BUILD_ARGS = {"backend", "options", "policy", "namespace", "redis_url", "max_batch_size", "max_wait_ms",
+               "shards", "claim_idle_ms", "max_deliveries", "replicas", "num_cpus", "num_gpus", "resources",
+               "health_check_timeout_s"}
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """Application builder for `serve deploy` / `serve run` (import path `policy_workers.serve:build_app`).
+
+    `args` (the application's `args` in a Serve config file): backend, options (backend options),
+    policy, namespace, redis_url (leave it out to read ROLLOUTQ_REDIS_URL on the replicas), max_batch_size,
+    max_wait_ms, shards, claim_idle_ms, max_deliveries; and defaults for the deployment's replicas,
+    num_cpus, num_gpus, resources and health_check_timeout_s, which the config's `deployments:` section
+    overrides.
+    """
+    from broker.settings import BatchSettings, RedisSettings, WorkerSettings
+
+    args = dict(args or {})
+    unknown = set(args) - _BUILD_ARGS
+    if unknown:
+        raise ValueError(f"unknown rolloutq application args {sorted(unknown)}; known: {sorted(_BUILD_ARGS)}")
+    worker = PolicyWorkerSettings(
+        backend=str(args.get("backend", "cnn")),
+        backend_options=dict(args.get("options") or {}),
+        redis=RedisSettings(url=args.get("redis_url") or None, namespace=str(args.get("namespace", "rq"))),
+        worker=WorkerSettings(
+            policy=str(args.get("policy", "default")),
+            shards=int(args.get("shards", 1)),
+            claim_idle_ms=int(args.get("claim_idle_ms", 60_000)),
+            max_deliveries=int(args.get("max_deliveries", 3)),
+            batch=BatchSettings(max_batch_size=int(args.get("max_batch_size", 32)),
+                                max_wait_ms=float(args.get("max_wait_ms", 5.0))),
+        ),
+    )
+    serve_settings = ServeSettings(
+        replicas=int(args.get("replicas", 1)), num_cpus=float(args.get("num_cpus", 1.0)),
+        num_gpus=float(args.get("num_gpus", 0.0)), resources=dict(args.get("resources") or {}),
+        health_check_timeout_s=float(args.get("health_check_timeout_s", 300.0)),
+    )
+    return _deployment(serve_settings).bind(worker)
+
+
+def _deployment(serve_settings: ServeSettings) -> Any:
     actor_options: dict[str, Any] = {"num_cpus": serve_settings.num_cpus, "num_gpus": serve_settings.num_gpus}
     if serve_settings.resources:
         actor_options["resources"] = dict(serve_settings.resources)
     if serve_settings.env_vars:
         actor_options["runtime_env"] = {"env_vars": dict(serve_settings.env_vars)}
-    deployment = PolicyDeployment.options(
+    return PolicyDeployment.options(
         num_replicas=serve_settings.replicas,
         ray_actor_options=actor_options,
         health_check_timeout_s=serve_settings.health_check_timeout_s,
         health_check_period_s=serve_settings.health_check_period_s,
         graceful_shutdown_timeout_s=20,
     )
-    return serve.run(deployment.bind(worker), name=serve_settings.name,
-                     route_prefix=f"{serve_settings.route_prefix}/{worker.worker.policy}")

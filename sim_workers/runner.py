@@ -102,6 +102,9 @@ async def run_episode(
     except BrokerError as e:
         record.status = "infra_error"
         record.error = str(e)[:500]
+    except Exception as e:  # a simulator or adapter bug: record it, keep the worker alive
+        record.status = "infra_error"
+        record.error = f"simulator error: {type(e).__name__}: {e}"[:500]
     finally:
         client.forget(rollout_id)
     record.wall_s = time.perf_counter() - t0

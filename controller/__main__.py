@@ -1,0 +1,5 @@
+"""`python -m controller` is `rolloutq`."""
+
+from controller.cli import app
+
+app()

@@ -1,0 +1,46 @@
+"""Run a whole sweep inside one asyncio process (policy worker + sim workers, no Ray): the same
+code paths as `rolloutq eval` minus the Ray plumbing, for fast end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from broker.client import fetch_metadata
+from broker.connection import connect_async
+from broker.keys import Keys
+from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
+from broker.sweep import EpisodeSpec, SweepQueue
+from policy_workers.loop import PolicyWorker, PolicyWorkerSettings
+from sim_workers.worker import SimWorker, SimWorkerSettings
+
+
+async def run_sweep(url: str, backend: str, backend_options: dict[str, Any], task: str,
+                    task_options: dict[str, Any], seeds: list[int], sims: int, envs: int,
+                    max_batch_size: int, max_wait_ms: float = 2.0, run: str = "t",
+                    action_horizon: int = 8) -> list[dict[str, Any]]:
+    redis = RedisSettings(url=url)
+    worker = PolicyWorker(PolicyWorkerSettings(
+        backend=backend, backend_options=backend_options, redis=redis,
+        worker=WorkerSettings(policy="p", block_ms=20,
+                              batch=BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms))))
+    stop = asyncio.Event()
+    worker_task = asyncio.create_task(worker.run(stop))
+    r = connect_async(redis)
+    try:
+        await fetch_metadata(r, Keys(), "p", wait_s=60)
+        queue = SweepQueue(r, run)
+        config = {"policy": "p", "task": task, "task_options": task_options, "action_horizon": action_horizon}
+        await queue.create(config, [EpisodeSpec(i, s) for i, s in enumerate(seeds)], lease_s=30)
+        sim_workers = [SimWorker(SimWorkerSettings(run=run, redis=redis, envs=envs, sim_id=f"s{i}",
+                                                   exit_when_drained=True,
+                                                   client=ClientSettings(deadline_s=60)))
+                       for i in range(sims)]
+        await asyncio.wait_for(asyncio.gather(*[w.run() for w in sim_workers]), 600)
+        records = [x.to_dict() for w in sim_workers for x in w.done]
+        records.append({"_worker": worker.stats()})
+        return records
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker_task, 30)
+        await r.aclose()
