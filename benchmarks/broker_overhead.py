@@ -37,11 +37,20 @@ from broker.settings import ClientSettings, RedisSettings  # noqa: E402
 def make_obs(kind: str) -> dict:
     rng = np.random.default_rng(0)
     if kind == "1KB":
-        return {"state.joints": rng.standard_normal((1, 1, 200)).astype(np.float32),
-                "annotation.human.task_description": [["pick up the apple and place it on the plate"]]}
+        return {
+            "state.joints": rng.standard_normal((1, 1, 200)).astype(np.float32),
+            "annotation.human.task_description": [["pick up the apple and place it on the plate"]],
+        }
     obs = {"video.ego_view": rng.integers(0, 255, (1, 2, 256, 256, 3), dtype=np.uint8)}
-    for k, d in [("left_wrist_eef_9d", 9), ("right_wrist_eef_9d", 9), ("left_arm", 7), ("right_arm", 7),
-                 ("left_hand", 7), ("right_hand", 7), ("waist", 3)]:
+    for k, d in [
+        ("left_wrist_eef_9d", 9),
+        ("right_wrist_eef_9d", 9),
+        ("left_arm", 7),
+        ("right_arm", 7),
+        ("left_hand", 7),
+        ("right_hand", 7),
+        ("waist", 3),
+    ]:
         obs[f"state.{k}"] = rng.standard_normal((1, 1, d)).astype(np.float32)
     obs["annotation.human.task_description"] = [["pick up the apple and place it on the plate"]]
     return obs
@@ -76,6 +85,7 @@ async def _http_clients(url: str, rollouts: list[str], kind: str, seconds: float
     stop_at = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=len(rollouts), max_keepalive_connections=len(rollouts))
     async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+
         async def one(rid: str) -> None:
             await http.post(url, content=pickle.dumps(obs))
             while time.perf_counter() < stop_at:
@@ -105,7 +115,10 @@ def drive(mode: str, target: str, policy: str, n: int, kind: str, seconds: float
     wall = time.perf_counter() - t0
     lat = [x for r in results for x in r]
     return {
-        "system": mode, "observation": kind, "rollouts": n, "requests": len(lat),
+        "system": mode,
+        "observation": kind,
+        "rollouts": n,
+        "requests": len(lat),
         "obs_per_s": round(len(lat) / seconds, 1),
         "round_trip_ms": {q: round(float(np.percentile(lat, v)), 3) for q, v in (("p50", 50), ("p99", 99))},
         "wall_s": round(wall, 2),
@@ -160,9 +173,26 @@ def main() -> None:
     with EmbeddedRedis(binary=binary) as redis_server:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         worker = subprocess.Popen(
-            [sys.executable, "-m", "controller", "policy-worker", "--backend", "null", "--policy", "bench",
-             "--redis-url", redis_server.url, "--max-batch-size", str(a.max_batch_size),
-             "--max-wait-ms", str(a.max_wait_ms)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                sys.executable,
+                "-m",
+                "controller",
+                "policy-worker",
+                "--backend",
+                "null",
+                "--policy",
+                "bench",
+                "--redis-url",
+                redis_server.url,
+                "--max-batch-size",
+                str(a.max_batch_size),
+                "--max-wait-ms",
+                str(a.max_wait_ms),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             time.sleep(3)
             for kind in kinds:
@@ -186,8 +216,13 @@ def main() -> None:
 
         serve.shutdown()
         ray.shutdown()
-    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} CPUs", "redis": binary or "embedded",
-           "settings": vars(a), "rows": rows}
+    out = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{os.cpu_count()} CPUs",
+        "redis": binary or "embedded",
+        "settings": vars(a),
+        "rows": rows,
+    }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
 

@@ -26,8 +26,14 @@ from broker.batcher import MicroBatcher
 
 
 class CohortBatcher(MicroBatcher):
-    def __init__(self, max_batch_size: int, max_wait_s: float, merge_wait_s: float = 0.03,
-                 population_s: float = 2.0, max_merge_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_wait_s: float,
+        merge_wait_s: float = 0.03,
+        population_s: float = 2.0,
+        max_merge_s: float = 0.25,
+    ) -> None:
         super().__init__(max_batch_size, max_wait_s)
         self.merge_wait_s = merge_wait_s
         self.max_merge_s = max_merge_s

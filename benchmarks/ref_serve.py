@@ -6,7 +6,6 @@ A Ray Serve deployment with a FastAPI ingress; each POST carries one pickled nes
 that is the design being measured, not a mistake of this file.
 """
 
-
 import pickle
 
 from fastapi import FastAPI, Request

@@ -139,7 +139,10 @@ def test_language_variants_accepted():
     "mutate, message",
     [
         (lambda o: o.pop("state.waist"), "missing state.waist"),
-        (lambda o: o.__setitem__("video.ego_view", np.zeros((1, 2, 128, 128, 3), np.uint8)), "video.ego_view must have shape"),
+        (
+            lambda o: o.__setitem__("video.ego_view", np.zeros((1, 2, 128, 128, 3), np.uint8)),
+            "video.ego_view must have shape",
+        ),
         (lambda o: o.__setitem__("video.ego_view", np.zeros((1, 2, 256, 256, 3), np.float32)), "must be uint8"),
         (lambda o: o.pop("annotation.human.task_description"), "missing language"),
         (lambda o: o.__setitem__("annotation.human.task_description", [[1]]), "language must be"),
@@ -226,12 +229,28 @@ def test_n17_random_network_one_batched_request():
     ms = (time.perf_counter() - t) * 1e3
     md = b.metadata()
     print("\nGR00T N1.7 random-weight network, one batched request of 3 (flat, nested + other instruction, flat):")
-    print(json.dumps({
-        "model_id": md.model_id, "description": md.description, "parameters": md.parameters,
-        "load_time_s": round(b.load_time_s, 1), "infer_ms": round(ms, 1), "last_call": {k: round(v, 2) if isinstance(v, float) else v for k, v in b.last_call.items()},
-        "chunks": [{k: (list(v.shape), str(v.dtype), [round(float(x), 4) for x in v[0, 0, :3]]) if isinstance(v, np.ndarray) else v
-                    for k, v in c.items()} for c in chunks],
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "model_id": md.model_id,
+                "description": md.description,
+                "parameters": md.parameters,
+                "load_time_s": round(b.load_time_s, 1),
+                "infer_ms": round(ms, 1),
+                "last_call": {k: round(v, 2) if isinstance(v, float) else v for k, v in b.last_call.items()},
+                "chunks": [
+                    {
+                        k: (list(v.shape), str(v.dtype), [round(float(x), 4) for x in v[0, 0, :3]])
+                        if isinstance(v, np.ndarray)
+                        else v
+                        for k, v in c.items()
+                    }
+                    for c in chunks
+                ],
+            },
+            indent=1,
+        )
+    )
     assert len(chunks) == 3
     for chunk in chunks:
         assert chunk["info.note"] == RANDOM_LABEL
@@ -241,8 +260,12 @@ def test_n17_random_network_one_batched_request():
 
 
 def test_policy_factory_path_and_warmup_sizes():
-    b = Backend(policy_factory="tests.test_gr00t_backend:ContractDoubleGr00tPolicy", mode="gr00t", model_path="x",
-                warmup_batch_sizes=(1, 3))
+    b = Backend(
+        policy_factory="tests.test_gr00t_backend:ContractDoubleGr00tPolicy",
+        mode="gr00t",
+        model_path="x",
+        warmup_batch_sizes=(1, 3),
+    )
     b.load()
     assert b.policy.calls == [1, 3]
     assert "label" not in b.metadata().extra

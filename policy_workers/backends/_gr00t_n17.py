@@ -36,9 +36,16 @@ MAX_DIM = 132
 class N17RandomPolicy:
     """`get_action(nested_obs) -> (action, info)` on the random-weight N1.7 network."""
 
-    def __init__(self, device: str = "cuda", denoising_steps: int = 4, spec: ModalitySpec | None = None,
-                 embodiment_id: int = 25, seed: int = 0, cuda_graph_batch_sizes: tuple[int, ...] = (),
-                 cuda_graph_tokens: int = 160) -> None:
+    def __init__(
+        self,
+        device: str = "cuda",
+        denoising_steps: int = 4,
+        spec: ModalitySpec | None = None,
+        embodiment_id: int = 25,
+        seed: int = 0,
+        cuda_graph_batch_sizes: tuple[int, ...] = (),
+        cuda_graph_tokens: int = 160,
+    ) -> None:
         try:
             import torch
             from lerobot.policies.groot.groot_n1_7 import GR00TN17, GR00TN17Config
@@ -81,7 +88,7 @@ class N17RandomPolicy:
         if (h, w) != (TARGET, TARGET):
             x = F.interpolate(x, size=(TARGET, TARGET), mode="bicubic", antialias=True, align_corners=False)
         off = (TARGET - CROP) // 2
-        x = x[:, :, off:off + CROP, off:off + CROP]
+        x = x[:, :, off : off + CROP, off : off + CROP]
         x = F.interpolate(x, size=(TARGET, TARGET), mode="bicubic", antialias=True, align_corners=False)
         x = (x.clamp(0, 255) / 255.0 - 0.5) / 0.5
         n = b * t
@@ -111,10 +118,12 @@ class N17RandomPolicy:
         ids = np.full((len(rows), length), PAD, dtype=np.int64)
         mask = np.zeros((len(rows), length), dtype=np.int64)
         for i, r in enumerate(rows):  # left padding, as the N1.7 processor does
-            ids[i, length - len(r):] = r
-            mask[i, length - len(r):] = 1
-        return (torch.from_numpy(ids).to(self.device, non_blocking=True),
-                torch.from_numpy(mask).to(self.device, non_blocking=True))
+            ids[i, length - len(r) :] = r
+            mask[i, length - len(r) :] = 1
+        return (
+            torch.from_numpy(ids).to(self.device, non_blocking=True),
+            torch.from_numpy(mask).to(self.device, non_blocking=True),
+        )
 
     def prepare(self, obs: dict[str, dict[str, Any]], pad_to: int = 0) -> dict[str, Any]:
         torch = self.torch
@@ -129,7 +138,7 @@ class N17RandomPolicy:
         col = 0
         for k, shape in spec.state.items():
             d = shape[-1]
-            state[:, 0, col:col + d] = np.asarray(obs["state"][k], dtype=np.float32)[:, -1, :]
+            state[:, 0, col : col + d] = np.asarray(obs["state"][k], dtype=np.float32)[:, -1, :]
             col += d
         return {
             "input_ids": input_ids,
@@ -158,7 +167,7 @@ class N17RandomPolicy:
         action: dict[str, np.ndarray] = {}
         col = 0
         for k, d in self.spec.action.items():
-            action[k] = pred[:, : self.spec.chunk_length, col:col + d]
+            action[k] = pred[:, : self.spec.chunk_length, col : col + d]
             col += d
         info = {
             "note": RANDOM_LABEL,
@@ -217,7 +226,9 @@ class HeadGraphs:
                 st.update(state=act_in["state"].clone(), embodiment_id=act_in["embodiment_id"].clone())
 
                 def run(st: dict[str, Any] = st) -> Any:
-                    bo = BatchFeature(data={k: st[k] for k in ("backbone_features", "backbone_attention_mask", "image_mask")})
+                    bo = BatchFeature(
+                        data={k: st[k] for k in ("backbone_features", "backbone_attention_mask", "image_mask")}
+                    )
                     ai = BatchFeature(data={"state": st["state"], "embodiment_id": st["embodiment_id"]})
                     return head.get_action(bo, ai)["action_pred"]
 

@@ -78,14 +78,24 @@ class ModalitySpec:
 REAL_G1 = ModalitySpec(
     video={"ego_view": (2, 256, 256, 3)},
     state={
-        "left_wrist_eef_9d": (1, 9), "right_wrist_eef_9d": (1, 9),
-        "left_arm": (1, 7), "right_arm": (1, 7),
-        "left_hand": (1, 7), "right_hand": (1, 7),
+        "left_wrist_eef_9d": (1, 9),
+        "right_wrist_eef_9d": (1, 9),
+        "left_arm": (1, 7),
+        "right_arm": (1, 7),
+        "left_hand": (1, 7),
+        "right_hand": (1, 7),
         "waist": (1, 3),
     },
     action={
-        "left_wrist_eef_9d": 9, "right_wrist_eef_9d": 9, "left_hand": 7, "right_hand": 7,
-        "left_arm": 7, "right_arm": 7, "waist": 3, "base_height_command": 1, "navigate_command": 3,
+        "left_wrist_eef_9d": 9,
+        "right_wrist_eef_9d": 9,
+        "left_hand": 7,
+        "right_hand": 7,
+        "left_arm": 7,
+        "right_arm": 7,
+        "waist": 3,
+        "base_height_command": 1,
+        "navigate_command": 3,
     },
 )
 """The reference design's embodiment (DESIGN.md): one 2-frame 256x256 ego camera, 7 state groups,
@@ -97,6 +107,7 @@ KNOWN_SPECS = {"real_g1_relative_eef_relative_joints": REAL_G1}
 # ------------------------------------------------------------------------------------------------
 # Key mapping: flat <-> nested, stacking along B and splitting back
 # ------------------------------------------------------------------------------------------------
+
 
 def _language_rows(value: Any, where: str) -> list[list[str]]:
     """Language as the GR00T contract has it: a list (B) of lists (1) of strings."""
@@ -185,7 +196,7 @@ def stack(nested_list: list[dict[str, dict[str, Any]]], spec: ModalitySpec) -> d
     """Concatenate checked observations along B (one array per key, language rows joined)."""
     out: dict[str, dict[str, Any]] = {"video": {}, "state": {}, "language": {}}
     for mod in ("video", "state"):
-        for key in (spec.video if mod == "video" else spec.state):
+        for key in spec.video if mod == "video" else spec.state:
             parts = [n[mod][key] for n in nested_list]
             out[mod][key] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
     for key in spec.language:
@@ -204,7 +215,7 @@ def split(action: dict[str, Any], sizes: list[int], prefix: str = "action.") -> 
         name = key.split(".", 1)[1] if key.startswith("action.") else key
         start = 0
         for i, n in enumerate(sizes):
-            chunks[i][prefix + name] = np.ascontiguousarray(arr[start:start + n], dtype=np.float32)
+            chunks[i][prefix + name] = np.ascontiguousarray(arr[start : start + n], dtype=np.float32)
             start += n
     return chunks
 
@@ -212,6 +223,7 @@ def split(action: dict[str, Any], sizes: list[int], prefix: str = "action.") -> 
 # ------------------------------------------------------------------------------------------------
 # Settings
 # ------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Gr00tSettings:
@@ -263,6 +275,7 @@ class GrootLikePolicy(Protocol):
 # The backend
 # ------------------------------------------------------------------------------------------------
 
+
 class Backend(PolicyBackend):
     """GR00T N1.x: real checkpoints through `gr00t`, or the N1.7 network with random weights."""
 
@@ -313,8 +326,11 @@ class Backend(PolicyBackend):
             from policy_workers.backends._gr00t_n17 import N17RandomPolicy
 
             self.policy = N17RandomPolicy(
-                device=s.device, denoising_steps=s.denoising_steps, spec=self.spec,
-                embodiment_id=N17_EMBODIMENT_IDS.get(s.tag_value, 10), seed=s.seed,
+                device=s.device,
+                denoising_steps=s.denoising_steps,
+                spec=self.spec,
+                embodiment_id=N17_EMBODIMENT_IDS.get(s.tag_value, 10),
+                seed=s.seed,
                 cuda_graph_batch_sizes=tuple(s.cuda_graph_batch_sizes),
             )
         else:
@@ -362,8 +378,10 @@ class Backend(PolicyBackend):
         random = self._is_random_network
         if random:
             model_id = "gr00t-n1.7-random-weights"
-            desc = (f"{RANDOM_LABEL}: the GR00T N1.7 architecture with random weights, for measuring "
-                    "serving cost only. Its action chunks are noise, not a policy.")
+            desc = (
+                f"{RANDOM_LABEL}: the GR00T N1.7 architecture with random weights, for measuring "
+                "serving cost only. Its action chunks are noise, not a policy."
+            )
         else:
             model_id = s.model_path or "gr00t"
             desc = f"NVIDIA GR00T ({s.model_path}) embodiment {s.tag_value} through the gr00t package"
@@ -407,8 +425,11 @@ class Backend(PolicyBackend):
             for c in chunks:
                 c["info.note"] = RANDOM_LABEL  # type: ignore[assignment]
         self.last_call = {
-            "batch": sum(sizes), "assemble_ms": (t1 - t0) * 1e3, "get_action_ms": (t2 - t1) * 1e3,
-            "split_ms": (time.perf_counter() - t2) * 1e3, **(info.get("timings", {}) if isinstance(info, dict) else {}),
+            "batch": sum(sizes),
+            "assemble_ms": (t1 - t0) * 1e3,
+            "get_action_ms": (t2 - t1) * 1e3,
+            "split_ms": (time.perf_counter() - t2) * 1e3,
+            **(info.get("timings", {}) if isinstance(info, dict) else {}),
         }
         return chunks
 
