@@ -45,7 +45,9 @@ class ActResult:
 @dataclass
 class _Rollout:
     seq: int = 0
-    last_id: bytes = b"0-0"
+    last_id: bytes | None = None
+    """Reply-stream position; None until the first request, when it starts after any existing
+    entries (a reused rollout id must never pick up the replies of an earlier run)."""
 
 
 class _Core:
@@ -137,6 +139,9 @@ class PolicyClient:
         deadline = started + core.settings.deadline_s
         sends = 0
         errors = 0
+        if state.last_id is None:
+            last = await self.redis.xrevrange(reply_key, count=1)
+            state.last_id = last[0][0] if last else b"0-0"
         while True:
             now = time.perf_counter()
             if now >= deadline:
@@ -200,6 +205,9 @@ class SyncPolicyClient:
         deadline = started + core.settings.deadline_s
         sends = 0
         errors = 0
+        if state.last_id is None:
+            last = self.redis.xrevrange(reply_key, count=1)
+            state.last_id = last[0][0] if last else b"0-0"
         while True:
             if time.perf_counter() >= deadline:
                 state.seq += 1

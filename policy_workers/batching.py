@@ -11,13 +11,17 @@ from policy_workers.base import Chunk, Obs
 
 
 def flatten(obs: Any, prefix: str = "") -> dict[str, Any]:
-    """`{"video": {"ego_view": a}}` -> `{"video.ego_view": a}`; flat keys pass through."""
+    """`{"video": {"ego_view": a}}` -> `{"video.ego_view": a}`; flat keys pass through.
+
+    The GR00T modality dict keeps its language under `language` with the full key inside
+    (`{"language": {"annotation.human.task_description": ...}}`): that level adds no prefix.
+    """
     if not isinstance(obs, dict):
         return {prefix[:-1]: obs} if prefix else {"": obs}
     out: dict[str, Any] = {}
     for k, v in obs.items():
         if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, "" if (not prefix and k == "language") else f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out

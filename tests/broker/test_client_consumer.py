@@ -118,8 +118,10 @@ def test_stale_replies_are_ignored(redis_url):
         r = connect_async(RedisSettings(url=redis_url))
         keys = Keys()
         reply_key = keys.replies("p", "r0")
-        # a reply to an old sequence number (e.g. a duplicate) sits in the reply stream
+        # replies of an earlier run that used the same rollout id sit in the reply stream, one with the
+        # very sequence number the new run starts with
         await r.xadd(reply_key, Reply(seq=7, status=Status.OK, action=b"\x80").to_fields())
+        await r.xadd(reply_key, Reply(seq=0, status=Status.OK, action=b"\x80").to_fields())
         async with serving(redis_url, EchoHandler()):
             client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=10))
             res = await client.act("r0", {"x": np.full((1, 1), 3.0, np.float32)})

@@ -1,0 +1,52 @@
+"""Schema checks and stacking helpers shared by backends."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from policy_workers.batching import check_schema, flatten, split, stack
+
+SCHEMA = {
+    "video.ego_view": {"dtype": "uint8", "shape": [1, 2, 4, 4, 3]},
+    "state.left_arm": {"dtype": "float32", "shape": [1, 1, 7], "finite": True},
+    "annotation.human.task_description": {"kind": "text"},
+}
+
+
+def _obs(**over):
+    obs = {"video.ego_view": np.zeros((1, 2, 4, 4, 3), np.uint8), "state.left_arm": np.zeros((1, 1, 7), np.float32),
+           "annotation.human.task_description": [["pick up the apple"]]}
+    obs.update(over)
+    return obs
+
+
+def test_flat_and_nested_gr00t_layouts_both_pass():
+    assert check_schema(_obs(), SCHEMA) is None
+    nested = {"video": {"ego_view": np.zeros((1, 2, 4, 4, 3), np.uint8)},
+              "state": {"left_arm": np.zeros((1, 1, 7), np.float32)},
+              "language": {"annotation.human.task_description": [["pick up the apple"]]}}
+    assert set(flatten(nested)) == set(SCHEMA)
+    assert check_schema(nested, SCHEMA) is None
+
+
+def test_schema_problems_are_named():
+    msg = check_schema(_obs(**{"state.left_arm": np.zeros((1, 1, 6), np.float32)}), SCHEMA)
+    assert "state.left_arm has shape [1, 1, 6], expected [1, 1, 7]" in msg
+    msg = check_schema(_obs(**{"video.ego_view": np.zeros((1, 2, 4, 4, 3), np.float32)}), SCHEMA)
+    assert "dtype float32, expected uint8" in msg
+    msg = check_schema(_obs(**{"state.left_arm": np.full((1, 1, 7), np.nan, np.float32)}), SCHEMA)
+    assert "NaN or Inf" in msg
+    obs = _obs(extra=np.zeros(1))
+    del obs["state.left_arm"]
+    msg = check_schema(obs, SCHEMA)
+    assert "missing keys ['state.left_arm']" in msg and "unknown keys ['extra']" in msg
+    assert "must be text" in check_schema(_obs(**{"annotation.human.task_description": np.zeros(1)}), SCHEMA)
+
+
+def test_stack_and_split_round_trip():
+    batch = [_obs(**{"state.left_arm": np.full((1, 1, 7), i, np.float32)}) for i in range(3)]
+    stacked = stack(batch)
+    assert stacked["state.left_arm"].shape == (3, 1, 7)
+    assert stacked["annotation.human.task_description"] == ["pick up the apple"] * 3
+    parts = split({"a": np.arange(6).reshape(3, 2)}, 3)
+    assert [p["a"].tolist() for p in parts] == [[[0, 1]], [[2, 3]], [[4, 5]]]
