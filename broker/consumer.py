@@ -36,7 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from broker.batcher import MicroBatcher, signature
+from broker.batcher import CohortBatcher, MicroBatcher, signature
 from broker.codec import Codec, MsgpackNumpyCodec
 from broker.errors import BrokerError, CodecError, ProtocolError
 from broker.keys import GROUP, Keys
@@ -97,6 +97,8 @@ class WorkerStats:
     batches_total: int = 0
     batched_items_total: int = 0
     busy_s_total: float = 0.0
+    decode_s_total: float = 0.0
+    encode_s_total: float = 0.0
     dead_letters_total: int = 0
     reclaimed_total: int = 0
     infer_ms: deque = field(default_factory=lambda: deque(maxlen=2048))
@@ -121,6 +123,8 @@ class WorkerStats:
             "batches_total": self.batches_total,
             "mean_batch_size": round(self.batched_items_total / self.batches_total, 3) if self.batches_total else 0.0,
             "busy_s_total": round(self.busy_s_total, 4),
+            "decode_s_total": round(self.decode_s_total, 4),
+            "encode_s_total": round(self.encode_s_total, 4),
             "dead_letters_total": self.dead_letters_total,
             "reclaimed_total": self.reclaimed_total,
             "infer_ms": {q: pct(self.infer_ms, f) for q, f in _PCTS},
@@ -155,7 +159,10 @@ class StreamConsumer:
         self.stats = WorkerStats(self.worker_id)
         b = settings.batch
         self.max_inflight = b.max_inflight or 2 * b.max_batch_size
-        self.batcher: MicroBatcher[Job] = MicroBatcher(b.max_batch_size, b.max_wait_ms / 1000)
+        if b.dispatch not in ("cohort", "deadline"):
+            raise ValueError(f"batch dispatch {b.dispatch!r} unknown: use cohort or deadline")
+        batcher_class = CohortBatcher if b.dispatch == "cohort" else MicroBatcher
+        self.batcher: MicroBatcher[Job] = batcher_class(b.max_batch_size, b.max_wait_ms / 1000)
         self.streams = [self.keys.requests(settings.policy, s) for s in range(settings.shards)]
         self._prefix = {s: self.keys.reply_prefix(settings.policy, i) for i, s in enumerate(self.streams)}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="rolloutq-infer")
@@ -314,7 +321,7 @@ class StreamConsumer:
                 return stream, entry_id, reply_to, Reply(seq, Status.SCHEMA_MISMATCH, error=problem,
                                                          worker=self.worker_id)
         job = Job(entry_id, stream, request, obs, id_ms, deliveries, decode_s)
-        self.batcher.add(job, signature(obs), self.clock())
+        self.batcher.add(job, signature(obs), self.clock(), rollout=request.rollout)
         return None
 
     # -- batching and inference -------------------------------------------------------------
@@ -336,6 +343,7 @@ class StreamConsumer:
             try:
                 await self._infer(loop, jobs)
             finally:
+                self.batcher.batch_done([j.request.rollout for j in jobs], self.clock())
                 self._in_inference = 0
                 self._room.set()
 
@@ -375,8 +383,10 @@ class StreamConsumer:
                     replies.append((job.stream, job.entry_id, job.request.reply_to, Reply(
                         job.request.seq, Status.OK, action=payload, queue_ms=q, infer_ms=infer_s * 1000,
                         batch=len(live), worker=self.worker_id)))
-                self.metrics.on_batch(len(live), [q / 1000 for q in queue_ms], infer_s,
-                                      sum(j.decode_s for j in live), time.perf_counter() - t1)
+                decode_s, encode_s = sum(j.decode_s for j in live), time.perf_counter() - t1
+                self.stats.decode_s_total += decode_s
+                self.stats.encode_s_total += encode_s
+                self.metrics.on_batch(len(live), [q / 1000 for q in queue_ms], infer_s, decode_s, encode_s)
         if replies:
             task = asyncio.create_task(self._write_replies(replies))
             self._writers.add(task)

@@ -39,6 +39,10 @@ class BatchSettings:
 
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
+    dispatch: str = "cohort"
+    """`cohort`: wait for the active rollouts (closed loop; `broker.batcher.CohortBatcher`), with
+    `max_wait_ms` as the first merge wait; `deadline`: Triton's rule, full batch or oldest waited
+    `max_wait_ms` (`MicroBatcher`)."""
     max_inflight: int = 0
     """Requests a worker holds (read, not yet answered); 0 means 2 x max_batch_size. Keeping this
     bounded leaves the rest of the backlog in Redis for other replicas."""

@@ -76,3 +76,49 @@ def test_full_group_preferred_by_age_among_ready():
     b.add("b2", "b", now=0.6)
     # only group b is full; group a is older but not ready
     assert b.pop_ready(now=1.0)[0] == ["b1", "b2"]
+
+
+def test_cohort_serves_a_lone_rollout_at_once():
+    from broker.batcher import CohortBatcher
+
+    b = CohortBatcher[str](max_batch_size=32, max_wait_s=0.05)
+    b.add("r0-s0", "k", now=0.0, rollout="r0")
+    assert b.pop_ready(now=0.0)[0] == ["r0-s0"]
+
+
+def test_cohort_waits_for_the_active_population_then_merges():
+    from broker.batcher import CohortBatcher
+
+    b = CohortBatcher[str](max_batch_size=32, max_wait_s=0.05)
+    for i in range(4):  # four rollouts are active
+        b.add(f"r{i}", "k", now=0.0, rollout=f"r{i}")
+    assert b.pop_ready(now=0.0)[0] == ["r0", "r1", "r2", "r3"]
+    b.batch_done(["r0", "r1", "r2", "r3"], now=0.1)
+    b.add("r0", "k", now=0.11, rollout="r0")
+    b.add("r1", "k", now=0.112, rollout="r1")
+    assert b.pop_ready(now=0.113) is None  # r2 and r3 are still stepping their simulators
+    b.add("r2", "k", now=0.114, rollout="r2")
+    b.add("r3", "k", now=0.115, rollout="r3")
+    assert b.pop_ready(now=0.115)[0] == ["r0", "r1", "r2", "r3"]  # one batch again, not two halves
+
+
+def test_cohort_gives_up_on_stragglers_after_the_merge_wait():
+    from broker.batcher import CohortBatcher
+
+    b = CohortBatcher[str](max_batch_size=32, max_wait_s=0.02)
+    b.add("a", "k", now=0.0, rollout="a")
+    b.add("b", "k", now=0.0, rollout="b")
+    assert b.pop_ready(now=0.0)[0] == ["a", "b"]
+    b.add("a", "k", now=1.0, rollout="a")  # b never comes back (its episode ended)
+    assert b.pop_ready(now=1.0) is None
+    assert abs(b.next_deadline() - 1.02) < 1e-9
+    assert b.pop_ready(now=1.021)[0] == ["a"]
+
+
+def test_cohort_respects_max_batch_size():
+    from broker.batcher import CohortBatcher
+
+    b = CohortBatcher[int](max_batch_size=4, max_wait_s=1.0)
+    for i in range(10):
+        b.add(i, "k", now=0.0, rollout=f"r{i}")
+    assert b.pop_ready(now=0.0)[0] == [0, 1, 2, 3]
