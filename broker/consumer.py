@@ -441,10 +441,18 @@ class StreamConsumer:
             self.metrics.on_reply(str(reply.status))
         for stream, ids in acks.items():
             pipe.xack(stream, GROUP, *ids)
+            # Answered requests leave the stream (it is the backlog, not a log): only acked entries are
+            # ever deleted, so nothing unanswered is trimmed however long the backlog grows.
+            pipe.xdel(stream, *ids)
         delay = 0.05
         while True:
             try:
                 await pipe.execute()
+                return
+            except ResponseError as e:
+                # e.g. NOGROUP after a Redis restart without persistence: the replies (earlier in the
+                # pipeline) were written; the requests, if they still exist, will be read again.
+                log.warning("worker %s: ack failed after writing %d replies: %s", self.worker_id, len(replies), e)
                 return
             except _REDIS_DOWN as e:
                 # Replies are idempotent by (rollout, seq): resending the whole pipeline is safe.
