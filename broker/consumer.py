@@ -165,6 +165,8 @@ class StreamConsumer:
         self._writers: set[asyncio.Task] = set()
         self._offset_ms = 0.0
         self._stopping = False
+        self._dispatching = False
+        self._quarantine = False
         self.ready = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -234,7 +236,7 @@ class StreamConsumer:
         streams = {s: ">" for s in self.streams}
         delay = 0.05
         while not stop.is_set():
-            room = self.max_inflight - self._held()
+            room = 0 if self._quarantine else self.max_inflight - self._held()
             if room <= 0:
                 self._room.clear()
                 with contextlib.suppress(TimeoutError):
@@ -314,12 +316,16 @@ class StreamConsumer:
                 return stream, entry_id, reply_to, Reply(seq, Status.SCHEMA_MISMATCH, error=problem,
                                                          worker=self.worker_id)
         job = Job(entry_id, stream, request, obs, id_ms, deliveries, decode_s)
-        self.batcher.add(job, signature(obs), self.clock())
+        # A re-delivered request was held by a worker that died or failed: it runs in a batch of its own,
+        # so a request that crashes the process cannot take innocent batch-mates' deliveries with it.
+        key = signature(obs) if deliveries <= 1 else ("redelivered", entry_id)
+        self.batcher.add(job, key, self.clock())
         return None
 
     # -- batching and inference -------------------------------------------------------------
     async def _dispatcher(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
+        self._dispatching = True
         while True:
             batch = self.batcher.pop_ready(self.clock(), flush=self._stopping)
             if batch is None:
@@ -383,17 +389,24 @@ class StreamConsumer:
             task.add_done_callback(self._writers.discard)
 
     async def _isolate(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> list:
-        """After a failed batch, run its requests one by one so one poison request fails alone."""
+        """After a failed batch, run its requests one by one so one poison request fails alone.
+
+        The failed batch counts as one delivery of each of its requests, so the backend sees a request
+        that always fails exactly `max_deliveries` times, like one that crashes the worker each time.
+        """
         out = []
         for job in jobs:
-            error = ""
-            for _ in range(max(1, self.settings.max_deliveries - job.deliveries + 1)):
+            error = "the batch it was in failed"
+            job.deliveries += 1  # the failed batch was one delivery of every request in it
+            for _ in range(max(0, self.settings.max_deliveries - job.deliveries + 1)):
                 t0 = time.perf_counter()
                 try:
                     chunk = (await loop.run_in_executor(self._executor, self.handler.infer, [job.obs]))[0]
                     payload = self.codec.encode(chunk)
                 except Exception as e:
-                    error = _safe_message(e)
+                    error = type(e).__name__  # the client gets the type only; the detail goes to the log
+                    log.warning("worker %s: inference failed on request %s alone: %s", self.worker_id,
+                                job.entry_id.decode(), _safe_message(e))
                     job.deliveries += 1
                     continue
                 infer_s = time.perf_counter() - t0
@@ -479,28 +492,58 @@ class StreamConsumer:
                     raise
 
     async def claim_once(self) -> int:
-        """Take over requests idle longer than `claim_idle_ms` in other consumers' pending lists."""
+        """Take over requests idle longer than `claim_idle_ms` in other consumers' pending lists.
+
+        Inside `run` this quarantines: when stale entries exist, the worker stops reading, lets what it
+        holds be answered, then claims and serves the stale entries one at a time, holding nothing
+        else. A request that kills every worker it reaches then only ever adds deliveries to itself:
+        innocent requests are never held by a worker while it runs a suspect, so they are not
+        dead-lettered with it. Outside `run` (no dispatcher) it claims up to the in-flight room at once.
+        """
         claimed = 0
         for stream in self.streams:
-            room = self.max_inflight - self._held()
-            if room <= 0:
-                break
-            res = await self.redis.xautoclaim(stream, GROUP, self.worker_id, self.settings.claim_idle_ms,
-                                              start_id="0-0", count=room)
-            entries = [e for e in res[1] if e[1] is not None] if res else []
-            if not entries:
-                continue
-            counts: dict[bytes, int] = {}
-            ids = [e[0] for e in entries]
-            info = await self.redis.xpending_range(stream, GROUP, min=ids[0], max=ids[-1], count=len(ids) + 100,
-                                                   consumername=self.worker_id)
-            for p in info:
-                counts[p["message_id"]] = p["times_delivered"]
-            claimed += len(entries)
-            self.stats.reclaimed_total += len(entries)
-            log.info("worker %s: re-claimed %d stale requests from %s", self.worker_id, len(entries), stream)
-            await self._accept_all([(stream, entries)], counts)
+            while not self._stopping:
+                stale = await self.redis.xpending_range(stream, GROUP, min="-", max="+", count=1,
+                                                        idle=self.settings.claim_idle_ms)
+                if not stale:
+                    break
+                if self._dispatching:
+                    self._quarantine = True
+                    await self._until_idle()
+                    count = 1
+                else:
+                    count = self.max_inflight - self._held()
+                    if count <= 0:
+                        break
+                res = await self.redis.xautoclaim(stream, GROUP, self.worker_id, self.settings.claim_idle_ms,
+                                                  start_id="0-0", count=count)
+                entries = [e for e in res[1] if e[1] is not None] if res else []
+                if not entries:
+                    if res and len(res) > 2 and res[2]:
+                        continue  # only deleted entries were pending; they are gone from the list now
+                    break
+                counts: dict[bytes, int] = {}
+                ids = [e[0] for e in entries]
+                info = await self.redis.xpending_range(stream, GROUP, min=ids[0], max=ids[-1],
+                                                       count=len(ids) + 100, consumername=self.worker_id)
+                for p in info:
+                    counts[p["message_id"]] = p["times_delivered"]
+                claimed += len(entries)
+                self.stats.reclaimed_total += len(entries)
+                log.info("worker %s: re-claimed %d stale request(s) from %s (deliveries %s)", self.worker_id,
+                         len(entries), stream, sorted(set(counts.values())))
+                await self._accept_all([(stream, entries)], counts)
+                if not self._dispatching:
+                    break
+                await self._until_idle()
+        self._quarantine = False
+        self._room.set()
         return claimed
+
+    async def _until_idle(self) -> None:
+        """Wait until nothing read by this worker is unanswered (batcher, inference, reply writes)."""
+        while (self._held() or self._writers) and not self._stopping:
+            await asyncio.sleep(0.005)
 
     # -- stats --------------------------------------------------------------------------------
     async def _stats_publisher(self, stop: asyncio.Event) -> None:
