@@ -268,7 +268,14 @@ class StreamConsumer:
                 if fields is None:  # deleted while pending
                     continue
                 n = deliveries if isinstance(deliveries, int) else deliveries.get(entry_id, 1)
-                bad = self._accept(stream, entry_id, fields, n)
+                try:
+                    bad = self._accept(stream, entry_id, fields, n)
+                except Exception as e:  # a bug in decoding or validation must not kill the reader
+                    log.error("worker %s: rejecting request %s: %s", self.worker_id, entry_id.decode(),
+                              _safe_message(e))
+                    bad = (stream, entry_id, None, Reply(-1, Status.BAD_REQUEST, error="request could not be "
+                           "read; it was moved to the dead-letter stream", worker=self.worker_id))
+                    bad = self._reject_unexpected(stream, entry_id, fields, bad)
                 if bad is not None:
                     rejects.append(bad)
         if rejects:
@@ -309,9 +316,20 @@ class StreamConsumer:
             obs = self.codec.decode(request.obs)
         except CodecError as e:
             return stream, entry_id, reply_to, Reply(seq, Status.BAD_OBSERVATION, error=str(e), worker=self.worker_id)
+        except Exception as e:  # the codec's own checks missed something: still the sender's bytes' fault
+            log.warning("worker %s: codec raised %s on request %s", self.worker_id, _safe_message(e),
+                        entry_id.decode())
+            return stream, entry_id, reply_to, Reply(seq, Status.BAD_OBSERVATION, error="observation bytes could "
+                                                     "not be decoded", worker=self.worker_id)
         decode_s = time.perf_counter() - t0
         if self.settings.validate_schema:
-            problem = self.handler.validate(obs)
+            try:
+                problem = self.handler.validate(obs)
+            except Exception as e:
+                log.warning("worker %s: schema check raised %s", self.worker_id, _safe_message(e))
+                problem = "observation does not match the policy's schema"
+            if problem:
+                problem = problem[:1000]
             if problem:
                 return stream, entry_id, reply_to, Reply(seq, Status.SCHEMA_MISMATCH, error=problem,
                                                          worker=self.worker_id)
@@ -321,6 +339,16 @@ class StreamConsumer:
         key = signature(obs) if deliveries <= 1 else ("redelivered", entry_id)
         self.batcher.add(job, key, self.clock())
         return None
+
+    def _reject_unexpected(self, stream: str, entry_id: bytes, fields: Any, bad: tuple) -> tuple:
+        """Answer a request whose reading raised unexpectedly, if its reply key is safe to write."""
+        with contextlib.suppress(Exception):
+            reply_to = fields.get(b"reply_to", b"").decode()
+            seq = int(fields.get(b"seq", b"-1"))
+            if reply_to.startswith(self._prefix[stream]):
+                return stream, entry_id, reply_to, Reply(seq, Status.BAD_REQUEST, error=bad[3].error,
+                                                         worker=self.worker_id)
+        return bad
 
     # -- batching and inference -------------------------------------------------------------
     async def _dispatcher(self, stop: asyncio.Event) -> None:
