@@ -22,9 +22,22 @@ def _until_signal(main: Any) -> Any:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # debugging a hung test process
         return await main(stop)
 
     return asyncio.run(runner())
+
+
+def _dump_tasks() -> None:
+    for task in asyncio.all_tasks():
+        print(f"TASK {task.get_name()}")
+        coro = task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is not None:
+                print(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    sys.stdout.flush()
 
 
 def worker(cfg: dict[str, Any]) -> None:
