@@ -8,7 +8,7 @@ One `StreamConsumer` per worker process (or Ray Serve replica). Its tasks share 
   the loop keeps reading and decoding the next batch while the model runs;
 - reply writers pipeline XADD + EXPIRE of every reply, then XACK: a request is acked only after
   its reply was written (at-least-once; the client drops duplicates by sequence number);
-- the claimer XAUTOCLAIMs entries left pending by dead workers, and dead-letters those delivered
+- the claimer re-claims (XPENDING IDLE + XCLAIM) entries left pending by dead workers, and dead-letters those delivered
   `max_deliveries` times;
 - the stats task publishes a JSON snapshot to the worker-stats hash for `rolloutq top`, the
   exporter and the controller.
@@ -167,6 +167,7 @@ class StreamConsumer:
         self._stopping = False
         self._dispatching = False
         self._quarantine = False
+        self._held_ids: set[bytes] = set()
         self.ready = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -334,10 +335,11 @@ class StreamConsumer:
                 return stream, entry_id, reply_to, Reply(seq, Status.SCHEMA_MISMATCH, error=problem,
                                                          worker=self.worker_id)
         job = Job(entry_id, stream, request, obs, id_ms, deliveries, decode_s)
-        # A re-delivered request was held by a worker that died or failed: it runs in a batch of its own,
-        # so a request that crashes the process cannot take innocent batch-mates' deliveries with it.
-        key = signature(obs) if deliveries <= 1 else ("redelivered", entry_id)
+        # A request on its last allowed delivery runs in a batch of its own (see claim_once), so if it
+        # crashes the process it cannot push innocent batch-mates past max_deliveries with it.
+        key = signature(obs) if deliveries < self.settings.max_deliveries else ("last-chance", entry_id)
         self.batcher.add(job, key, self.clock())
+        self._held_ids.add(entry_id)
         return None
 
     def _reject_unexpected(self, stream: str, entry_id: bytes, fields: Any, bad: tuple) -> tuple:
@@ -485,6 +487,13 @@ class StreamConsumer:
             # Answered requests leave the stream (it is the backlog, not a log): only acked entries are
             # ever deleted, so nothing unanswered is trimmed however long the backlog grows.
             pipe.xdel(stream, *ids)
+        try:
+            await self._execute_replies(pipe, len(replies))
+        finally:
+            for ids in acks.values():
+                self._held_ids.difference_update(ids)
+
+    async def _execute_replies(self, pipe: Any, n: int) -> None:
         delay = 0.05
         while True:
             try:
@@ -493,13 +502,13 @@ class StreamConsumer:
             except ResponseError as e:
                 # e.g. NOGROUP after a Redis restart without persistence: the replies (earlier in the
                 # pipeline) were written; the requests, if they still exist, will be read again.
-                log.warning("worker %s: ack failed after writing %d replies: %s", self.worker_id, len(replies), e)
+                log.warning("worker %s: ack failed after writing %d replies: %s", self.worker_id, n, e)
                 return
             except _REDIS_DOWN as e:
                 # Replies are idempotent by (rollout, seq): resending the whole pipeline is safe.
                 if self._stopping and delay > 1.0:
                     log.warning("worker %s: dropping %d replies, Redis down at shutdown (%s); the requests stay "
-                                "pending and will be re-claimed", self.worker_id, len(replies), e)
+                                "pending and will be re-claimed", self.worker_id, n, e)
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -520,50 +529,59 @@ class StreamConsumer:
                     raise
 
     async def claim_once(self) -> int:
-        """Take over requests idle longer than `claim_idle_ms` in other consumers' pending lists.
+        """Take over requests idle longer than `claim_idle_ms` in the group's pending list.
 
-        Inside `run` this quarantines: when stale entries exist, the worker stops reading, lets what it
-        holds be answered, then claims and serves the stale entries one at a time, holding nothing
-        else. A request that kills every worker it reaches then only ever adds deliveries to itself:
-        innocent requests are never held by a worker while it runs a suspect, so they are not
-        dead-lettered with it. Outside `run` (no dispatcher) it claims up to the in-flight room at once.
+        Entries that will still be under `max_deliveries` after this claim are claimed in bulk and
+        batched as usual (a worker that died of something else: fast recovery). An entry about to
+        get its last allowed delivery is served in quarantine: the worker stops reading, lets what
+        it holds be answered, then claims that one entry and serves it alone, holding nothing else.
+        So a request that crashes every worker it reaches reaches the backend exactly
+        `max_deliveries` times, and an innocent request held with it by a dying worker can never be
+        pushed past the limit: whenever it is on its last delivery, it runs alone.
         """
         claimed = 0
+        idle = self.settings.claim_idle_ms
+        last = self.settings.max_deliveries
         for stream in self.streams:
-            while not self._stopping:
-                stale = await self.redis.xpending_range(stream, GROUP, min="-", max="+", count=1,
-                                                        idle=self.settings.claim_idle_ms)
+            for _ in range(self.max_inflight + 8):  # bounded: a pass never spins
+                if self._stopping:
+                    break
+                room = self.max_inflight - self._held()
+                stale = await self.redis.xpending_range(stream, GROUP, min="-", max="+", count=max(room, 1),
+                                                        idle=idle)
+                stale = [p for p in stale if p["message_id"] not in self._held_ids]
                 if not stale:
                     break
-                if self._dispatching:
+                bulk = [p["message_id"] for p in stale if p["times_delivered"] + 1 != last]  # > last: DLQ, no infer
+                if bulk and room > 0:
+                    ids = bulk[:room]
+                elif self._dispatching:
                     self._quarantine = True
                     await self._until_idle()
-                    count = 1
+                    ids = [stale[0]["message_id"]]
+                elif room > 0:
+                    ids = [p["message_id"] for p in stale[:room]]
                 else:
-                    count = self.max_inflight - self._held()
-                    if count <= 0:
-                        break
-                res = await self.redis.xautoclaim(stream, GROUP, self.worker_id, self.settings.claim_idle_ms,
-                                                  start_id="0-0", count=count)
-                entries = [e for e in res[1] if e[1] is not None] if res else []
-                if not entries:
-                    if res and len(res) > 2 and res[2]:
-                        continue  # only deleted entries were pending; they are gone from the list now
                     break
-                counts: dict[bytes, int] = {}
-                ids = [e[0] for e in entries]
-                info = await self.redis.xpending_range(stream, GROUP, min=ids[0], max=ids[-1],
-                                                       count=len(ids) + 100, consumername=self.worker_id)
-                for p in info:
-                    counts[p["message_id"]] = p["times_delivered"]
-                claimed += len(entries)
-                self.stats.reclaimed_total += len(entries)
-                log.info("worker %s: re-claimed %d stale request(s) from %s (deliveries %s)", self.worker_id,
-                         len(entries), stream, sorted(set(counts.values())))
-                await self._accept_all([(stream, entries)], counts)
-                if not self._dispatching:
-                    break
-                await self._until_idle()
+                before = {p["message_id"]: p["times_delivered"] for p in stale}
+                got = await self.redis.xclaim(stream, GROUP, self.worker_id, idle, ids)
+                gone = [e[0] for e in got if e[1] is None]
+                if gone:  # deleted while pending (Redis < 7 keeps them listed): nothing left to answer
+                    await self.redis.xack(stream, GROUP, *gone)
+                entries = [e for e in got if e[1] is not None]
+                if entries:
+                    counts = {e[0]: before.get(e[0], 0) + 1 for e in entries}
+                    claimed += len(entries)
+                    self.stats.reclaimed_total += len(entries)
+                    log.info("worker %s: re-claimed %d stale request(s) from %s (deliveries %s)", self.worker_id,
+                             len(entries), stream, sorted(set(counts.values())))
+                    await self._accept_all([(stream, entries)], counts)
+                elif not gone:
+                    break  # another worker claimed them first
+                if self._quarantine:
+                    await self._until_idle()
+                    self._quarantine = False
+                    self._room.set()
         self._quarantine = False
         self._room.set()
         return claimed
