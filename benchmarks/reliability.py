@@ -79,12 +79,13 @@ def server(appendonly: bool = True, fsync: str = "everysec", port: int = 0, data
 
 
 # -- kill ---------------------------------------------------------------------------------------
-async def _rollouts(url: str, prefix: str, n: int, steps: int, settings: ClientSettings) -> dict:
+async def _rollouts(url: str, prefix: str, n: int, steps: int, settings: ClientSettings, pace_s: float = 0.0) -> dict:
     r = connect_async(RedisSettings(url=url))
     client = PolicyClient(r, "p", settings=settings)
-    out = {"ok": 0, "failed": 0, "wrong": 0, "resends": 0}
+    out = {"ok": 0, "failed": 0, "wrong": 0, "resends": 0, "seen_duplicates": 0}
 
     async def one(i: int) -> None:
+        returned: list[int] = []
         for seq in range(steps):
             try:
                 res = await client.act(f"{prefix}{i}", {"tag": np.array([i, seq], np.int64)})
@@ -92,9 +93,13 @@ async def _rollouts(url: str, prefix: str, n: int, steps: int, settings: ClientS
                 out["failed"] += 1
                 return
             out["ok"] += 1
+            returned.append(res.seq)
             out["resends"] += res.sends - 1
             if res.chunk["echo"].tolist() != [i, seq] or res.seq != seq:
                 out["wrong"] += 1
+            if pace_s:
+                await asyncio.sleep(pace_s)  # env time between policy queries
+        out["seen_duplicates"] += len(returned) - len(set(returned))  # one step answered twice
 
     try:
         await asyncio.gather(*[one(i) for i in range(n)])
@@ -145,6 +150,7 @@ def bench_kill(trials: int) -> dict:
         totals["steps"] += rollouts * steps
         totals["lost"] += rollouts * steps - out["ok"]
         totals["wrong"] += out["wrong"]
+        totals["seen_duplicates"] += out["seen_duplicates"]
         totals["held_at_kill"] += info.get("held", 0)
         for i in range(rollouts):
             seqs = [Reply.from_fields(f).seq for _, f in r.xrange(f"rq:rep:{{p#0}}:t{t}r{i}")]
@@ -224,17 +230,22 @@ def bench_redis(trials: int) -> dict:
 
         def killer(srv=srv, box=box, appendonly=appendonly, fsync=fsync) -> None:
             time.sleep(1.0)
+            box.append(time.perf_counter())
             srv.kill()
             time.sleep(0.5)
             box.append(server(appendonly=appendonly, fsync=fsync, port=srv.port, data=srv.dir))
 
         th = threading.Thread(target=killer)
         th.start()
+        t_start = time.perf_counter()
         res = asyncio.run(_rollouts(srv.url, "e", 16, 40, ClientSettings(reply_timeout_s=1.0, deadline_s=30,
-                                                                         max_resends=30, backoff_s=0.05)))
+                                                                         max_resends=30, backoff_s=0.05), pace_s=0.05))
+        t_end = time.perf_counter()
         th.join()
+        t_kill = box.pop(0)
         out["end_to_end"][mode] = {"steps": 16 * 40, "steps_lost": 16 * 40 - res["ok"], "wrong": res["wrong"],
-                                   "client_resends": res["resends"], "worker_alive": w.alive()}
+                                   "client_resends": res["resends"], "worker_alive": w.alive(),
+                                   "killed_at_s": round(t_kill - t_start, 2), "run_s": round(t_end - t_start, 2)}
         w.signal(signal.SIGTERM)
         w.wait(15)
         for s in box:
