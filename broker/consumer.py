@@ -542,48 +542,49 @@ class StreamConsumer:
         claimed = 0
         idle = self.settings.claim_idle_ms
         last = self.settings.max_deliveries
-        for stream in self.streams:
-            for _ in range(self.max_inflight + 8):  # bounded: a pass never spins
-                if self._stopping:
-                    break
-                room = self.max_inflight - self._held()
-                stale = await self.redis.xpending_range(stream, GROUP, min="-", max="+", count=max(room, 1),
-                                                        idle=idle)
-                stale = [p for p in stale if p["message_id"] not in self._held_ids]
-                if not stale:
-                    break
-                bulk = [p["message_id"] for p in stale if p["times_delivered"] + 1 != last]  # > last: DLQ, no infer
-                if bulk and room > 0:
-                    ids = bulk[:room]
-                elif self._dispatching:
-                    self._quarantine = True
-                    await self._until_idle()
-                    ids = [stale[0]["message_id"]]
-                elif room > 0:
-                    ids = [p["message_id"] for p in stale[:room]]
-                else:
-                    break
-                before = {p["message_id"]: p["times_delivered"] for p in stale}
-                got = await self.redis.xclaim(stream, GROUP, self.worker_id, idle, ids)
-                gone = [e[0] for e in got if e[1] is None]
-                if gone:  # deleted while pending (Redis < 7 keeps them listed): nothing left to answer
-                    await self.redis.xack(stream, GROUP, *gone)
-                entries = [e for e in got if e[1] is not None]
-                if entries:
-                    counts = {e[0]: before.get(e[0], 0) + 1 for e in entries}
-                    claimed += len(entries)
-                    self.stats.reclaimed_total += len(entries)
-                    log.info("worker %s: re-claimed %d stale request(s) from %s (deliveries %s)", self.worker_id,
-                             len(entries), stream, sorted(set(counts.values())))
-                    await self._accept_all([(stream, entries)], counts)
-                elif not gone:
-                    break  # another worker claimed them first
-                if self._quarantine:
-                    await self._until_idle()
-                    self._quarantine = False
-                    self._room.set()
-        self._quarantine = False
-        self._room.set()
+        try:
+            for stream in self.streams:
+                for _ in range(self.max_inflight + 8):  # bounded: a pass never spins
+                    if self._stopping:
+                        break
+                    # A busy worker has no room; recovery may overshoot max_inflight by one batch.
+                    room = max(self.max_inflight - self._held(), self.settings.batch.max_batch_size)
+                    stale = await self.redis.xpending_range(stream, GROUP, min="-", max="+", count=room,
+                                                            idle=idle)
+                    stale = [p for p in stale if p["message_id"] not in self._held_ids]
+                    if not stale:
+                        break
+                    bulk = [p["message_id"] for p in stale if p["times_delivered"] + 1 != last]  # > last: DLQ, no infer
+                    if bulk:
+                        ids = bulk[:room]
+                    elif self._dispatching:
+                        self._quarantine = True
+                        await self._until_idle()
+                        ids = [stale[0]["message_id"]]
+                    else:
+                        ids = [p["message_id"] for p in stale[:room]]
+                    before = {p["message_id"]: p["times_delivered"] for p in stale}
+                    got = await self.redis.xclaim(stream, GROUP, self.worker_id, idle, ids)
+                    gone = [e[0] for e in got if e[1] is None]
+                    if gone:  # deleted while pending (Redis < 7 keeps them listed): nothing left to answer
+                        await self.redis.xack(stream, GROUP, *gone)
+                    entries = [e for e in got if e[1] is not None]
+                    if entries:
+                        counts = {e[0]: before.get(e[0], 0) + 1 for e in entries}
+                        claimed += len(entries)
+                        self.stats.reclaimed_total += len(entries)
+                        log.info("worker %s: re-claimed %d stale request(s) from %s (deliveries %s)", self.worker_id,
+                                 len(entries), stream, sorted(set(counts.values())))
+                        await self._accept_all([(stream, entries)], counts)
+                    elif not gone:
+                        break  # another worker claimed them first
+                    if self._quarantine:
+                        await self._until_idle()
+                        self._quarantine = False
+                        self._room.set()
+        finally:  # never leave the reader paused (e.g. Redis went down mid-quarantine)
+            self._quarantine = False
+            self._room.set()
         return claimed
 
     async def _until_idle(self) -> None:
