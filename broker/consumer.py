@@ -168,6 +168,7 @@ class StreamConsumer:
         self._dispatching = False
         self._quarantine = False
         self._held_ids: set[bytes] = set()
+        self._feeders_done = 0
         self.ready = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -234,6 +235,13 @@ class StreamConsumer:
         return len(self.batcher) + self._in_inference
 
     async def _reader(self, stop: asyncio.Event) -> None:
+        try:
+            await self._read_loop(stop)
+        finally:
+            self._feeders_done += 1
+            self._wake.set()
+
+    async def _read_loop(self, stop: asyncio.Event) -> None:
         streams = {s: ">" for s in self.streams}
         delay = 0.05
         while not stop.is_set():
@@ -359,7 +367,9 @@ class StreamConsumer:
         while True:
             batch = self.batcher.pop_ready(self.clock(), flush=self._stopping)
             if batch is None:
-                if self._stopping and not len(self.batcher):
+                # Exit only once the reader and the claimer are done: an XREADGROUP in flight when the
+                # stop came still returns entries, and they must be answered, not left pending.
+                if self._stopping and not len(self.batcher) and self._feeders_done >= 2:
                     return
                 deadline = self.batcher.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - self.clock())
@@ -515,6 +525,13 @@ class StreamConsumer:
 
     # -- re-claiming -------------------------------------------------------------------------
     async def _claimer(self, stop: asyncio.Event) -> None:
+        try:
+            await self._claim_loop(stop)
+        finally:
+            self._feeders_done += 1
+            self._wake.set()
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.claim_every_s)

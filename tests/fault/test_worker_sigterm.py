@@ -116,3 +116,65 @@ def test_slow_worker_backlog_never_trimmed_before_ack(aof_redis, spawn):
     assert max(s[1] for s in samples) <= 4  # ... while the worker held at most its in-flight cap
     assert r.xlen("rq:req:{p#0}") == 0  # answered requests were deleted after their ack
     r.close()
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_cli_policy_worker(aof_redis, spawn, tmp_path):
+    """The real `rolloutq policy-worker` command (null backend) under load: SIGTERM -> exit 0."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.fault.conftest import ROOT
+
+    url = aof_redis.url
+    b = spawn("worker", redis_url=url, worker_id="B", backend={"delay_s": 0.05}, claim_idle_ms=60_000)
+    wait_worker(url, "B", proc=b)
+    log = open(tmp_path / "cli.log", "wb")
+    cli = subprocess.Popen([sys.executable, "-c", "from controller.cli import app; app()", "policy-worker",
+                            "--backend", "null", "--redis-url", url, "--policy", "p", "--worker-id", "CLI",
+                            "--max-batch-size", "8"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_worker(url, "CLI", timeout=60)
+        r = redis.Redis.from_url(url)
+        result = {}
+
+        def terminator() -> None:
+            wait_for(lambda: consumer_pending(r, "CLI") > 0 or r.hget("rq:workers:p", "CLI") is None, 20,
+                     "load on the CLI worker", every=0.002)
+            t0 = time.monotonic()
+            cli.send_signal(signal.SIGTERM)
+            result["code"] = cli.wait(15)
+            result["exit_s"] = time.monotonic() - t0
+
+        async def main():
+            rr = connect_async(RedisSettings(url=url))
+            client = PolicyClient(rr, "p", settings=ClientSettings(reply_timeout_s=60, deadline_s=60, max_resends=0))
+
+            async def rollout(i: int) -> int:
+                for seq in range(30):
+                    await client.act(f"c{i}", {"tag": np.array([i, seq], np.int64)})
+                return 30
+
+            try:
+                return await asyncio.gather(*[rollout(i) for i in range(8)])
+            finally:
+                await rr.aclose()
+
+        th = threading.Thread(target=terminator)
+        th.start()
+        counts = asyncio.run(main())
+        th.join()
+        text = (tmp_path / "cli.log").read_text(errors="replace")
+        assert counts == [30] * 8
+        assert result["code"] == 0, text[-3000:]
+        assert result["exit_s"] < 5.0
+        assert "policy worker stopped" in text
+        assert consumer_pending(r, "CLI") == 0
+        r.close()
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait(10)
+        log.close()
