@@ -26,6 +26,13 @@ from broker.schema import RETRYABLE, Reply, Request
 from broker.settings import ClientSettings
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+_MAX_BLOCK_S = 2.0
+"""One blocking XREAD never outlasts this (well under RedisSettings.socket_timeout_s), so a read timeout
+means Redis is gone, never that no reply came yet."""
+
+
+def _block_ms(left_s: float) -> int:
+    return max(1, int(min(left_s, _MAX_BLOCK_S) * 1000))
 
 
 @dataclass
@@ -152,7 +159,7 @@ class PolicyClient:
                 sends += 1
                 wait_until = min(deadline, time.perf_counter() + core.settings.reply_timeout_s)
                 while (left := wait_until - time.perf_counter()) > 0:
-                    got = await self.redis.xread({reply_key: state.last_id}, block=max(1, int(left * 1000)))
+                    got = await self.redis.xread({reply_key: state.last_id}, block=_block_ms(left))
                     if not got:
                         continue
                     reply = core.match(state, got[0][1])
@@ -217,7 +224,7 @@ class SyncPolicyClient:
                 sends += 1
                 wait_until = min(deadline, time.perf_counter() + core.settings.reply_timeout_s)
                 while (left := wait_until - time.perf_counter()) > 0:
-                    got = self.redis.xread({reply_key: state.last_id}, block=max(1, int(left * 1000)))
+                    got = self.redis.xread({reply_key: state.last_id}, block=_block_ms(left))
                     if not got:
                         continue
                     reply = core.match(state, got[0][1])

@@ -214,7 +214,7 @@ class MsgpackNumpyCodec:
             raise
         except msgpack.ExtraData:
             raise CodecError("message has trailing bytes after the msgpack value") from None
-        except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as e:
+        except (ValueError, msgpack.UnpackException, TypeError, RecursionError, OverflowError) as e:
             raise CodecError(f"message is not valid msgpack: {_short(e)}") from None
         if not _depth_ok(obj, lim.max_depth):
             raise CodecError(f"message nests maps/lists deeper than {lim.max_depth} levels")

@@ -8,7 +8,7 @@ One `StreamConsumer` per worker process (or Ray Serve replica). Its tasks share 
   the loop keeps reading and decoding the next batch while the model runs;
 - reply writers pipeline XADD + EXPIRE of every reply, then XACK: a request is acked only after
   its reply was written (at-least-once; the client drops duplicates by sequence number);
-- the claimer XAUTOCLAIMs entries left pending by dead workers, and dead-letters those delivered
+- the claimer re-claims (XPENDING IDLE + XCLAIM) entries left pending by dead workers, and dead-letters those delivered
   `max_deliveries` times;
 - the stats task publishes a JSON snapshot to the worker-stats hash for `rolloutq top`, the
   exporter and the controller.
@@ -172,6 +172,10 @@ class StreamConsumer:
         self._writers: set[asyncio.Task] = set()
         self._offset_ms = 0.0
         self._stopping = False
+        self._dispatching = False
+        self._quarantine = False
+        self._held_ids: set[bytes] = set()
+        self._feeders_done = 0
         self.ready = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -238,10 +242,17 @@ class StreamConsumer:
         return len(self.batcher) + self._in_inference
 
     async def _reader(self, stop: asyncio.Event) -> None:
+        try:
+            await self._read_loop(stop)
+        finally:
+            self._feeders_done += 1
+            self._wake.set()
+
+    async def _read_loop(self, stop: asyncio.Event) -> None:
         streams = {s: ">" for s in self.streams}
         delay = 0.05
         while not stop.is_set():
-            room = self.max_inflight - self._held()
+            room = 0 if self._quarantine else self.max_inflight - self._held()
             if room <= 0:
                 self._room.clear()
                 with contextlib.suppress(TimeoutError):
@@ -273,7 +284,14 @@ class StreamConsumer:
                 if fields is None:  # deleted while pending
                     continue
                 n = deliveries if isinstance(deliveries, int) else deliveries.get(entry_id, 1)
-                bad = self._accept(stream, entry_id, fields, n)
+                try:
+                    bad = self._accept(stream, entry_id, fields, n)
+                except Exception as e:  # a bug in decoding or validation must not kill the reader
+                    log.error("worker %s: rejecting request %s: %s", self.worker_id, entry_id.decode(),
+                              _safe_message(e))
+                    bad = (stream, entry_id, None, Reply(-1, Status.BAD_REQUEST, error="request could not be "
+                           "read; it was moved to the dead-letter stream", worker=self.worker_id))
+                    bad = self._reject_unexpected(stream, entry_id, fields, bad)
                 if bad is not None:
                     rejects.append(bad)
         if rejects:
@@ -314,23 +332,51 @@ class StreamConsumer:
             obs = self.codec.decode(request.obs)
         except CodecError as e:
             return stream, entry_id, reply_to, Reply(seq, Status.BAD_OBSERVATION, error=str(e), worker=self.worker_id)
+        except Exception as e:  # the codec's own checks missed something: still the sender's bytes' fault
+            log.warning("worker %s: codec raised %s on request %s", self.worker_id, _safe_message(e),
+                        entry_id.decode())
+            return stream, entry_id, reply_to, Reply(seq, Status.BAD_OBSERVATION, error="observation bytes could "
+                                                     "not be decoded", worker=self.worker_id)
         decode_s = time.perf_counter() - t0
         if self.settings.validate_schema:
-            problem = self.handler.validate(obs)
+            try:
+                problem = self.handler.validate(obs)
+            except Exception as e:
+                log.warning("worker %s: schema check raised %s", self.worker_id, _safe_message(e))
+                problem = "observation does not match the policy's schema"
+            if problem:
+                problem = problem[:1000]
             if problem:
                 return stream, entry_id, reply_to, Reply(seq, Status.SCHEMA_MISMATCH, error=problem,
                                                          worker=self.worker_id)
         job = Job(entry_id, stream, request, obs, id_ms, deliveries, decode_s)
-        self.batcher.add(job, signature(obs), self.clock(), rollout=request.rollout)
+        # A request on its last allowed delivery runs in a batch of its own (see claim_once), so if it
+        # crashes the process it cannot push innocent batch-mates past max_deliveries with it.
+        key = signature(obs) if deliveries < self.settings.max_deliveries else ("last-chance", entry_id)
+        self.batcher.add(job, key, self.clock(), rollout=request.rollout)
+        self._held_ids.add(entry_id)
         return None
+
+    def _reject_unexpected(self, stream: str, entry_id: bytes, fields: Any, bad: tuple) -> tuple:
+        """Answer a request whose reading raised unexpectedly, if its reply key is safe to write."""
+        with contextlib.suppress(Exception):
+            reply_to = fields.get(b"reply_to", b"").decode()
+            seq = int(fields.get(b"seq", b"-1"))
+            if reply_to.startswith(self._prefix[stream]):
+                return stream, entry_id, reply_to, Reply(seq, Status.BAD_REQUEST, error=bad[3].error,
+                                                         worker=self.worker_id)
+        return bad
 
     # -- batching and inference -------------------------------------------------------------
     async def _dispatcher(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
+        self._dispatching = True
         while True:
             batch = self.batcher.pop_ready(self.clock(), flush=self._stopping)
             if batch is None:
-                if self._stopping and not len(self.batcher):
+                # Exit only once the reader and the claimer are done: an XREADGROUP in flight when the
+                # stop came still returns entries, and they must be answered, not left pending.
+                if self._stopping and not len(self.batcher) and self._feeders_done >= 2:
                     return
                 deadline = self.batcher.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - self.clock())
@@ -393,17 +439,24 @@ class StreamConsumer:
             task.add_done_callback(self._writers.discard)
 
     async def _isolate(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> list:
-        """After a failed batch, run its requests one by one so one poison request fails alone."""
+        """After a failed batch, run its requests one by one so one poison request fails alone.
+
+        The failed batch counts as one delivery of each of its requests, so the backend sees a request
+        that always fails exactly `max_deliveries` times, like one that crashes the worker each time.
+        """
         out = []
         for job in jobs:
-            error = ""
-            for _ in range(max(1, self.settings.max_deliveries - job.deliveries + 1)):
+            error = "the batch it was in failed"
+            job.deliveries += 1  # the failed batch was one delivery of every request in it
+            for _ in range(max(0, self.settings.max_deliveries - job.deliveries + 1)):
                 t0 = time.perf_counter()
                 try:
                     chunk = (await loop.run_in_executor(self._executor, self.handler.infer, [job.obs]))[0]
                     payload = self.codec.encode(chunk)
                 except Exception as e:
-                    error = _safe_message(e)
+                    error = type(e).__name__  # the client gets the type only; the detail goes to the log
+                    log.warning("worker %s: inference failed on request %s alone: %s", self.worker_id,
+                                job.entry_id.decode(), _safe_message(e))
                     job.deliveries += 1
                     continue
                 infer_s = time.perf_counter() - t0
@@ -451,22 +504,44 @@ class StreamConsumer:
             self.metrics.on_reply(str(reply.status))
         for stream, ids in acks.items():
             pipe.xack(stream, GROUP, *ids)
+            # Answered requests leave the stream (it is the backlog, not a log): only acked entries are
+            # ever deleted, so nothing unanswered is trimmed however long the backlog grows.
+            pipe.xdel(stream, *ids)
+        try:
+            await self._execute_replies(pipe, len(replies))
+        finally:
+            for ids in acks.values():
+                self._held_ids.difference_update(ids)
+
+    async def _execute_replies(self, pipe: Any, n: int) -> None:
         delay = 0.05
         while True:
             try:
                 await pipe.execute()
                 return
+            except ResponseError as e:
+                # e.g. NOGROUP after a Redis restart without persistence: the replies (earlier in the
+                # pipeline) were written; the requests, if they still exist, will be read again.
+                log.warning("worker %s: ack failed after writing %d replies: %s", self.worker_id, n, e)
+                return
             except _REDIS_DOWN as e:
                 # Replies are idempotent by (rollout, seq): resending the whole pipeline is safe.
                 if self._stopping and delay > 1.0:
                     log.warning("worker %s: dropping %d replies, Redis down at shutdown (%s); the requests stay "
-                                "pending and will be re-claimed", self.worker_id, len(replies), e)
+                                "pending and will be re-claimed", self.worker_id, n, e)
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
     # -- re-claiming -------------------------------------------------------------------------
     async def _claimer(self, stop: asyncio.Event) -> None:
+        try:
+            await self._claim_loop(stop)
+        finally:
+            self._feeders_done += 1
+            self._wake.set()
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.claim_every_s)
@@ -481,28 +556,68 @@ class StreamConsumer:
                     raise
 
     async def claim_once(self) -> int:
-        """Take over requests idle longer than `claim_idle_ms` in other consumers' pending lists."""
+        """Take over requests idle longer than `claim_idle_ms` in the group's pending list.
+
+        Entries that will still be under `max_deliveries` after this claim are claimed in bulk and
+        batched as usual (a worker that died of something else: fast recovery). An entry about to
+        get its last allowed delivery is served in quarantine: the worker stops reading, lets what
+        it holds be answered, then claims that one entry and serves it alone, holding nothing else.
+        So a request that crashes every worker it reaches reaches the backend exactly
+        `max_deliveries` times, and an innocent request held with it by a dying worker can never be
+        pushed past the limit: whenever it is on its last delivery, it runs alone.
+        """
         claimed = 0
-        for stream in self.streams:
-            room = self.max_inflight - self._held()
-            if room <= 0:
-                break
-            res = await self.redis.xautoclaim(stream, GROUP, self.worker_id, self.settings.claim_idle_ms,
-                                              start_id="0-0", count=room)
-            entries = [e for e in res[1] if e[1] is not None] if res else []
-            if not entries:
-                continue
-            counts: dict[bytes, int] = {}
-            ids = [e[0] for e in entries]
-            info = await self.redis.xpending_range(stream, GROUP, min=ids[0], max=ids[-1], count=len(ids) + 100,
-                                                   consumername=self.worker_id)
-            for p in info:
-                counts[p["message_id"]] = p["times_delivered"]
-            claimed += len(entries)
-            self.stats.reclaimed_total += len(entries)
-            log.info("worker %s: re-claimed %d stale requests from %s", self.worker_id, len(entries), stream)
-            await self._accept_all([(stream, entries)], counts)
+        idle = self.settings.claim_idle_ms
+        last = self.settings.max_deliveries
+        try:
+            for stream in self.streams:
+                for _ in range(self.max_inflight + 8):  # bounded: a pass never spins
+                    if self._stopping:
+                        break
+                    # A busy worker has no room; recovery may overshoot max_inflight by one batch.
+                    room = max(self.max_inflight - self._held(), self.settings.batch.max_batch_size)
+                    stale = await self.redis.xpending_range(stream, GROUP, min="-", max="+", count=room,
+                                                            idle=idle)
+                    stale = [p for p in stale if p["message_id"] not in self._held_ids]
+                    if not stale:
+                        break
+                    bulk = [p["message_id"] for p in stale if p["times_delivered"] + 1 != last]  # > last: DLQ, no infer
+                    if bulk:
+                        ids = bulk[:room]
+                    elif self._dispatching:
+                        self._quarantine = True
+                        await self._until_idle()
+                        ids = [stale[0]["message_id"]]
+                    else:
+                        ids = [p["message_id"] for p in stale[:room]]
+                    before = {p["message_id"]: p["times_delivered"] for p in stale}
+                    got = await self.redis.xclaim(stream, GROUP, self.worker_id, idle, ids)
+                    gone = [e[0] for e in got if e[1] is None]
+                    if gone:  # deleted while pending (Redis < 7 keeps them listed): nothing left to answer
+                        await self.redis.xack(stream, GROUP, *gone)
+                    entries = [e for e in got if e[1] is not None]
+                    if entries:
+                        counts = {e[0]: before.get(e[0], 0) + 1 for e in entries}
+                        claimed += len(entries)
+                        self.stats.reclaimed_total += len(entries)
+                        log.info("worker %s: re-claimed %d stale request(s) from %s (deliveries %s)", self.worker_id,
+                                 len(entries), stream, sorted(set(counts.values())))
+                        await self._accept_all([(stream, entries)], counts)
+                    elif not gone:
+                        break  # another worker claimed them first
+                    if self._quarantine:
+                        await self._until_idle()
+                        self._quarantine = False
+                        self._room.set()
+        finally:  # never leave the reader paused (e.g. Redis went down mid-quarantine)
+            self._quarantine = False
+            self._room.set()
         return claimed
+
+    async def _until_idle(self) -> None:
+        """Wait until nothing read by this worker is unanswered (batcher, inference, reply writes)."""
+        while (self._held() or self._writers) and not self._stopping:
+            await asyncio.sleep(0.005)
 
     # -- stats --------------------------------------------------------------------------------
     async def _stats_publisher(self, stop: asyncio.Event) -> None:

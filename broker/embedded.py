@@ -100,7 +100,7 @@ class EmbeddedRedis:
                 raise RedisUnavailable(f"redis-server exited with {self._proc.returncode}; see {self.dir}/redis.log")
             with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2) as s:
                 s.sendall(b"PING\r\n")
-                if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
+                if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up (with --aclfile or requirepass)
                     return self
             time.sleep(0.02)
         self.stop()

@@ -52,6 +52,16 @@ if raw then redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 1
 """
 
+_RELEASE = """
+local raw = redis.call('HGET', KEYS[1], ARGV[2])
+if not raw then return 0 end
+local lease = cjson.decode(raw)
+if lease['sim'] ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[2])
+redis.call('LPUSH', KEYS[2], lease['spec'])
+return 1
+"""
+
 _EXPIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -100,6 +110,7 @@ class SweepQueue:
         self._renew = r.register_script(_RENEW)
         self._finish = r.register_script(_FINISH)
         self._expire = r.register_script(_EXPIRE)
+        self._release = r.register_script(_RELEASE)
 
     # -- controller side ---------------------------------------------------------------------
     async def create(self, config: dict[str, Any], specs: list[EpisodeSpec], lease_s: float) -> None:
@@ -156,6 +167,11 @@ class SweepQueue:
 
     async def finish(self, episode: int, record: dict[str, Any], video: bytes = b"") -> None:
         await self._finish(keys=[self.k_leases, self.k_results], args=[str(episode), json.dumps(record), video])
+
+    async def release(self, sim: str, episode: int) -> bool:
+        """Give back an episode this simulator abandons (graceful shutdown): it goes to the front of
+        the list at once instead of waiting for the lease to expire. No-op if the lease is not ours."""
+        return bool(await self._release(keys=[self.k_leases, self.k_todo], args=[sim, str(episode)]))
 
     async def stopped(self) -> bool:
         return bool(await self.r.exists(self.k_stop))

@@ -14,11 +14,15 @@ import contextlib
 import io
 import logging
 import os
+import random
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.client import PolicyClient, fetch_metadata
 from broker.connection import connect_async
@@ -29,6 +33,7 @@ from sim_workers.runner import EnvSlot, EpisodeRecord, run_episode
 from sim_workers.tasks import make_task
 
 log = logging.getLogger("rolloutq.sim")
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
 class SimMetrics(Protocol):
@@ -127,34 +132,63 @@ class SimWorker:
             with contextlib.suppress(Exception):
                 await queue.renew(self.sim_id, list(self.running.values()), lease_ms)
 
+    async def _retry(self, op: Callable[[], Awaitable[Any]], stop: asyncio.Event) -> Any:
+        """Run a sweep-queue operation, waiting out a Redis restart (backoff with jitter) unless stopping."""
+        delay = 0.1
+        while True:
+            try:
+                return await op()
+            except _REDIS_DOWN as e:
+                if stop.is_set():
+                    raise
+                log.warning("sim %s: Redis unreachable (%s); retrying in %.1fs", self.sim_id, e, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+
     async def _slot(self, i: int, slot: EnvSlot, queue: SweepQueue, client: PolicyClient,
                     config: dict[str, Any], lease_ms: int, stop: asyncio.Event) -> None:
         video_episodes = int(config.get("video_episodes", 0))
         while not stop.is_set():
-            if await queue.stopped():
+            if await self._retry(queue.stopped, stop):
                 return
-            spec = await queue.take(self.sim_id, lease_ms)
+            spec = await self._retry(lambda: queue.take(self.sim_id, lease_ms), stop)
             if spec is None:
-                if self.settings.exit_when_drained and not self.running and (await queue.counts())["todo"] == 0:
+                if (self.settings.exit_when_drained and not self.running
+                        and (await self._retry(queue.counts, stop))["todo"] == 0):
                     return
                 await asyncio.sleep(0.2)
                 continue
             self.running[i] = spec.episode
             frames: list[np.ndarray] = []
-            record = await run_episode(
+            episode = asyncio.create_task(run_episode(
                 slot, client, spec.episode, spec.seed,
                 rollout_id=f"{self.settings.run}.e{spec.episode}.a{spec.attempt}",
                 action_horizon=int(config.get("action_horizon", 8)),
                 on_frame=frames.append if spec.episode < video_episodes else None,
                 on_steps=self._count_steps,
-            )
+            ))
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({episode, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not episode.done():
+                # Graceful shutdown: abandon the episode between two awaits (the env thread finishes the
+                # step it is in; a pending policy request is simply never read) and hand it back.
+                episode.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await episode
+                self.running.pop(i, None)
+                with contextlib.suppress(*_REDIS_DOWN):
+                    await queue.release(self.sim_id, spec.episode)
+                log.info("sim %s: stopping; episode %d abandoned and handed back", self.sim_id, spec.episode)
+                return
+            record = episode.result()
             record.sim = self.sim_id
             record.attempt = spec.attempt
             for rt in record.round_trip_ms:
                 self.metrics.on_round_trip(rt / 1000)
             self.metrics.on_episode(record.success, record.status != "ok")
             video = encode_gif(frames) if frames else b""
-            await queue.finish(spec.episode, record.to_dict(), video)
+            await self._retry(lambda: queue.finish(spec.episode, record.to_dict(), video), stop)  # noqa: B023
             self.running.pop(i, None)
             self.done.append(record)
 
