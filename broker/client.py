@@ -146,15 +146,15 @@ class PolicyClient:
         deadline = started + core.settings.deadline_s
         sends = 0
         errors = 0
-        if state.last_id is None:
-            last = await self.redis.xrevrange(reply_key, count=1)
-            state.last_id = last[0][0] if last else b"0-0"
         while True:
             now = time.perf_counter()
             if now >= deadline:
                 state.seq += 1
                 raise _timeout(rollout, state.seq - 1, core.policy, core.settings.deadline_s, sends)
             try:
+                if state.last_id is None:
+                    last = await self.redis.xrevrange(reply_key, count=1)
+                    state.last_id = last[0][0] if last else b"0-0"
                 await self.redis.xadd(stream, fields)
                 sends += 1
                 wait_until = min(deadline, time.perf_counter() + core.settings.reply_timeout_s)
@@ -212,14 +212,14 @@ class SyncPolicyClient:
         deadline = started + core.settings.deadline_s
         sends = 0
         errors = 0
-        if state.last_id is None:
-            last = self.redis.xrevrange(reply_key, count=1)
-            state.last_id = last[0][0] if last else b"0-0"
         while True:
             if time.perf_counter() >= deadline:
                 state.seq += 1
                 raise _timeout(rollout, state.seq - 1, core.policy, core.settings.deadline_s, sends)
             try:
+                if state.last_id is None:
+                    last = self.redis.xrevrange(reply_key, count=1)
+                    state.last_id = last[0][0] if last else b"0-0"
                 self.redis.xadd(stream, fields)
                 sends += 1
                 wait_until = min(deadline, time.perf_counter() + core.settings.reply_timeout_s)
