@@ -119,11 +119,13 @@ async def run_vector(
     on_steps: Callable[[int], None] | None = None,
     on_episode: Callable[[EpisodeRecord], None] | None = None,
     max_vector_steps: int | None = None,
+    close: bool = True,
 ) -> list[EpisodeRecord]:
     """Run `episodes` on the N envs of `venv`, N requests in flight at once; records in finish order.
 
     Simulator calls run on one thread of their own (renderers and GPU contexts are thread-bound).
-    `max_vector_steps` stops early (tests); unfinished episodes are then dropped.
+    `max_vector_steps` stops early (tests); unfinished episodes are then dropped. `close` closes
+    `venv` at the end, on its own thread.
     """
     pending = deque(episodes)
     running: dict[int, _Running] = {}
@@ -198,6 +200,7 @@ async def run_vector(
     finally:
         for run in running.values():
             client.forget(run.rollout)
-        await loop.run_in_executor(pool, venv.close)
+        if close:
+            await loop.run_in_executor(pool, venv.close)
         pool.shutdown(wait=True)
     return done
