@@ -276,9 +276,8 @@ class Backend(PolicyBackend):
         for feature, keys in self.inputs.items():
             image = feature.startswith(_IMAGE_PREFIX)
             parts = []
-            for key in keys:
-                arr = np.concatenate([np.asarray(f[key]) for f in flats], axis=0)
-                parts.append(self._history(arr, image))
+            for key in keys:  # align each request's time axis to n_obs_steps before stacking
+                parts.append(np.concatenate([self._history(np.asarray(f[key]), image) for f in flats], axis=0))
             arr = parts[0] if image else np.concatenate([p.astype(np.float32, copy=False) for p in parts], axis=-1)
             t = torch.from_numpy(np.ascontiguousarray(arr))
             if image:

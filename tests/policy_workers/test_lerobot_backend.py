@@ -118,3 +118,35 @@ def test_served_through_redis(act_dir, redis_url):
         await r.aclose()
 
     asyncio.run(main())
+
+
+def test_diffusion_with_observation_history(tmp_path):
+    """A queue-based policy (Diffusion, n_obs_steps=2): the history comes from the request's time axis."""
+    from policy_workers.backends.lerobot import import_lerobot
+
+    import_lerobot()
+    import torch
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+
+    torch.manual_seed(0)
+    cfg = DiffusionConfig(
+        input_features={"observation.images.ego": PolicyFeature(FeatureType.VISUAL, (3, 32, 32)),
+                        "observation.state": PolicyFeature(FeatureType.STATE, (3,))},
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
+        n_obs_steps=2, horizon=8, n_action_steps=4, down_dims=(16, 32), crop_shape=None,
+        pretrained_backbone_weights=None, use_group_norm=True, num_inference_steps=3,
+        diffusion_step_embed_dim=16, spatial_softmax_num_keypoints=8, device="cpu")
+    DiffusionPolicy(cfg).save_pretrained(tmp_path)
+    backend = make_backend("lerobot", path=str(tmp_path),
+                           inputs={"observation.images.ego": "video.ego", "observation.state": "state.s"})
+    backend.load()
+    meta = backend.metadata()
+    assert meta.chunk_length == 4 and meta.extra["n_obs_steps"] == 2 and meta.extra["processors"] is False
+    rng = np.random.default_rng(0)
+    batch = [{"video.ego": rng.integers(0, 255, (1, frames, 40, 40, 3), dtype=np.uint8),
+              "state.s": rng.standard_normal((1, frames, 3)).astype(np.float32)} for frames in (1, 2, 3)]
+    out = backend.infer(batch)  # 1 frame is padded to 2, 3 frames keep the last 2; 40x40 resized to 32x32
+    assert [c["action"].shape for c in out] == [(1, 4, 2)] * 3
+    assert all(np.isfinite(c["action"]).all() for c in out)

@@ -33,6 +33,7 @@ def test_translation_helpers():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # ~30 s with Warp's kernel cache warm; the first run compiles CPU kernels (minutes)
 def test_vectorised_mjlab_g1_through_redis(redis_url):
     pytest.importorskip("mjlab.envs", reason="mjlab (with its own deps: mujoco 3.11, warp) is not importable in "
                         "this interpreter: run this test with the mjlab venv's python (docs/INTEGRATIONS.md)")
