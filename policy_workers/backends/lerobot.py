@@ -28,7 +28,6 @@ docs/INTEGRATIONS.md). 0.5+/0.6 need Python >= 3.12.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -156,7 +155,6 @@ class Backend(PolicyBackend):
     # -- loading ----------------------------------------------------------------------------------
 
     def load(self) -> None:
-        import torch
 
         if not (self.path / "config.json").is_file():
             raise BackendLoadError(f"{self.path} has no config.json: expected a directory written by save_pretrained")
@@ -186,7 +184,6 @@ class Backend(PolicyBackend):
         # One warm-up pass on a blank observation: checks the mapping end to end and tells how many
         # steps `predict_action_chunk` returns (ACT: chunk_size; Diffusion: n_action_steps).
         self.chunk_length = next(iter(self.infer([self._blank()])[0].values())).shape[1]
-        torch.set_grad_enabled(False)
 
     def _blank(self) -> Obs:
         obs: Obs = {}
@@ -329,9 +326,3 @@ class Backend(PolicyBackend):
             self._lr["populate_queues"](policy._queues, step)
         return policy.predict_action_chunk(step)
 
-
-def config_summary(path: str) -> dict[str, Any]:
-    """The features of a saved LeRobot policy, read from its config.json without importing LeRobot."""
-    cfg = json.loads((Path(path) / "config.json").read_text())
-    return {"type": cfg.get("type"), "inputs": cfg.get("input_features", {}),
-            "outputs": cfg.get("output_features", {})}

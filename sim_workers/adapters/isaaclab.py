@@ -346,6 +346,8 @@ class VectorAdapter(VectorSimAdapter):
 class Adapter(SingleEnvView):
     """One env (`num_envs=1`) for the per-slot `SimWorker`; prefer `VectorAdapter` + `run_vector`."""
 
+    layout: dict[str, Any] = {"action_dims": dict(_LocalRealG1.ACTION_DIMS)}  # for `--backend null`
+
     def __init__(self, **options: Any) -> None:
         options["num_envs"] = 1
         super().__init__(VectorAdapter(**options))
