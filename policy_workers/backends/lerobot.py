@@ -155,7 +155,6 @@ class Backend(PolicyBackend):
     # -- loading ----------------------------------------------------------------------------------
 
     def load(self) -> None:
-
         if not (self.path / "config.json").is_file():
             raise BackendLoadError(f"{self.path} has no config.json: expected a directory written by save_pretrained")
         self._lr = lr = import_lerobot()
@@ -169,10 +168,13 @@ class Backend(PolicyBackend):
         if use:
             if lr["make_pre_post_processors"] is None or not has_pipelines:
                 raise BackendLoadError(f"use_processors=True but {self.path} has no policy_preprocessor.json "
-                                  "or this LeRobot has no processor pipelines")
-            self.pre, self.post = lr["make_pre_post_processors"](
-                cfg, pretrained_path=str(self.path),
-                preprocessor_overrides={"device_processor": {"device": self.device}})
+                                       "or this LeRobot has no processor pipelines")
+            try:  # the saved pipelines name the training device: move their device step to ours
+                self.pre, self.post = lr["make_pre_post_processors"](
+                    cfg, pretrained_path=str(self.path),
+                    preprocessor_overrides={"device_processor": {"device": self.device}})
+            except (KeyError, ValueError):  # a pipeline without a device step rejects that override
+                self.pre, self.post = lr["make_pre_post_processors"](cfg, pretrained_path=str(self.path))
         self.features = {k: tuple(v.shape) for k, v in cfg.input_features.items()}
         self.action_dim = int(cfg.output_features["action"].shape[0])
         self.inputs = self._resolve_inputs(self.inputs_option or _default_inputs(self.features))
@@ -202,7 +204,7 @@ class Backend(PolicyBackend):
         unknown = [k for k in mapping if k not in self.features]
         if unknown:
             raise BackendLoadError(f"inputs name features the policy does not have: {unknown}; "
-                              f"it has {sorted(self.features)}")
+                                   f"it has {sorted(self.features)}")
         missing = [k for k in self.features if k not in mapping]
         if missing:
             raise BackendLoadError(f"inputs must map every policy input feature; missing {missing}")
