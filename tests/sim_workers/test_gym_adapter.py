@@ -106,3 +106,18 @@ def test_vector_env_keeps_all_envs_in_flight(redis_url):
     alone = asyncio.run(_serve(redis_url, Recorder(dim=1), run_solo))
     ep0 = next(r for r in records if r.episode == 0)
     assert alone[0].episode_return == pytest.approx(ep0.episode_return, rel=1e-5)
+
+
+def test_single_env_view_of_a_vector_adapter():
+    """`SingleEnvView` turns a 1-env vectorised adapter into a plain SimAdapter (per-slot SimWorker)."""
+    from sim_workers.adapters.gym import VectorAdapter
+    from sim_workers.vector import SingleEnvView
+
+    env = SingleEnvView(VectorAdapter(env_id="Pendulum-v1", num_envs=1, max_steps=3))
+    env.reset(5)
+    obs = env.observe()
+    assert obs["state.obs"].shape == (1, 1, 3)
+    chunk = {"action": np.full((1, 8, 1), 0.25, np.float32)}
+    results = [env.step(env.action_from_chunk(chunk, t)) for t in range(3)]
+    assert [r.done for r in results] == [False, False, True]
+    env.close()
