@@ -16,10 +16,11 @@ Lab, mjlab) say so in their docs; there, outcomes depend on which episodes share
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -113,21 +114,30 @@ class _Running:
 async def run_vector(
     venv: VectorSimAdapter,
     client: PolicyClient,
-    episodes: Iterable[EpisodeSpec],
+    episodes: Iterable[EpisodeSpec] | Callable[[], Awaitable[EpisodeSpec | None]],
     action_horizon: int,
     rollout_prefix: str = "vec",
     on_steps: Callable[[int], None] | None = None,
-    on_episode: Callable[[EpisodeRecord], None] | None = None,
+    on_episode: Callable[[EpisodeRecord], Any] | None = None,
     max_vector_steps: int | None = None,
     close: bool = True,
 ) -> list[EpisodeRecord]:
-    """Run `episodes` on the N envs of `venv`, N requests in flight at once; records in finish order.
+    """Run episodes on the N envs of `venv`, N requests in flight at once; records in finish order.
 
-    Simulator calls run on one thread of their own (renderers and GPU contexts are thread-bound).
-    `max_vector_steps` stops early (tests); unfinished episodes are then dropped. `close` closes
-    `venv` at the end, on its own thread.
+    `episodes` is a list of specs, or an async `take()` returning the next spec or None (a leased
+    sweep: `SweepQueue.take`); after the first None no more episodes are taken, and the run ends
+    when the busy envs finish (call again to pick up episodes re-queued later).
+    `on_episode` may be async (e.g. `SweepQueue.finish`). Simulator calls run on one thread of their
+    own (renderers and GPU contexts are thread-bound). `max_vector_steps` stops early (tests);
+    unfinished episodes are then dropped. `close` closes `venv` at the end, on its own thread.
     """
-    pending = deque(episodes)
+    if callable(episodes):
+        take = episodes
+    else:
+        queue = deque(episodes)
+
+        async def take() -> EpisodeSpec | None:
+            return queue.popleft() if queue else None
     running: dict[int, _Running] = {}
     done: list[EpisodeRecord] = []
     pool = ThreadPoolExecutor(1, thread_name_prefix="vec-env")
@@ -136,23 +146,31 @@ async def run_vector(
     async def call(fn: Callable[..., Any], *args: Any) -> Any:
         return await loop.run_in_executor(pool, fn, *args)
 
-    def finish(i: int, status: str = "ok", error: str = "") -> None:
+    async def finish(i: int, status: str = "ok", error: str = "") -> None:
         run = running.pop(i)
         run.record.status = status
         run.record.error = error[:500]
         run.record.wall_s = time.perf_counter() - run.t0
         client.forget(run.rollout)
         done.append(run.record)
-        if on_episode is not None:
-            on_episode(run.record)
+        if on_episode is not None and inspect.isawaitable(result := on_episode(run.record)):
+            await result
 
     vector_steps = 0
+    exhausted = False
     try:
         while True:
-            free = [i for i in range(venv.num_envs) if i not in running]
-            starting = free[:len(pending)]
+            starting, specs = [], []
+            for i in range(venv.num_envs):
+                if i in running or exhausted:
+                    continue
+                spec = await take()
+                if spec is None:
+                    exhausted = True
+                    break
+                starting.append(i)
+                specs.append(spec)
             if starting:
-                specs = [pending.popleft() for _ in starting]
                 await call(venv.reset, starting, [s.seed for s in specs])
                 for i, s in zip(starting, specs, strict=True):
                     running[i] = _Running(
@@ -170,7 +188,7 @@ async def run_vector(
                     return_exceptions=True)
                 for i, res in zip(need, replies, strict=True):
                     if isinstance(res, BrokerError):
-                        finish(i, "infra_error", str(res))
+                        await finish(i, "infra_error", str(res))
                     elif isinstance(res, BaseException):
                         raise res
                     else:
@@ -196,7 +214,7 @@ async def run_vector(
                 run.record.episode_return += float(res.reward)
                 if res.done:
                     run.record.success = bool(res.success)
-                    finish(i)
+                    await finish(i)
     finally:
         for run in running.values():
             client.forget(run.rollout)

@@ -121,3 +121,26 @@ def test_single_env_view_of_a_vector_adapter():
     results = [env.step(env.action_from_chunk(chunk, t)) for t in range(3)]
     assert [r.done for r in results] == [False, False, True]
     env.close()
+
+
+def test_run_vector_takes_episodes_from_an_async_source(redis_url):
+    """The leased-sweep shape: an async `take()` feeds free envs, an async `on_episode` records results."""
+    from sim_workers.adapters.gym import VectorAdapter
+
+    specs = [EpisodeSpec(episode=i, seed=i) for i in range(4)]
+    finished: list[int] = []
+
+    async def take():
+        await asyncio.sleep(0)
+        return specs.pop(0) if specs else None
+
+    async def on_episode(record):
+        await asyncio.sleep(0)
+        finished.append(record.episode)
+
+    async def run(client):
+        return await run_vector(VectorAdapter(env_id="Pendulum-v1", num_envs=2, max_steps=6), client, take,
+                                action_horizon=4, rollout_prefix="ga", on_episode=on_episode)
+
+    records = asyncio.run(_serve(redis_url, Recorder(dim=1), run))
+    assert sorted(finished) == [0, 1, 2, 3] and all(r.steps == 6 and r.status == "ok" for r in records)
