@@ -127,7 +127,8 @@ async def run_vector(
     `episodes` is a list of specs, or an async `take()` returning the next spec or None (a leased
     sweep: `SweepQueue.take`); after the first None no more episodes are taken, and the run ends
     when the busy envs finish (call again to pick up episodes re-queued later).
-    `on_episode` may be async (e.g. `SweepQueue.finish`). Simulator calls run on one thread of their
+    `on_episode` may be async (e.g. `SweepQueue.finish`). A simulator exception ends every running
+    episode as `infra_error` (never a policy failure) and the run. Simulator calls run on one thread of their
     own (renderers and GPU contexts are thread-bound). `max_vector_steps` stops early (tests);
     unfinished episodes are then dropped. `close` closes `venv` at the end, on its own thread.
     """
@@ -215,6 +216,9 @@ async def run_vector(
                 if res.done:
                     run.record.success = bool(res.success)
                     await finish(i)
+    except Exception as e:  # a simulator or adapter bug breaks all N envs: record it on every episode
+        for i in list(running):
+            await finish(i, "infra_error", f"simulator error: {type(e).__name__}: {e}")
     finally:
         for run in running.values():
             client.forget(run.rollout)

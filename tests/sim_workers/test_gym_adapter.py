@@ -144,3 +144,20 @@ def test_run_vector_takes_episodes_from_an_async_source(redis_url):
 
     records = asyncio.run(_serve(redis_url, Recorder(dim=1), run))
     assert sorted(finished) == [0, 1, 2, 3] and all(r.steps == 6 and r.status == "ok" for r in records)
+
+
+def test_simulator_error_ends_running_episodes_as_infra_error(redis_url):
+    from sim_workers.adapters.gym import VectorAdapter
+
+    class Broken(VectorAdapter):
+        def step(self, actions):
+            if self._steps[0] >= 2:
+                raise RuntimeError("physics exploded")
+            return super().step(actions)
+
+    async def run(client):
+        return await run_vector(Broken(env_id="Pendulum-v1", num_envs=2, max_steps=6), client,
+                                [EpisodeSpec(episode=i, seed=i) for i in range(3)], action_horizon=4)
+
+    records = asyncio.run(_serve(redis_url, Recorder(dim=1), run))
+    assert len(records) == 2 and all(r.status == "infra_error" and "physics exploded" in r.error for r in records)
