@@ -12,7 +12,7 @@ the wrist links' poses in the root (pelvis) frame (GR00T's 9-D encoding), and an
 the `base_body` frame (pelvis).
 
 Frameworks (`framework=`):
-- `isaaclab` (the target): Isaac Lab 2.x with Isaac Sim 4.5/5.x. `AppLauncher(headless=True,
+- `isaaclab` (the target): Isaac Lab 2.x (2.2 pairs with Isaac Sim 5.0). `AppLauncher(headless=True,
   enable_cameras=True, device=...)` is started before the task modules are imported; the env
   is `gym.make(task, cfg=parse_env_cfg(task, device=..., num_envs=...))`. Target task ids:
   `Isaac-PickPlace-G1-InspireFTP-Abs-v0`, `Isaac-PickPlace-FixedBaseUpperBodyIK-G1-Abs-v0`,
