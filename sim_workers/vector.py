@@ -29,6 +29,7 @@ import numpy as np
 
 from broker.client import ActionChunker, PolicyClient
 from broker.errors import BrokerError
+from broker.sweep import EpisodeSpec
 from sim_workers.base import Chunk, Obs, SimAdapter, StepResult, TaskInfo
 from sim_workers.runner import EpisodeRecord
 
@@ -96,13 +97,6 @@ class SingleEnvView(SimAdapter):
 
 
 @dataclass
-class EpisodeSpec:
-    episode: int
-    seed: int
-    attempt: int = 1
-
-
-@dataclass
 class _Running:
     spec: EpisodeSpec
     record: EpisodeRecord
@@ -121,6 +115,7 @@ async def run_vector(
     on_episode: Callable[[EpisodeRecord], Any] | None = None,
     max_vector_steps: int | None = None,
     close: bool = True,
+    executor: ThreadPoolExecutor | None = None,
 ) -> list[EpisodeRecord]:
     """Run episodes on the N envs of `venv`, N requests in flight at once; records in finish order.
 
@@ -131,6 +126,7 @@ async def run_vector(
     episode as `infra_error` (never a policy failure) and the run. Simulator calls run on one thread of their
     own (renderers and GPU contexts are thread-bound). `max_vector_steps` stops early (tests);
     unfinished episodes are then dropped. `close` closes `venv` at the end, on its own thread.
+    `executor`: the one-thread pool `venv` was built on (kept open); by default a new one.
     """
     if callable(episodes):
         take = episodes
@@ -141,7 +137,7 @@ async def run_vector(
             return queue.popleft() if queue else None
     running: dict[int, _Running] = {}
     done: list[EpisodeRecord] = []
-    pool = ThreadPoolExecutor(1, thread_name_prefix="vec-env")
+    pool = executor or ThreadPoolExecutor(1, thread_name_prefix="vec-env")
     loop = asyncio.get_running_loop()
 
     async def call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -224,5 +220,6 @@ async def run_vector(
             client.forget(run.rollout)
         if close:
             await loop.run_in_executor(pool, venv.close)
-        pool.shutdown(wait=True)
+        if executor is None:
+            pool.shutdown(wait=True)
     return done

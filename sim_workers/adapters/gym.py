@@ -172,6 +172,8 @@ class Adapter(SimAdapter):
 class VectorAdapter(VectorSimAdapter):
     """`gymnasium.make_vec` with auto-reset off: each env is reset by the runner, from its own seed."""
 
+    vectorize_by_default = False
+
     def __init__(self, env_id: str = "Pendulum-v1", num_envs: int = 4, vectorization_mode: str = "sync",
                  env_kwargs: dict[str, Any] | None = None, observations: dict[str, str] | None = None,
                  actions: dict[str, int] | None = None, render_key: str = "", instruction: str = "",

@@ -167,6 +167,8 @@ def make_env(framework: str, task: str, num_envs: int, device: str, env_cfg: str
 
 
 class VectorAdapter(VectorSimAdapter):
+    vectorize_by_default = True
+
     def __init__(self, task: str = "Isaac-PickPlace-G1-InspireFTP-Abs-v0", num_envs: int = 8,
                  framework: str = "isaaclab", device: str = "cuda:0", env_cfg: str = "",
                  env_cfg_kwargs: dict[str, Any] | None = None, headless: bool = True, enable_cameras: bool = True,

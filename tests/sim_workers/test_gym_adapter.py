@@ -161,3 +161,40 @@ def test_simulator_error_ends_running_episodes_as_infra_error(redis_url):
 
     records = asyncio.run(_serve(redis_url, Recorder(dim=1), run))
     assert len(records) == 2 and all(r.status == "infra_error" and "physics exploded" in r.error for r in records)
+
+
+def test_sim_worker_runs_a_sweep_vectorised(redis_url):
+    """`SimWorker` with a task whose VectorAdapter is asked for (`vectorized`): one vector env of
+    `envs` environments takes the sweep's leased episodes and finishes them."""
+    from broker.keys import Keys
+    from broker.sweep import EpisodeSpec as SweepSpec
+    from broker.sweep import SweepQueue
+    from sim_workers.worker import SimWorker, SimWorkerSettings
+
+    backend = Recorder(dim=1)
+
+    async def main():
+        rs = RedisSettings(url=redis_url)
+        ws = PolicyWorkerSettings(redis=rs, worker=WorkerSettings(
+            policy="p", batch=BatchSettings(max_batch_size=16, max_wait_ms=20)))
+        worker = PolicyWorker(ws, backend=backend)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        r = connect_async(rs)
+        queue = SweepQueue(r, "sweep1", Keys(rs.namespace))
+        config = {"policy": "p", "task": "gym", "action_horizon": 4,
+                  "task_options": {"env_id": "Pendulum-v1", "max_steps": 6, "vectorized": True}}
+        await queue.create(config, [SweepSpec(i, 50 + i) for i in range(5)], lease_s=30)
+        sim = SimWorker(SimWorkerSettings(run="sweep1", redis=rs, envs=3, exit_when_drained=True))
+        summary = await asyncio.wait_for(sim.run(), 60)
+        results = await queue.read_results(b"0-0", block_ms=100)
+        stop.set()
+        await task
+        await r.aclose()
+        return summary, results
+
+    summary, results = asyncio.run(main())
+    assert summary["episodes"] == 5 and summary["steps"] == 30, summary
+    assert sorted(rec["episode"] for _, rec, _ in results) == list(range(5))
+    assert all(rec["status"] == "ok" and rec["steps"] == 6 for _, rec, _ in results)
+    assert max(backend.batches) == 3, backend.batches
