@@ -2,6 +2,8 @@
 
 It reads the sweep's config from Redis (policy, task, action horizon), builds K environments of
 the task, and runs one episode per environment at a time, so K requests are in flight at once.
+Tasks with a `VectorAdapter` (Isaac Lab) run as one vectorised simulator of K envs instead
+(`sim_workers.vector.run_vector`).
 Each episode is leased; the lease is renewed while it runs, and the result and the lease's end
 are written in one step. The same class runs inside a Ray actor (`sim_workers.actor`) and as the
 plain `rolloutq sim-worker` process, which is how external machines join a sweep.
@@ -16,7 +18,9 @@ import logging
 import os
 import random
 import socket
+import sys
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,7 +34,8 @@ from broker.keys import Keys
 from broker.settings import ClientSettings, RedisSettings
 from broker.sweep import SweepQueue
 from sim_workers.runner import EnvSlot, EpisodeRecord, run_episode
-from sim_workers.tasks import make_task
+from sim_workers.tasks import make_task, task_class
+from sim_workers.vector import run_vector
 
 log = logging.getLogger("rolloutq.sim")
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
@@ -68,6 +73,16 @@ class SimWorkerSettings:
     Ray actors are stopped by the controller instead."""
 
 
+def vector_adapter_class(task: str, options: dict[str, Any]) -> type | None:
+    """The task's `VectorAdapter` when the sweep should vectorise: the task option `vectorized`, else
+    the class's own `vectorize_by_default` (Isaac Lab: yes; gymnasium: no)."""
+    module = sys.modules[task_class(task).__module__]
+    cls = getattr(module, "VectorAdapter", None)
+    if cls is None:
+        return None
+    return cls if options.get("vectorized", getattr(cls, "vectorize_by_default", False)) else None
+
+
 def encode_gif(frames: list[np.ndarray], fps: float = 6.0) -> bytes:
     import imageio.v2 as imageio
 
@@ -99,6 +114,12 @@ class SimWorker:
             client = PolicyClient(r, config["policy"], self.keys, s.client, shards=int(config.get("shards", 1)))
             await fetch_metadata(r, self.keys, config["policy"], wait_s=s.wait_for_sweep_s)
             lease_ms = await queue.lease_ms()
+            vector_cls = vector_adapter_class(config["task"], config.get("task_options", {}))
+            if vector_cls is not None:
+                renew = asyncio.create_task(self._renew(queue, lease_ms, stop))
+                await self._run_vector(vector_cls, queue, client, config, lease_ms, stop)
+                renew.cancel()
+                return self.summary()
             for i in range(s.envs):
                 slot = EnvSlot(make_task(config["task"], **config.get("task_options", {})), f"{self.sim_id}-{i}")
                 slots.append(slot)
@@ -191,6 +212,46 @@ class SimWorker:
             await self._retry(lambda: queue.finish(spec.episode, record.to_dict(), video), stop)  # noqa: B023
             self.running.pop(i, None)
             self.done.append(record)
+
+    async def _run_vector(self, vector_cls: type, queue: SweepQueue, client: PolicyClient, config: dict[str, Any],
+                          lease_ms: int, stop: asyncio.Event) -> None:
+        """All `envs` environments in one vectorised simulator, fed from the sweep (no videos)."""
+        s = self.settings
+        options = {k: v for k, v in config.get("task_options", {}).items() if k != "vectorized"}
+        pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self.sim_id}-vec")
+        loop = asyncio.get_running_loop()
+        venv = await loop.run_in_executor(pool, lambda: vector_cls(num_envs=s.envs, **options))
+
+        async def take() -> Any:
+            if stop.is_set() or await queue.stopped():
+                return None
+            spec = await queue.take(self.sim_id, lease_ms)
+            if spec is not None:
+                self.running[spec.episode] = spec.episode
+            return spec
+
+        async def finish(record: EpisodeRecord) -> None:
+            record.sim = self.sim_id
+            for rt in record.round_trip_ms:
+                self.metrics.on_round_trip(rt / 1000)
+            self.metrics.on_episode(record.success, record.status != "ok")
+            await queue.finish(record.episode, record.to_dict(), b"")
+            self.running.pop(record.episode, None)
+            self.done.append(record)
+
+        try:
+            while not stop.is_set() and not await queue.stopped():
+                records = await run_vector(venv, client, take, int(config.get("action_horizon", 8)),
+                                           rollout_prefix=s.run, on_steps=self._count_steps, on_episode=finish,
+                                           close=False, executor=pool)
+                if not records:
+                    if s.exit_when_drained and (await queue.counts())["todo"] == 0:
+                        return
+                    await asyncio.sleep(0.2)
+        finally:
+            with contextlib.suppress(Exception):
+                await loop.run_in_executor(pool, venv.close)
+            pool.shutdown(wait=True)
 
     def _count_steps(self, n: int) -> None:
         self.steps += n

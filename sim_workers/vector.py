@@ -1,0 +1,225 @@
+"""Vectorised simulators: one process steps N environments together (Isaac Lab, mjlab, gymnasium
+vector envs), and the runner keeps one policy request per environment in flight at once.
+
+`VectorSimAdapter` is `SimAdapter` with an env index: every call names the environments it acts
+on, and `step` advances all of them with one (N, action_dim) array, because a vectorised simulator
+cannot step some envs and not others. `run_vector` is the closed loop: whenever some envs have used
+up their action chunk, their observations go out concurrently (so the policy worker's micro-batcher
+sees them together), then all N envs step. An env whose episode ended takes the next episode spec
+(reset of that env alone); with none left it idles on `idle_action` and its results are ignored.
+
+Episode results do not depend on N or on batching, provided the adapter resets an env from the
+episode's seed alone (`reset(env_ids, seeds)`). Simulators that seed one RNG for all envs (Isaac
+Lab, mjlab) say so in their docs; there, outcomes depend on which episodes share a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from broker.client import ActionChunker, PolicyClient
+from broker.errors import BrokerError
+from broker.sweep import EpisodeSpec
+from sim_workers.base import Chunk, Obs, SimAdapter, StepResult, TaskInfo
+from sim_workers.runner import EpisodeRecord
+
+
+class VectorSimAdapter(ABC):
+    """N environments stepped together, seen from `run_vector`."""
+
+    info: TaskInfo
+    num_envs: int
+
+    @abstractmethod
+    def reset(self, env_ids: list[int], seeds: list[int]) -> None:
+        """Reset the named envs (each from its seed where the simulator allows it)."""
+
+    @abstractmethod
+    def observe(self, env_ids: list[int]) -> list[Obs]:
+        """One policy observation (leading batch dim 1) per named env; renders cameras if any."""
+
+    @abstractmethod
+    def step(self, actions: np.ndarray) -> list[StepResult]:
+        """Advance all N envs with (N, action_dim) actions; one result per env."""
+
+    @abstractmethod
+    def action_from_chunk(self, env_id: int, chunk: Chunk, t: int) -> np.ndarray:
+        """The (action_dim,) env action of step `t` of env `env_id`'s chunk."""
+
+    @abstractmethod
+    def idle_action(self, env_id: int) -> np.ndarray:
+        """The (action_dim,) action of an env that runs no episode (hold still)."""
+
+    def frame(self, env_id: int) -> np.ndarray | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class SingleEnvView(SimAdapter):
+    """A one-env `VectorSimAdapter` as a plain `SimAdapter`, so vectorised simulators also run under
+    the per-slot `SimWorker` (with `num_envs=1` per slot)."""
+
+    def __init__(self, venv: VectorSimAdapter) -> None:
+        if venv.num_envs != 1:
+            raise ValueError(f"SingleEnvView needs num_envs=1, got {venv.num_envs}")
+        self.venv = venv
+        self.info = venv.info
+
+    def reset(self, seed: int) -> None:
+        self.venv.reset([0], [seed])
+
+    def observe(self) -> Obs:
+        return self.venv.observe([0])[0]
+
+    def step(self, action: np.ndarray) -> StepResult:
+        return self.venv.step(np.asarray(action).reshape(1, -1))[0]
+
+    def action_from_chunk(self, chunk: Chunk, t: int) -> np.ndarray:
+        return self.venv.action_from_chunk(0, chunk, t)
+
+    def frame(self) -> np.ndarray | None:
+        return self.venv.frame(0)
+
+    def close(self) -> None:
+        self.venv.close()
+
+
+@dataclass
+class _Running:
+    spec: EpisodeSpec
+    record: EpisodeRecord
+    chunker: ActionChunker
+    rollout: str
+    t0: float
+
+
+async def run_vector(
+    venv: VectorSimAdapter,
+    client: PolicyClient,
+    episodes: Iterable[EpisodeSpec] | Callable[[], Awaitable[EpisodeSpec | None]],
+    action_horizon: int,
+    rollout_prefix: str = "vec",
+    on_steps: Callable[[int], None] | None = None,
+    on_episode: Callable[[EpisodeRecord], Any] | None = None,
+    max_vector_steps: int | None = None,
+    close: bool = True,
+    executor: ThreadPoolExecutor | None = None,
+) -> list[EpisodeRecord]:
+    """Run episodes on the N envs of `venv`, N requests in flight at once; records in finish order.
+
+    `episodes` is a list of specs, or an async `take()` returning the next spec or None (a leased
+    sweep: `SweepQueue.take`); after the first None no more episodes are taken, and the run ends
+    when the busy envs finish (call again to pick up episodes re-queued later).
+    `on_episode` may be async (e.g. `SweepQueue.finish`). A simulator exception ends every running
+    episode as `infra_error` (never a policy failure) and the run. Simulator calls run on one thread of their
+    own (renderers and GPU contexts are thread-bound). `max_vector_steps` stops early (tests);
+    unfinished episodes are then dropped. `close` closes `venv` at the end, on its own thread.
+    `executor`: the one-thread pool `venv` was built on (kept open); by default a new one.
+    """
+    if callable(episodes):
+        take = episodes
+    else:
+        queue = deque(episodes)
+
+        async def take() -> EpisodeSpec | None:
+            return queue.popleft() if queue else None
+    running: dict[int, _Running] = {}
+    done: list[EpisodeRecord] = []
+    pool = executor or ThreadPoolExecutor(1, thread_name_prefix="vec-env")
+    loop = asyncio.get_running_loop()
+
+    async def call(fn: Callable[..., Any], *args: Any) -> Any:
+        return await loop.run_in_executor(pool, fn, *args)
+
+    async def finish(i: int, status: str = "ok", error: str = "") -> None:
+        run = running.pop(i)
+        run.record.status = status
+        run.record.error = error[:500]
+        run.record.wall_s = time.perf_counter() - run.t0
+        client.forget(run.rollout)
+        done.append(run.record)
+        if on_episode is not None and inspect.isawaitable(result := on_episode(run.record)):
+            await result
+
+    vector_steps = 0
+    exhausted = False
+    try:
+        while True:
+            starting, specs = [], []
+            for i in range(venv.num_envs):
+                if i in running or exhausted:
+                    continue
+                spec = await take()
+                if spec is None:
+                    exhausted = True
+                    break
+                starting.append(i)
+                specs.append(spec)
+            if starting:
+                await call(venv.reset, starting, [s.seed for s in specs])
+                for i, s in zip(starting, specs, strict=True):
+                    running[i] = _Running(
+                        spec=s, chunker=ActionChunker(action_horizon), t0=time.perf_counter(),
+                        rollout=f"{rollout_prefix}.e{s.episode}.a{s.attempt}",
+                        record=EpisodeRecord(episode=s.episode, seed=s.seed, status="ok",
+                                             attempt=s.attempt, started_at=time.time()))
+            if not running or (max_vector_steps is not None and vector_steps >= max_vector_steps):
+                break
+            need = [i for i, r in running.items() if r.chunker.needs_query()]
+            if need:
+                observations = await call(venv.observe, need)
+                replies = await asyncio.gather(
+                    *[client.act(running[i].rollout, o) for i, o in zip(need, observations, strict=True)],
+                    return_exceptions=True)
+                for i, res in zip(need, replies, strict=True):
+                    if isinstance(res, BrokerError):
+                        await finish(i, "infra_error", str(res))
+                    elif isinstance(res, BaseException):
+                        raise res
+                    else:
+                        run = running[i]
+                        run.chunker.set_chunk(res.chunk)
+                        run.record.policy_calls += 1
+                        run.record.round_trip_ms.append(res.round_trip_ms)
+                        run.record.batch_sizes.append(res.batch)
+            actions = []
+            for i in range(venv.num_envs):
+                if i in running:
+                    chunk, t = running[i].chunker.next()
+                    actions.append(np.asarray(venv.action_from_chunk(i, chunk, t), np.float32).reshape(-1))
+                else:
+                    actions.append(np.asarray(venv.idle_action(i), np.float32).reshape(-1))
+            results: list[StepResult] = await call(venv.step, np.stack(actions))
+            vector_steps += 1
+            if on_steps is not None:
+                on_steps(len(running))
+            for i in list(running):
+                run, res = running[i], results[i]
+                run.record.steps += 1
+                run.record.episode_return += float(res.reward)
+                if res.done:
+                    run.record.success = bool(res.success)
+                    await finish(i)
+    except Exception as e:  # a simulator or adapter bug breaks all N envs: record it on every episode
+        for i in list(running):
+            await finish(i, "infra_error", f"simulator error: {type(e).__name__}: {e}")
+    finally:
+        for run in running.values():
+            client.forget(run.rollout)
+        if close:
+            await loop.run_in_executor(pool, venv.close)
+        if executor is None:
+            pool.shutdown(wait=True)
+    return done

@@ -1,0 +1,200 @@
+"""The gymnasium adapter runs real gymnasium environments through Redis and a policy worker:
+a MuJoCo env rendering rgb_array frames one env per slot, and a vector env through `run_vector`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gymnasium")
+
+from broker.client import PolicyClient  # noqa: E402
+from broker.connection import connect_async  # noqa: E402
+from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings  # noqa: E402
+from policy_workers.base import PolicyBackend, PolicyMetadata  # noqa: E402
+from policy_workers.loop import PolicyWorker, PolicyWorkerSettings  # noqa: E402
+from sim_workers.runner import EnvSlot, run_episode  # noqa: E402
+from sim_workers.tasks import make_task  # noqa: E402
+from sim_workers.vector import EpisodeSpec, run_vector  # noqa: E402
+
+
+class Recorder(PolicyBackend):
+    """Test double: remembers what it was sent and returns a chunk derived from the state."""
+
+    def __init__(self, dim: int = 1, chunk_length: int = 10) -> None:
+        self.dim, self.chunk_length = dim, chunk_length
+        self.seen: list[dict] = []
+        self.batches: list[int] = []
+
+    def load(self) -> None:
+        pass
+
+    def metadata(self) -> PolicyMetadata:
+        return PolicyMetadata(model_id="recorder", observation_schema={}, action_schema={},
+                              chunk_length=self.chunk_length, action_horizon=4,
+                              extra={"accepts_any_observation": True})
+
+    def infer(self, batch):
+        self.batches.append(len(batch))
+        self.seen.extend(batch)
+        out = []
+        for obs in batch:
+            s = float(np.asarray(obs["state.obs"]).reshape(-1)[0])
+            out.append({"action": np.full((1, self.chunk_length, self.dim), -0.5 * s, np.float32)})
+        return out
+
+
+async def _serve(redis_url: str, backend: PolicyBackend, run):
+    rs = RedisSettings(url=redis_url)
+    ws = PolicyWorkerSettings(redis=rs, worker=WorkerSettings(
+        policy="p", batch=BatchSettings(max_batch_size=16, max_wait_ms=20)))
+    worker = PolicyWorker(ws, backend=backend)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    r = connect_async(rs)
+    client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=30))
+    await client.metadata(wait_s=30)
+    try:
+        return await run(client)
+    finally:
+        stop.set()
+        await task
+        await r.aclose()
+
+
+def test_single_mujoco_env_with_render(redis_url):
+    backend = Recorder(dim=1)
+    env = make_task("gym", env_id="InvertedPendulum-v5", env_kwargs={"width": 64, "height": 64},
+                    render_key="video.ego", instruction="balance the pole", max_steps=12)
+
+    async def run(client):
+        return await run_episode(EnvSlot(env, "g0"), client, episode=0, seed=3, rollout_id="g.e0",
+                                 action_horizon=4)
+
+    record = asyncio.run(_serve(redis_url, backend, run))
+    env.close()
+    assert record.status == "ok", record.error
+    assert record.steps == 12 and record.policy_calls == 3
+    obs = backend.seen[0]
+    assert obs["video.ego"].shape == (1, 1, 64, 64, 3) and obs["video.ego"].dtype == np.uint8
+    assert obs["state.obs"].shape == (1, 1, 4) and obs["state.obs"].dtype == np.float32
+    assert obs["annotation.human.task_description"] == [["balance the pole"]]
+
+
+def test_vector_env_keeps_all_envs_in_flight(redis_url):
+    backend = Recorder(dim=1)
+    from sim_workers.adapters.gym import VectorAdapter
+
+    venv = VectorAdapter(env_id="Pendulum-v1", num_envs=3, max_steps=10)
+    specs = [EpisodeSpec(episode=i, seed=100 + i) for i in range(5)]
+
+    async def run(client):
+        return await run_vector(venv, client, specs, action_horizon=4, rollout_prefix="gv")
+
+    records = asyncio.run(_serve(redis_url, backend, run))
+    assert sorted(r.episode for r in records) == list(range(5))
+    assert all(r.status == "ok" and r.steps == 10 and r.policy_calls == 3 for r in records)
+    assert max(backend.batches) == 3, backend.batches  # the 3 envs' requests were served as one batch
+    # same seed, same start: episode 0 alone in a 1-env vector gives the same return
+    solo = VectorAdapter(env_id="Pendulum-v1", num_envs=1, max_steps=10)
+
+    async def run_solo(client):
+        return await run_vector(solo, client, [specs[0]], action_horizon=4, rollout_prefix="gs")
+
+    alone = asyncio.run(_serve(redis_url, Recorder(dim=1), run_solo))
+    ep0 = next(r for r in records if r.episode == 0)
+    assert alone[0].episode_return == pytest.approx(ep0.episode_return, rel=1e-5)
+
+
+def test_single_env_view_of_a_vector_adapter():
+    """`SingleEnvView` turns a 1-env vectorised adapter into a plain SimAdapter (per-slot SimWorker)."""
+    from sim_workers.adapters.gym import VectorAdapter
+    from sim_workers.vector import SingleEnvView
+
+    env = SingleEnvView(VectorAdapter(env_id="Pendulum-v1", num_envs=1, max_steps=3))
+    env.reset(5)
+    obs = env.observe()
+    assert obs["state.obs"].shape == (1, 1, 3)
+    chunk = {"action": np.full((1, 8, 1), 0.25, np.float32)}
+    results = [env.step(env.action_from_chunk(chunk, t)) for t in range(3)]
+    assert [r.done for r in results] == [False, False, True]
+    env.close()
+
+
+def test_run_vector_takes_episodes_from_an_async_source(redis_url):
+    """The leased-sweep shape: an async `take()` feeds free envs, an async `on_episode` records results."""
+    from sim_workers.adapters.gym import VectorAdapter
+
+    specs = [EpisodeSpec(episode=i, seed=i) for i in range(4)]
+    finished: list[int] = []
+
+    async def take():
+        await asyncio.sleep(0)
+        return specs.pop(0) if specs else None
+
+    async def on_episode(record):
+        await asyncio.sleep(0)
+        finished.append(record.episode)
+
+    async def run(client):
+        return await run_vector(VectorAdapter(env_id="Pendulum-v1", num_envs=2, max_steps=6), client, take,
+                                action_horizon=4, rollout_prefix="ga", on_episode=on_episode)
+
+    records = asyncio.run(_serve(redis_url, Recorder(dim=1), run))
+    assert sorted(finished) == [0, 1, 2, 3] and all(r.steps == 6 and r.status == "ok" for r in records)
+
+
+def test_simulator_error_ends_running_episodes_as_infra_error(redis_url):
+    from sim_workers.adapters.gym import VectorAdapter
+
+    class Broken(VectorAdapter):
+        def step(self, actions):
+            if self._steps[0] >= 2:
+                raise RuntimeError("physics exploded")
+            return super().step(actions)
+
+    async def run(client):
+        return await run_vector(Broken(env_id="Pendulum-v1", num_envs=2, max_steps=6), client,
+                                [EpisodeSpec(episode=i, seed=i) for i in range(3)], action_horizon=4)
+
+    records = asyncio.run(_serve(redis_url, Recorder(dim=1), run))
+    assert len(records) == 2 and all(r.status == "infra_error" and "physics exploded" in r.error for r in records)
+
+
+def test_sim_worker_runs_a_sweep_vectorised(redis_url):
+    """`SimWorker` with a task whose VectorAdapter is asked for (`vectorized`): one vector env of
+    `envs` environments takes the sweep's leased episodes and finishes them."""
+    from broker.keys import Keys
+    from broker.sweep import EpisodeSpec as SweepSpec
+    from broker.sweep import SweepQueue
+    from sim_workers.worker import SimWorker, SimWorkerSettings
+
+    backend = Recorder(dim=1)
+
+    async def main():
+        rs = RedisSettings(url=redis_url)
+        ws = PolicyWorkerSettings(redis=rs, worker=WorkerSettings(
+            policy="p", batch=BatchSettings(max_batch_size=16, max_wait_ms=20)))
+        worker = PolicyWorker(ws, backend=backend)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        r = connect_async(rs)
+        queue = SweepQueue(r, "sweep1", Keys(rs.namespace))
+        config = {"policy": "p", "task": "gym", "action_horizon": 4,
+                  "task_options": {"env_id": "Pendulum-v1", "max_steps": 6, "vectorized": True}}
+        await queue.create(config, [SweepSpec(i, 50 + i) for i in range(5)], lease_s=30)
+        sim = SimWorker(SimWorkerSettings(run="sweep1", redis=rs, envs=3, exit_when_drained=True))
+        summary = await asyncio.wait_for(sim.run(), 60)
+        results = await queue.read_results(b"0-0", block_ms=100)
+        stop.set()
+        await task
+        await r.aclose()
+        return summary, results
+
+    summary, results = asyncio.run(main())
+    assert summary["episodes"] == 5 and summary["steps"] == 30, summary
+    assert sorted(rec["episode"] for _, rec, _ in results) == list(range(5))
+    assert all(rec["status"] == "ok" and rec["steps"] == 6 for _, rec, _ in results)
+    assert max(backend.batches) == 3, backend.batches
