@@ -158,7 +158,7 @@ def chunk_step_to_env_action(chunk: dict[str, np.ndarray], t: int) -> np.ndarray
 
 
 def split_env_action(action: np.ndarray) -> dict[str, np.ndarray]:
-    """Flat (1, 28) or (28,) -> {"left_arm": (7,), "right_arm": (7,), "left_hand": (7,), "right_hand": (7,)}."""
+    """Flat (1, 28) or (28,) -> {"left_arm": (7,), "right_arm": (7,), "left_hand": ..., "right_hand": ...}."""
     a = np.asarray(action, dtype=np.float64).reshape(-1)
     if a.shape[0] != ENV_ACTION_DIM:
         raise ValueError(f"env action must have {ENV_ACTION_DIM} values, got {a.shape[0]}")
