@@ -1,7 +1,8 @@
 """Closed-loop driver without Redis: reset -> observe -> infer([obs]) -> execute 8 of 40 -> repeat.
 
     PYTHONPATH=. python scripts/g1_drive.py --policy g1-expert --seeds 0-49
-    PYTHONPATH=. python scripts/g1_drive.py --policy visuomotor --seeds 0-49 --option checkpoint=checkpoints/g1_bc
+    PYTHONPATH=. python scripts/g1_drive.py --policy visuomotor --seeds 0-49 \
+        --option checkpoint=checkpoints/g1_bc
     PYTHONPATH=. python scripts/g1_drive.py --policy random --seeds 0-9
 
 `random` is a built-in uniform random joint-target policy (a baseline, not a backend).
@@ -48,7 +49,10 @@ class RandomPolicy:
             arms = self.rng.uniform(self.low, self.high, size=(real_g1.CHUNK_LENGTH, 14))
             chunk["left_arm"][0], chunk["right_arm"][0] = arms[:, :7], arms[:, 7:]
             hands = self.rng.uniform(0, 1, size=(real_g1.CHUNK_LENGTH, 2, 1))
-            chunk["left_hand"][0], chunk["right_hand"][0] = np.repeat(hands[:, 0], 7, 1), np.repeat(hands[:, 1], 7, 1)
+            chunk["left_hand"][0], chunk["right_hand"][0] = (
+                np.repeat(hands[:, 0], 7, 1),
+                np.repeat(hands[:, 1], 7, 1),
+            )
             out.append(chunk)
         return out
 
@@ -70,8 +74,13 @@ def run_episode(env, policy, seed: int, horizon: int = real_g1.ACTION_HORIZON, o
                 break
         if result.done:
             break
-    return {"seed": seed, "success": result.success, "steps": steps, "queries": queries,
-            "seconds": time.perf_counter() - t0}
+    return {
+        "seed": seed,
+        "success": result.success,
+        "steps": steps,
+        "queries": queries,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def main() -> None:
@@ -91,8 +100,11 @@ def main() -> None:
     for seed in parse_seeds(args.seeds):
         r = run_episode(env, policy, seed)
         results.append(r)
-        print(f"seed {seed:3d} success={r['success']!s:5} steps={r['steps']:3d} queries={r['queries']:2d} "
-              f"{r['seconds']:.2f}s", flush=True)
+        print(
+            f"seed {seed:3d} success={r['success']!s:5} steps={r['steps']:3d} queries={r['queries']:2d} "
+            f"{r['seconds']:.2f}s",
+            flush=True,
+        )
     k, n = sum(r["success"] for r in results), len(results)
     lo, hi = wilson(k, n)
     steps = sum(r["steps"] for r in results)

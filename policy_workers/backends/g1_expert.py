@@ -27,7 +27,13 @@ HORIZON = 8
 DT = 0.04  # env step of the task (s)
 SPEED = 0.25  # palm target speed (m/s)
 ARM = [
-    "shoulder_pitch", "shoulder_roll", "shoulder_yaw", "elbow", "wrist_roll", "wrist_pitch", "wrist_yaw",
+    "shoulder_pitch",
+    "shoulder_roll",
+    "shoulder_yaw",
+    "elbow",
+    "wrist_roll",
+    "wrist_pitch",
+    "wrist_yaw",
 ]
 # Nominal posture (null-space bias of the IK) and the left arm's parking pose.
 NOMINAL_RIGHT = np.array([-0.4, -0.3, 0.0, 0.8, 0.0, 0.3, 0.0])
@@ -43,15 +49,31 @@ HAND_AXIS = np.array([1.0, 0.0, -0.5]) / np.sqrt(1.25)  # hand points forward, 2
 
 
 def action_schema() -> dict[str, dict[str, Any]]:
-    dims = {"left_wrist_eef_9d": 9, "right_wrist_eef_9d": 9, "left_hand": 7, "right_hand": 7, "left_arm": 7,
-            "right_arm": 7, "waist": 3, "base_height_command": 1, "navigate_command": 3}
+    dims = {
+        "left_wrist_eef_9d": 9,
+        "right_wrist_eef_9d": 9,
+        "left_hand": 7,
+        "right_hand": 7,
+        "left_arm": 7,
+        "right_arm": 7,
+        "waist": 3,
+        "base_height_command": 1,
+        "navigate_command": 3,
+    }
     return {k: {"dtype": "float32", "shape": [1, CHUNK, d]} for k, d in dims.items()}
 
 
 def observation_schema() -> dict[str, dict[str, Any]]:
     schema: dict[str, dict[str, Any]] = {"video.ego_view": {"dtype": "uint8", "shape": [1, 2, 256, 256, 3]}}
-    for key, dim in [("left_wrist_eef_9d", 9), ("right_wrist_eef_9d", 9), ("left_arm", 7), ("right_arm", 7),
-                     ("left_hand", 7), ("right_hand", 7), ("waist", 3)]:
+    for key, dim in [
+        ("left_wrist_eef_9d", 9),
+        ("right_wrist_eef_9d", 9),
+        ("left_arm", 7),
+        ("right_arm", 7),
+        ("left_hand", 7),
+        ("right_hand", 7),
+        ("waist", 3),
+    ]:
         schema[f"state.{key}"] = {"dtype": "float32", "shape": [1, 1, dim]}
     schema["annotation.human.task_description"] = {"kind": "text"}
     schema["privileged.object_poses"] = {"dtype": "float32", "shape": [1, 2, 7]}
@@ -106,7 +128,7 @@ class ArmKinematics:
             null = np.eye(7) - jac.T @ np.linalg.solve(jjt, jac)
             dq += null @ (0.05 * (self.nominal - q))
             q = np.clip(q + dq, self.low, self.high)
-            if np.linalg.norm(e_pos) < 1e-4:
+            if np.linalg.norm(e_pos) < 5e-4:
                 break
         return q
 
@@ -134,8 +156,11 @@ class Planner:
         palm, _ = self.kin.fk(q)
         holding = hand > 0.5 and np.linalg.norm(palm - apple) < 0.08
         offset = apple - palm if holding else np.array([0.0, 0.0, -GRASP_DZ])
-        placed = (not holding and np.linalg.norm(apple[:2] - plate[:2]) < 0.06
-                  and apple[2] < PLATE_TOP + APPLE_R + 0.02)
+        placed = (
+            not holding
+            and np.linalg.norm(apple[:2] - plate[:2]) < 0.06
+            and apple[2] < PLATE_TOP + APPLE_R + 0.02
+        )
         step = SPEED * DT
         x = palm.copy()
         grasp = apple + np.array([0.0, 0.0, GRASP_DZ])
@@ -185,7 +210,7 @@ class Planner:
         eef = np.zeros((CHUNK, 9))
         qi = q
         for t, target in enumerate(targets):
-            qi = self.kin.ik(target, qi)
+            qi = self.kin.ik(target, qi, iters=10 if t == 0 else 3)
             qs[t] = qi
             pos, rot = self.kin.fk(qi)
             eef[t] = np.concatenate([pos, rot[0], rot[1]])

@@ -96,7 +96,11 @@ def build_model() -> mujoco.MjModel:
     for joint in list(spec.joints):
         if joint.name not in arm:
             spec.delete(joint)  # free joint, legs and waist: rigid
-    for geom in spec.geoms:
+    for geom in list(spec.geoms):
+        body = geom.parent.name
+        if any(part in body for part in ("hip", "knee", "ankle")):
+            spec.delete(geom)  # legs are under the table, never in the ego view: skip their meshes
+            continue
         geom.contype = 0
         geom.conaffinity = 0
     for body in spec.bodies:
@@ -122,39 +126,88 @@ def build_model() -> mujoco.MjModel:
             )
 
     world = spec.worldbody
-    spec.add_texture(name="grid", type=mujoco.mjtTexture.mjTEXTURE_2D, builtin=mujoco.mjtBuiltin.mjBUILTIN_CHECKER,
-                     rgb1=[0.32, 0.34, 0.38], rgb2=[0.26, 0.28, 0.31], width=256, height=256)
+    spec.add_texture(
+        name="grid",
+        type=mujoco.mjtTexture.mjTEXTURE_2D,
+        builtin=mujoco.mjtBuiltin.mjBUILTIN_CHECKER,
+        rgb1=[0.32, 0.34, 0.38],
+        rgb2=[0.26, 0.28, 0.31],
+        width=256,
+        height=256,
+    )
     spec.add_material(name="floor", textures=["", "grid"], texrepeat=[6, 6])
     world.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[3, 3, 0.05], material="floor")
     world.add_light(pos=[0.3, -0.2, 2.5], dir=[0, 0, -1], diffuse=[0.8, 0.8, 0.8], castshadow=False)
     world.add_light(pos=[1.5, 1.0, 2.0], dir=[-0.6, -0.4, -0.7], diffuse=[0.3, 0.3, 0.3], castshadow=False)
 
     table = world.add_body(name="table", pos=[TABLE_CENTER[0], TABLE_CENTER[1], TABLE_TOP])
-    table.add_geom(name="table_top", type=mujoco.mjtGeom.mjGEOM_BOX, size=[TABLE_HALF[0], TABLE_HALF[1], 0.02],
-                   pos=[0, 0, -0.02], rgba=[0.62, 0.47, 0.32, 1], friction=[1.0, 0.01, 0.001])
+    table.add_geom(
+        name="table_top",
+        type=mujoco.mjtGeom.mjGEOM_BOX,
+        size=[TABLE_HALF[0], TABLE_HALF[1], 0.02],
+        pos=[0, 0, -0.02],
+        rgba=[0.62, 0.47, 0.32, 1],
+        friction=[1.0, 0.01, 0.001],
+    )
     for sx in (-1, 1):
         for sy in (-1, 1):
-            table.add_geom(type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.025, 0.025, TABLE_TOP / 2 - 0.02],
-                           pos=[sx * (TABLE_HALF[0] - 0.04), sy * (TABLE_HALF[1] - 0.04), -TABLE_TOP / 2],
-                           rgba=[0.4, 0.3, 0.2, 1], contype=0, conaffinity=0)
+            table.add_geom(
+                type=mujoco.mjtGeom.mjGEOM_BOX,
+                size=[0.025, 0.025, TABLE_TOP / 2 - 0.02],
+                pos=[sx * (TABLE_HALF[0] - 0.04), sy * (TABLE_HALF[1] - 0.04), -TABLE_TOP / 2],
+                rgba=[0.4, 0.3, 0.2, 1],
+                contype=0,
+                conaffinity=0,
+            )
 
     plate = world.add_body(name="plate", mocap=True, pos=[0.35, 0.0, TABLE_TOP + PLATE_HALF_HEIGHT])
-    plate.add_geom(name="plate", type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[PLATE_RADIUS, PLATE_HALF_HEIGHT, 0],
-                   rgba=[0.92, 0.93, 0.97, 1], friction=[1.0, 0.01, 0.001])
-    plate.add_geom(type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[PLATE_RADIUS * 0.55, 0.0005, 0],
-                   pos=[0, 0, PLATE_HALF_HEIGHT], rgba=[0.25, 0.45, 0.85, 1], contype=0, conaffinity=0)
+    plate.add_geom(
+        name="plate",
+        type=mujoco.mjtGeom.mjGEOM_CYLINDER,
+        size=[PLATE_RADIUS, PLATE_HALF_HEIGHT, 0],
+        rgba=[0.92, 0.93, 0.97, 1],
+        friction=[1.0, 0.01, 0.001],
+    )
+    plate.add_geom(
+        type=mujoco.mjtGeom.mjGEOM_CYLINDER,
+        size=[PLATE_RADIUS * 0.55, 0.0005, 0],
+        pos=[0, 0, PLATE_HALF_HEIGHT],
+        rgba=[0.25, 0.45, 0.85, 1],
+        contype=0,
+        conaffinity=0,
+    )
 
     apple = world.add_body(name="apple", pos=[0.35, -0.2, TABLE_TOP + APPLE_RADIUS])
     apple.add_freejoint(name="apple_free")
-    apple.add_geom(name="apple", type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[APPLE_RADIUS, 0, 0], mass=0.15,
-                   rgba=[0.85, 0.08, 0.06, 1], friction=[1.2, 0.02, 0.002], condim=4)
-    apple.add_geom(type=mujoco.mjtGeom.mjGEOM_CAPSULE, size=[0.004, 0.008, 0], pos=[0, 0, APPLE_RADIUS + 0.006],
-                   rgba=[0.35, 0.22, 0.08, 1], contype=0, conaffinity=0, mass=0.001)
+    apple.add_geom(
+        name="apple",
+        type=mujoco.mjtGeom.mjGEOM_SPHERE,
+        size=[APPLE_RADIUS, 0, 0],
+        mass=0.15,
+        rgba=[0.85, 0.08, 0.06, 1],
+        friction=[1.2, 0.02, 0.002],
+        condim=4,
+    )
+    apple.add_geom(
+        type=mujoco.mjtGeom.mjGEOM_CAPSULE,
+        size=[0.004, 0.008, 0],
+        pos=[0, 0, APPLE_RADIUS + 0.006],
+        rgba=[0.35, 0.22, 0.08, 1],
+        contype=0,
+        conaffinity=0,
+        mass=0.001,
+    )
 
     for side in ("left", "right"):
-        spec.add_equality(name=f"{side}_grasp", type=mujoco.mjtEq.mjEQ_WELD, name1=f"{side}_wrist_yaw_link",
-                          name2="apple", objtype=mujoco.mjtObj.mjOBJ_BODY, active=False,
-                          solref=[0.01, 1.0])
+        spec.add_equality(
+            name=f"{side}_grasp",
+            type=mujoco.mjtEq.mjEQ_WELD,
+            name1=f"{side}_wrist_yaw_link",
+            name2="apple",
+            objtype=mujoco.mjtObj.mjOBJ_BODY,
+            active=False,
+            solref=[0.01, 1.0],
+        )
 
     # Ego-view camera in the head, pitched down at the table.
     s, c = np.sin(CAMERA_PITCH), np.cos(CAMERA_PITCH)
@@ -183,9 +236,12 @@ class Adapter(SimAdapter):
         self.data = mujoco.MjData(self.model)
         self.n_substeps = round(CONTROL_DT / PHYSICS_DT)
         m = self.model
-        self.arm_qpos = {s: np.array([m.jnt_qposadr[m.joint(n).id] for n in ARM_JOINTS[s]]) for s in ARM_JOINTS}
-        self.arm_ctrl = {s: np.array([m.actuator(n.replace("_joint", "")).id for n in ARM_JOINTS[s]])
-                         for s in ARM_JOINTS}
+        self.arm_qpos = {
+            s: np.array([m.jnt_qposadr[m.joint(n).id] for n in ARM_JOINTS[s]]) for s in ARM_JOINTS
+        }
+        self.arm_ctrl = {
+            s: np.array([m.actuator(n.replace("_joint", "")).id for n in ARM_JOINTS[s]]) for s in ARM_JOINTS
+        }
         self.ctrl_low, self.ctrl_high = m.actuator_ctrlrange[:, 0].copy(), m.actuator_ctrlrange[:, 1].copy()
         self.palm_site = {s: m.site(f"{s}_palm").id for s in ("left", "right")}
         self.hand_body = {s: m.body(f"{s}_wrist_yaw_link").id for s in ("left", "right")}
@@ -264,7 +320,7 @@ class Adapter(SimAdapter):
         return StepResult(reward=float(self.success), done=bool(done), success=bool(self.success), info=info)
 
     def _update_grasp(self) -> None:
-        m, d = self.model, self.data
+        d = self.data
         closed = {s: float(self.hand_cmd[s].mean()) > HAND_CLOSED for s in ("left", "right")}
         if self.attached is not None and not closed[self.attached]:
             d.eq_active[self.grasp_eq[self.attached]] = 0
@@ -331,8 +387,10 @@ class Adapter(SimAdapter):
         d = self.data
         out = np.zeros((1, 2, 7), np.float32)
         for i, (pos, quat) in enumerate(
-            [(d.xpos[self.apple_body], d.xquat[self.apple_body]),
-             (d.mocap_pos[self.plate_mocap], d.mocap_quat[self.plate_mocap])]
+            [
+                (d.xpos[self.apple_body], d.xquat[self.apple_body]),
+                (d.mocap_pos[self.plate_mocap], d.mocap_quat[self.plate_mocap]),
+            ]
         ):
             p, _ = self._pelvis_frame(pos, np.eye(3))
             out[0, i, :3] = p

@@ -60,8 +60,13 @@ def test_build_observation():
     assert obs["annotation.human.task_description"] == [["pick up the apple and place it on the plate"]]
     with pytest.raises(ValueError):
         real_g1.build_observation(
-            np.zeros((2, 256, 256, 3), np.uint8), left_eef=np.zeros(8), right_eef=np.zeros(9),
-            left_arm=np.zeros(7), right_arm=np.zeros(7), left_hand=np.zeros(7), right_hand=np.zeros(7),
+            np.zeros((2, 256, 256, 3), np.uint8),
+            left_eef=np.zeros(8),
+            right_eef=np.zeros(9),
+            left_arm=np.zeros(7),
+            right_arm=np.zeros(7),
+            left_hand=np.zeros(7),
+            right_hand=np.zeros(7),
             waist=np.zeros(3),
         )
 
