@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 
 
-def _collect(args: tuple[list[int], int, int]) -> dict[str, np.ndarray]:
-    seeds, query_every, size = args
+def _collect(args: tuple[list[int], int, int, str]) -> int:
+    """Run expert episodes on `seeds`; save one .npz shard per episode into `shard_dir`."""
+    seeds, query_every, size, shard_dir = args
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -39,8 +40,12 @@ def _collect(args: tuple[list[int], int, int]) -> dict[str, np.ndarray]:
     env = make_task("g1-pickplace", privileged=True)
     expert = make_backend("g1-expert")
     expert.load()
-    images, states, targets, succ = [], [], [], []
+    done_episodes = 0
     for seed in seeds:
+        shard = Path(shard_dir) / f"seed{seed:05d}.npz"
+        if shard.exists():
+            continue
+        images, states, targets = [], [], []
         env.reset(seed)
         rng = np.random.default_rng(10_000 + seed)
         noisy = seed % 2 == 1
@@ -75,25 +80,40 @@ def _collect(args: tuple[list[int], int, int]) -> dict[str, np.ndarray]:
                 if result.done:
                     done = True
                     break
-        succ.append(result.success)
+        tmp = shard.with_suffix(".tmp.npz")
+        np.savez(
+            tmp,
+            images=np.stack(images),
+            states=np.stack(states),
+            targets=np.stack(targets),
+            success=np.array([result.success]),
+            noisy=np.array([noisy]),
+        )
+        tmp.rename(shard)
+        done_episodes += 1
     env.close()
-    return {
-        "images": np.stack(images),
-        "states": np.stack(states),
-        "targets": np.stack(targets),
-        "success": np.array(succ),
-    }
+    return done_episodes
 
 
-def collect(episodes: int, workers: int, query_every: int, size: int) -> dict[str, np.ndarray]:
+def collect(episodes: int, workers: int, query_every: int, size: int, shard_dir: Path) -> None:
+    shard_dir.mkdir(parents=True, exist_ok=True)
     seeds = list(range(1000, 1000 + episodes))
-    parts = [(seeds[i::workers], query_every, size) for i in range(workers)]
+    parts = [(seeds[i::workers], query_every, size, str(shard_dir)) for i in range(workers)]
     if workers == 1:
-        results = [_collect(parts[0])]
+        _collect(parts[0])
     else:
         with mp.get_context("spawn").Pool(workers) as pool:
-            results = pool.map(_collect, parts)
-    return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+            pool.map(_collect, parts)
+
+
+def load_shards(shard_dir: Path) -> dict[str, np.ndarray]:
+    shards = [
+        dict(np.load(p)) for p in sorted(shard_dir.glob("seed*.npz")) if not p.name.endswith(".tmp.npz")
+    ]
+    data = {k: np.concatenate([s[k] for s in shards]) for k in ("images", "states", "targets")}
+    data["success"] = np.concatenate([s["success"] for s in shards])
+    data["noisy"] = np.concatenate([s["noisy"] for s in shards])
+    return data
 
 
 def train(data: dict[str, np.ndarray], out: Path, minutes: float, threads: int, seed: int) -> dict:
@@ -184,30 +204,29 @@ def train(data: dict[str, np.ndarray], out: Path, minutes: float, threads: int, 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--episodes", type=int, default=400)
+    ap.add_argument("--episodes", type=int, default=200)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--query-every", type=int, default=4)
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--data", type=Path, default=Path("/tmp/g1_bc_demos.npz"), help="demo cache (reused if present)"
+        "--data", type=Path, default=Path("/tmp/g1_bc_demos"), help="folder of per-episode shards"
     )
+    ap.add_argument("--skip-collect", action="store_true", help="train on the shards already in --data")
     ap.add_argument("--out", type=Path, default=Path("checkpoints/g1_bc"))
     args = ap.parse_args()
     t0 = time.time()
-    if args.data.exists():
-        data = dict(np.load(args.data))
-        print(f"loaded {len(data['images'])} samples from {args.data}")
-    else:
-        data = collect(args.episodes, args.workers, args.query_every, 64)
-        np.savez(args.data, **data)
-        print(
-            f"collected {len(data['images'])} samples from {args.episodes} episodes "
-            f"in {time.time() - t0:.0f}s; "
-            f"expert success {data['success'].mean():.3f}",
-            flush=True,
-        )
+    if not args.skip_collect:
+        collect(args.episodes, args.workers, args.query_every, 64, args.data)
+    data = load_shards(args.data)
+    clean = ~data["noisy"]
+    print(
+        f"{len(data['images'])} samples from {len(data['success'])} episodes ({time.time() - t0:.0f}s); "
+        f"expert success: clean {data['success'][clean].mean():.3f} of {clean.sum()}, "
+        f"noisy {data['success'][~clean].mean():.3f} of {(~clean).sum()}",
+        flush=True,
+    )
     config = train(data, args.out, args.minutes, args.threads, args.seed)
     print(f"saved {args.out} ({config['trained']}); total {time.time() - t0:.0f}s")
 
