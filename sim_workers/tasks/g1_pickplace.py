@@ -368,7 +368,13 @@ class Adapter(SimAdapter):
         if not self.render_enabled:
             return np.zeros((IMAGE, IMAGE, 3), np.uint8)
         if self._renderer is None:
-            self._renderer = mujoco.Renderer(self.model, IMAGE, IMAGE)
+            try:
+                self._renderer = mujoco.Renderer(self.model, IMAGE, IMAGE)
+            except Exception as e:
+                raise RuntimeError(
+                    "offscreen rendering failed: MuJoCo picks its GL backend when first imported; set "
+                    "MUJOCO_GL=egl (or osmesa) before anything imports mujoco"
+                ) from e
         self._renderer.update_scene(self.data, camera=self.camera)
         return self._renderer.render().copy()
 
