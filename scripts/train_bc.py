@@ -73,7 +73,7 @@ def _collect(args: tuple[list[int], int, int, str]) -> int:
             for t in range(query_every):
                 action = env.action_from_chunk(chunk, t).copy()
                 if noisy:
-                    noise = 0.85 * noise + 0.15 * rng.normal(0, 0.2, 14)
+                    noise = 0.85 * noise + 0.15 * rng.normal(0, 0.1, 14)
                     action[0, :14] += noise
                 result = env.step(action)
                 steps += 1

@@ -171,8 +171,8 @@ class Planner:
         targets, hands = [], []
         for _ in range(CHUNK):
             h = 0.0
-            if placed:
-                x, _ = _toward(x, np.array([x[0], x[1], max(x[2], pre[2]) + 0.0]) + [0, 0, step], step)
+            if placed:  # released: back up to the approach height and hold there
+                x, _ = _toward(x, np.array([x[0], x[1], max(x[2], place[2] + APPROACH)]), step)
             elif not holding:
                 near_xy = np.linalg.norm(x[:2] - grasp[:2]) < 0.015
                 if not near_xy:
