@@ -90,7 +90,8 @@ def main() -> None:
     ap.add_argument("--option", action="append", default=[], help="backend option key=value")
     ap.add_argument("--no-render", action="store_true")
     args = ap.parse_args()
-    env = make_task("g1-pickplace", privileged=True, render=not args.no_render)
+    # only the scripted expert sees the sim-only privileged key
+    env = make_task("g1-pickplace", privileged=args.policy == "g1-expert", render=not args.no_render)
     if args.policy == "random":
         policy = RandomPolicy(env.ctrl_low[:14], env.ctrl_high[:14])
     else:
