@@ -185,8 +185,8 @@ def build_model() -> mujoco.MjModel:
         size=[APPLE_RADIUS, 0, 0],
         mass=0.15,
         rgba=[0.85, 0.08, 0.06, 1],
-        friction=[1.2, 0.02, 0.002],
-        condim=4,
+        friction=[1.2, 0.02, 0.01],  # rolling friction: a released apple does not roll away
+        condim=6,
     )
     apple.add_geom(
         type=mujoco.mjtGeom.mjGEOM_CAPSULE,
