@@ -116,7 +116,15 @@ def load_shards(shard_dir: Path) -> dict[str, np.ndarray]:
     return data
 
 
-def train(data: dict[str, np.ndarray], out: Path, minutes: float, threads: int, seed: int) -> dict:
+def train(
+    data: dict[str, np.ndarray],
+    out: Path,
+    minutes: float,
+    threads: int,
+    seed: int,
+    init: Path | None = None,
+    lr: float = 1e-3,
+) -> dict:
     import torch
     from safetensors.torch import save_file
 
@@ -130,11 +138,16 @@ def train(data: dict[str, np.ndarray], out: Path, minutes: float, threads: int, 
     states = torch.from_numpy(data["states"])
     targets = torch.from_numpy(data["targets"])  # (N, T, 16)
     n = len(images)
-    net.state_mean.copy_(states.mean(0))
-    net.state_std.copy_(states.std(0).clamp_min(1e-3))
-    flat = targets.reshape(-1, targets.shape[-1])
-    net.action_mean.copy_(flat.mean(0))
-    net.action_std.copy_(flat.std(0).clamp_min(1e-3))
+    if init is not None:  # continue from a checkpoint (keeps its normalisation)
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(str(init / "model.safetensors")))
+    else:
+        net.state_mean.copy_(states.mean(0))
+        net.state_std.copy_(states.std(0).clamp_min(1e-3))
+        flat = targets.reshape(-1, targets.shape[-1])
+        net.action_mean.copy_(flat.mean(0))
+        net.action_std.copy_(flat.std(0).clamp_min(1e-3))
     norm_targets = (targets - net.action_mean) / net.action_std
     weights = torch.ones(targets.shape[1])
     weights[: config["action_horizon"]] = 3.0
@@ -143,7 +156,7 @@ def train(data: dict[str, np.ndarray], out: Path, minutes: float, threads: int, 
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = max(1, n // 20)
     val_idx, train_idx = perm[:n_val], perm[n_val:]
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     batch = 64
     budget = minutes * 60
     t0 = time.time()
@@ -169,7 +182,7 @@ def train(data: dict[str, np.ndarray], out: Path, minutes: float, threads: int, 
             if total_steps is not None:
                 frac = min(1.0, step / total_steps)
                 for g in opt.param_groups:
-                    g["lr"] = 1e-3 * 0.5 * (1 + np.cos(np.pi * frac))
+                    g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
             if time.time() - t0 > budget:
                 break
         epoch += 1
@@ -198,6 +211,9 @@ def train(data: dict[str, np.ndarray], out: Path, minutes: float, threads: int, 
         "train_seconds": round(time.time() - t0),
         "final_val_loss": log[-1]["val_loss"] if log else None,
     }
+    if init is not None:
+        prev = json.loads((init / "config.json").read_text()).get("trained", {})
+        config["trained"]["continued_from"] = {"path": str(init), **prev}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     return config
 
@@ -215,6 +231,8 @@ def main() -> None:
     )
     ap.add_argument("--skip-collect", action="store_true", help="train on the shards already in --data")
     ap.add_argument("--out", type=Path, default=Path("checkpoints/g1_bc"))
+    ap.add_argument("--init", type=Path, default=None, help="continue training from this checkpoint")
+    ap.add_argument("--lr", type=float, default=1e-3)
     args = ap.parse_args()
     t0 = time.time()
     if not args.skip_collect:
@@ -227,7 +245,7 @@ def main() -> None:
         f"noisy {data['success'][~clean].mean():.3f} of {(~clean).sum()}",
         flush=True,
     )
-    config = train(data, args.out, args.minutes, args.threads, args.seed)
+    config = train(data, args.out, args.minutes, args.threads, args.seed, args.init, args.lr)
     print(f"saved {args.out} ({config['trained']}); total {time.time() - t0:.0f}s")
 
 
