@@ -1,0 +1,441 @@
+"""Unitree G1 pick-and-place in MuJoCo on the CPU: "pick up the apple and place it on the plate".
+
+The reference design runs this scene in Isaac Lab; here it is rebuilt in MuJoCo so that the whole
+pipeline (REAL_G1 schema, codec, batching, translation) runs on any machine. Simplifications:
+
+* The G1 model (mjlab's asset zoo) is fixed at the pelvis: no free joint, legs and waist rigid.
+  Only the 14 arm joints move, through position actuators with gravity compensation.
+* Its hands are rigid ("rubber" hands, no finger joints). A hand counts as closed when the mean of
+  its 7 commanded hand values exceeds 0.5; closing a hand whose palm is within 6 cm of the apple
+  attaches the apple to the wrist with a weld constraint, opening it releases the apple. The
+  reported hand state is the last hand command, clipped to [0, 1].
+* The robot's own geoms do not collide with anything; the apple collides with the table and
+  the plate.
+
+Success: the apple rests on the plate (released, centre within the plate's rim, at resting
+height, nearly still). Episodes end on success, when the apple falls off the table, or at the
+step cap.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+
+from sim_workers import real_g1
+from sim_workers.base import Obs, SimAdapter, StepResult, TaskInfo
+from sim_workers.g1_assets import g1_xml_path
+
+
+def _choose_gl() -> None:
+    """Offscreen rendering on the CPU: EGL (llvmpipe) when it works, else OSMesa.
+
+    MuJoCo picks its GL backend when it is first imported, so this runs before that import and
+    only when MUJOCO_GL is unset.
+    """
+    if "MUJOCO_GL" in os.environ or "mujoco" in sys.modules:
+        return
+    probe = "import mujoco; mujoco.Renderer(mujoco.MjModel.from_xml_string('<mujoco/>'), 8, 8).close()"
+    for backend in ("egl", "osmesa"):
+        env = dict(os.environ, MUJOCO_GL=backend)
+        ok = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, timeout=60)
+        if ok.returncode == 0:
+            os.environ["MUJOCO_GL"] = backend
+            return
+
+
+_choose_gl()
+import mujoco  # noqa: E402
+
+ARM_JOINTS = {
+    side: [
+        f"{side}_shoulder_pitch_joint",
+        f"{side}_shoulder_roll_joint",
+        f"{side}_shoulder_yaw_joint",
+        f"{side}_elbow_joint",
+        f"{side}_wrist_roll_joint",
+        f"{side}_wrist_pitch_joint",
+        f"{side}_wrist_yaw_joint",
+    ]
+    for side in ("left", "right")
+}
+# Rest pose: palms about 9 cm above the table's front edge.
+REST_ARM = {
+    "left": np.array([0.2, 0.4, 0.0, 0.4, 0.0, -1.0, 0.0]),
+    "right": np.array([0.2, -0.4, 0.0, 0.4, 0.0, -1.0, 0.0]),
+}
+PELVIS_POS = np.array([0.0, 0.0, 0.793])
+TABLE_TOP = 0.78
+TABLE_CENTER = np.array([0.42, -0.10])
+TABLE_HALF = np.array([0.28, 0.45])
+APPLE_RADIUS = 0.035
+PLATE_RADIUS = 0.085
+PLATE_HALF_HEIGHT = 0.006
+# Spawn region (world xy) and minimum apple-plate distance.
+SPAWN_LOW = np.array([0.22, -0.30])
+SPAWN_HIGH = np.array([0.33, 0.04])
+MIN_SEPARATION = 0.17
+GRASP_RADIUS = 0.06
+HAND_CLOSED = 0.5
+PHYSICS_DT = 0.004
+CONTROL_DT = 0.04
+MAX_STEPS = 300
+IMAGE = real_g1.IMAGE_SIZE
+CAMERA_PITCH = np.deg2rad(62.0)
+
+
+def build_model() -> mujoco.MjModel:
+    spec = mujoco.MjSpec.from_file(str(g1_xml_path()))
+    spec.option.timestep = PHYSICS_DT
+    spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
+    arm = {n for names in ARM_JOINTS.values() for n in names}
+    for joint in list(spec.joints):
+        if joint.name not in arm:
+            spec.delete(joint)  # free joint, legs and waist: rigid
+    for geom in list(spec.geoms):
+        body = geom.parent.name
+        if any(part in body for part in ("hip", "knee", "ankle")):
+            spec.delete(geom)  # legs are under the table, never in the ego view: skip their meshes
+            continue
+        geom.contype = 0
+        geom.conaffinity = 0
+    for body in spec.bodies:
+        if body.name != "world":
+            body.gravcomp = 1.0
+    for light in list(spec.lights):
+        spec.delete(light)
+    for names in ARM_JOINTS.values():
+        for name in names:
+            j = spec.joint(name)
+            j.damping = [4.0, 0.0, 0.0]
+            j.armature = 0.02
+            spec.add_actuator(
+                name=name.replace("_joint", ""),
+                target=name,
+                trntype=mujoco.mjtTrn.mjTRN_JOINT,
+                gaintype=mujoco.mjtGain.mjGAIN_FIXED,
+                biastype=mujoco.mjtBias.mjBIAS_AFFINE,
+                gainprm=[150.0] + [0.0] * 9,
+                biasprm=[0.0, -150.0, 0.0] + [0.0] * 7,
+                ctrlrange=j.range,
+                ctrllimited=True,
+            )
+
+    world = spec.worldbody
+    spec.add_texture(
+        name="grid",
+        type=mujoco.mjtTexture.mjTEXTURE_2D,
+        builtin=mujoco.mjtBuiltin.mjBUILTIN_CHECKER,
+        rgb1=[0.32, 0.34, 0.38],
+        rgb2=[0.26, 0.28, 0.31],
+        width=256,
+        height=256,
+    )
+    spec.add_material(name="floor", textures=["", "grid"], texrepeat=[6, 6])
+    world.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[3, 3, 0.05], material="floor")
+    world.add_light(pos=[0.3, -0.2, 2.5], dir=[0, 0, -1], diffuse=[0.8, 0.8, 0.8], castshadow=False)
+    world.add_light(pos=[1.5, 1.0, 2.0], dir=[-0.6, -0.4, -0.7], diffuse=[0.3, 0.3, 0.3], castshadow=False)
+
+    table = world.add_body(name="table", pos=[TABLE_CENTER[0], TABLE_CENTER[1], TABLE_TOP])
+    table.add_geom(
+        name="table_top",
+        type=mujoco.mjtGeom.mjGEOM_BOX,
+        size=[TABLE_HALF[0], TABLE_HALF[1], 0.02],
+        pos=[0, 0, -0.02],
+        rgba=[0.62, 0.47, 0.32, 1],
+        friction=[1.0, 0.01, 0.001],
+    )
+    for sx in (-1, 1):
+        for sy in (-1, 1):
+            table.add_geom(
+                type=mujoco.mjtGeom.mjGEOM_BOX,
+                size=[0.025, 0.025, TABLE_TOP / 2 - 0.02],
+                pos=[sx * (TABLE_HALF[0] - 0.04), sy * (TABLE_HALF[1] - 0.04), -TABLE_TOP / 2],
+                rgba=[0.4, 0.3, 0.2, 1],
+                contype=0,
+                conaffinity=0,
+            )
+
+    plate = world.add_body(name="plate", mocap=True, pos=[0.35, 0.0, TABLE_TOP + PLATE_HALF_HEIGHT])
+    plate.add_geom(
+        name="plate",
+        type=mujoco.mjtGeom.mjGEOM_CYLINDER,
+        size=[PLATE_RADIUS, PLATE_HALF_HEIGHT, 0],
+        rgba=[0.92, 0.93, 0.97, 1],
+        friction=[1.0, 0.01, 0.001],
+    )
+    plate.add_geom(
+        type=mujoco.mjtGeom.mjGEOM_CYLINDER,
+        size=[PLATE_RADIUS * 0.55, 0.0005, 0],
+        pos=[0, 0, PLATE_HALF_HEIGHT],
+        rgba=[0.25, 0.45, 0.85, 1],
+        contype=0,
+        conaffinity=0,
+    )
+
+    apple = world.add_body(name="apple", pos=[0.35, -0.2, TABLE_TOP + APPLE_RADIUS])
+    apple.add_freejoint(name="apple_free")
+    apple.add_geom(
+        name="apple",
+        type=mujoco.mjtGeom.mjGEOM_SPHERE,
+        size=[APPLE_RADIUS, 0, 0],
+        mass=0.15,
+        rgba=[0.85, 0.08, 0.06, 1],
+        friction=[1.2, 0.02, 0.01],  # rolling friction: a released apple does not roll away
+        condim=6,
+    )
+    apple.add_geom(
+        type=mujoco.mjtGeom.mjGEOM_CAPSULE,
+        size=[0.004, 0.008, 0],
+        pos=[0, 0, APPLE_RADIUS + 0.006],
+        rgba=[0.35, 0.22, 0.08, 1],
+        contype=0,
+        conaffinity=0,
+        mass=0.001,
+    )
+
+    for side in ("left", "right"):
+        spec.add_equality(
+            name=f"{side}_grasp",
+            type=mujoco.mjtEq.mjEQ_WELD,
+            name1=f"{side}_wrist_yaw_link",
+            name2="apple",
+            objtype=mujoco.mjtObj.mjOBJ_BODY,
+            active=False,
+            solref=[0.01, 1.0],
+        )
+
+    # Ego-view camera in the head, pitched down at the table.
+    s, c = np.sin(CAMERA_PITCH), np.cos(CAMERA_PITCH)
+    cam_mat = np.array([[0, -1, 0], [s, 0, c], [-c, 0, s]]).T  # columns: image right, image up, backwards
+    cam_quat = np.zeros(4)
+    mujoco.mju_mat2Quat(cam_quat, cam_mat.reshape(-1))
+    spec.body("torso_link").add_camera(name="ego_view", pos=[0.09, 0.0, 0.46], fovy=78.0, quat=cam_quat)
+    return spec.compile()
+
+
+def _quat_to_mat(q: np.ndarray) -> np.ndarray:
+    m = np.zeros(9)
+    mujoco.mju_quat2Mat(m, np.asarray(q, dtype=np.float64))
+    return m.reshape(3, 3)
+
+
+class Adapter(SimAdapter):
+    """G1 pick-and-place. Options: `privileged` adds `privileged.object_poses` (sim-only, not
+    REAL_G1) for the scripted expert; `render` False replaces the camera with black frames
+    (for physics-only benchmarks); `max_steps` sets the step cap."""
+
+    def __init__(self, privileged: bool = False, render: bool = True, max_steps: int = MAX_STEPS) -> None:
+        self.privileged = privileged
+        self.render_enabled = render
+        self.model = build_model()
+        self.data = mujoco.MjData(self.model)
+        self.n_substeps = round(CONTROL_DT / PHYSICS_DT)
+        m = self.model
+        self.arm_qpos = {
+            s: np.array([m.jnt_qposadr[m.joint(n).id] for n in ARM_JOINTS[s]]) for s in ARM_JOINTS
+        }
+        self.arm_ctrl = {
+            s: np.array([m.actuator(n.replace("_joint", "")).id for n in ARM_JOINTS[s]]) for s in ARM_JOINTS
+        }
+        self.ctrl_low, self.ctrl_high = m.actuator_ctrlrange[:, 0].copy(), m.actuator_ctrlrange[:, 1].copy()
+        self.palm_site = {s: m.site(f"{s}_palm").id for s in ("left", "right")}
+        self.hand_body = {s: m.body(f"{s}_wrist_yaw_link").id for s in ("left", "right")}
+        self.grasp_eq = {s: m.equality(f"{s}_grasp").id for s in ("left", "right")}
+        self.apple_body = m.body("apple").id
+        self.apple_qpos = m.jnt_qposadr[m.joint("apple_free").id]
+        self.apple_qvel = m.jnt_dofadr[m.joint("apple_free").id]
+        self.plate_mocap = m.body_mocapid[m.body("plate").id]
+        self.pelvis_body = m.body("pelvis").id
+        self.camera = m.camera("ego_view").id
+        self.info = TaskInfo(
+            name="g1-pickplace",
+            instruction=real_g1.INSTRUCTION,
+            max_steps=max_steps,
+            description=(
+                "Unitree G1 (mjlab asset, pelvis fixed, legs/waist rigid, 14 arm joints under position "
+                "control) at a table; apple and plate positions drawn from the seed. The G1 hands are "
+                "rigid: closing a hand (mean of its 7 commands > 0.5) within 6 cm of the apple welds the "
+                "apple to the wrist, opening releases it. Robot geoms do not collide. Success: apple "
+                f"released and resting on the plate. {CONTROL_DT * 1000:.0f} ms per env step, cap "
+                f"{max_steps} steps."
+            ),
+        )
+        self._renderer: mujoco.Renderer | None = None
+        self._prev_frame: np.ndarray | None = None
+        self._frame: np.ndarray | None = None
+        self.reset(0)
+
+    # --- episode -------------------------------------------------------------------------------
+
+    def sample_layout(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """World xy of the apple and the plate for `seed` (rejection sampling, deterministic)."""
+        rng = np.random.default_rng(seed)
+        while True:
+            apple = rng.uniform(SPAWN_LOW, SPAWN_HIGH)
+            plate = rng.uniform(SPAWN_LOW, SPAWN_HIGH)
+            if np.linalg.norm(apple - plate) >= MIN_SEPARATION:
+                return apple, plate
+
+    def reset(self, seed: int) -> None:
+        m, d = self.model, self.data
+        mujoco.mj_resetData(m, d)
+        apple_xy, plate_xy = self.sample_layout(int(seed))
+        for side in ("left", "right"):
+            d.qpos[self.arm_qpos[side]] = REST_ARM[side]
+            d.ctrl[self.arm_ctrl[side]] = REST_ARM[side]
+            d.eq_active[self.grasp_eq[side]] = 0
+        d.qpos[self.apple_qpos : self.apple_qpos + 3] = [apple_xy[0], apple_xy[1], TABLE_TOP + APPLE_RADIUS]
+        d.qpos[self.apple_qpos + 3 : self.apple_qpos + 7] = [1, 0, 0, 0]
+        d.mocap_pos[self.plate_mocap] = [plate_xy[0], plate_xy[1], TABLE_TOP + PLATE_HALF_HEIGHT]
+        mujoco.mj_forward(m, d)
+        self.hand_cmd = {"left": np.zeros(7), "right": np.zeros(7)}
+        self.attached: str | None = None
+        self.steps = 0
+        self.success = False
+        self._prev_frame = None
+        self._frame = None
+
+    def step(self, action: np.ndarray) -> StepResult:
+        m, d = self.model, self.data
+        parts = real_g1.split_env_action(action)
+        if not np.all(np.isfinite(action)):
+            raise ValueError("non-finite env action")
+        for side in ("left", "right"):
+            idx = self.arm_ctrl[side]
+            d.ctrl[idx] = np.clip(parts[f"{side}_arm"], self.ctrl_low[idx], self.ctrl_high[idx])
+            self.hand_cmd[side] = np.clip(parts[f"{side}_hand"], 0.0, 1.0)
+        self._update_grasp()
+        mujoco.mj_step(m, d, nstep=self.n_substeps)
+        self.steps += 1
+        apple = d.xpos[self.apple_body]
+        self.success = self._on_plate()
+        fell = apple[2] < TABLE_TOP - 0.1
+        done = self.success or fell or self.steps >= self.info.max_steps
+        info = {"steps": self.steps, "attached": self.attached, "fell": bool(fell)}
+        return StepResult(reward=float(self.success), done=bool(done), success=bool(self.success), info=info)
+
+    def _update_grasp(self) -> None:
+        d = self.data
+        closed = {s: float(self.hand_cmd[s].mean()) > HAND_CLOSED for s in ("left", "right")}
+        if self.attached is not None and not closed[self.attached]:
+            d.eq_active[self.grasp_eq[self.attached]] = 0
+            self.attached = None
+        if self.attached is None:
+            apple = d.xpos[self.apple_body]
+            for side in ("right", "left"):
+                palm = d.site_xpos[self.palm_site[side]]
+                if closed[side] and np.linalg.norm(palm - apple) < GRASP_RADIUS:
+                    self._attach(side)
+                    break
+
+    def _attach(self, side: str) -> None:
+        m, d = self.model, self.data
+        hb, ab = self.hand_body[side], self.apple_body
+        r_h = d.xmat[hb].reshape(3, 3)
+        rel_pos = r_h.T @ (d.xpos[ab] - d.xpos[hb])
+        q_h_inv = np.zeros(4)
+        mujoco.mju_negQuat(q_h_inv, d.xquat[hb])
+        rel_quat = np.zeros(4)
+        mujoco.mju_mulQuat(rel_quat, q_h_inv, d.xquat[ab])
+        eq = self.grasp_eq[side]
+        m.eq_data[eq, 0:3] = 0.0
+        m.eq_data[eq, 3:6] = rel_pos
+        m.eq_data[eq, 6:10] = rel_quat
+        m.eq_data[eq, 10] = 1.0
+        d.eq_active[eq] = 1
+        self.attached = side
+
+    def _on_plate(self) -> bool:
+        d = self.data
+        if self.attached is not None:
+            return False
+        apple = d.xpos[self.apple_body]
+        plate = d.mocap_pos[self.plate_mocap]
+        rest_z = TABLE_TOP + 2 * PLATE_HALF_HEIGHT + APPLE_RADIUS
+        within = np.linalg.norm(apple[:2] - plate[:2]) < PLATE_RADIUS - 0.015
+        height = abs(apple[2] - rest_z) < 0.01
+        still = np.linalg.norm(d.qvel[self.apple_qvel : self.apple_qvel + 3]) < 0.05
+        return bool(within and height and still)
+
+    # --- observation ---------------------------------------------------------------------------
+
+    def _render(self) -> np.ndarray:
+        if not self.render_enabled:
+            return np.zeros((IMAGE, IMAGE, 3), np.uint8)
+        if self._renderer is None:
+            try:
+                self._renderer = mujoco.Renderer(self.model, IMAGE, IMAGE)
+            except Exception as e:
+                raise RuntimeError(
+                    "offscreen rendering failed: MuJoCo picks its GL backend when first imported; set "
+                    "MUJOCO_GL=egl (or osmesa) before anything imports mujoco"
+                ) from e
+        self._renderer.update_scene(self.data, camera=self.camera)
+        return self._renderer.render().copy()
+
+    def _pelvis_frame(self, pos: np.ndarray, rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        r_p = self.data.xmat[self.pelvis_body].reshape(3, 3)
+        return r_p.T @ (pos - self.data.xpos[self.pelvis_body]), r_p.T @ rot
+
+    def eef_9d(self, side: str) -> np.ndarray:
+        """Palm site pose in the pelvis frame, 9-D encoded."""
+        sid = self.palm_site[side]
+        pos, rot = self._pelvis_frame(self.data.site_xpos[sid], self.data.site_xmat[sid].reshape(3, 3))
+        return real_g1.pose_to_9d(pos, rot)
+
+    def object_poses(self) -> np.ndarray:
+        """(1, 2, 7) float32: apple and plate pose (xyz + wxyz quaternion) in the pelvis frame."""
+        d = self.data
+        out = np.zeros((1, 2, 7), np.float32)
+        for i, (pos, quat) in enumerate(
+            [
+                (d.xpos[self.apple_body], d.xquat[self.apple_body]),
+                (d.mocap_pos[self.plate_mocap], d.mocap_quat[self.plate_mocap]),
+            ]
+        ):
+            p, _ = self._pelvis_frame(pos, np.eye(3))
+            out[0, i, :3] = p
+            out[0, i, 3:] = quat
+        return out
+
+    def observe(self) -> Obs:
+        frame = self._render()
+        prev = self._frame if self._frame is not None else frame
+        self._prev_frame, self._frame = prev, frame
+        d = self.data
+        obs = real_g1.build_observation(
+            np.stack([prev, frame]),
+            left_eef=self.eef_9d("left"),
+            right_eef=self.eef_9d("right"),
+            left_arm=d.qpos[self.arm_qpos["left"]],
+            right_arm=d.qpos[self.arm_qpos["right"]],
+            left_hand=self.hand_cmd["left"],
+            right_hand=self.hand_cmd["right"],
+            waist=np.zeros(3),
+        )
+        if self.privileged:
+            obs["privileged.object_poses"] = self.object_poses()
+        return obs
+
+    def action_from_chunk(self, chunk: dict[str, np.ndarray], t: int) -> np.ndarray:
+        return real_g1.chunk_step_to_env_action(chunk, t)
+
+    def frame(self) -> np.ndarray | None:
+        return self._frame
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+
+def observation_schema(privileged: bool = False) -> dict[str, dict[str, Any]]:
+    schema = real_g1.observation_schema()
+    if privileged:
+        schema["privileged.object_poses"] = {"dtype": "float32", "shape": [1, 2, 7]}
+    return schema

@@ -1,0 +1,89 @@
+"""The visuomotor backend: checkpoint loading, schema, and batch invariance.
+
+Batched inference must give the same chunks as one-at-a-time inference: every op in the network
+is per-sample (GroupNorm, not BatchNorm; eval mode), so only float32 summation order can differ
+between batch sizes. Tolerance: 1e-4 absolute on joint targets (radians) and hand closure.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from policy_workers.backends import make_backend
+from policy_workers.backends.visuomotor import DEFAULT_CHECKPOINT, VisuomotorNet, default_config
+
+ATOL = 1e-4
+
+
+def random_obs(rng, n):
+    obs = []
+    for _ in range(n):
+        o = {"video.ego_view": rng.integers(0, 256, size=(1, 2, 256, 256, 3), dtype=np.uint8)}
+        for key, dim in [
+            ("left_wrist_eef_9d", 9),
+            ("right_wrist_eef_9d", 9),
+            ("left_arm", 7),
+            ("right_arm", 7),
+            ("left_hand", 7),
+            ("right_hand", 7),
+            ("waist", 3),
+        ]:
+            o[f"state.{key}"] = rng.normal(0, 0.5, size=(1, 1, dim)).astype(np.float32)
+        o["annotation.human.task_description"] = [["pick up the apple and place it on the plate"]]
+        obs.append(o)
+    return obs
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    net = VisuomotorNet(default_config())
+    path = tmp_path_factory.mktemp("ckpt")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps(default_config()))
+    return path
+
+
+def check_batch_invariance(backend, obs):
+    batched = backend.infer(obs)
+    assert len(batched) == len(obs)
+    worst = 0.0
+    for o, b in zip(obs, batched, strict=True):
+        single = backend.infer([o])[0]
+        for k in single:
+            assert single[k].shape == b[k].shape and b[k].dtype == np.float32
+            worst = max(worst, float(np.abs(single[k] - b[k]).max()))
+    assert worst <= ATOL, worst
+
+
+def test_metadata_and_shapes(random_checkpoint):
+    backend = make_backend("visuomotor", checkpoint=str(random_checkpoint))
+    backend.load()
+    meta = backend.metadata()
+    assert meta.chunk_length == 40 and meta.action_horizon == 8
+    assert meta.parameters == sum(p.numel() for p in backend.net.parameters()) > 0
+    assert meta.observation_schema["video.ego_view"]["shape"] == [1, 2, 256, 256, 3]
+    chunk = backend.infer(random_obs(np.random.default_rng(0), 1))[0]
+    assert set(chunk) == set(meta.action_schema)
+    for k, spec in meta.action_schema.items():
+        assert list(chunk[k].shape) == spec["shape"]
+
+
+def test_batch_invariance_random_weights(random_checkpoint):
+    backend = make_backend("visuomotor", checkpoint=str(random_checkpoint))
+    backend.load()
+    check_batch_invariance(backend, random_obs(np.random.default_rng(1), 8))
+
+
+@pytest.mark.skipif(
+    not (Path(DEFAULT_CHECKPOINT) / "model.safetensors").exists(), reason="no shipped checkpoint"
+)
+def test_batch_invariance_shipped_checkpoint():
+    backend = make_backend("visuomotor")
+    backend.load()
+    assert backend.metadata().model_id.startswith("g1-bc")
+    check_batch_invariance(backend, random_obs(np.random.default_rng(2), 8))
