@@ -61,11 +61,33 @@ for i = 1, #all, 2 do
   local lease = cjson.decode(all[i + 1])
   if lease['expires'] < now then
     redis.call('HDEL', KEYS[1], all[i])
-    redis.call('LPUSH', KEYS[2], lease['spec'])
+    local spec = cjson.decode(lease['spec'])
+    spec['gen'] = (tonumber(spec['gen']) or 0) + 1
+    redis.call('LPUSH', KEYS[2], cjson.encode(spec))
     back = back + 1
   end
 end
 return back
+"""
+
+# A simulator that is scaled down hands its leases back at once (no waiting for expiry): only
+# leases it still owns, each spec back at the head of the list with its generation bumped.
+_RELEASE = """
+local n = 0
+for i = 2, #ARGV do
+  local raw = redis.call('HGET', KEYS[1], ARGV[i])
+  if raw then
+    local lease = cjson.decode(raw)
+    if lease['sim'] == ARGV[1] then
+      redis.call('HDEL', KEYS[1], ARGV[i])
+      local spec = cjson.decode(lease['spec'])
+      spec['gen'] = (tonumber(spec['gen']) or 0) + 1
+      redis.call('LPUSH', KEYS[2], cjson.encode(spec))
+      n = n + 1
+    end
+  end
+end
+return n
 """
 
 
@@ -74,14 +96,20 @@ class EpisodeSpec:
     episode: int
     seed: int
     attempt: int = 1
+    gen: int = 0
+    """Times the episode was handed back unfinished (expired or released lease). It goes into the
+    rollout id, so a re-run never reads replies meant for the abandoned run of the same attempt."""
 
     def to_json(self) -> str:
-        return json.dumps({"episode": self.episode, "seed": self.seed, "attempt": self.attempt})
+        d = {"episode": self.episode, "seed": self.seed, "attempt": self.attempt}
+        if self.gen:
+            d["gen"] = self.gen
+        return json.dumps(d)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> EpisodeSpec:
         d = json.loads(raw)
-        return cls(int(d["episode"]), int(d["seed"]), int(d.get("attempt", 1)))
+        return cls(int(d["episode"]), int(d["seed"]), int(d.get("attempt", 1)), int(d.get("gen", 0)))
 
 
 class SweepQueue:
@@ -100,6 +128,7 @@ class SweepQueue:
         self._renew = r.register_script(_RENEW)
         self._finish = r.register_script(_FINISH)
         self._expire = r.register_script(_EXPIRE)
+        self._release = r.register_script(_RELEASE)
 
     # -- controller side ---------------------------------------------------------------------
     async def create(self, config: dict[str, Any], specs: list[EpisodeSpec], lease_s: float) -> None:
@@ -156,6 +185,12 @@ class SweepQueue:
 
     async def finish(self, episode: int, record: dict[str, Any], video: bytes = b"") -> None:
         await self._finish(keys=[self.k_leases, self.k_results], args=[str(episode), json.dumps(record), video])
+
+    async def release(self, sim: str, episodes: list[int]) -> int:
+        """Hand this simulator's unfinished episodes back to the list now (a scaled-down sim)."""
+        if not episodes:
+            return 0
+        return int(await self._release(keys=[self.k_leases, self.k_todo], args=[sim, *[str(e) for e in episodes]]))
 
     async def stopped(self) -> bool:
         return bool(await self.r.exists(self.k_stop))
