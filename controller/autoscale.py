@@ -35,7 +35,7 @@ class PolicyPoolSettings:
     hysteresis: float = 0.2
     """Scale down only when ρ at the smaller size stays under target × (1 - hysteresis)."""
     backlog_drain_s: float = 10.0
-    """Size the pool so that the backlog (lag + pending) would drain within this long."""
+    """Size the pool so that the backlog (lag + pending) would drain within this long at ρ = 1."""
     backlog_per_replica_ok: float = 0.0
     """Backlog each replica may hold without it counting (0: twice the batch it is working on is
     normal; set e.g. to max_inflight to ignore what workers hold in hand)."""
@@ -231,12 +231,15 @@ class Autoscaler:
         return cur, f"steady: ρ={rho:.2f} needs {need:.2f} replicas", info
 
     def _need(self, lam: float, backlog: float, mu: float, cur: int, target: float | None = None) -> float:
-        """Replicas that keep ρ under `target` while the extra backlog drains in `backlog_drain_s`."""
+        """Replicas that keep ρ under `target`, and that drain the backlog within `backlog_drain_s`.
+
+        The drain may use the headroom the target keeps (ρ up to 1 while draining): sizing it at the
+        target too would leave one replica too many once the backlog a delay let build is gone."""
         p = self.s.policy
         target = target or p.target_utilization
         allowance = p.backlog_per_replica_ok * max(cur, 1)
         extra = max(0.0, backlog - allowance) / max(p.backlog_drain_s, 1e-3)
-        return (lam + extra) / (mu * target)
+        return max(lam / (mu * target), (lam + extra) / mu)
 
     def _clamp(self, n: int, cur: int) -> int:
         p = self.s.policy
