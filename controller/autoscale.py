@@ -67,7 +67,10 @@ class AutoscaleSettings:
 
     enabled: bool = False
     interval_s: float = 2.0
-    prometheus_url: str = "http://127.0.0.1:9090"
+    prometheus_url: str | None = None
+    """None (eval only): start a local exporter + Prometheus (controller.localstack)."""
+    exporter_root: str | None = None
+    """Checkout holding monitoring/exporter.py, for the local exporter (default: this one)."""
     prometheus_timeout_s: float = 2.0
     stale_after_s: float = 15.0
     """Metrics older than this (exporter's last poll) count as missing: hold."""

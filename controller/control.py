@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller.autoscale import AutoscaleSettings, Autoscaler, Decision, PoolState
+from controller.autoscale import Autoscaler, AutoscaleSettings, Decision, PoolState
 from controller.prom import PromClient, PromQueries, read_metrics
 
 log = logging.getLogger("rolloutq.autoscale")
@@ -151,5 +151,80 @@ class Controller:
             left = self.s.interval_s - (time.monotonic() - t0)
             try:
                 await asyncio.wait_for(stop.wait(), max(0.05, left))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
+
+
+class EvalAutoscale:
+    """What `rolloutq eval --autoscale` holds: controller, sim pool, metrics server, local stack."""
+
+    def __init__(self, controller: Controller, sim_pool: Any, metrics: ControllerMetrics, stack: Any,
+                 metrics_port: int | None) -> None:
+        self.controller = controller
+        self.sim_pool = sim_pool
+        self.metrics = metrics
+        self.stack = stack
+        self.metrics_port = metrics_port
+
+    async def tick(self) -> None:
+        try:
+            await self.controller.step()
+        except Exception as e:  # never let the controller fail the evaluation
+            log.warning("autoscale step failed: %s: %s", type(e).__name__, e)
+
+    def summary(self) -> dict[str, Any]:
+        h = self.controller.history
+        changes = [{"t": x["t"], **x["actions"]} for x in h
+                   if any(k in x["actions"] for k in ("replicas", "sims_started", "sims_removed"))]
+        return {
+            "decisions": len(h),
+            "held": sum(1 for x in h if x["held"]),
+            "max_replicas_desired": max((x["desired_replicas"] for x in h), default=None),
+            "max_sims_desired": max((x["desired_sims"] for x in h), default=None),
+            "changes": changes,
+            "released_episodes": getattr(self.sim_pool, "released_episodes", 0),
+            "decisions_file": str(self.controller.decisions_file) if self.controller.decisions_file else None,
+            "prometheus_url": self.controller.s.prometheus_url,
+            "metrics_port": self.metrics_port,
+        }
+
+    def close(self) -> None:
+        import contextlib
+
+        with contextlib.suppress(Exception):
+            self.sim_pool.kill_all()
+        self.metrics.stop()
+        if self.stack is not None:
+            self.stack.stop()
+
+
+async def start_for_eval(s: Any, console: Any, ray: Any, remote: Any, queue: Any) -> EvalAutoscale:
+    """Wire the controller into an evaluation (`s` is its EvalSettings)."""
+    from controller.localstack import LocalStack
+    from controller.pools import RaySimPool, ServePolicyPool
+    from sim_workers.worker import SimWorkerSettings
+
+    a = s.autoscale
+    a.sims.envs_per_sim = s.envs_per_sim
+    metrics = ControllerMetrics(s.policy)
+    port = metrics.serve(max(0, a.metrics_port), a.metrics_addr) if a.metrics_port >= 0 else None
+    stack = None
+    if not a.prometheus_url:
+        stack = LocalStack(s.redis.url, s.redis.namespace, exporter_root_hint=a.exporter_root,
+                           extra_targets=[f"127.0.0.1:{port}"] if port else [])
+        await asyncio.get_running_loop().run_in_executor(None, stack.start)
+        a.prometheus_url = stack.prometheus_url
+        console.print(f"[dim]autoscale: local exporter + Prometheus on {a.prometheus_url}[/dim]")
+
+    def start(sim_id: str) -> Any:
+        return remote.remote(SimWorkerSettings(run=s.run_id, redis=s.redis, client=s.client,
+                                               envs=s.envs_per_sim, sim_id=sim_id))
+
+    pool = RaySimPool(start, ray)
+    pool.add(s.sims)
+    s.out.mkdir(parents=True, exist_ok=True)
+    decisions = s.out / "autoscale.jsonl"
+    decisions.write_text("")
+    controller = Controller(a, s.policy, ServePolicyPool(s.serve.name), pool, queue,
+                            decisions_file=decisions, metrics=metrics)
+    return EvalAutoscale(controller, pool, metrics, stack, port)

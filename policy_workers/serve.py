@@ -39,6 +39,9 @@ class ServeSettings:
     env_vars: dict[str, str] = field(default_factory=dict)
     """Passed to replicas through Ray's runtime_env (e.g. HF_TOKEN, MUJOCO_GL)."""
     route_prefix: str = "/policy"
+    external_scaler: bool = False
+    """Let an outside controller set the replica count (Ray Serve's external scaler API; the
+    autoscaler in controller/ uses it). Cannot be combined with Serve's own autoscaling_config."""
 
 
 @serve.deployment
@@ -113,4 +116,5 @@ def deploy(worker: PolicyWorkerSettings, serve_settings: ServeSettings, blocking
         graceful_shutdown_timeout_s=20,
     )
     return serve.run(deployment.bind(worker), name=serve_settings.name,
-                     route_prefix=f"{serve_settings.route_prefix}/{worker.worker.policy}")
+                     route_prefix=f"{serve_settings.route_prefix}/{worker.worker.policy}",
+                     external_scaler_enabled=serve_settings.external_scaler)

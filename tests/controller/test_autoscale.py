@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 from controller.autoscale import (
-    AutoscaleSettings,
     Autoscaler,
+    AutoscaleSettings,
     Metrics,
     PolicyPoolSettings,
     PoolState,
