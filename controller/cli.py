@@ -66,7 +66,8 @@ MAX_SIMS = typer.Option(8, "--max-sims", min=0, help="Autoscale: most simulator 
 TARGET_RHO = typer.Option(0.8, "--target-utilization", help="Autoscale: keep ρ = λ/(replicas×μ) under this.")
 UP_DELAY = typer.Option(5.0, "--up-delay-s", help="Autoscale: seconds a scale-up must be wanted first.")
 DOWN_DELAY = typer.Option(30.0, "--down-delay-s", help="Autoscale: seconds a scale-down must be wanted first.")
-ZERO_AFTER = typer.Option(0.0, "--scale-to-zero-after-s", help="Autoscale: idle seconds before zero replicas (0: never).")
+ZERO_AFTER = typer.Option(0.0, "--scale-to-zero-after-s",
+                          help="Autoscale: idle seconds before zero replicas (0: never).")
 INTERVAL = typer.Option(2.0, "--autoscale-interval-s", help="Autoscale: seconds between decisions.")
 WINDOW = typer.Option("20s", "--rate-window", help="Autoscale: PromQL range for λ and μ.")
 CTL_PORT = typer.Option(0, "--controller-metrics-port", help="Controller /metrics port (0: free port, -1: none).")
@@ -292,7 +293,8 @@ def controller_cmd(
              runtime_env={"env_vars": {"MUJOCO_GL": mujoco_gl, "PYOPENGL_PLATFORM": mujoco_gl}})
     metrics = ControllerMetrics(policy)
     if metrics_port >= 0:
-        console.print(f"controller metrics on http://{metrics_addr}:{metrics.serve(metrics_port, metrics_addr)}/metrics")
+        bound = metrics.serve(metrics_port, metrics_addr)
+        console.print(f"controller metrics on http://{metrics_addr}:{bound}/metrics")
     redis = RedisSettings(url=redis_url, namespace=namespace)
 
     async def main(stop: Any) -> None:
