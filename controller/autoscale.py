@@ -57,8 +57,10 @@ class SimPoolSettings:
     max_step_up: int = 1
     max_step_down: int = 1
     remove_when_saturated: bool = True
-    """At max replicas with ρ over `saturated_utilization`, remove sims (else only hold)."""
-    saturated_utilization: float = 1.0
+    """At max replicas and ρ over target, remove a sim when one sim's worth of requests waits
+    undelivered anyway (lag ≥ `saturated_lag_sims` × envs_per_sim): with the pool saturated,
+    that sim adds queueing, not throughput. Below that, hold (the sims keep the pool busy)."""
+    saturated_lag_sims: float = 1.0
 
 
 @dataclass
@@ -277,11 +279,13 @@ class Autoscaler:
             return max(cap, min(sp.min_sims, cap)), f"drain: {left} episodes left need {cap} sims"
         saturated_at_max = state.replicas >= p.max_replicas and rho is not None and rho >= p.target_utilization
         if saturated_at_max:
-            if sp.remove_when_saturated and rho >= sp.saturated_utilization and cur > max(sp.min_sims, 1):
+            lag = float(m.lag or 0.0)
+            if (sp.remove_when_saturated and lag >= sp.saturated_lag_sims * sp.envs_per_sim
+                    and cur > max(sp.min_sims, 1)):
                 target = max(cur - sp.max_step_down, sp.min_sims, 1)
                 return self._delayed("sim", cur, target, -1, sp.down_delay_s, now,
-                                     f"saturated: policy pool at max {p.max_replicas} with ρ={rho:.2f}, "
-                                     "remove sims")
+                                     f"saturated: policy pool at max {p.max_replicas} with ρ={rho:.2f} and "
+                                     f"{lag:.0f} requests waiting, remove sims")
             self._sim_wait = _Pending()
             return cur, f"hold: policy pool saturated at max {p.max_replicas} (ρ={rho:.2f})"
         if rho is not None and rho >= p.target_utilization:
@@ -314,9 +318,18 @@ class Autoscaler:
                             else f"hold: {why_not}", held=True, inputs=inputs)
         desired, reason, info = self._policy(m, state.replicas, now)
         rho = info.get("utilization")
-        if rho is None and state.replicas > 0 and not (m.arrival_rate or 0) and not info.get("backlog"):
+        busy = bool(m.arrival_rate or 0) or bool(info.get("backlog"))
+        if rho is None and state.replicas > 0 and not busy:
             rho = 0.0
-        sims, sim_reason = self._sims(m, state, desired, rho, now)
+        if rho is None and busy and state.episodes_left:
+            self._sim_wait = _Pending()
+            sims, sim_reason = state.sims, "hold: policy pool busy, no service rate yet"
+            if state.episodes_left is not None:
+                cap = min(self.s.sims.max_sims, math.ceil(state.episodes_left / max(1, self.s.sims.envs_per_sim)))
+                if state.sims > cap:
+                    sims, sim_reason = cap, f"drain: {state.episodes_left} episodes left need {cap} sims"
+        else:
+            sims, sim_reason = self._sims(m, state, desired, rho, now)
         return Decision(now, desired, sims, state.replicas, state.sims, reason, sim_reason,
                         utilization=rho, needed_replicas=info.get("needed_replicas"),
                         backlog=info.get("backlog"), inputs=inputs)

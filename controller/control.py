@@ -128,7 +128,7 @@ class Controller:
         except Exception as e:
             actions["status_error"] = str(e)
         self.metrics.record(d, running)
-        rec = {"ts": round(time.time(), 3), "t": round(time.time() - self._t0, 3), **d.to_dict(),
+        rec = {**d.to_dict(), "clock": d.t, "ts": round(time.time(), 3), "t": round(time.time() - self._t0, 3),
                "running_replicas": running, "actions": actions}
         self.history.append(rec)
         line = json.dumps(rec, default=str)

@@ -85,6 +85,10 @@ class EvalSettings:
 def _backend_options(s: EvalSettings) -> dict[str, Any]:
     """Fit a generic backend to the task: the `cnn` network takes the task's observation layout."""
     opts = dict(s.backend_options)
+    if s.backend in ("null", "fixed-cost"):
+        layout = getattr(task_class(s.task), "layout", None) or {}
+        if "action_dims" in layout:
+            opts.setdefault("action_dims", layout["action_dims"])
     if s.backend == "cnn":
         layout = getattr(task_class(s.task), "layout", None) or {}
         for k, v in layout.items():

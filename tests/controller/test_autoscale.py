@@ -169,12 +169,12 @@ def test_sims_grow_with_headroom_bounded_by_episodes_left():
 
 def test_saturated_policy_at_max_stops_sim_growth_and_removes():
     s = settings(max_replicas=2)
-    s.sims = SimPoolSettings(max_sims=10, envs_per_sim=4, down_delay_s=2, saturated_utilization=1.0)
+    s.sims = SimPoolSettings(max_sims=10, envs_per_sim=4, down_delay_s=2)
     a = Autoscaler(s)
-    # at max, ρ 0.9: hold (not grow)
-    d = a.decide(_m(180, 2), PoolState(2, 5, 100), 0)
+    # at max, ρ 0.9, a little lag: hold (not grow)
+    d = a.decide(_m(180, 2, lag=3), PoolState(2, 5, 100), 0)
     assert d.desired_sims == 5 and d.sim_reason.startswith("hold: policy pool saturated")
-    # at max, ρ ≥ 1 with a backlog: remove after the down delay
+    # at max with more than a sim's worth of requests waiting: remove after the down delay
     d1 = a.decide(_m(200, 2, lag=50), PoolState(2, 5, 100), 1)
     d2 = a.decide(_m(200, 2, lag=50), PoolState(2, 5, 100), 3)
     assert d1.desired_sims == 5 and d2.desired_sims == 4 and d2.sim_reason.startswith("saturated")

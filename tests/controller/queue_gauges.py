@@ -1,0 +1,113 @@
+"""A minimal stand-in for `rolloutq exporter` in tests and benchmarks: the few queue gauges the
+controller reads, under the monitoring package's metric names, computed from Redis the same way.
+
+Used because the exporter on the `mon` branch does not yet parse the core's worker stats
+(`errors_total` is a per-code dict in the core, the exporter reads an int and skips the worker,
+so replicas_up is 0 and μ is absent). Once that is fixed, `controller.localstack.LocalStack`
+runs the real exporter and this helper can go.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import redis as redis_py
+
+from broker.keys import GROUP, Keys
+
+
+class QueueGauges:
+    def __init__(self, redis_url: str, policy: str, namespace: str = "rq", interval_s: float = 0.5,
+                 stale_after_s: float = 10.0) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.r = redis_py.Redis.from_url(redis_url)
+        self.policy = policy
+        self.keys = Keys(namespace)
+        self.interval_s = interval_s
+        self.stale_after_s = stale_after_s
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        self.snap: dict[str, Any] | None = None
+        self._prev: dict[str, tuple[int, float]] = {}
+        self._stop = threading.Event()
+        self.server: Any = None
+        self.port = 0
+
+    def poll(self) -> dict[str, Any]:
+        sec, usec = self.r.time()
+        now = sec + usec / 1e6
+        key = self.keys.requests(self.policy)
+        added = lag = pending = 0
+        if self.r.exists(key):
+            added = int(self.r.xinfo_stream(key).get("entries-added", 0))
+            for g in self.r.xinfo_groups(key):
+                if g["name"] in (GROUP, GROUP.encode()):
+                    lag, pending = int(g.get("lag") or 0), int(g.get("pending") or 0)
+        rates, up = [], 0
+        for wid, raw in (self.r.hgetall(self.keys.worker_stats(self.policy)) or {}).items():
+            d = json.loads(raw)
+            if now - float(d.get("ts", 0)) > self.stale_after_s:
+                continue
+            up += 1
+            served, busy = int(d.get("served_total", 0)), float(d.get("busy_s_total", 0.0))
+            prev = self._prev.get(wid)
+            if prev is not None and busy - prev[1] > 1e-9:
+                rates.append((served - prev[0]) / (busy - prev[1]))
+            elif busy > 0:
+                rates.append(served / busy)
+            self._prev[wid] = (served, busy)
+        return {"time": now, "added": added, "lag": lag, "pending": pending, "up": up,
+                "mu": sum(rates) / len(rates) if rates else None}
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        s = self.snap
+        if s is None:
+            return
+        lab = ["policy", "shard"]
+        c = CounterMetricFamily("rolloutq_queue_entries_added", "Entries ever added.", labels=lab)
+        c.add_metric([self.policy, "0"], s["added"])
+        yield c
+        for name, v in (("rolloutq_queue_lag", s["lag"]), ("rolloutq_queue_pending", s["pending"])):
+            g = GaugeMetricFamily(name, name, labels=lab)
+            g.add_metric([self.policy, "0"], v)
+            yield g
+        g = GaugeMetricFamily("rolloutq_policy_replicas_up", "fresh workers", labels=["policy"])
+        g.add_metric([self.policy], s["up"])
+        yield g
+        if s["mu"] is not None:
+            g = GaugeMetricFamily("rolloutq_policy_service_rate_per_replica", "μ", labels=["policy"])
+            g.add_metric([self.policy], s["mu"])
+            yield g
+        g = GaugeMetricFamily("rolloutq_exporter_last_poll_timestamp_seconds", "last poll")
+        g.add_metric([], s["time"])
+        yield g
+
+    def start(self) -> QueueGauges:
+        from prometheus_client import start_http_server
+
+        self.snap = self.poll()
+        self.server, _ = start_http_server(0, "127.0.0.1", registry=self.registry)
+        self.port = self.server.server_port
+        threading.Thread(target=self._run, daemon=True, name="queue-gauges").start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.snap = self.poll()
+            except Exception:  # keep the last snapshot; its timestamp goes stale
+                time.sleep(self.interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.server is not None:
+            self.server.shutdown()
