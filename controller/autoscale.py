@@ -119,6 +119,8 @@ class PoolState:
     sims: int
     episodes_left: int | None = None
     """Episodes not finished (to do + running); None when no sweep is followed."""
+    running_replicas: int | None = None
+    """Replicas serving now; fewer than `replicas` while a scale-up is still starting them."""
 
 
 @dataclass
@@ -168,8 +170,10 @@ class Autoscaler:
         self.last_service_rate: float | None = None
 
     # -- policy pool ---------------------------------------------------------------------------
-    def _policy(self, m: Metrics, cur: int, now: float) -> tuple[int, str, dict[str, Any]]:
+    def _policy(self, m: Metrics, state: PoolState, now: float) -> tuple[int, str, dict[str, Any]]:
         p = self.s.policy
+        cur = state.replicas
+        converging = state.running_replicas is not None and state.running_replicas < cur
         lam = float(m.arrival_rate or 0.0)
         backlog = float(m.lag or 0.0) + float(m.pending or 0.0)
         mu = m.service_rate if m.service_rate and m.service_rate > 0 else None
@@ -224,6 +228,9 @@ class Autoscaler:
         low = p.target_utilization * (1 - p.hysteresis)
         down_need = self._need(lam, backlog, mu, cur, target=low)
         down_to = max(math.ceil(down_need - 1e-9), p.min_replicas, 1)
+        if down_to < cur and converging:
+            self._policy_wait = _Pending()
+            return cur, f"hold: replicas still starting ({state.running_replicas}/{cur}), no scale-down yet", info
         if down_to < cur:
             target = max(down_to, cur - p.max_step_down)
             n, why = self._delayed("policy", cur, target, -1, p.down_delay_s, now,
@@ -316,7 +323,7 @@ class Autoscaler:
             return Decision(now, state.replicas, sims, state.replicas, state.sims,
                             f"hold: {why_not}", "drained: no episodes left" if sims != state.sims
                             else f"hold: {why_not}", held=True, inputs=inputs)
-        desired, reason, info = self._policy(m, state.replicas, now)
+        desired, reason, info = self._policy(m, state, now)
         rho = info.get("utilization")
         busy = bool(m.arrival_rate or 0) or bool(info.get("backlog"))
         if rho is None and state.replicas > 0 and not busy:

@@ -103,7 +103,12 @@ class Controller:
             left = c["todo"] + c["running"]
         replicas = await loop.run_in_executor(None, self.policy_pool.current_target)
         sims = self.sim_pool.size if self.sim_pool is not None else 0
-        d = self.autoscaler.decide(m, PoolState(replicas, sims, left), self.clock())
+        running = None
+        try:
+            running = await loop.run_in_executor(None, self.policy_pool.running)
+        except Exception as e:
+            log.warning("could not read the policy pool's replica states: %s", e)
+        d = self.autoscaler.decide(m, PoolState(replicas, sims, left, running), self.clock())
         actions: dict[str, Any] = {}
         if d.desired_replicas != replicas:
             try:
@@ -122,11 +127,6 @@ class Controller:
                 if removed:
                     actions["sims_removed"] = removed
             self.metrics.actual_sims.labels(self.policy).set(self.sim_pool.size)
-        running = None
-        try:
-            running = await loop.run_in_executor(None, self.policy_pool.running)
-        except Exception as e:
-            actions["status_error"] = str(e)
         self.metrics.record(d, running)
         rec = {**d.to_dict(), "clock": d.t, "ts": round(time.time(), 3), "t": round(time.time() - self._t0, 3),
                "running_replicas": running, "actions": actions}

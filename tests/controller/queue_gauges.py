@@ -33,6 +33,8 @@ class QueueGauges:
         self.registry.register(self)
         self.snap: dict[str, Any] | None = None
         self._prev: dict[str, tuple[int, float]] = {}
+        self._added = 0
+        self._last_id: bytes | None = None
         self._stop = threading.Event()
         self.server: Any = None
         self.port = 0
@@ -41,12 +43,28 @@ class QueueGauges:
         sec, usec = self.r.time()
         now = sec + usec / 1e6
         key = self.keys.requests(self.policy)
-        added = lag = pending = 0
+        lag = pending = 0
         if self.r.exists(key):
-            added = int(self.r.xinfo_stream(key).get("entries-added", 0))
+            info = self.r.xinfo_stream(key)
+            last = info["last-generated-id"]
+            if info.get("entries-added") is not None:  # Redis 7
+                self._added = int(info["entries-added"])
+            elif self._last_id is None:
+                self._added = int(info["length"])
+            elif last != self._last_id:  # Redis 6.2: count what came after the previous poll
+                self._added += len(self.r.xrange(key, b"(" + self._last_id, "+", count=100_000))
+            self._last_id = last
             for g in self.r.xinfo_groups(key):
                 if g["name"] in (GROUP, GROUP.encode()):
-                    lag, pending = int(g.get("lag") or 0), int(g.get("pending") or 0)
+                    pending = int(g.get("pending") or 0)
+                    if g.get("lag") is not None:
+                        lag = int(g["lag"])
+                    else:
+                        delivered = g["last-delivered-id"]
+                        lag = 0 if delivered == last else len(
+                            self.r.xrange(key, b"(" + delivered if delivered != b"0-0" else "-", "+",
+                                          count=100_000))
+        added = self._added
         rates, up = [], 0
         for wid, raw in (self.r.hgetall(self.keys.worker_stats(self.policy)) or {}).items():
             d = json.loads(raw)
