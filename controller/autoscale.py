@@ -121,6 +121,8 @@ class PoolState:
     """Episodes not finished (to do + running); None when no sweep is followed."""
     running_replicas: int | None = None
     """Replicas serving now; fewer than `replicas` while a scale-up is still starting them."""
+    sims_ready: int | None = None
+    """Sims that have started an episode; fewer than `sims` while new ones are still starting."""
 
 
 @dataclass
@@ -303,6 +305,9 @@ class Autoscaler:
             return cur, f"hold: policy pool scaling up {state.replicas} -> {desired_replicas}"
         if cur < max(sp.min_sims, 0) and cur < cap:
             return min(sp.min_sims, cap), "below min sims"
+        if cur < cap and state.sims_ready is not None and state.sims_ready < cur:
+            self._sim_wait = _Pending()
+            return cur, f"hold: sims still starting ({state.sims_ready}/{cur} running episodes)"
         if cur < cap:
             target = min(cap, cur + sp.max_step_up)
             why = "headroom: " + (f"ρ={rho:.2f} < {p.target_utilization:.2f}" if rho is not None else "policy idle")

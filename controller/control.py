@@ -108,7 +108,8 @@ class Controller:
             running = await loop.run_in_executor(None, self.policy_pool.running)
         except Exception as e:
             log.warning("could not read the policy pool's replica states: %s", e)
-        d = self.autoscaler.decide(m, PoolState(replicas, sims, left, running), self.clock())
+        ready = await self.sim_pool.ready() if self.sim_pool is not None else None
+        d = self.autoscaler.decide(m, PoolState(replicas, sims, left, running, ready), self.clock())
         actions: dict[str, Any] = {}
         if d.desired_replicas != replicas:
             try:

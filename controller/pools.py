@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -73,7 +74,11 @@ class RaySimPool:
         self.ids: dict[Any, str] = {}
         self._next = 0
         self._leaving: dict[Any, Any] = {}
+        self._started_at: dict[Any, float] = {}
+        self._ready: set[Any] = set()
         self.released_episodes = 0
+        self.ready_after_s = 60.0
+        """A sim that has not started an episode this long after its start counts as ready anyway."""
 
     @property
     def size(self) -> int:
@@ -88,8 +93,27 @@ class RaySimPool:
             self.actors.append(actor)
             self.runs[actor] = actor.run.remote()
             self.ids[actor] = sim_id
+            self._started_at[actor] = time.monotonic()
             started.append(sim_id)
         return started
+
+    async def ready(self) -> int:
+        """Sims that have taken an episode (new ones stay un-ready until their envs are up)."""
+        pending = [a for a in self.actors if a not in self._ready]
+
+        async def check(a: Any) -> None:
+            if time.monotonic() - self._started_at.get(a, 0.0) > self.ready_after_s:
+                self._ready.add(a)
+                return
+            try:
+                got = await asyncio.wait_for(asyncio.wrap_future(a.progress.remote().future()), 1.0)
+            except Exception:
+                return
+            if got.get("running", 0) or got.get("episodes", 0):
+                self._ready.add(a)
+
+        await asyncio.gather(*[check(a) for a in pending])
+        return sum(1 for a in self.actors if a in self._ready)
 
     async def _running(self, actor: Any) -> int:
         try:

@@ -165,6 +165,9 @@ def test_sims_grow_with_headroom_bounded_by_episodes_left():
         t += 1
     assert sims == 3, seen  # 12 episodes / 4 envs: never more than 3 sims
     assert seen[0][1] == 1  # the first sim starts at once
+    # a sim that has not started an episode yet holds further growth
+    d = Autoscaler(s).decide(_m(20.0, 1), PoolState(1, 2, 40, sims_ready=1), 0)
+    assert d.desired_sims == 2 and "still starting" in d.sim_reason
 
 
 def test_saturated_policy_at_max_stops_sim_growth_and_removes():

@@ -64,6 +64,12 @@ def env():
                 pass
 
 
+def _trace(history: list[dict]) -> str:
+    return "\n".join(f"{h['t']:.1f} r={h['replicas']}->{h['desired_replicas']} run={h['running_replicas']} "
+                     f"s={h['sims']}->{h['desired_sims']} | {h['policy_reason'][:90]} | {h['sim_reason'][:70]}"
+                     for h in history)
+
+
 def _settings(**policy) -> AutoscaleSettings:
     base = dict(min_replicas=1, max_replicas=3, target_utilization=0.8, up_delay_s=2, down_delay_s=4,
                 max_step_up=1, max_step_down=1, backlog_drain_s=10)
@@ -119,7 +125,7 @@ def test_load_step_scales_policy_pool_up_then_down_and_holds_through_a_gap(env, 
             if new:
                 t_new = new[0][0]
                 break
-        assert t_new is not None, "no second replica served within 60s of the load step"
+        assert t_new is not None, "no second replica served within 60s of the load step\n" + _trace(ctl.history)
         reaction = t_new - t_step
 
         # Prometheus goes away while the load runs: the controller holds and says so.
@@ -129,7 +135,7 @@ def test_load_step_scales_policy_pool_up_then_down_and_holds_through_a_gap(env, 
         await asyncio.sleep(4)
         env["stack"].resume_prometheus()
         gap = ctl.history[n0:]
-        assert gap and all(h["held"] and "prometheus unreachable" in h["policy_reason"] for h in gap[1:]), gap
+        assert gap and all(h["held"] and "prometheus unreachable" in h["policy_reason"] for h in gap[1:]), _trace(gap)
         assert all(h["desired_replicas"] == before for h in gap)
 
         await asyncio.sleep(6)
@@ -143,6 +149,7 @@ def test_load_step_scales_policy_pool_up_then_down_and_holds_through_a_gap(env, 
         stop_ctl.set()
         await ctl_task
         await r.aclose()
+        print(_trace(ctl.history))
         return reaction, peak, down
 
     reaction, peak, down = asyncio.run(main())
@@ -170,10 +177,10 @@ def test_sweep_finishes_while_pools_change_and_saturated_policy_stops_sim_growth
     s = _settings(max_replicas=1, min_replicas=1)
     s.prometheus_url = env["stack"].prometheus_url
     s.sims = SimPoolSettings(max_sims=4, up_delay_s=2, down_delay_s=3, envs_per_sim=2)
-    n = 20
+    n = 24
     settings = EvalSettings(
         episodes=n, out=tmp_path / "run", task="reach", task_options={"image_size": 32, "max_steps": 48},
-        backend="fixed-cost", backend_options={"batch_ms": 100}, policy=POLICY, sims=1, envs_per_sim=2,
+        backend="fixed-cost", backend_options={"batch_ms": 150}, policy=POLICY, sims=1, envs_per_sim=2,
         sim_num_cpus=0.25, video_episodes=0, progress=False, timeout_s=160, lease_s=20,
         mujoco_gl=os.environ.get("MUJOCO_GL", "egl"),
         redis=RedisSettings(url=env["redis_url"]),
@@ -188,6 +195,7 @@ def test_sweep_finishes_while_pools_change_and_saturated_policy_stops_sim_growth
     auto = summary["autoscale"]
     decisions = [json.loads(x) for x in Path(auto["decisions_file"]).read_text().splitlines()]
     print(json.dumps(auto["changes"]), auto["max_sims_desired"])
+    print(_trace(decisions))
     assert auto["changes"], "the sim pool never changed size"
     assert max(d["sims"] for d in decisions) < 4, "sims kept growing while the policy pool was saturated at max"
     assert any(d["sim_reason"].startswith(("hold: policy pool saturated", "saturated")) for d in decisions)
