@@ -177,10 +177,10 @@ def test_sweep_finishes_while_pools_change_and_saturated_policy_stops_sim_growth
     s = _settings(max_replicas=1, min_replicas=1)
     s.prometheus_url = env["stack"].prometheus_url
     s.sims = SimPoolSettings(max_sims=4, up_delay_s=2, down_delay_s=3, envs_per_sim=2)
-    n = 24
+    n = 16
     settings = EvalSettings(
         episodes=n, out=tmp_path / "run", task="reach", task_options={"image_size": 32, "max_steps": 48},
-        backend="fixed-cost", backend_options={"batch_ms": 150}, policy=POLICY, sims=1, envs_per_sim=2,
+        backend="fixed-cost", backend_options={"batch_ms": 300}, policy=POLICY, sims=1, envs_per_sim=2,
         sim_num_cpus=0.25, video_episodes=0, progress=False, timeout_s=160, lease_s=20,
         mujoco_gl=os.environ.get("MUJOCO_GL", "egl"),
         redis=RedisSettings(url=env["redis_url"]),
