@@ -78,6 +78,23 @@ def _settings(**policy) -> AutoscaleSettings:
                              policy=PolicyPoolSettings(**base), sims=SimPoolSettings(max_sims=4, envs_per_sim=2))
 
 
+@pytest.mark.timeout(60)
+def test_serve_policy_reads_real_prometheus(env):
+    from controller.serve_policy import RolloutqServePolicy
+
+    pol = RolloutqServePolicy(policy=POLICY, prometheus_address=env["stack"].prometheus_url, fetch_interval_s=0.5,
+                              window="5s")
+    deadline = time.monotonic() + 30
+    while pol.prometheus_metrics is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    vals = pol.prometheus_metrics
+    assert vals is not None and vals.get(pol.queries["lag"]) is not None, vals
+    ctx = type("Ctx", (), dict(target_num_replicas=2, current_num_replicas=2, capacity_adjusted_min_replicas=1,
+                               capacity_adjusted_max_replicas=4, current_time=time.time()))
+    n, state = pol(ctx)
+    assert n in (1, 2) and not state["rolloutq_held"], state  # no load: idle or steady, never a hold
+
+
 @pytest.mark.timeout(150)
 def test_load_step_scales_policy_pool_up_then_down_and_holds_through_a_gap(env, tmp_path):
     from policy_workers.loop import PolicyWorkerSettings
