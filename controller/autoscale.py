@@ -32,7 +32,7 @@ class PolicyPoolSettings:
     max_replicas: int = 4
     target_utilization: float = 0.8
     """Keep ρ = λ / (replicas × μ) under this."""
-    hysteresis: float = 0.2
+    hysteresis: float = 0.1
     """Scale down only when ρ at the smaller size stays under target × (1 - hysteresis)."""
     backlog_drain_s: float = 10.0
     """Size the pool so that the backlog (lag + pending) would drain within this long at ρ = 1."""
@@ -77,7 +77,9 @@ class AutoscaleSettings:
     stale_after_s: float = 15.0
     """Metrics older than this (exporter's last poll) count as missing: hold."""
     window: str = "20s"
-    """PromQL range for rates and smoothing."""
+    """PromQL range for the arrival rate."""
+    capacity_window: str = "2m"
+    """PromQL range over which the best per-replica service rate counts as the batched capacity μ."""
     metrics_port: int = 0
     """Port of the controller's own /metrics (0: pick a free one; -1: none)."""
     metrics_addr: str = "127.0.0.1"

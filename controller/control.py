@@ -96,7 +96,8 @@ class Controller:
 
     async def step(self) -> Decision:
         loop = asyncio.get_running_loop()
-        m = await loop.run_in_executor(None, read_metrics, self.prom, self.policy, self.queries, self.s.window)
+        m = await loop.run_in_executor(None, read_metrics, self.prom, self.policy, self.queries, self.s.window,
+                                       self.s.capacity_window)
         left = None
         if self.sweep is not None:
             c = await self.sweep.counts()

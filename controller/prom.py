@@ -3,8 +3,12 @@
 Every expression the controller depends on lives in `PromQueries`, so a renamed metric or a
 different recording rule is a one-line change. The defaults read the `rolloutq exporter`'s
 queue metrics (monitoring/exporter.py): the entries-added counter for λ (a short `rate` window,
-because the recording rule's 1m window reacts too slowly to scale on), the exporter's μ gauge
-smoothed over the same window, lag and pending summed over shards, and the exporter's last-poll
+because the recording rule's 1m window reacts too slowly to scale on); for μ the highest value of
+the exporter's per-replica service-rate gauge over `capacity_window` (the exporter's μ is the rate
+at the *current* batch size: with a batch cost that hardly grows with the batch, a lightly loaded
+replica shows a small μ although it would serve far more at full batches, and sizing on it would
+add replicas that each run ever smaller batches; the best rate seen recently, when batches were
+full, is the batched capacity); lag and pending summed over shards; and the exporter's last-poll
 timestamp for staleness. Any failure (unreachable, HTTP error, bad JSON, empty result) leaves
 the field None, and the autoscaler then holds.
 """
@@ -26,15 +30,17 @@ class PromQueries:
     """PromQL per input; `{policy}` and `{window}` are filled in. Change metric names here."""
 
     arrival_rate: str = 'sum(rate(rolloutq_queue_entries_added_total{{policy="{policy}"}}[{window}]))'
-    service_rate: str = 'avg(avg_over_time(rolloutq_policy_service_rate_per_replica{{policy="{policy}"}}[{window}]))'
+    service_rate: str = ('max(max_over_time(rolloutq_policy_service_rate_per_replica{{policy="{policy}"}}'
+                         '[{capacity_window}]))')
     lag: str = 'sum(rolloutq_queue_lag{{policy="{policy}"}})'
     pending: str = 'sum(rolloutq_queue_pending{{policy="{policy}"}})'
     replicas_up: str = 'max(rolloutq_policy_replicas_up{{policy="{policy}"}})'
     age_s: str = "time() - max(rolloutq_exporter_last_poll_timestamp_seconds)"
 
-    def render(self, policy: str, window: str) -> dict[str, str]:
+    def render(self, policy: str, window: str, capacity_window: str = "2m") -> dict[str, str]:
         names = ("arrival_rate", "service_rate", "lag", "pending", "replicas_up", "age_s")
-        return {n: getattr(self, n).format(policy=policy, window=window) for n in names}
+        return {n: getattr(self, n).format(policy=policy, window=window, capacity_window=capacity_window)
+                for n in names}
 
 
 class PromUnavailable(Exception):
@@ -73,11 +79,11 @@ class PromClient:
 
 
 def read_metrics(client: PromClient, policy: str, queries: PromQueries | None = None,
-                 window: str = "20s") -> Metrics:
+                 window: str = "20s", capacity_window: str = "2m") -> Metrics:
     """One `Metrics` for a policy; `error` is set when Prometheus did not answer."""
     m = Metrics()
     try:
-        for name, expr in (queries or PromQueries()).render(policy, window).items():
+        for name, expr in (queries or PromQueries()).render(policy, window, capacity_window).items():
             setattr(m, name, client.scalar(expr))
     except PromUnavailable as e:
         return Metrics(error=str(e))

@@ -34,12 +34,13 @@ from controller.prom import PromQueries
 
 
 class RolloutqServePolicy(PrometheusQueryMixin):
-    def __init__(self, policy: str = "default", target_utilization: float = 0.8, hysteresis: float = 0.2,
+    def __init__(self, policy: str = "default", target_utilization: float = 0.8, hysteresis: float = 0.1,
                  backlog_drain_s: float = 10.0, scale_to_zero_after_s: float = 0.0, window: str = "20s",
+                 capacity_window: str = "2m",
                  stale_after_s: float = 15.0, prometheus_address: str | None = None,
                  fetch_interval_s: float = 2.0, cache_ttl_s: float = 15.0,
                  queries: dict[str, str] | None = None) -> None:
-        self.queries = PromQueries(**(queries or {})).render(policy, window)
+        self.queries = PromQueries(**(queries or {})).render(policy, window, capacity_window)
         super().__init__(prometheus_address=prometheus_address, prometheus_queries=list(self.queries.values()),
                          fetch_interval_s=fetch_interval_s, cache_ttl_s=cache_ttl_s)
         self.settings = AutoscaleSettings(stale_after_s=stale_after_s, policy=PolicyPoolSettings(
