@@ -3,8 +3,9 @@
 Policy: the `fixed-cost` backend (policy_workers/backends/fixed_cost.py), which sleeps a fixed
 time per batch, so one replica's batched service rate is known: batch_ms=40 with batches of 4 is
 100 observations/s. Load: closed-loop PolicyClient rollouts in this process (test 1) or MuJoCo
-reach sims on Ray (test 2). Queue metrics come from `QueueGauges` (the exporter's metric names),
-scraped every second by Prometheus.
+reach sims on Ray (test 2). Queue metrics come from the real `rolloutq exporter` (monitoring/,
+from this checkout or ROLLOUTQ_EXPORTER_ROOT), or, where no checkout has it, from `QueueGauges`
+(same metric names); Prometheus scrapes every second.
 
 One Ray session, Redis and Prometheus are shared by the tests of this module (Ray is slow to start
 on the 2-core machines); each test has a watchdog timeout.
@@ -29,7 +30,7 @@ from broker.embedded import EmbeddedRedis, free_port
 from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
 from controller.autoscale import AutoscaleSettings, PolicyPoolSettings, SimPoolSettings
 from controller.control import Controller
-from controller.localstack import LocalStack
+from controller.localstack import LocalStack, exporter_root
 from controller.pools import ServePolicyPool
 from tests.controller.queue_gauges import QueueGauges
 
@@ -37,6 +38,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs the prometheus binary")]
 
 ROOT = Path(__file__).resolve().parents[2]
+_MON = "/work/wt-mon"  # the monitoring branch's checkout while monitoring/ is not merged here
 POLICY = "as"
 APP = "rolloutq-policy"
 
@@ -47,17 +49,22 @@ def env():
     from ray import serve
 
     redis = EmbeddedRedis().start()
-    gauges = QueueGauges(redis.url, POLICY, interval_s=0.5).start()
-    stack = LocalStack(redis.url, extra_targets=[f"127.0.0.1:{gauges.port}"]).start(with_exporter=False)
+    gauges = None
+    root = exporter_root(os.environ.get("ROLLOUTQ_EXPORTER_ROOT") or _MON)
+    if root is not None:  # the real `rolloutq exporter`
+        stack = LocalStack(redis.url, exporter_root_hint=str(root)).start()
+    else:
+        gauges = QueueGauges(redis.url, POLICY, interval_s=0.5).start()
+        stack = LocalStack(redis.url, extra_targets=[f"127.0.0.1:{gauges.port}"]).start(with_exporter=False)
     gl = os.environ.get("MUJOCO_GL", "egl")
     ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              logging_level=logging.WARNING,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "MUJOCO_GL": gl, "PYOPENGL_PLATFORM": gl}})
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     try:
-        yield {"redis_url": redis.url, "stack": stack, "gauges": gauges}
+        yield {"redis_url": redis.url, "stack": stack, "exporter": str(root) if root else "queue_gauges helper"}
     finally:
-        for f in (serve.shutdown, ray.shutdown, stack.stop, gauges.stop, redis.cleanup):
+        for f in (serve.shutdown, ray.shutdown, stack.stop, redis.cleanup, *([gauges.stop] if gauges else [])):
             try:
                 f()
             except Exception:
