@@ -20,40 +20,44 @@ from broker.keys import GROUP, Keys
 
 
 class QueueGauges:
-    def __init__(self, redis_url: str, policy: str, namespace: str = "rq", interval_s: float = 0.5,
+    def __init__(self, redis_url: str, policy: str | list[str], namespace: str = "rq", interval_s: float = 0.5,
                  stale_after_s: float = 10.0) -> None:
         from prometheus_client import CollectorRegistry
 
         self.r = redis_py.Redis.from_url(redis_url)
-        self.policy = policy
+        self.policies = [policy] if isinstance(policy, str) else list(policy)
         self.keys = Keys(namespace)
         self.interval_s = interval_s
         self.stale_after_s = stale_after_s
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
-        self.snap: dict[str, Any] | None = None
-        self._prev: dict[str, tuple[int, float]] = {}
-        self._added = 0
-        self._last_id: bytes | None = None
+        self.snap: dict[str, dict[str, Any]] | None = None
+        self._prev: dict[tuple[str, bytes], tuple[int, float]] = {}
+        self._added: dict[str, int] = {}
+        self._last_id: dict[str, bytes] = {}
         self._stop = threading.Event()
         self.server: Any = None
         self.port = 0
 
-    def poll(self) -> dict[str, Any]:
+    def poll(self) -> dict[str, dict[str, Any]]:
         sec, usec = self.r.time()
         now = sec + usec / 1e6
-        key = self.keys.requests(self.policy)
+        return {p: self._poll(p, now) for p in self.policies}
+
+    def _poll(self, policy: str, now: float) -> dict[str, Any]:
+        key = self.keys.requests(policy)
         lag = pending = 0
         if self.r.exists(key):
             info = self.r.xinfo_stream(key)
             last = info["last-generated-id"]
+            prev_last = self._last_id.get(policy)
             if info.get("entries-added") is not None:  # Redis 7
-                self._added = int(info["entries-added"])
-            elif self._last_id is None:
-                self._added = int(info["length"])
-            elif last != self._last_id:  # Redis 6.2: count what came after the previous poll
-                self._added += len(self.r.xrange(key, b"(" + self._last_id, "+", count=100_000))
-            self._last_id = last
+                self._added[policy] = int(info["entries-added"])
+            elif prev_last is None:
+                self._added[policy] = int(info["length"])
+            elif last != prev_last:  # Redis 6.2: count what came after the previous poll
+                self._added[policy] += len(self.r.xrange(key, b"(" + prev_last, "+", count=100_000))
+            self._last_id[policy] = last
             for g in self.r.xinfo_groups(key):
                 if g["name"] in (GROUP, GROUP.encode()):
                     pending = int(g.get("pending") or 0)
@@ -64,20 +68,20 @@ class QueueGauges:
                         lag = 0 if delivered == last else len(
                             self.r.xrange(key, b"(" + delivered if delivered != b"0-0" else "-", "+",
                                           count=100_000))
-        added = self._added
+        added = self._added.get(policy, 0)
         rates, up = [], 0
-        for wid, raw in (self.r.hgetall(self.keys.worker_stats(self.policy)) or {}).items():
+        for wid, raw in (self.r.hgetall(self.keys.worker_stats(policy)) or {}).items():
             d = json.loads(raw)
             if now - float(d.get("ts", 0)) > self.stale_after_s:
                 continue
             up += 1
             served, busy = int(d.get("served_total", 0)), float(d.get("busy_s_total", 0.0))
-            prev = self._prev.get(wid)
+            prev = self._prev.get((policy, wid))
             if prev is not None and busy - prev[1] > 1e-9:
                 rates.append((served - prev[0]) / (busy - prev[1]))
             elif busy > 0:
                 rates.append(served / busy)
-            self._prev[wid] = (served, busy)
+            self._prev[(policy, wid)] = (served, busy)
         return {"time": now, "added": added, "lag": lag, "pending": pending, "up": up,
                 "mu": sum(rates) / len(rates) if rates else None}
 
@@ -87,26 +91,27 @@ class QueueGauges:
     def collect(self) -> Any:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        s = self.snap
-        if s is None:
+        if self.snap is None:
             return
         lab = ["policy", "shard"]
-        c = CounterMetricFamily("rolloutq_queue_entries_added", "Entries ever added.", labels=lab)
-        c.add_metric([self.policy, "0"], s["added"])
-        yield c
-        for name, v in (("rolloutq_queue_lag", s["lag"]), ("rolloutq_queue_pending", s["pending"])):
-            g = GaugeMetricFamily(name, name, labels=lab)
-            g.add_metric([self.policy, "0"], v)
-            yield g
-        g = GaugeMetricFamily("rolloutq_policy_replicas_up", "fresh workers", labels=["policy"])
-        g.add_metric([self.policy], s["up"])
-        yield g
-        if s["mu"] is not None:
-            g = GaugeMetricFamily("rolloutq_policy_service_rate_per_replica", "μ", labels=["policy"])
-            g.add_metric([self.policy], s["mu"])
-            yield g
+        fams = {
+            "added": CounterMetricFamily("rolloutq_queue_entries_added", "Entries ever added.", labels=lab),
+            "lag": GaugeMetricFamily("rolloutq_queue_lag", "undelivered", labels=lab),
+            "pending": GaugeMetricFamily("rolloutq_queue_pending", "pending", labels=lab),
+            "up": GaugeMetricFamily("rolloutq_policy_replicas_up", "fresh workers", labels=["policy"]),
+            "mu": GaugeMetricFamily("rolloutq_policy_service_rate_per_replica", "μ", labels=["policy"]),
+        }
+        t = 0.0
+        for policy, s in self.snap.items():
+            for k in ("added", "lag", "pending"):
+                fams[k].add_metric([policy, "0"], s[k])
+            fams["up"].add_metric([policy], s["up"])
+            if s["mu"] is not None:
+                fams["mu"].add_metric([policy], s["mu"])
+            t = s["time"]
+        yield from fams.values()
         g = GaugeMetricFamily("rolloutq_exporter_last_poll_timestamp_seconds", "last poll")
-        g.add_metric([], s["time"])
+        g.add_metric([], t)
         yield g
 
     def start(self) -> QueueGauges:

@@ -40,6 +40,7 @@ pytestmark = [pytest.mark.slow,
 ROOT = Path(__file__).resolve().parents[2]
 _MON = "/work/wt-mon"  # the monitoring branch's checkout while monitoring/ is not merged here
 POLICY = "as"
+POLICY2 = "as2"  # the sweep's policy: another model, so the first one's capacity (μ) does not carry over
 APP = "rolloutq-policy"
 
 
@@ -54,7 +55,7 @@ def env():
     if root is not None:  # the real `rolloutq exporter`
         stack = LocalStack(redis.url, exporter_root_hint=str(root)).start()
     else:
-        gauges = QueueGauges(redis.url, POLICY, interval_s=0.5).start()
+        gauges = QueueGauges(redis.url, [POLICY, POLICY2], interval_s=0.5).start()
         stack = LocalStack(redis.url, extra_targets=[f"127.0.0.1:{gauges.port}"]).start(with_exporter=False)
     gl = os.environ.get("MUJOCO_GL", "egl")
     ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
@@ -83,23 +84,6 @@ def _settings(**policy) -> AutoscaleSettings:
     base.update(policy)
     return AutoscaleSettings(enabled=True, interval_s=1.0, window="5s", stale_after_s=5, prometheus_timeout_s=1.0,
                              policy=PolicyPoolSettings(**base), sims=SimPoolSettings(max_sims=4, envs_per_sim=2))
-
-
-@pytest.mark.timeout(60)
-def test_serve_policy_reads_real_prometheus(env):
-    from controller.serve_policy import RolloutqServePolicy
-
-    pol = RolloutqServePolicy(policy=POLICY, prometheus_address=env["stack"].prometheus_url, fetch_interval_s=0.5,
-                              window="5s")
-    deadline = time.monotonic() + 30
-    while pol.prometheus_metrics is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    vals = pol.prometheus_metrics
-    assert vals is not None and vals.get(pol.queries["lag"]) is not None, vals
-    ctx = type("Ctx", (), dict(target_num_replicas=2, current_num_replicas=2, capacity_adjusted_min_replicas=1,
-                               capacity_adjusted_max_replicas=4, current_time=time.time()))
-    n, state = pol(ctx)
-    assert n in (1, 2) and not state["rolloutq_held"], state  # no load: idle or steady, never a hold
 
 
 @pytest.mark.timeout(150)
@@ -204,11 +188,11 @@ def test_sweep_finishes_while_pools_change_and_saturated_policy_stops_sim_growth
     n = 16
     settings = EvalSettings(
         episodes=n, out=tmp_path / "run", task="reach", task_options={"image_size": 32, "max_steps": 48},
-        backend="fixed-cost", backend_options={"batch_ms": 300}, policy=POLICY, sims=1, envs_per_sim=2,
+        backend="fixed-cost", backend_options={"batch_ms": 0, "item_ms": 250}, policy=POLICY2, sims=1, envs_per_sim=2,
         sim_num_cpus=0.25, video_episodes=0, progress=False, timeout_s=160, lease_s=20,
         mujoco_gl=os.environ.get("MUJOCO_GL", "egl"),
         redis=RedisSettings(url=env["redis_url"]),
-        worker=WorkerSettings(policy=POLICY, batch=BatchSettings(max_batch_size=2, max_wait_ms=5)),
+        worker=WorkerSettings(policy=POLICY2, batch=BatchSettings(max_batch_size=2, max_wait_ms=5)),
         serve=ServeSettings(name=APP, replicas=1, num_cpus=0.25, health_check_period_s=2),
         client=ClientSettings(deadline_s=60, reply_timeout_s=20), autoscale=s,
     )
@@ -224,3 +208,24 @@ def test_sweep_finishes_while_pools_change_and_saturated_policy_stops_sim_growth
     assert max(d["sims"] for d in decisions) < 4, "sims kept growing while the policy pool was saturated at max"
     assert any(d["sim_reason"].startswith(("hold: policy pool saturated", "saturated")) for d in decisions)
     assert all(d["replicas"] <= 1 for d in decisions)
+
+
+@pytest.mark.timeout(60)
+def test_serve_policy_reads_real_prometheus(env):
+    import redis as redis_py
+
+    from broker.keys import Keys
+    from controller.serve_policy import RolloutqServePolicy
+
+    redis_py.Redis.from_url(env["redis_url"]).sadd(Keys().policies(), POLICY)  # watched even if never deployed
+    pol = RolloutqServePolicy(policy=POLICY, prometheus_address=env["stack"].prometheus_url, fetch_interval_s=0.5,
+                              window="5s")
+    deadline = time.monotonic() + 30
+    while pol.prometheus_metrics is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    vals = pol.prometheus_metrics
+    assert vals is not None and vals.get(pol.queries["lag"]) is not None, vals
+    ctx = type("Ctx", (), dict(target_num_replicas=2, current_num_replicas=2, capacity_adjusted_min_replicas=1,
+                               capacity_adjusted_max_replicas=4, current_time=time.time()))
+    n, state = pol(ctx)
+    assert n in (1, 2) and not state["rolloutq_held"], state  # after the load: steady or down, never a hold
