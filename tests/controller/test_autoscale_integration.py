@@ -187,7 +187,7 @@ def test_sweep_finishes_while_pools_change_and_saturated_policy_stops_sim_growth
     # One replica serves 1 / 0.15 s ≈ 6.7 observations/s; one sim (one env) asks for less than that,
     # a few sims ask for more: the sim pool grows, then holds once the policy pool is saturated.
     s.sims = SimPoolSettings(max_sims=5, up_delay_s=2, down_delay_s=3, envs_per_sim=1)
-    n = 16
+    n = 24
     settings = EvalSettings(
         episodes=n, out=tmp_path / "run", task="reach", task_options={"image_size": 32, "max_steps": 48},
         backend="fixed-cost", backend_options={"batch_ms": 0, "item_ms": 150}, policy=POLICY2, sims=1, envs_per_sim=1,
