@@ -193,7 +193,7 @@ def sweep(a: argparse.Namespace) -> dict:
     try:
         base = EvalSettings(
             episodes=a.episodes, task="reach", task_options={"image_size": 32, "max_steps": a.max_steps},
-            backend="fixed-cost", backend_options={"batch_ms": a.batch_ms}, policy=POLICY,
+            backend="fixed-cost", backend_options={"batch_ms": a.batch_ms, "item_ms": a.item_ms}, policy=POLICY,
             envs_per_sim=a.envs_per_sim, sim_num_cpus=0.25, video_episodes=0, progress=False, timeout_s=600,
             mujoco_gl=os.environ.get("MUJOCO_GL", "egl"), redis=RedisSettings(url=env.redis.url),
             worker=WorkerSettings(policy=POLICY, batch=BatchSettings(max_batch_size=a.max_batch, max_wait_ms=5)),
@@ -220,7 +220,7 @@ def sweep(a: argparse.Namespace) -> dict:
             results.append(row)
     finally:
         env.close()
-    return {"episodes": a.episodes, "batch_ms": a.batch_ms, "max_batch": a.max_batch,
+    return {"episodes": a.episodes, "batch_ms": a.batch_ms, "item_ms": a.item_ms, "max_batch": a.max_batch,
             "envs_per_sim": a.envs_per_sim, "max_replicas": a.max_replicas, "max_sims": a.max_sims,
             "runs": results}
 
@@ -236,6 +236,7 @@ def main() -> None:
     ap.add_argument("--hold-s", type=float, default=50.0)
     ap.add_argument("--settle-s", type=float, default=60.0)
     ap.add_argument("--batch-ms", type=float, default=40.0)
+    ap.add_argument("--item-ms", type=float, default=0.0, help="sweep: fixed-cost time per observation")
     ap.add_argument("--max-batch", type=int, default=4)
     ap.add_argument("--max-replicas", type=int, default=4)
     ap.add_argument("--max-sims", type=int, default=4)
