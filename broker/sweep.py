@@ -52,16 +52,6 @@ if raw then redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 1
 """
 
-_RELEASE = """
-local raw = redis.call('HGET', KEYS[1], ARGV[2])
-if not raw then return 0 end
-local lease = cjson.decode(raw)
-if lease['sim'] ~= ARGV[1] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[2])
-redis.call('LPUSH', KEYS[2], lease['spec'])
-return 1
-"""
-
 _EXPIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -71,11 +61,33 @@ for i = 1, #all, 2 do
   local lease = cjson.decode(all[i + 1])
   if lease['expires'] < now then
     redis.call('HDEL', KEYS[1], all[i])
-    redis.call('LPUSH', KEYS[2], lease['spec'])
+    local spec = cjson.decode(lease['spec'])
+    spec['gen'] = (tonumber(spec['gen']) or 0) + 1
+    redis.call('LPUSH', KEYS[2], cjson.encode(spec))
     back = back + 1
   end
 end
 return back
+"""
+
+# A simulator that is scaled down hands its leases back at once (no waiting for expiry): only
+# leases it still owns, each spec back at the head of the list with its generation bumped.
+_RELEASE = """
+local n = 0
+for i = 2, #ARGV do
+  local raw = redis.call('HGET', KEYS[1], ARGV[i])
+  if raw then
+    local lease = cjson.decode(raw)
+    if lease['sim'] == ARGV[1] then
+      redis.call('HDEL', KEYS[1], ARGV[i])
+      local spec = cjson.decode(lease['spec'])
+      spec['gen'] = (tonumber(spec['gen']) or 0) + 1
+      redis.call('LPUSH', KEYS[2], cjson.encode(spec))
+      n = n + 1
+    end
+  end
+end
+return n
 """
 
 
@@ -84,14 +96,20 @@ class EpisodeSpec:
     episode: int
     seed: int
     attempt: int = 1
+    gen: int = 0
+    """Times the episode was handed back unfinished (expired or released lease). It goes into the
+    rollout id, so a re-run never reads replies meant for the abandoned run of the same attempt."""
 
     def to_json(self) -> str:
-        return json.dumps({"episode": self.episode, "seed": self.seed, "attempt": self.attempt})
+        d = {"episode": self.episode, "seed": self.seed, "attempt": self.attempt}
+        if self.gen:
+            d["gen"] = self.gen
+        return json.dumps(d)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> EpisodeSpec:
         d = json.loads(raw)
-        return cls(int(d["episode"]), int(d["seed"]), int(d.get("attempt", 1)))
+        return cls(int(d["episode"]), int(d["seed"]), int(d.get("attempt", 1)), int(d.get("gen", 0)))
 
 
 class SweepQueue:
@@ -168,10 +186,11 @@ class SweepQueue:
     async def finish(self, episode: int, record: dict[str, Any], video: bytes = b"") -> None:
         await self._finish(keys=[self.k_leases, self.k_results], args=[str(episode), json.dumps(record), video])
 
-    async def release(self, sim: str, episode: int) -> bool:
-        """Give back an episode this simulator abandons (graceful shutdown): it goes to the front of
-        the list at once instead of waiting for the lease to expire. No-op if the lease is not ours."""
-        return bool(await self._release(keys=[self.k_leases, self.k_todo], args=[sim, str(episode)]))
+    async def release(self, sim: str, episodes: list[int]) -> int:
+        """Hand this simulator's unfinished episodes back to the list now (a scaled-down sim)."""
+        if not episodes:
+            return 0
+        return int(await self._release(keys=[self.k_leases, self.k_todo], args=[sim, *[str(e) for e in episodes]]))
 
     async def stopped(self) -> bool:
         return bool(await self.r.exists(self.k_stop))

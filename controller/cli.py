@@ -77,6 +77,36 @@ REDIS_URL = typer.Option(None, "--redis-url", envvar="ROLLOUTQ_REDIS_URL",
                               "embedded redis-server (eval only).")
 NAMESPACE = typer.Option("rq", "--namespace", envvar="ROLLOUTQ_NAMESPACE", help="Prefix of every Redis key.")
 POLICY = typer.Option("default", "--policy", envvar="ROLLOUTQ_POLICY", help="Policy deployment name.")
+PROM_URL = typer.Option(None, "--prometheus-url", envvar="ROLLOUTQ_PROMETHEUS_URL",
+                        help="Prometheus the autoscaler reads (eval default: start a local exporter + Prometheus).")
+MIN_REPLICAS = typer.Option(1, "--min-replicas", min=0, help="Autoscale: fewest policy replicas.")
+MAX_REPLICAS = typer.Option(4, "--max-replicas", min=1, help="Autoscale: most policy replicas.")
+MAX_SIMS = typer.Option(8, "--max-sims", min=0, help="Autoscale: most simulator actors.")
+TARGET_RHO = typer.Option(0.8, "--target-utilization", help="Autoscale: keep ρ = λ/(replicas×μ) under this.")
+UP_DELAY = typer.Option(5.0, "--up-delay-s", help="Autoscale: seconds a scale-up must be wanted first.")
+DOWN_DELAY = typer.Option(30.0, "--down-delay-s", help="Autoscale: seconds a scale-down must be wanted first.")
+ZERO_AFTER = typer.Option(0.0, "--scale-to-zero-after-s",
+                          help="Autoscale: idle seconds before zero replicas (0: never).")
+INTERVAL = typer.Option(2.0, "--autoscale-interval-s", help="Autoscale: seconds between decisions.")
+WINDOW = typer.Option("20s", "--rate-window", help="Autoscale: PromQL range for λ and μ.")
+CTL_PORT = typer.Option(0, "--controller-metrics-port", help="Controller /metrics port (0: free port, -1: none).")
+
+
+def _autoscale(enabled: bool, prometheus_url: str | None, min_replicas: int, max_replicas: int, max_sims: int,
+               target: float, up_delay: float, down_delay: float, zero_after: float, interval: float, window: str,
+               port: int, envs_per_sim: int) -> Any:
+    from controller.autoscale import AutoscaleSettings, PolicyPoolSettings, SimPoolSettings
+
+    if min_replicas > max_replicas:
+        raise typer.BadParameter("--min-replicas must not exceed --max-replicas")
+    return AutoscaleSettings(
+        enabled=enabled, interval_s=interval, prometheus_url=prometheus_url, window=window, metrics_port=port,
+        exporter_root=os.environ.get("ROLLOUTQ_EXPORTER_ROOT"),
+        policy=PolicyPoolSettings(min_replicas=min_replicas, max_replicas=max_replicas, target_utilization=target,
+                                  up_delay_s=up_delay, down_delay_s=down_delay, scale_to_zero_after_s=zero_after),
+        sims=SimPoolSettings(max_sims=max_sims, envs_per_sim=envs_per_sim, up_delay_s=up_delay,
+                             down_delay_s=max(up_delay, down_delay / 2)),
+    )
 
 
 @app.command("eval")
@@ -129,6 +159,20 @@ def eval_cmd(
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress display."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show worker and Ray logs."),
     mujoco_gl: str = typer.Option("egl", "--mujoco-gl", envvar="MUJOCO_GL", help="egl or osmesa."),
+    autoscale: bool = typer.Option(False, "--autoscale",
+                                   help="Size the policy pool and the sim pool from queue metrics in Prometheus "
+                                        "(--replicas and --sims become starting sizes)."),
+    prometheus_url: str = PROM_URL,
+    min_replicas: int = MIN_REPLICAS,
+    max_replicas: int = MAX_REPLICAS,
+    max_sims: int = MAX_SIMS,
+    target_utilization: float = TARGET_RHO,
+    up_delay_s: float = UP_DELAY,
+    down_delay_s: float = DOWN_DELAY,
+    scale_to_zero_after_s: float = ZERO_AFTER,
+    autoscale_interval_s: float = INTERVAL,
+    rate_window: str = WINDOW,
+    controller_metrics_port: int = CTL_PORT,
 ) -> None:
     """Run an evaluation: policy on Ray Serve, S sims x K envs, N episodes; writes OUT/summary.json."""
     _setup(verbose, mujoco_gl)
@@ -155,6 +199,9 @@ def eval_cmd(
                             health_check_timeout_s=health_check_timeout_s,
                             env_vars=_env_passthrough(replica_env)),
         client=ClientSettings(deadline_s=deadline_s, reply_timeout_s=min(30.0, deadline_s)),
+        autoscale=_autoscale(autoscale, prometheus_url, min_replicas, max_replicas, max_sims, target_utilization,
+                             up_delay_s, down_delay_s, scale_to_zero_after_s, autoscale_interval_s, rate_window,
+                             controller_metrics_port, envs_per_sim),
     )
     try:
         summary = run_eval(settings, console)
@@ -317,6 +364,81 @@ async def _heartbeat(worker: Any, path: Path, stop: asyncio.Event, every_s: floa
             path.touch()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), every_s)
+
+
+@app.command("controller")
+def controller_cmd(
+    prometheus_url: str = typer.Option(..., "--prometheus-url", envvar="ROLLOUTQ_PROMETHEUS_URL",
+                                       help="Prometheus that scrapes the rolloutq exporter."),
+    address: str = typer.Option("auto", "--address", envvar="RAY_ADDRESS", help="Ray cluster address."),
+    app_name: str = typer.Option("rolloutq-policy", "--app", help="Ray Serve application of the policy pool "
+                                 "(deployed with external scaling enabled, as `rolloutq eval --autoscale` does)."),
+    policy: str = POLICY,
+    run: str = typer.Option(None, "--run", envvar="ROLLOUTQ_RUN",
+                            help="Also size the sim pool of this sweep (SimActors on Ray); default: policy pool only."),
+    redis_url: str = typer.Option("redis://127.0.0.1:6379/0", "--redis-url", envvar="ROLLOUTQ_REDIS_URL"),
+    namespace: str = NAMESPACE,
+    envs_per_sim: int = typer.Option(4, "--envs-per-sim", min=1),
+    sim_num_cpus: float = typer.Option(1.0, "--sim-num-cpus"),
+    min_replicas: int = MIN_REPLICAS,
+    max_replicas: int = MAX_REPLICAS,
+    max_sims: int = MAX_SIMS,
+    target_utilization: float = TARGET_RHO,
+    up_delay_s: float = UP_DELAY,
+    down_delay_s: float = DOWN_DELAY,
+    scale_to_zero_after_s: float = ZERO_AFTER,
+    interval_s: float = typer.Option(2.0, "--interval-s", help="Seconds between decisions."),
+    rate_window: str = WINDOW,
+    metrics_port: int = typer.Option(9110, "--metrics-port", envvar="ROLLOUTQ_CONTROLLER_PORT",
+                                     help="Port of the controller's /metrics (-1: none)."),
+    metrics_addr: str = typer.Option("0.0.0.0", "--metrics-addr"),
+    decisions_file: Path = typer.Option(None, "--decisions-file", help="Append every decision (JSON lines)."),
+    mujoco_gl: str = typer.Option("egl", "--mujoco-gl", envvar="MUJOCO_GL"),
+) -> None:
+    """Autoscale a running stack: policy replicas on Ray Serve (and sims of --run) from Prometheus."""
+    _setup(True, mujoco_gl)
+    import ray
+
+    from broker.connection import connect_async
+    from broker.keys import Keys
+    from broker.settings import RedisSettings
+    from broker.sweep import SweepQueue
+    from controller.control import Controller, ControllerMetrics
+    from controller.pools import RaySimPool, ServePolicyPool
+    from sim_workers.actor import SimActor
+    from sim_workers.worker import SimWorkerSettings
+
+    settings = _autoscale(True, prometheus_url, min_replicas, max_replicas, max_sims, target_utilization,
+                          up_delay_s, down_delay_s, scale_to_zero_after_s, interval_s, rate_window, metrics_port,
+                          envs_per_sim)
+    settings.metrics_addr = metrics_addr
+    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+             runtime_env={"env_vars": {"MUJOCO_GL": mujoco_gl, "PYOPENGL_PLATFORM": mujoco_gl}})
+    metrics = ControllerMetrics(policy)
+    if metrics_port >= 0:
+        bound = metrics.serve(metrics_port, metrics_addr)
+        console.print(f"controller metrics on http://{metrics_addr}:{bound}/metrics")
+    redis = RedisSettings(url=redis_url, namespace=namespace)
+
+    async def main(stop: Any) -> None:
+        r = connect_async(redis)
+        pool = sweep = None
+        if run:
+            sweep = SweepQueue(r, run, Keys(namespace))
+            remote = ray.remote(num_cpus=sim_num_cpus, max_concurrency=4)(SimActor)
+            pool = RaySimPool(lambda sim_id: remote.remote(SimWorkerSettings(run=run, redis=redis, envs=envs_per_sim,
+                                                                              sim_id=sim_id)), ray, prefix=f"{run}-sim")
+        ctl = Controller(settings, policy, ServePolicyPool(app_name), pool, sweep, decisions_file=decisions_file,
+                         metrics=metrics)
+        try:
+            await ctl.run(stop)
+        finally:
+            if pool is not None:
+                pool.kill_all()
+            await r.aclose()
+            metrics.stop()
+
+    _run_until_signal(main)
 
 
 def main() -> None:  # pragma: no cover

@@ -29,6 +29,7 @@ from broker.embedded import EmbeddedRedis, free_port
 from broker.keys import Keys
 from broker.settings import ClientSettings, RedisSettings, WorkerSettings
 from broker.sweep import EpisodeSpec, SweepQueue
+from controller.autoscale import AutoscaleSettings
 from controller.errors import EvalFailed
 from controller.report import write_report
 from controller.results import percentile, summarize, write_results
@@ -81,6 +82,9 @@ class EvalSettings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
     client: ClientSettings = field(default_factory=ClientSettings)
+    autoscale: AutoscaleSettings = field(default_factory=AutoscaleSettings)
+    """`--autoscale`: the controller sizes the policy pool and the sim pool (`sims` and
+    `serve.replicas` are then only the starting sizes)."""
 
     def public(self) -> dict[str, Any]:
         d = asdict(self)
@@ -95,7 +99,7 @@ def _backend_options(s: EvalSettings) -> dict[str, Any]:
     """Fit a generic backend to the task: the `cnn` network takes the task's observation layout."""
     opts = dict(s.backend_options)
     layout = getattr(task_class(s.task), "layout", None) or {}
-    if s.backend == "null" and "action_dims" in layout:
+    if s.backend in ("null", "fixed-cost") and "action_dims" in layout:
         opts.setdefault("action_dims", layout["action_dims"])
     if s.backend == "cnn":
         for k, v in layout.items():
@@ -169,8 +173,16 @@ def run_eval(s: EvalSettings, console: Console | None = None) -> dict[str, Any]:
         if not s.deploy_policy and s.redis.url is None:
             raise EvalFailed("--no-deploy needs --redis-url: the Redis the running policy pool serves from")
         env_vars = {"MUJOCO_GL": s.mujoco_gl, "PYOPENGL_PLATFORM": s.mujoco_gl, **s.serve.env_vars}
+        if s.autoscale.enabled:
+            a = s.autoscale
+            s.serve.external_scaler = True
+            s.serve.replicas = max(1, a.policy.min_replicas, min(s.serve.replicas, a.policy.max_replicas))
+            s.sims = max(0, min(s.sims, a.sims.max_sims))
         if not ray.is_initialized():
-            need = s.serve.replicas * s.serve.num_cpus + s.sims * s.sim_num_cpus
+            replicas, sims = s.serve.replicas, s.sims
+            if s.autoscale.enabled:
+                replicas, sims = s.autoscale.policy.max_replicas, s.autoscale.sims.max_sims
+            need = replicas * s.serve.num_cpus + sims * s.sim_num_cpus
             init_args: dict[str, Any] = {
                 "runtime_env": {"env_vars": env_vars},
                 "log_to_driver": s.verbose,
@@ -241,15 +253,27 @@ async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) ->
         sim_settings = [SimWorkerSettings(run=s.run_id, redis=s.redis, client=s.client, envs=s.envs_per_sim,
                                           sim_id=f"sim{i}") for i in range(s.sims)]
         runs: dict[Any, Any] = {}
+        auto = None
         if ray is not None:
             remote = ray.remote(num_cpus=s.sim_num_cpus, num_gpus=s.sim_num_gpus, max_concurrency=4,
                                 resources=dict(s.sim_resources) or None)(SimActor)
-            actors = [remote.remote(ss) for ss in sim_settings]
-            runs = {a: a.run.remote() for a in actors}
+            if s.autoscale.enabled:
+                from controller.control import start_for_eval
+
+                auto = await start_for_eval(s, console, ray, remote, queue)
+                actors, runs = auto.sim_pool.actors, auto.sim_pool.runs
+            else:
+                actors = [remote.remote(ss) for ss in sim_settings]
+                runs = {a: a.run.remote() for a in actors}
         else:
             console.print(f"[dim]sweep {s.run_id!r} ready: waiting for simulators (`rolloutq sim-worker --run "
                           f"{s.run_id}`) and policy workers on this Redis[/dim]")
-        records, videos = await _follow(s, console, r, keys, queue, actors, runs, ray)
+        try:
+            records, videos = await _follow(s, console, r, keys, queue, actors, runs, ray,
+                                            tick=auto.tick if auto else None)
+        finally:
+            if auto is not None:
+                auto.close()
         await queue.stop()
         stats = await _worker_stats(r, keys, s.policy)
         stats["model_id"] = meta.get("model_id")
@@ -258,6 +282,8 @@ async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) ->
         wall = max((r_["started_at"] + r_["wall_s"] for r_ in records), default=0) - min(
             (r_["started_at"] for r_ in records), default=0)
         summary = summarize(records, wall, stats, {**s.public(), "run_id": s.run_id, "sweep": config})
+        if auto is not None:
+            summary["autoscale"] = auto.summary()
         write_results(s.out, records, summary)
         if videos:
             vdir = s.out / "videos"
@@ -267,19 +293,20 @@ async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) ->
         summary["report"] = str(write_report(s.out, records, summary))
         return summary
     finally:
-        for a in actors:
+        for a in list(actors):
             with contextlib.suppress(Exception):
                 ray.kill(a)
         await r.aclose()
 
 
 async def _follow(s: EvalSettings, console: Console, r: Any, keys: Keys, queue: SweepQueue, actors: list,
-                  runs: dict, ray: Any) -> tuple[list[dict[str, Any]], dict[int, bytes]]:
+                  runs: dict, ray: Any, tick: Any = None) -> tuple[list[dict[str, Any]], dict[int, bytes]]:
     live = _Live(s.episodes)
     final: dict[int, dict[str, Any]] = {}
     videos: dict[int, bytes] = {}
     last_id = b"0-0"
     last_expire = 0.0
+    last_tick = 0.0
     deadline = time.perf_counter() + s.timeout_s if s.timeout_s else None
     live_steps = 0
     progress = Progress(TextColumn("[bold]episodes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -319,6 +346,9 @@ async def _follow(s: EvalSettings, console: Console, r: Any, keys: Keys, queue: 
                     live.calls_rate = (st["served_total"] - live.calls_first[1]) / (t - live.calls_first[0])
                 if ray is not None:
                     _check_sims(runs, ray, len(final), s.episodes)
+            if tick is not None and time.perf_counter() - last_tick >= s.autoscale.interval_s:
+                last_tick = time.perf_counter()
+                await tick()
             progress.update(bar, completed=len(final), description=live.line(live_steps))
             if deadline and time.perf_counter() > deadline:
                 raise EvalFailed(f"run did not finish within --timeout-s {s.timeout_s:.0f}s: "
@@ -336,6 +366,8 @@ async def _live_steps(actors: list, ray: Any, previous: int) -> int:
 
 
 def _check_sims(runs: dict, ray: Any, done: int, total: int) -> None:
+    if not runs:  # an autoscaled pool may be empty for a moment
+        return
     ready, _ = ray.wait(list(runs.values()), timeout=0, num_returns=len(runs))
     if len(ready) < len(runs) or done >= total:
         return

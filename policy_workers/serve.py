@@ -40,6 +40,9 @@ class ServeSettings:
     env_vars: dict[str, str] = field(default_factory=dict)
     """Passed to replicas through Ray's runtime_env (e.g. HF_TOKEN, MUJOCO_GL)."""
     route_prefix: str = "/policy"
+    external_scaler: bool = False
+    """Let an outside controller set the replica count (Ray Serve's external scaler API; the
+    autoscaler in controller/ uses it). Cannot be combined with Serve's own autoscaling_config."""
 
 
 @serve.deployment
@@ -109,7 +112,8 @@ class PolicyDeployment:
 def deploy(worker: PolicyWorkerSettings, serve_settings: ServeSettings, blocking_ready_s: float = 600.0) -> Any:
     """Start (or update) the policy deployment on the connected Ray cluster; returns its handle."""
     return serve.run(_deployment(serve_settings).bind(worker), name=serve_settings.name,
-                     route_prefix=f"{serve_settings.route_prefix}/{worker.worker.policy}")
+                     route_prefix=f"{serve_settings.route_prefix}/{worker.worker.policy}",
+                     external_scaler_enabled=serve_settings.external_scaler)
 
 
 _BUILD_ARGS = {"backend", "options", "policy", "namespace", "redis_url", "max_batch_size", "max_wait_ms",

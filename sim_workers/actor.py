@@ -24,5 +24,10 @@ class SimActor:
     async def stop(self) -> None:
         self._stop.set()
 
+    async def release(self) -> None:
+        """Scale-down: stop at once and hand unfinished episodes back to the sweep."""
+        self._stop.set()
+        self.worker.release()
+
     async def progress(self) -> dict[str, Any]:
         return self.worker.summary()

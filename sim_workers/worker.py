@@ -100,6 +100,9 @@ class SimWorker:
         self.running: dict[int, int] = {}  # slot -> episode
         self.done: list[EpisodeRecord] = []
         self.steps = 0
+        self.released = 0
+        self._slots_task: asyncio.Task | None = None
+        self._release = False
 
     async def run(self, stop: asyncio.Event | None = None) -> dict[str, Any]:
         stop = stop or asyncio.Event()
@@ -124,8 +127,17 @@ class SimWorker:
                 slot = EnvSlot(make_task(config["task"], **config.get("task_options", {})), f"{self.sim_id}-{i}")
                 slots.append(slot)
             renew = asyncio.create_task(self._renew(queue, lease_ms, stop))
-            await asyncio.gather(*[self._slot(i, slot, queue, client, config, lease_ms, stop)
-                                   for i, slot in enumerate(slots)])
+            self._slots_task = asyncio.ensure_future(asyncio.gather(
+                *[self._slot(i, slot, queue, client, config, lease_ms, stop) for i, slot in enumerate(slots)]))
+            try:
+                await self._slots_task
+            except asyncio.CancelledError:
+                if not self._release:
+                    raise
+                # Scaled down: hand the unfinished episodes back now instead of letting leases expire.
+                self.released = await queue.release(self.sim_id, list(self.running.values()))
+                log.info("sim %s: released %d unfinished episode(s)", self.sim_id, self.released)
+                self.running.clear()
             renew.cancel()
         finally:
             for slot in slots:
@@ -181,9 +193,10 @@ class SimWorker:
                 continue
             self.running[i] = spec.episode
             frames: list[np.ndarray] = []
+            gen = f".g{spec.gen}" if spec.gen else ""
             episode = asyncio.create_task(run_episode(
                 slot, client, spec.episode, spec.seed,
-                rollout_id=f"{self.settings.run}.e{spec.episode}.a{spec.attempt}",
+                rollout_id=f"{self.settings.run}.e{spec.episode}.a{spec.attempt}{gen}",
                 action_horizon=int(config.get("action_horizon", 8)),
                 on_frame=frames.append if spec.episode < video_episodes else None,
                 on_steps=self._count_steps,
@@ -199,7 +212,7 @@ class SimWorker:
                     await episode
                 self.running.pop(i, None)
                 with contextlib.suppress(*_REDIS_DOWN):
-                    await queue.release(self.sim_id, spec.episode)
+                    await queue.release(self.sim_id, [spec.episode])
                 log.info("sim %s: stopping; episode %d abandoned and handed back", self.sim_id, spec.episode)
                 return
             record = episode.result()
@@ -253,10 +266,17 @@ class SimWorker:
                 await loop.run_in_executor(pool, venv.close)
             pool.shutdown(wait=True)
 
+    def release(self) -> None:
+        """Stop now and hand unfinished episodes back to the sweep (`run` returns afterwards)."""
+        self._release = True
+        if self._slots_task is not None and not self._slots_task.done():
+            self._slots_task.cancel()
+
     def _count_steps(self, n: int) -> None:
         self.steps += n
         self.metrics.on_steps(n)
 
     def summary(self) -> dict[str, Any]:
         return {"sim": self.sim_id, "episodes": len(self.done), "steps": self.steps,
-                "successes": sum(r.success for r in self.done)}
+                "successes": sum(r.success for r in self.done), "running": len(self.running),
+                "released": self.released}
