@@ -77,6 +77,8 @@ REDIS_URL = typer.Option(None, "--redis-url", envvar="ROLLOUTQ_REDIS_URL",
                               "embedded redis-server (eval only).")
 NAMESPACE = typer.Option("rq", "--namespace", envvar="ROLLOUTQ_NAMESPACE", help="Prefix of every Redis key.")
 POLICY = typer.Option("default", "--policy", envvar="ROLLOUTQ_POLICY", help="Policy deployment name.")
+DISPATCH = typer.Option("cohort", "--dispatch", help="Batch dispatch: cohort (wait for the active rollouts; "
+                        "closed loop) or deadline (Triton: full batch or oldest waited --max-wait-ms).")
 PROM_URL = typer.Option(None, "--prometheus-url", envvar="ROLLOUTQ_PROMETHEUS_URL",
                         help="Prometheus the autoscaler reads (eval default: start a local exporter + Prometheus).")
 MIN_REPLICAS = typer.Option(1, "--min-replicas", min=0, help="Autoscale: fewest policy replicas.")
@@ -144,6 +146,7 @@ def eval_cmd(
                                         "listens on (default: this node's IP)."),
     max_batch_size: int = typer.Option(32, "--max-batch-size", min=1),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0),
+    dispatch: str = DISPATCH,
     action_horizon: int = typer.Option(0, "--action-horizon", min=0,
                                        help="Steps executed per chunk (0: the policy's own, 8 for GR00T)."),
     seed_offset: int = typer.Option(0, "--seed-offset", help="First seed."),
@@ -193,7 +196,7 @@ def eval_cmd(
         redis_host=redis_host,
         redis=RedisSettings(url=redis_url, namespace=namespace),
         worker=WorkerSettings(policy=policy, batch=BatchSettings(max_batch_size=max_batch_size,
-                                                                 max_wait_ms=max_wait_ms)),
+                                                                 max_wait_ms=max_wait_ms, dispatch=dispatch)),
         serve=ServeSettings(replicas=replicas, num_gpus=gpus_per_replica, num_cpus=cpus_per_replica,
                             resources=_parse_resources(policy_resources, "--policy-resources"),
                             health_check_timeout_s=health_check_timeout_s,
@@ -244,10 +247,13 @@ def policy_worker_cmd(
     worker_id: str = typer.Option("", "--worker-id", help="Consumer name (default host-pid)."),
     max_batch_size: int = typer.Option(32, "--max-batch-size", min=1),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0),
+    dispatch: str = DISPATCH,
     claim_idle_ms: int = typer.Option(60_000, "--claim-idle-ms", help="Re-claim requests idle this long."),
     max_deliveries: int = typer.Option(3, "--max-deliveries", help="Dead-letter after this many deliveries."),
     heartbeat_file: Path = typer.Option(None, "--heartbeat-file", envvar="ROLLOUTQ_HEARTBEAT_FILE",
                                         help="Touch this file every 2 s while serving (for `rolloutq health`)."),
+    metrics_port: int = typer.Option(0, "--metrics-port", envvar="ROLLOUTQ_METRICS_PORT",
+                                     help="Serve Prometheus /metrics on this port (compose uses 9200; 0: off)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve a policy from Redis without Ray (one process; stop with SIGTERM)."""
@@ -266,9 +272,17 @@ def policy_worker_cmd(
         redis=RedisSettings(url=redis_url, namespace=namespace),
         worker=WorkerSettings(policy=policy, worker_id=worker_id, claim_idle_ms=claim_idle_ms,
                               max_deliveries=max_deliveries,
-                              batch=BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)),
+                              batch=BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                                                  dispatch=dispatch)),
     )
-    worker = PolicyWorker(settings)
+    metrics = None
+    if metrics_port:
+        from broker.consumer import default_worker_id
+        from monitoring.metrics import serve_metrics, worker_metrics
+
+        metrics = worker_metrics(policy, worker_id or default_worker_id(), "prometheus")
+        serve_metrics(metrics_port)
+    worker = PolicyWorker(settings, metrics=metrics)
 
     async def main(stop: asyncio.Event) -> None:
         if heartbeat_file is None:
@@ -296,6 +310,8 @@ def sim_worker_cmd(
     stay: bool = typer.Option(False, "--stay", help="Keep waiting for episodes instead of leaving when drained."),
     wait_for_sweep_s: float = typer.Option(60.0, "--wait-for-sweep-s", min=0.0,
                                            help="How long to wait for the controller to create the sweep."),
+    metrics_port: int = typer.Option(0, "--metrics-port", envvar="ROLLOUTQ_METRICS_PORT",
+                                     help="Serve Prometheus /metrics on this port (compose uses 9300; 0: off)."),
     mujoco_gl: str = typer.Option("egl", "--mujoco-gl", envvar="MUJOCO_GL"),
 ) -> None:
     """Join a sweep as a simulator process: K envs, episodes taken from Redis until it is drained."""
@@ -307,7 +323,13 @@ def sim_worker_cmd(
                                  wait_for_sweep_s=wait_for_sweep_s,
                                  redis=RedisSettings(url=redis_url, namespace=namespace),
                                  client=ClientSettings(deadline_s=deadline_s, reply_timeout_s=min(30.0, deadline_s)))
-    worker = SimWorker(settings)
+    metrics = None
+    if metrics_port:
+        from monitoring.metrics import serve_metrics, sim_metrics
+
+        metrics = sim_metrics(sim_id or f"sim-{os.getpid()}", "", "prometheus")
+        serve_metrics(metrics_port)
+    worker = SimWorker(settings, metrics=metrics)
     summary = _run_until_signal(worker.run)
     console.print(f"sim worker done: {json.dumps(summary)}")
 
@@ -439,6 +461,16 @@ def controller_cmd(
             metrics.stop()
 
     _run_until_signal(main)
+
+
+def _mount_monitoring() -> None:
+    from monitoring.cli import exporter_command, top_command
+
+    app.command("exporter")(exporter_command)
+    app.command("top")(top_command)
+
+
+_mount_monitoring()
 
 
 def main() -> None:  # pragma: no cover

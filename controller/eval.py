@@ -77,6 +77,8 @@ class EvalSettings:
     timeout_s: float = 0.0
     progress: bool = True
     verbose: bool = False
+    ray_metrics: bool = True
+    """Replicas and sims export metrics through Ray's metrics API (scraped from Ray's endpoint)."""
     mujoco_gl: str = "egl"
     redis: RedisSettings = field(default_factory=RedisSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
@@ -93,6 +95,17 @@ class EvalSettings:
             d["redis"]["url"] = "<given>"
         d["serve"]["env_vars"] = sorted(self.serve.env_vars)
         return d
+
+
+def _metrics_factory(kind: str, policy: str = "") -> Any:
+    """Recorders that report through Ray's metrics API (they reach Ray's Prometheus endpoint)."""
+    import functools
+
+    from monitoring.metrics import sim_metrics, worker_metrics
+
+    if kind == "worker":
+        return functools.partial(worker_metrics, backend="ray")
+    return functools.partial(sim_metrics, policy=policy, backend="ray")
 
 
 def _backend_options(s: EvalSettings) -> dict[str, Any]:
@@ -206,7 +219,7 @@ def run_eval(s: EvalSettings, console: Console | None = None) -> dict[str, Any]:
             worker.worker.policy = s.policy
             s.serve.env_vars = env_vars
             with console.status(f"deploying policy {s.policy!r} ({s.backend}) on Ray Serve..."):
-                deploy(worker, s.serve)
+                deploy(worker, s.serve, _metrics_factory("worker") if s.ray_metrics else None)
         return asyncio.run(_drive(s, console, ray, SimActor))
     finally:
         if not s.external and s.deploy_policy:
@@ -263,7 +276,8 @@ async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) ->
                 auto = await start_for_eval(s, console, ray, remote, queue)
                 actors, runs = auto.sim_pool.actors, auto.sim_pool.runs
             else:
-                actors = [remote.remote(ss) for ss in sim_settings]
+                sim_factory = _metrics_factory("sim", s.policy) if s.ray_metrics else None
+                actors = [remote.remote(ss, sim_factory) for ss in sim_settings]
                 runs = {a: a.run.remote() for a in actors}
         else:
             console.print(f"[dim]sweep {s.run_id!r} ready: waiting for simulators (`rolloutq sim-worker --run "

@@ -48,7 +48,7 @@ class ServeSettings:
 @serve.deployment
 @serve.ingress(app)
 class PolicyDeployment:
-    def __init__(self, settings: PolicyWorkerSettings) -> None:
+    def __init__(self, settings: PolicyWorkerSettings, metrics_factory: Any = None) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         try:
             ctx = serve.get_replica_context()
@@ -64,7 +64,8 @@ class PolicyDeployment:
                                    "ROLLOUTQ_REDIS_URL in the replicas' environment")
         if not settings.worker.worker_id:
             settings.worker.worker_id = replica.replace("#", ".").replace(" ", "")[-60:]
-        self.worker = PolicyWorker(settings)
+        metrics = metrics_factory(settings.worker.policy, settings.worker.worker_id) if metrics_factory else None
+        self.worker = PolicyWorker(settings, metrics=metrics)
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
@@ -109,9 +110,12 @@ class PolicyDeployment:
             self._thread.join(15)
 
 
-def deploy(worker: PolicyWorkerSettings, serve_settings: ServeSettings, blocking_ready_s: float = 600.0) -> Any:
-    """Start (or update) the policy deployment on the connected Ray cluster; returns its handle."""
-    return serve.run(_deployment(serve_settings).bind(worker), name=serve_settings.name,
+def deploy(worker: PolicyWorkerSettings, serve_settings: ServeSettings, metrics_factory: Any = None) -> Any:
+    """Start (or update) the policy deployment on the connected Ray cluster; returns its handle.
+
+    `metrics_factory(policy, worker_id)` builds each replica's metrics recorder (the controller
+    passes one that uses Ray's metrics API); None records nothing."""
+    return serve.run(_deployment(serve_settings).bind(worker, metrics_factory), name=serve_settings.name,
                      route_prefix=f"{serve_settings.route_prefix}/{worker.worker.policy}",
                      external_scaler_enabled=serve_settings.external_scaler)
 

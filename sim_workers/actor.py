@@ -11,11 +11,12 @@ from sim_workers.worker import SimWorker, SimWorkerSettings
 class SimActor:
     """Wrapped with `ray.remote(...)` by the controller (resources are per-pool settings)."""
 
-    def __init__(self, settings: SimWorkerSettings) -> None:
+    def __init__(self, settings: SimWorkerSettings, metrics_factory: Any = None) -> None:
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        self.worker = SimWorker(settings)
+        sim_id = settings.sim_id or "sim"
+        self.worker = SimWorker(settings, metrics=metrics_factory(sim_id) if metrics_factory else None)
         self._stop = asyncio.Event()
 
     async def run(self) -> dict[str, Any]:
