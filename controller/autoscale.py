@@ -211,6 +211,12 @@ class Autoscaler:
 
         if mu is None:
             if not busy:
+                floor = max(p.min_replicas, 1)
+                if cur > floor:  # idle: no rate needed to know the pool can shrink to its floor
+                    n, why = self._delayed("policy", cur, max(floor, cur - p.max_step_down), -1, p.down_delay_s,
+                                           now, f"down: idle (no arrivals, no backlog), {cur} > min {floor}")
+                    return n, why, info
+                self._policy_wait = _Pending()
                 return self._clamp(cur, cur), "idle: no arrivals, no service rate yet", info
             return cur, "hold: no service rate yet (no replica has served)", info
 

@@ -1,10 +1,11 @@
 """A minimal stand-in for `rolloutq exporter` in tests and benchmarks: the few queue gauges the
-controller reads, under the monitoring package's metric names, computed from Redis the same way.
+controller reads, under the monitoring package's metric names, computed from Redis the same way
+(Redis 7 XINFO counters, or counting with XRANGE on Redis 6.2).
 
-Used because the exporter on the `mon` branch does not yet parse the core's worker stats
-(`errors_total` is a per-code dict in the core, the exporter reads an int and skips the worker,
-so replicas_up is 0 and μ is absent). Once that is fixed, `controller.localstack.LocalStack`
-runs the real exporter and this helper can go.
+Used where no checkout has monitoring/exporter.py (this branch before the monitoring branch is
+merged; the integration tests prefer the real exporter when they find one). Written first because
+an early exporter skipped the core's worker-stats entries (their `errors_total` is a per-code
+map); the monitoring branch has since fixed that.
 """
 
 from __future__ import annotations

@@ -195,3 +195,11 @@ def test_sims_removed_as_sweep_drains():
     # even without metrics a drained sweep lets its sims go
     d = a.decide(Metrics(error="down"), PoolState(1, 2, 0), 2)
     assert d.desired_sims == 0 and d.desired_replicas == 1 and d.held
+
+
+def test_idle_pool_without_service_rate_still_shrinks_to_min():
+    a = Autoscaler(settings(down_delay_s=5))
+    idle = Metrics(arrival_rate=0, service_rate=None, lag=0, pending=0, replicas_up=3, age_s=1)
+    assert a.decide(idle, PoolState(3, 0, None), 0).desired_replicas == 3
+    d = a.decide(idle, PoolState(3, 0, None), 5)
+    assert d.desired_replicas == 2 and d.policy_reason.startswith("down: idle")

@@ -177,6 +177,36 @@ def test_load_step_scales_policy_pool_up_then_down_and_holds_through_a_gap(env, 
     ctl.metrics.stop()
 
 
+@pytest.mark.timeout(90)
+def test_standalone_controller_command_scales_a_running_stack(env, tmp_path):
+    """`rolloutq controller` as its own process, attached to the running Ray and Serve app."""
+    import subprocess
+    import sys
+
+    import ray
+
+    pool = ServePolicyPool(APP)
+    pool.set(2)  # the app the load-step test deployed, now idle
+    decisions = tmp_path / "cli.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from controller.cli import app; app()", "controller",
+         "--prometheus-url", env["stack"].prometheus_url, "--address", ray.get_runtime_context().gcs_address,
+         "--policy", POLICY, "--redis-url", env["redis_url"], "--min-replicas", "1", "--max-replicas", "3",
+         "--down-delay-s", "2", "--interval-s", "1", "--metrics-port", "-1", "--decisions-file", str(decisions)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and pool.replica_states() != {"RUNNING": 1}:
+            time.sleep(1)
+        states = pool.replica_states()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    lines = [json.loads(x) for x in decisions.read_text().splitlines()] if decisions.exists() else []
+    assert states == {"RUNNING": 1}, (states, lines[-3:])
+    assert any(x["policy_reason"].startswith("down:") for x in lines)
+
+
 @pytest.mark.timeout(180)
 def test_sweep_finishes_while_pools_change_and_saturated_policy_stops_sim_growth(env, tmp_path):
     from controller.eval import EvalSettings, run_eval
