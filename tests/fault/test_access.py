@@ -155,6 +155,14 @@ def test_each_role_refused_what_it_must_not_do_and_sweep_runs(acl_redis, spawn):
     for s in sims:
         assert s.wait(30) == 0, s.log()[-3000:]
     assert "NOPERM" not in w.log() and "no permissions" not in w.log(), w.log()[-3000:]
+    # The queue exporter (monitoring.queue, where present) reads what it needs as `controller`.
+    try:
+        from monitoring.queue import QueueProbe
+    except ImportError:
+        return
+    probe = QueueProbe(redis.Redis.from_url(urls["controller"]))
+    snap = probe.poll()
+    assert snap is not None
 
 
 def test_no_pickle_on_any_wire():
