@@ -6,6 +6,19 @@ python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip
 pip install -q torch==2.13.0            # the CPU build; an unpinned torch pulls a multi-GB CUDA build
-pip install -q -e '.[test]'
+pip install -q -e '.[test,gym]'
+# LeRobot backend tests: LeRobot 0.4.4 without its torch pin (see docs/INTEGRATIONS.md)
+pip install -q --no-deps -r requirements/lerobot-py311.txt
+# Node.js example simulator (tests/deploy/test_node_sim.py); the test skips without node >= 20
+if command -v npm >/dev/null 2>&1; then (cd examples/node-sim && npm ci --no-audit --no-fund --silent); fi
+# The Isaac Lab adapter's mjlab test needs its own venv (mjlab pins mujoco 3.11; ~11 min, 2.3 GB):
+# only with ROLLOUTQ_TEST_MJLAB=1, else that one test skips and says why.
+if [ "${ROLLOUTQ_TEST_MJLAB:-0}" = 1 ]; then
+  python3 -m venv .venv-mjlab
+  .venv-mjlab/bin/pip install -q mjlab==1.6.0 torch==2.13.0 pytest pytest-timeout 'redis[hiredis]>=5' msgpack \
+    msgpack-numpy
+  MUJOCO_GL="${MUJOCO_GL:-egl}" PYTHONPATH=. .venv-mjlab/bin/python -m pytest -q -p no:cacheprovider \
+    tests/sim_workers/test_isaaclab_adapter.py
+fi
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 python -m pytest -q -p no:cacheprovider "$@"
