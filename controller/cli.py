@@ -115,9 +115,12 @@ def _autoscale(enabled: bool, prometheus_url: str | None, min_replicas: int, max
 def eval_cmd(
     episodes: int = typer.Option(8, "--episodes", "-n", min=1, help="Episodes to run, over seeds 0..N-1."),
     out: Path = typer.Option(Path("runs/latest"), "--out", help="Results folder (summary.json, episodes.jsonl)."),
-    task: str = typer.Option("reach", "--task", help="Built-in task or adapter name."),
+    task: str = typer.Option("g1-pickplace", "--task", help="Built-in task or adapter name (g1-pickplace, reach, "
+                             "gym, isaaclab)."),
     task_option: list[str] = typer.Option(None, "--task-option", help="Task option key=value (repeatable)."),
-    backend: str = typer.Option("cnn", "--backend", help="Policy backend (null, cnn, ...)."),
+    backend: str = typer.Option("visuomotor", "--backend",
+                                help="Policy backend (visuomotor: the shipped G1 checkpoint; g1-expert, cnn, null, "
+                                     "gr00t, lerobot, fixed-cost)."),
     option: list[str] = typer.Option(None, "--option", "-o", help="Backend option key=value (repeatable)."),
     policy: str = POLICY,
     sims: int = typer.Option(1, "--sims", min=1, help="Simulator actors."),

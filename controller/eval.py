@@ -45,9 +45,9 @@ log = logging.getLogger("rolloutq.eval")
 class EvalSettings:
     episodes: int = 8
     out: Path = Path("runs/latest")
-    task: str = "reach"
+    task: str = "g1-pickplace"
     task_options: dict[str, Any] = field(default_factory=dict)
-    backend: str = "cnn"
+    backend: str = "visuomotor"
     backend_options: dict[str, Any] = field(default_factory=dict)
     policy: str = "default"
     sims: int = 1
