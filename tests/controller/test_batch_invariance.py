@@ -54,3 +54,23 @@ def test_episode_outcomes_match_alone_and_batched(redis_url):
         assert a["status"] == b["status"] == "ok"
         assert (a["success"], a["steps"], a["policy_calls"]) == (b["success"], b["steps"], b["policy_calls"])
         assert abs(a["episode_return"] - b["episode_return"]) < 1e-3
+
+
+def test_g1_outcomes_match_alone_and_batched_with_the_shipped_checkpoint(redis_url):
+    """The same check on the default task and policy (shorter step cap to bound the test's time)."""
+    seeds = list(range(8))
+    opts = {"max_steps": 120}
+
+    def run(envs: int, batch: int, name: str):
+        records = asyncio.run(run_sweep(redis_url, "visuomotor", {}, "g1-pickplace", opts, seeds, sims=1,
+                                        envs=envs, max_batch_size=batch, run=name))
+        stats = records.pop()["_worker"]
+        return {r["seed"]: r for r in records}, stats
+
+    alone, stats_alone = run(envs=1, batch=1, name="g1-alone")
+    crowd, stats_crowd = run(envs=8, batch=32, name="g1-crowd")
+    assert stats_alone["mean_batch_size"] == 1.0 and stats_crowd["mean_batch_size"] > 1.5
+    for seed in seeds:
+        a, b = alone[seed], crowd[seed]
+        assert a["status"] == b["status"] == "ok"
+        assert (a["success"], a["steps"], a["policy_calls"]) == (b["success"], b["steps"], b["policy_calls"]), seed
