@@ -6,6 +6,7 @@ python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip
 pip install -q torch==2.13.0            # the CPU build; an unpinned torch pulls a multi-GB CUDA build
+pip install -q --no-deps mjlab==1.6.0  # only for its Unitree G1 model files (see docs/TASKS.md)
 pip install -q -e '.[test,gym]'
 # LeRobot backend tests: LeRobot 0.4.4 without its torch pin (see docs/INTEGRATIONS.md)
 pip install -q --no-deps -r requirements/lerobot-py311.txt
