@@ -26,7 +26,7 @@ for m in ("torch", "transformers", "diffusers", "tree", "draccus", "lerobot.poli
 print(f"imports {time.time() - t:.1f}s")
 PY
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  (cd "$dir/code" && timeout 400 python3 -m pytest -q -s -p no:cacheprovider tests/test_gr00t_backend.py 2>&1 | tee "$out/gr00t_tests.log")
+  (cd "$dir/code" && timeout 400 python3 -m pytest -q -s -p no:cacheprovider tests/policy_workers/test_gr00t_backend.py 2>&1 | tee "$out/gr00t_tests.log")
 fi
 cd "$dir/code" && python3 benchmarks/gpu_bench.py --out "$out" "$@" 2>&1 | tee "$out/gpu_bench.log"
 echo "run_gpu.sh total $(( $(date +%s) - t0 ))s"

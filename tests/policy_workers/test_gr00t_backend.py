@@ -261,7 +261,7 @@ def test_n17_random_network_one_batched_request():
 
 def test_policy_factory_path_and_warmup_sizes():
     b = Backend(
-        policy_factory="tests.test_gr00t_backend:ContractDoubleGr00tPolicy",
+        policy_factory="tests.policy_workers.test_gr00t_backend:ContractDoubleGr00tPolicy",
         mode="gr00t",
         model_path="x",
         warmup_batch_sizes=(1, 3),
