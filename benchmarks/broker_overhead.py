@@ -9,7 +9,6 @@ several client processes so the client is not the bottleneck on a small machine.
     python benchmarks/broker_overhead.py --seconds 5 --out benchmarks/results/broker_overhead.json
 """
 
-from __future__ import annotations
 
 import argparse
 import asyncio
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from fastapi import FastAPI, Request  # module level: the handler's annotations resolve here
+from fastapi.responses import Response
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -128,8 +129,6 @@ def drive(mode: str, target: str, policy: str, n: int, kind: str, seconds: float
 # -- servers -------------------------------------------------------------------------------------
 def start_reference(port: int) -> None:
     import ray
-    from fastapi import FastAPI, Request
-    from fastapi.responses import Response
     from ray import serve
 
     api = FastAPI()
