@@ -17,43 +17,20 @@ from typing import Any
 
 import numpy as np
 
+from broker.real_g1 import (  # noqa: F401 - re-exported: the wire layout
+    ACTION_DIMS,
+    ACTION_HORIZON,
+    CHUNK_LENGTH,
+    ENV_ACTION_DIM,
+    ENV_ACTION_KEYS,
+    FRAMES,
+    IMAGE_SIZE,
+    STATE_DIMS,
+    TEXT_KEY,
+    VIDEO_KEY,
+)
+
 INSTRUCTION = "pick up the apple and place it on the plate"
-IMAGE_SIZE = 256
-FRAMES = 2
-CHUNK_LENGTH = 40
-ACTION_HORIZON = 8
-
-VIDEO_KEY = "video.ego_view"
-TEXT_KEY = "annotation.human.task_description"
-
-# Observation state keys and their widths, in wire order.
-STATE_DIMS: dict[str, int] = {
-    "state.left_wrist_eef_9d": 9,
-    "state.right_wrist_eef_9d": 9,
-    "state.left_arm": 7,
-    "state.right_arm": 7,
-    "state.left_hand": 7,
-    "state.right_hand": 7,
-    "state.waist": 3,
-}
-
-# Action chunk keys and their widths (each (1, CHUNK_LENGTH, D) float32).
-ACTION_DIMS: dict[str, int] = {
-    "left_wrist_eef_9d": 9,
-    "right_wrist_eef_9d": 9,
-    "left_hand": 7,
-    "right_hand": 7,
-    "left_arm": 7,
-    "right_arm": 7,
-    "waist": 3,
-    "base_height_command": 1,
-    "navigate_command": 3,
-}
-
-# One env step = these chunk keys concatenated in this order -> (1, 28).
-ENV_ACTION_KEYS: tuple[str, ...] = ("left_arm", "right_arm", "left_hand", "right_hand")
-ENV_ACTION_DIM = sum(ACTION_DIMS[k] for k in ENV_ACTION_KEYS)
-
 
 # --- poses -------------------------------------------------------------------------------------
 

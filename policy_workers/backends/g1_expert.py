@@ -19,6 +19,7 @@ from typing import Any
 import mujoco
 import numpy as np
 
+from broker.real_g1 import ACTION_DIMS
 from policy_workers.backends._g1_assets import g1_xml_path
 from policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
 
@@ -49,17 +50,7 @@ HAND_AXIS = np.array([1.0, 0.0, -0.5]) / np.sqrt(1.25)  # hand points forward, 2
 
 
 def action_schema() -> dict[str, dict[str, Any]]:
-    dims = {
-        "left_wrist_eef_9d": 9,
-        "right_wrist_eef_9d": 9,
-        "left_hand": 7,
-        "right_hand": 7,
-        "left_arm": 7,
-        "right_arm": 7,
-        "waist": 3,
-        "base_height_command": 1,
-        "navigate_command": 3,
-    }
+    dims = ACTION_DIMS
     return {k: {"dtype": "float32", "shape": [1, CHUNK, d]} for k, d in dims.items()}
 
 

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from broker.real_g1 import ACTION_DIMS
 from policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
 from policy_workers.errors import BackendLoadError, SchemaMismatch
 
@@ -86,17 +87,7 @@ REAL_G1 = ModalitySpec(
         "right_hand": (1, 7),
         "waist": (1, 3),
     },
-    action={
-        "left_wrist_eef_9d": 9,
-        "right_wrist_eef_9d": 9,
-        "left_hand": 7,
-        "right_hand": 7,
-        "left_arm": 7,
-        "right_arm": 7,
-        "waist": 3,
-        "base_height_command": 1,
-        "navigate_command": 3,
-    },
+    action=dict(ACTION_DIMS),
 )
 """The reference design's embodiment (DESIGN.md): one 2-frame 256x256 ego camera, 7 state groups,
 9 action groups of a 40-step chunk."""

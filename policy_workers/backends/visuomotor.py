@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
+from broker.real_g1 import ACTION_DIMS
 from policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "g1_bc"
@@ -36,17 +37,6 @@ STATE_KEYS = [
     ("state.right_wrist_eef_9d", 9),
 ]
 STATE_DIM = sum(d for _, d in STATE_KEYS)
-ACTION_DIMS = {
-    "left_wrist_eef_9d": 9,
-    "right_wrist_eef_9d": 9,
-    "left_hand": 7,
-    "right_hand": 7,
-    "left_arm": 7,
-    "right_arm": 7,
-    "waist": 3,
-    "base_height_command": 1,
-    "navigate_command": 3,
-}
 OUT_PER_STEP = 16  # left_arm 7 (offset), right_arm 7 (offset), left_hand 1, right_hand 1
 
 
