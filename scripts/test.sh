@@ -6,8 +6,8 @@ python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip
 pip install -q torch==2.13.0            # the CPU build; an unpinned torch pulls a multi-GB CUDA build
-pip install -q --no-deps mjlab==1.6.0  # only for its Unitree G1 model files (see docs/TASKS.md)
 pip install -q -e '.[test,gym]'
+pip install -q --no-deps mjlab==1.6.0  # only for its Unitree G1 model files (see docs/TASKS.md)
 # LeRobot backend tests: LeRobot 0.4.4 without its torch pin (see docs/INTEGRATIONS.md)
 pip install -q --no-deps -r requirements/lerobot-py311.txt
 # Node.js example simulator (tests/deploy/test_node_sim.py); the test skips without node >= 20
