@@ -150,6 +150,8 @@ class PolicyClient:
             now = time.perf_counter()
             if now >= deadline:
                 state.seq += 1
+                if errors and not sends:
+                    raise RedisUnavailable("Redis unreachable: no request could be sent before the deadline")
                 raise _timeout(rollout, state.seq - 1, core.policy, core.settings.deadline_s, sends)
             try:
                 if state.last_id is None:
@@ -215,6 +217,8 @@ class SyncPolicyClient:
         while True:
             if time.perf_counter() >= deadline:
                 state.seq += 1
+                if errors and not sends:
+                    raise RedisUnavailable("Redis unreachable: no request could be sent before the deadline")
                 raise _timeout(rollout, state.seq - 1, core.policy, core.settings.deadline_s, sends)
             try:
                 if state.last_id is None:
