@@ -237,7 +237,13 @@ def test_sweep_finishes_while_pools_change_and_saturated_policy_stops_sim_growth
     print(json.dumps(auto["changes"]), auto["max_sims_desired"])
     print(_trace(decisions))
     assert auto["changes"], "the sim pool never changed size"
-    assert max(d["sims"] for d in decisions) < 5, "sims kept growing while the policy pool was saturated at max"
+    # The rule under test: while the policy pool is saturated at its max, no sim is added. (How many sims
+    # it takes to saturate depends on the machine's speed: on a loaded CI run 4 sims gave ρ = 0.79, just
+    # under the 0.8 target, so a fifth was rightly added before saturation.)
+    saturated = [d for d in decisions if d["policy_reason"].startswith("at max")]
+    assert saturated, "the policy pool never reached saturation at its max\n" + _trace(decisions)
+    assert all(d["desired_sims"] <= d["sims"] for d in saturated), (
+        "sims kept growing while the policy pool was saturated at max\n" + _trace(decisions))
     assert any(d["sim_reason"].startswith(("hold: policy pool saturated", "saturated")) for d in decisions)
     assert all(d["replicas"] <= 1 for d in decisions)
 
