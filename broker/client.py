@@ -1,10 +1,11 @@
 """The simulator's side of the wire: send an observation, get an action chunk back.
 
 `PolicyClient.act` XADDs a request to the policy's request stream and blocks on the rollout's own
-reply stream. If no reply comes within `reply_timeout_s` it resends the same sequence number (a
-worker may then answer twice; the duplicate has the old sequence number and is skipped by the next
-call), and after `deadline_s` it raises `PolicyTimeout`. Replies whose sequence number is not the
-one awaited are stale and ignored. `SyncPolicyClient` is the same for code without an event loop.
+reply stream, both in one pipelined round trip (Redis runs the XADD, then the XREAD BLOCK). If no
+reply comes within `reply_timeout_s` it resends the same sequence number (a worker may then answer
+twice; the duplicate has the old sequence number and is skipped by the next call), and after
+`deadline_s` it raises `PolicyTimeout`. Replies whose sequence number is not the one awaited are
+stale and ignored. `SyncPolicyClient` is the same for code without an event loop.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,7 @@ import redis
 import redis.asyncio as aredis
 
 from broker.codec import Codec, MsgpackNumpyCodec
-from broker.errors import PolicyErrorReply, PolicyTimeout, ProtocolError, RedisUnavailable
+from broker.errors import BrokerError, PolicyErrorReply, PolicyTimeout, ProtocolError, RedisUnavailable
 from broker.keys import Keys, shard_of
 from broker.schema import RETRYABLE, Reply, Request
 from broker.settings import ClientSettings
@@ -157,20 +159,22 @@ class PolicyClient:
                 if state.last_id is None:
                     last = await self.redis.xrevrange(reply_key, count=1)
                     state.last_id = last[0][0] if last else b"0-0"
-                await self.redis.xadd(stream, fields)
-                sends += 1
                 wait_until = min(deadline, time.perf_counter() + core.settings.reply_timeout_s)
-                while (left := wait_until - time.perf_counter()) > 0:
-                    got = await self.redis.xread({reply_key: state.last_id}, block=_block_ms(left))
-                    if not got:
-                        continue
-                    reply = core.match(state, got[0][1])
-                    if reply is None:
-                        continue
-                    if reply.status in RETRYABLE and sends <= core.settings.max_resends:
-                        await asyncio.sleep(core.backoff(sends))
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.xadd(stream, fields)
+                pipe.xread({reply_key: state.last_id}, block=_block_ms(wait_until - time.perf_counter()))
+                got = (await pipe.execute())[1]
+                sends += 1
+                while True:
+                    reply = core.match(state, got[0][1]) if got else None
+                    if reply is not None:
+                        if reply.status in RETRYABLE and sends <= core.settings.max_resends:
+                            await asyncio.sleep(core.backoff(sends))
+                            break
+                        return core.finish(state, reply, started, sends)
+                    if (left := wait_until - time.perf_counter()) <= 0:
                         break
-                    return core.finish(state, reply, started, sends)
+                    got = await self.redis.xread({reply_key: state.last_id}, block=_block_ms(left))
             except _REDIS_DOWN as e:
                 errors += 1
                 if time.perf_counter() + core.backoff(errors) >= deadline:
@@ -180,6 +184,100 @@ class PolicyClient:
             if sends > core.settings.max_resends:
                 state.seq += 1
                 raise _timeout(rollout, state.seq - 1, core.policy, core.settings.deadline_s, sends)
+
+    async def act_many(self, items: Sequence[tuple[str, Any]]) -> list[ActResult | BrokerError]:
+        """`act` for several rollouts at once: one chunk (or the error) per (rollout, observation).
+
+        For a simulator that steps many environments together: the K requests go out in one
+        pipeline, followed by one XREAD BLOCK over the K reply streams, and further XREADs collect
+        the rest, so a step of K environments costs a few round trips instead of 2K. Resends,
+        stale replies, retryable errors and the deadline follow `act`'s rules, per rollout; a
+        rollout that fails gets its `BrokerError` in its place in the result (as
+        `asyncio.gather(..., return_exceptions=True)` over `act` would), the others are unaffected.
+        """
+        core = self._core
+        s = core.settings
+        begun = [core.begin(rollout, obs) for rollout, obs in items]
+        keys = [b[2].encode() for b in begun]
+        if len(set(keys)) != len(keys):
+            raise ValueError("act_many takes each rollout at most once per call")
+        by_key = {k: i for i, k in enumerate(keys)}
+        out: list[ActResult | BrokerError | None] = [None] * len(begun)
+        started = time.perf_counter()
+        deadline = started + s.deadline_s
+        sends = [0] * len(begun)
+        sent_at = [0.0] * len(begun)
+        retry_at: dict[int, float] = {}
+        pending = set(range(len(begun)))
+        due = set(pending)
+        errors = 0
+
+        def fail(i: int, error: BrokerError) -> None:
+            begun[i][0].seq += 1
+            out[i] = error
+            pending.discard(i)
+            due.discard(i)
+
+        while pending:
+            now = time.perf_counter()
+            for i in sorted(pending):
+                timed_out = i not in due and i not in retry_at and now - sent_at[i] >= s.reply_timeout_s
+                if now >= deadline or ((timed_out or retry_at.get(i, deadline) <= now) and sends[i] > s.max_resends):
+                    if errors and not sends[i]:
+                        fail(i, RedisUnavailable("Redis unreachable: no request could be sent before the deadline"))
+                    else:
+                        fail(i, _timeout(items[i][0], begun[i][0].seq, core.policy, s.deadline_s, sends[i]))
+                elif timed_out or retry_at.get(i, deadline) <= now:
+                    retry_at.pop(i, None)
+                    due.add(i)
+            if not pending:
+                break
+            wake = min([deadline, *retry_at.values(), *([now + s.reply_timeout_s] if due else []),
+                        *(sent_at[i] + s.reply_timeout_s for i in pending if i not in due and i not in retry_at)])
+            try:
+                fresh = [i for i in due if begun[i][0].last_id is None]
+                if fresh:
+                    pipe = self.redis.pipeline(transaction=False)
+                    for i in fresh:
+                        pipe.xrevrange(begun[i][2], count=1)
+                    for i, last in zip(fresh, await pipe.execute(), strict=True):
+                        begun[i][0].last_id = last[0][0] if last else b"0-0"
+                pipe = self.redis.pipeline(transaction=False)
+                sending = sorted(due)
+                for i in sending:
+                    pipe.xadd(begun[i][1], begun[i][3])
+                pipe.xread({begun[i][2]: begun[i][0].last_id for i in sorted(pending)},
+                           block=_block_ms(wake - time.perf_counter()))
+                got = (await pipe.execute())[-1]
+            except _REDIS_DOWN as e:
+                errors += 1
+                if time.perf_counter() + core.backoff(errors) >= deadline:
+                    for i in sorted(pending):
+                        fail(i, RedisUnavailable(f"Redis unreachable while waiting for a reply: {e}"))
+                    break
+                await asyncio.sleep(core.backoff(errors))
+                continue
+            for i in sending:
+                sends[i] += 1
+                sent_at[i] = now
+            due.clear()
+            for key, entries in got or []:
+                i = by_key.get(key if isinstance(key, bytes) else key.encode())
+                if i is None or i not in pending:
+                    continue
+                reply = core.match(begun[i][0], entries)
+                if reply is None:
+                    continue
+                if reply.status in RETRYABLE and sends[i] <= s.max_resends:
+                    retry_at[i] = time.perf_counter() + core.backoff(sends[i])
+                    continue
+                pending.discard(i)
+                retry_at.pop(i, None)
+                try:
+                    out[i] = core.finish(begun[i][0], reply, started, sends[i])
+                except BrokerError as e:
+                    out[i] = e
+        return out  # type: ignore[return-value]
 
     def forget(self, rollout: str) -> None:
         """Drop a finished rollout's sequence state."""
@@ -224,20 +322,22 @@ class SyncPolicyClient:
                 if state.last_id is None:
                     last = self.redis.xrevrange(reply_key, count=1)
                     state.last_id = last[0][0] if last else b"0-0"
-                self.redis.xadd(stream, fields)
-                sends += 1
                 wait_until = min(deadline, time.perf_counter() + core.settings.reply_timeout_s)
-                while (left := wait_until - time.perf_counter()) > 0:
-                    got = self.redis.xread({reply_key: state.last_id}, block=_block_ms(left))
-                    if not got:
-                        continue
-                    reply = core.match(state, got[0][1])
-                    if reply is None:
-                        continue
-                    if reply.status in RETRYABLE and sends <= core.settings.max_resends:
-                        time.sleep(core.backoff(sends))
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.xadd(stream, fields)
+                pipe.xread({reply_key: state.last_id}, block=_block_ms(wait_until - time.perf_counter()))
+                got = pipe.execute()[1]
+                sends += 1
+                while True:
+                    reply = core.match(state, got[0][1]) if got else None
+                    if reply is not None:
+                        if reply.status in RETRYABLE and sends <= core.settings.max_resends:
+                            time.sleep(core.backoff(sends))
+                            break
+                        return core.finish(state, reply, started, sends)
+                    if (left := wait_until - time.perf_counter()) <= 0:
                         break
-                    return core.finish(state, reply, started, sends)
+                    got = self.redis.xread({reply_key: state.last_id}, block=_block_ms(left))
             except _REDIS_DOWN as e:
                 errors += 1
                 if time.perf_counter() + core.backoff(errors) >= deadline:

@@ -48,13 +48,18 @@ _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError
 
 
 class BatchHandler(Protocol):
-    """What the consumer needs from a policy: a schema check and batched inference."""
+    """What the consumer needs from a policy: a schema check and batched inference.
+
+    A handler may also set `inline = True` when `infer` is trivial (the null backend): it then runs
+    on the event loop instead of in the inference thread.
+    """
 
     def validate(self, obs: Any) -> str | None:
         """None if `obs` fits the policy's schema, else a message for the client."""
 
     def infer(self, batch: list[Any]) -> list[Any]:
-        """One action chunk per observation (runs in the executor thread)."""
+        """One action chunk per observation (runs in the executor thread unless `inline`)."""
+
 
 
 class ConsumerMetrics(Protocol):
@@ -175,6 +180,7 @@ class StreamConsumer:
         self._dispatching = False
         self._quarantine = False
         self._held_ids: set[bytes] = set()
+        self._expired_at: dict[str, float] = {}
         self._feeders_done = 0
         self.ready = asyncio.Event()
 
@@ -408,7 +414,7 @@ class StreamConsumer:
             queue_ms = [max(0.0, now_ms - j.id_ms) for j in live]
             t0 = time.perf_counter()
             try:
-                chunks = await loop.run_in_executor(self._executor, self.handler.infer, [j.obs for j in live])
+                chunks = await self._run_infer(loop, [j.obs for j in live])
                 if len(chunks) != len(live):
                     raise RuntimeError(f"backend returned {len(chunks)} chunks for {len(live)} observations")
             except Exception as e:  # a bad batch must not kill the worker
@@ -438,6 +444,11 @@ class StreamConsumer:
             self._writers.add(task)
             task.add_done_callback(self._writers.discard)
 
+    async def _run_infer(self, loop: asyncio.AbstractEventLoop, batch: list[Any]) -> list[Any]:
+        if getattr(self.handler, "inline", False):
+            return self.handler.infer(batch)
+        return await loop.run_in_executor(self._executor, self.handler.infer, batch)
+
     async def _isolate(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> list:
         """After a failed batch, run its requests one by one so one poison request fails alone.
 
@@ -451,7 +462,7 @@ class StreamConsumer:
             for _ in range(max(0, self.settings.max_deliveries - job.deliveries + 1)):
                 t0 = time.perf_counter()
                 try:
-                    chunk = (await loop.run_in_executor(self._executor, self.handler.infer, [job.obs]))[0]
+                    chunk = (await self._run_infer(loop, [job.obs]))[0]
                     payload = self.codec.encode(chunk)
                 except Exception as e:
                     error = type(e).__name__  # the client gets the type only; the detail goes to the log
@@ -490,7 +501,8 @@ class StreamConsumer:
         for stream, entry_id, reply_to, reply in replies:
             if reply_to is not None:
                 pipe.xadd(reply_to, reply.to_fields(), maxlen=s.reply_maxlen, approximate=True)
-                pipe.expire(reply_to, s.reply_ttl_s)
+                if self._needs_expire(reply_to):
+                    pipe.expire(reply_to, s.reply_ttl_s)
             if reply.status in (Status.DEAD_LETTER, Status.BAD_REQUEST) or reply_to is None:
                 pipe.xadd(self.keys.dead_letters(s.policy, self.streams.index(stream)), {
                     "request_id": entry_id, "stream": stream, "reason": str(reply.status),
@@ -512,6 +524,22 @@ class StreamConsumer:
         finally:
             for ids in acks.values():
                 self._held_ids.difference_update(ids)
+
+    def _needs_expire(self, reply_to: str) -> bool:
+        """Whether a reply stream's TTL is due a refresh: at most every half TTL per stream.
+
+        A stream this worker writes to keeps at least half its TTL left, so it never expires while
+        in use, and an EXPIRE per reply (a third of the worker's Redis commands) is saved.
+        """
+        now = self.clock()
+        last = self._expired_at.get(reply_to)
+        if last is not None and now - last < self.settings.reply_ttl_s / 2:
+            return False
+        self._expired_at[reply_to] = now
+        if len(self._expired_at) > 65536:
+            horizon = now - self.settings.reply_ttl_s / 2
+            self._expired_at = {k: t for k, t in self._expired_at.items() if t >= horizon}
+        return True
 
     async def _execute_replies(self, pipe: Any, n: int) -> None:
         delay = 0.05

@@ -45,6 +45,11 @@ class PolicyMetadata:
 class PolicyBackend(ABC):
     """A model (or a scripted controller) that maps a batch of observations to action chunks."""
 
+    runs_inline: bool = False
+    """True only for backends whose `infer` takes microseconds and never blocks (the `null`
+    backend): the worker then calls it on its event loop, skipping the hop to the inference thread.
+    Anything that runs a model must leave this False."""
+
     @abstractmethod
     def load(self) -> None:
         """Load weights / build the model. Called once per replica, before serving."""
@@ -55,4 +60,4 @@ class PolicyBackend(ABC):
 
     @abstractmethod
     def infer(self, batch: list[Obs]) -> list[Chunk]:
-        """One action chunk per observation, in order. Runs in an executor thread."""
+        """One action chunk per observation, in order. Runs in an executor thread (unless `runs_inline`)."""

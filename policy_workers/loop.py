@@ -40,6 +40,7 @@ class _Handler:
 
     def __init__(self, backend: PolicyBackend, meta: PolicyMetadata) -> None:
         self.backend = backend
+        self.inline = bool(getattr(backend, "runs_inline", False))
         self.schema = meta.observation_schema
         self.any_obs = bool(meta.extra.get("accepts_any_observation")) or not self.schema
 

@@ -4,8 +4,8 @@ vector envs), and the runner keeps one policy request per environment in flight 
 `VectorSimAdapter` is `SimAdapter` with an env index: every call names the environments it acts
 on, and `step` advances all of them with one (N, action_dim) array, because a vectorised simulator
 cannot step some envs and not others. `run_vector` is the closed loop: whenever some envs have used
-up their action chunk, their observations go out concurrently (so the policy worker's micro-batcher
-sees them together), then all N envs step. An env whose episode ended takes the next episode spec
+up their action chunk, their observations go out together in one `PolicyClient.act_many` call (one
+pipeline, so the policy worker's micro-batcher sees them together), then all N envs step. An env whose episode ended takes the next episode spec
 (reset of that env alone); with none left it idles on `idle_action` and its results are ignored.
 
 Episode results do not depend on N or on batching, provided the adapter resets an env from the
@@ -180,14 +180,11 @@ async def run_vector(
             need = [i for i, r in running.items() if r.chunker.needs_query()]
             if need:
                 observations = await call(venv.observe, need)
-                replies = await asyncio.gather(
-                    *[client.act(running[i].rollout, o) for i, o in zip(need, observations, strict=True)],
-                    return_exceptions=True)
+                replies = await client.act_many(
+                    [(running[i].rollout, o) for i, o in zip(need, observations, strict=True)])
                 for i, res in zip(need, replies, strict=True):
                     if isinstance(res, BrokerError):
                         await finish(i, "infra_error", str(res))
-                    elif isinstance(res, BaseException):
-                        raise res
                     else:
                         run = running[i]
                         run.chunker.set_chunk(res.chunk)

@@ -1,7 +1,8 @@
 """`null` backend: returns a fixed action chunk without looking at the observation.
 
 For measuring the broker's own overhead (codec, Redis, batching) with no model in the way. It
-accepts any observation.
+accepts any observation. It runs on the worker's event loop (`runs_inline`), so the figures it gives
+leave out the hop to the inference thread that a real model's batch pays once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
 
 
 class Backend(PolicyBackend):
+    runs_inline = True  # a dict lookup per observation: the thread hop would cost more than the call
+
     def __init__(self, action_dims: dict[str, int] | None = None, chunk_length: int = 40,
                  action_horizon: int = 8, **_: Any) -> None:
         self.action_dims = action_dims or {"action": 7}

@@ -75,6 +75,46 @@ def test_32_concurrent_rollouts_each_get_their_own_replies_in_sequence(redis_url
     asyncio.run(main())
 
 
+def test_act_many_serves_many_rollouts_in_one_call_each_with_its_own_replies(redis_url):
+    async def main():
+        handler = EchoHandler()
+        async with serving(redis_url, handler, batch=BatchSettings(max_batch_size=32, max_wait_ms=2)):
+            r = connect_async(RedisSettings(url=redis_url))
+            client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=20))
+            for step in range(6):
+                items = [(f"v{i}", {"x": np.array([[i, step]], np.float32)}) for i in range(24)]
+                if step == 3:  # one bad observation: its rollout gets the error, the others their chunks
+                    items[5] = ("v5", {"y": np.zeros(1)})
+                results = await client.act_many(items)
+                for i, res in enumerate(results):
+                    if step == 3 and i == 5:
+                        assert isinstance(res, PolicyErrorReply) and res.code == Status.SCHEMA_MISMATCH
+                        continue
+                    assert not isinstance(res, Exception), res
+                    assert res.seq == step and res.chunk["echo"].tolist() == [[i, step]]
+            with pytest.raises(ValueError, match="at most once"):
+                await client.act_many([("v0", {"x": np.zeros((1, 1), np.float32)})] * 2)
+            await r.aclose()
+        assert sum(handler.batches) == 6 * 24 - 1
+        assert max(handler.batches) > 1
+
+    asyncio.run(main())
+
+
+def test_act_many_times_out_per_rollout_and_resends_with_the_same_sequence(redis_url):
+    async def main():
+        r = connect_async(RedisSettings(url=redis_url))
+        client = PolicyClient(r, "nobody", settings=ClientSettings(deadline_s=0.6, reply_timeout_s=0.25,
+                                                                   max_resends=5))
+        results = await client.act_many([(f"t{i}", {"x": np.zeros((1, 1), np.float32)}) for i in range(3)])
+        assert all(isinstance(x, PolicyTimeout) for x in results)
+        seqs = [f[b"seq"] for _, f in await r.xrange(Keys().requests("nobody"))]
+        assert len(seqs) >= 6 and set(seqs) == {b"0"}  # every rollout was resent, same sequence number
+        await r.aclose()
+
+    asyncio.run(main())
+
+
 def test_worker_started_after_requests_were_queued_still_serves_them(redis_url):
     async def main():
         r = connect_async(RedisSettings(url=redis_url))
