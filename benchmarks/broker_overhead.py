@@ -58,7 +58,8 @@ def make_obs(kind: str) -> dict:
 
 
 # -- load generators (run in client processes) ------------------------------------------------
-async def _rq_clients(url: str, policy: str, rollouts: list[str], kind: str, seconds: float) -> list[float]:
+async def _rq_clients(url: str, policy: str, rollouts: list[str], kind: str, seconds: float,
+                      style: str) -> list[float]:
     r = connect_async(RedisSettings(url=url))
     client = PolicyClient(r, policy, settings=ClientSettings(deadline_s=30))
     obs = make_obs(kind)
@@ -73,7 +74,21 @@ async def _rq_clients(url: str, policy: str, rollouts: list[str], kind: str, sec
             await client.act(rid, client._core.codec.encode(obs))  # noqa: SLF001
             lat.append((time.perf_counter() - t0) * 1000)
 
-    await asyncio.gather(*[one(x) for x in rollouts])
+    async def vector() -> None:
+        await client.act_many([(rid, payload) for rid in rollouts])  # warm-up
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            results = await client.act_many([(rid, client._core.codec.encode(obs)) for rid in rollouts])  # noqa: SLF001
+            errors = [x for x in results if isinstance(x, Exception)]
+            if errors:
+                raise errors[0]
+            # every rollout of the step is charged the whole call (encoding all K observations included)
+            lat.extend([(time.perf_counter() - t0) * 1000] * len(results))
+
+    if style == "vector":
+        await vector()
+    else:
+        await asyncio.gather(*[one(x) for x in rollouts])
     await r.aclose()
     return lat
 
@@ -101,8 +116,9 @@ async def _http_clients(url: str, rollouts: list[str], kind: str, seconds: float
 
 def _client_proc(args: tuple) -> list[float]:
     mode, target, policy, rollouts, kind, seconds = args
-    if mode == "rolloutq":
-        return asyncio.run(_rq_clients(target, policy, rollouts, kind, seconds))
+    if mode.startswith("rolloutq"):
+        style = "vector" if mode.endswith("vector") else "rollout"
+        return asyncio.run(_rq_clients(target, policy, rollouts, kind, seconds, style))
     return asyncio.run(_http_clients(target, rollouts, kind, seconds))
 
 
@@ -116,7 +132,9 @@ def drive(mode: str, target: str, policy: str, n: int, kind: str, seconds: float
     wall = time.perf_counter() - t0
     lat = [x for r in results for x in r]
     return {
-        "system": mode,
+        "system": mode.split("-")[0],
+        "clients": "act_many per process" if mode.endswith("vector") else ("act per rollout" if
+                                                                          mode.startswith("rolloutq") else "httpx"),
         "observation": kind,
         "rollouts": n,
         "requests": len(lat),
@@ -160,6 +178,9 @@ def main() -> None:
     p.add_argument("--rollouts", default="1,16,64")
     p.add_argument("--kinds", default="1KB,400KB")
     p.add_argument("--client-procs", type=int, default=2)
+    p.add_argument("--clients", default="rollout,vector",
+                   help="rolloutq load styles: rollout (one PolicyClient.act loop per rollout) and/or vector "
+                        "(each client process steps its rollouts together with act_many, as sim_workers.vector)")
     p.add_argument("--max-wait-ms", type=float, default=0.0)
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--skip-reference", action="store_true")
@@ -194,11 +215,13 @@ def main() -> None:
         )
         try:
             time.sleep(3)
-            for kind in kinds:
-                for n in ns:
-                    row = drive("rolloutq", redis_server.url, "bench", n, kind, a.seconds, a.client_procs)
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
+            for style in a.clients.split(","):
+                for kind in kinds:
+                    for n in ns:
+                        mode = "rolloutq-vector" if style == "vector" else "rolloutq"
+                        row = drive(mode, redis_server.url, "bench", n, kind, a.seconds, a.client_procs)
+                        print(json.dumps(row), flush=True)
+                        rows.append(row)
         finally:
             worker.terminate()
             worker.wait(20)

@@ -115,6 +115,26 @@ def test_cohort_gives_up_on_stragglers_after_the_merge_wait():
     assert b.pop_ready(now=1.021)[0] == ["a"]
 
 
+def test_cohort_stops_waiting_for_a_finished_rollout_after_one_merge_wait():
+    from broker.batcher import CohortBatcher
+
+    b = CohortBatcher[str](max_batch_size=32, max_wait_s=0.02)  # population window 2 s
+    b.add("a0", "k", now=0.0, rollout="a")
+    b.add("b0", "k", now=0.0, rollout="b")
+    assert b.pop_ready(now=0.0)[0] == ["a0", "b0"]
+    b.batch_done(["a", "b"], now=0.1)
+    b.add("a1", "k", now=0.11, rollout="a")  # b's episode ended: it never asks again
+    assert b.pop_ready(now=0.11) is None
+    assert b.pop_ready(now=0.131)[0] == ["a1"]  # one merge wait, then b leaves the population
+    b.batch_done(["a"], now=0.2)
+    b.add("a2", "k", now=0.21, rollout="a")
+    assert b.pop_ready(now=0.21)[0] == ["a2"]  # well inside the 2 s window, yet served at once
+    b.batch_done(["a"], now=0.3)
+    b.add("b1", "k", now=0.31, rollout="b")  # a slow rollout rejoins with its next request
+    b.add("a3", "k", now=0.31, rollout="a")
+    assert b.pop_ready(now=0.31)[0] == ["b1", "a3"]
+
+
 def test_cohort_respects_max_batch_size():
     from broker.batcher import CohortBatcher
 
