@@ -262,7 +262,8 @@ class StreamConsumer:
             if room <= 0:
                 self._room.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), 0.5)
+                    async with asyncio.timeout(0.5):
+                        await self._room.wait()
                 continue
             try:
                 got = await self.redis.xreadgroup(
@@ -388,7 +389,9 @@ class StreamConsumer:
                 timeout = None if deadline is None else max(0.0, deadline - self.clock())
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout if timeout is not None else 0.5)
+                    # asyncio.timeout, not wait_for: no extra task, so the wake-up costs one loop pass
+                    async with asyncio.timeout(timeout if timeout is not None else 0.5):
+                        await self._wake.wait()
                 continue
             jobs, _ = batch
             self._in_inference = len(jobs)
