@@ -709,13 +709,17 @@ def c_run(
         f"{meta.get('description', '')[:90]}"
     )
 
-    def worker_counts() -> tuple[int, int]:
+    def worker_counts() -> tuple[int, int, float, float, float]:
         served = batches = 0
+        busy = decode = encode = 0.0
         for raw in r.hgetall(keys.worker_stats(POLICY)).values():
             st = json.loads(raw)
             served += int(st.get("served_total", 0))
             batches += int(st.get("batches_total", 0))
-        return served, batches
+            busy += float(st.get("busy_s_total", 0.0))
+            decode += float(st.get("decode_s_total", 0.0))
+            encode += float(st.get("encode_s_total", 0.0))
+        return served, batches, busy, decode, encode
 
     rows = []
     for n in args.ns:
@@ -745,7 +749,7 @@ def c_run(
         calls, steps = run_load(spec)
         for x in th:
             x.join()
-        (sa, ba), (sb, bb) = holder["a"], holder["b"]
+        (sa, ba, ua, da, ea), (sb, bb, ub, db, eb) = holder["a"], holder["b"]
         mean_batch = round((sb - sa) / (bb - ba), 2) if bb > ba else None
         row = {
             "n": n,
@@ -754,6 +758,11 @@ def c_run(
             "mean_batch_size": mean_batch,
             "worker_batches_in_window": bb - ba,
             "worker_served_in_window": sb - sa,
+            # the worker's own split of the window: inference (backend infer calls) vs the rest
+            "worker_infer_busy_frac": round((ub - ua) / args.window, 3),
+            "worker_infer_ms_per_batch": round(1000 * (ub - ua) / (bb - ba), 1) if bb > ba else None,
+            "worker_decode_ms_per_request": round(1000 * (db - da) / (sb - sa), 3) if sb > sa else None,
+            "worker_encode_ms_per_request": round(1000 * (eb - ea) / (sb - sa), 3) if sb > sa else None,
             **gpu.window(t0, t1),
         }
         rows.append(row)
@@ -783,7 +792,8 @@ def c_run(
         "cohort_batcher_merge_wait_ms": cohort_ms or None,
         "worker_ready_s": round(load_s, 1),
         "rows": rows,
-        "worker": f"{where}; max_batch_size={max_batch}, max_wait_ms={max_wait_ms}"
+        "worker": f"{where}; max_batch_size={max_batch}, max_wait_ms={max_wait_ms}, "
+        f"dispatch={settings.worker.batch.dispatch if not cohort_ms else 'prototype'}"
         + (f"; action head as CUDA graphs for B in {args.graph_sizes}" if graphs else "")
         + (
             f"; PROTOTYPE cohort batcher (benchmarks/cohort_batcher.py), merge wait {cohort_ms} ms" if cohort_ms else ""
