@@ -468,13 +468,28 @@ def phase_capture(be: Backend, args) -> dict[str, Any]:
 
 
 def phase_diag(be: Backend, args) -> dict[str, Any]:
-    """Same get_action at B in --diag-sizes: tight loop vs 16 ms gaps vs from a worker thread with gaps."""
+    """Same get_action at B in --diag-sizes: tight loop vs 16 ms gaps (sleeping, from a worker thread,
+    CPU spinning, GPU kept busy), with the SM clock at the start of each call."""
     from concurrent.futures import ThreadPoolExecutor
+
+    import torch
 
     from policy_workers.backends.gr00t import check_nested, stack
 
     policy = be.policy
     gap = args.horizon * args.step_ms / 1000
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+
+        def sm_clock() -> int | None:
+            return pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)
+    except Exception:  # no NVML: clocks stay unknown
+        def sm_clock() -> int | None:
+            return None
+
     pool = ThreadPoolExecutor(1)
     rows = []
     for b in args.diag_sizes:
@@ -483,11 +498,22 @@ def phase_diag(be: Backend, args) -> dict[str, Any]:
             check_nested(n, be.spec)
         batch = stack(nested, be.spec)
         out = {"batch": b}
-        for name in ("tight", "gaps", "thread_gaps"):
-            times = []
+        # gaps: sleep between calls (the closed loop's idle GPU); cpu_spin_gaps: the CPU busy-waits
+        # through the gap instead; gpu_busy_gaps: the GPU runs a spin kernel through the gap (is the
+        # slowdown the host's or the GPU's idle state?)
+        for name in ("tight", "gaps", "thread_gaps", "cpu_spin_gaps", "gpu_busy_gaps"):
+            times, clocks = [], []
             for i in range(args.a_reps + 1):
-                if name != "tight":
+                if name == "cpu_spin_gaps":
+                    until = time.perf_counter() + gap
+                    while time.perf_counter() < until:
+                        pass
+                elif name == "gpu_busy_gaps":
+                    torch.cuda._sleep(int(gap * 1.5e9))  # ~gap at ~1.5 GHz: keeps the SMs busy
+                    torch.cuda.synchronize()
+                elif name != "tight":
                     time.sleep(gap)
+                clocks.append(sm_clock())
                 s = time.perf_counter()
                 if name == "thread_gaps":
                     pool.submit(policy.get_action, batch).result()
@@ -496,6 +522,7 @@ def phase_diag(be: Backend, args) -> dict[str, Any]:
                 if i:
                     times.append((time.perf_counter() - s) * 1e3)
             out[f"{name}_ms"] = round(statistics.median(times), 2)
+            out[f"{name}_sm_mhz_at_start"] = statistics.median(c for c in clocks if c) if any(clocks) else None
         rows.append(out)
         log(f"diag: {out}")
     pool.shutdown()
