@@ -652,7 +652,9 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
         try:
             cohort = next((float(f[6:] or 30) for f in flags if f.startswith("cohort")), 0.0)
             mb = next((int(f[2:]) for f in flags if f.startswith("mb")), args.max_batch)
-            runs.append(c_run(args, gpu, mode, float(wait), graphs="g" in flags, cohort_ms=cohort, max_batch=mb))
+            cpus = next((float(f[4:]) for f in flags if f.startswith("cpus")), 1.0)
+            runs.append(c_run(args, gpu, mode, float(wait), graphs="g" in flags, cohort_ms=cohort, max_batch=mb,
+                              replica_cpus=cpus))
         except Exception as e:
             import traceback
 
@@ -680,6 +682,7 @@ def c_run(
     graphs: bool = False,
     cohort_ms: float = 0.0,
     max_batch: int = 64,
+    replica_cpus: float = 1.0,
 ) -> dict[str, Any]:
     import redis
 
@@ -718,9 +721,10 @@ def c_run(
             log_to_driver=False,
             runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}},
         )
-        deploy(settings, ServeSettings(num_gpus=0 if args.fake else 1, num_cpus=1))
+        deploy(settings, ServeSettings(num_gpus=0 if args.fake else 1, num_cpus=replica_cpus))
         alive = lambda: True  # noqa: E731
-        where = "policy_workers.serve.PolicyDeployment: one Ray Serve replica (1 GPU) running the consumer loop"
+        where = (f"policy_workers.serve.PolicyDeployment: one Ray Serve replica (1 GPU, {replica_cpus:g} CPUs) running "
+                 "the consumer loop")
     r = redis.Redis.from_url(red.url)
     keys = Keys()
     while not r.hget(keys.policy_meta(POLICY), "metadata"):
@@ -815,6 +819,7 @@ def c_run(
         "mode": mode,
         "max_wait_ms": max_wait_ms,
         "max_batch_size": max_batch,
+        "replica_cpus": replica_cpus if mode == "serve" else None,
         "cuda_graphs": args.graph_sizes if graphs else None,
         "cohort_batcher_merge_wait_ms": cohort_ms or None,
         "worker_ready_s": round(load_s, 1),
@@ -929,7 +934,8 @@ def main() -> None:
     ap.add_argument("--a-warmup", type=int, default=2)
     ap.add_argument("--a-reps", type=int, default=6)
     ap.add_argument("--max-batch", type=int, default=64)
-    ap.add_argument("--c-runs", default="plain:10", help="C configurations, MODE:MAX_WAIT_MS (MODE plain|serve)")
+    ap.add_argument("--c-runs", default="plain:10", help="C configurations, MODE:MAX_WAIT_MS[:FLAGS] (MODE plain|"
+                    "serve; flags: g = CUDA graphs, mbN = max_batch_size, cpusN = replica CPUs, cohortMS = prototype)")
     ap.add_argument("--c-warm", default="1,8,32,64")
     ap.add_argument("--capture-sizes", default="1,8,16,32,64")
     ap.add_argument("--graph-sizes", default="1,2,4,8,12,16,24,32,40,48,56,64", help="C runs with :g")
