@@ -1,7 +1,7 @@
 """Summarise a py-spy raw profile (recorded with --threads --idle): per thread, the share of samples
 and the functions it sat in (inclusive), so a run can say where a worker's threads spend their time.
 
-    python benchmarks/pyspy_summary.py benchmarks/results/gpu_h100_call8_pyspy_n64.txt [--top 15]
+    python benchmarks/pyspy_summary.py pyspy_n64.txt [--top 15]    # a raw file written by gpu_profile.sh
 """
 
 from __future__ import annotations

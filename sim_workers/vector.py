@@ -5,8 +5,9 @@ vector envs), and the runner keeps one policy request per environment in flight 
 on, and `step` advances all of them with one (N, action_dim) array, because a vectorised simulator
 cannot step some envs and not others. `run_vector` is the closed loop: whenever some envs have used
 up their action chunk, their observations go out together in one `PolicyClient.act_many` call (one
-pipeline, so the policy worker's micro-batcher sees them together), then all N envs step. An env whose episode ended takes the next episode spec
-(reset of that env alone); with none left it idles on `idle_action` and its results are ignored.
+pipeline, so the policy worker's micro-batcher sees them together), then all N envs step. An env
+whose episode ended takes the next episode spec (reset of that env alone); with none left it idles
+on `idle_action` and its results are ignored.
 
 Episode results do not depend on N or on batching, provided the adapter resets an env from the
 episode's seed alone (`reset(env_ids, seeds)`). Simulators that seed one RNG for all envs (Isaac
