@@ -109,9 +109,10 @@ class CohortBatcher(MicroBatcher[T]):
     `max_batch_size`; so a lone rollout is served at once. Otherwise, once the model is free, it
     waits for the rest at most the merge wait: 1.5 x the p90 "think time" (from the end of the batch
     that served a rollout to that rollout's next request), clamped to [5 ms, `max_merge_s`], and
-    `max_wait_s` until 8 think times are known. When a merge wait runs out, the rollouts that were
-answered before it began and have not asked again leave the population (finished episodes), so
-the rest is not held back for the `population_s` window. The consumer calls `batch_done` after each batch.
+    `max_wait_s` until 8 think times are known. A rollout answered more than 3 p90 think times ago
+that has not asked again (a finished episode, a client that left) no longer counts as active, so
+the rest is not held back for the whole `population_s` window. The consumer calls `batch_done`
+after each batch.
     """
 
     def __init__(self, max_batch_size: int, max_wait_s: float, population_s: float = 2.0,
@@ -140,7 +141,11 @@ the rest is not held back for the `population_s` window. The consumer calls `bat
             t, r = self._seen_order.popleft()
             if self._last_seen.get(r) == t:
                 del self._last_seen[r]
-        return max(1, len(self._last_seen))
+        n = len(self._last_seen)
+        absent = self._absent_after()
+        if absent < self.population_s:  # finished episodes stop holding batches long before population_s
+            n -= sum(1 for r, t in self._served_at.items() if now - t > absent and r in self._last_seen)
+        return max(1, n)
 
     def merge_wait(self) -> float:
         if len(self._think) < 8:
@@ -158,18 +163,16 @@ the rest is not held back for the `population_s` window. The consumer calls `bat
                 self._hold_since = now
             if now - self._hold_since < self.merge_wait():
                 return None
-            self._forget_late(self._hold_since)
         self._hold_since = None
         return super().pop_ready(now, flush=True)
 
-    def _forget_late(self, hold_since: float) -> None:
-        """After a merge wait ran out: drop from the population the rollouts answered before the
-        wait began that have not asked again (finished episodes, a client that left), so the next
-        batches stop waiting for them. One that was only slow rejoins with its next request."""
-        late = [r for r, t in self._served_at.items() if t <= hold_since]
-        for r in late:
-            del self._served_at[r]
-            self._last_seen.pop(r, None)
+    def _absent_after(self) -> float:
+        """How long after its answer a rollout that has not asked again stops counting as active:
+        3 x the p90 think time, within [20 ms, `population_s`] (`population_s` until 8 think times are known)."""
+        if len(self._think) < 8:
+            return self.population_s
+        s = sorted(self._think)
+        return min(self.population_s, max(0.02, 3 * s[min(len(s) - 1, int(0.9 * len(s)))]))
 
     def next_deadline(self) -> float | None:
         if not self._groups:

@@ -115,24 +115,30 @@ def test_cohort_gives_up_on_stragglers_after_the_merge_wait():
     assert b.pop_ready(now=1.021)[0] == ["a"]
 
 
-def test_cohort_stops_waiting_for_a_finished_rollout_after_one_merge_wait():
+def test_cohort_stops_waiting_for_a_finished_rollout_but_not_for_a_slow_one():
     from broker.batcher import CohortBatcher
 
     b = CohortBatcher[str](max_batch_size=32, max_wait_s=0.02)  # population window 2 s
-    b.add("a0", "k", now=0.0, rollout="a")
-    b.add("b0", "k", now=0.0, rollout="b")
-    assert b.pop_ready(now=0.0)[0] == ["a0", "b0"]
-    b.batch_done(["a", "b"], now=0.1)
-    b.add("a1", "k", now=0.11, rollout="a")  # b's episode ended: it never asks again
-    assert b.pop_ready(now=0.11) is None
-    assert b.pop_ready(now=0.131)[0] == ["a1"]  # one merge wait, then b leaves the population
-    b.batch_done(["a"], now=0.2)
-    b.add("a2", "k", now=0.21, rollout="a")
-    assert b.pop_ready(now=0.21)[0] == ["a2"]  # well inside the 2 s window, yet served at once
-    b.batch_done(["a"], now=0.3)
-    b.add("b1", "k", now=0.31, rollout="b")  # a slow rollout rejoins with its next request
-    b.add("a3", "k", now=0.31, rollout="a")
-    assert b.pop_ready(now=0.31)[0] == ["b1", "a3"]
+    t = 0.0
+    for step in range(9):  # a and b think ~10 ms between answer and next request
+        b.add(f"a{step}", "k", now=t, rollout="a")
+        b.add(f"b{step}", "k", now=t + 0.001, rollout="b")
+        assert b.pop_ready(now=t + 0.001)[0] == [f"a{step}", f"b{step}"]
+        b.batch_done(["a", "b"], now=t + 0.05)
+        t += 0.06
+    # b's episode ended. a's next request waits one merge wait (1.5 x p90 think = ~16 ms) at most...
+    b.add("a9", "k", now=t, rollout="a")
+    assert b.pop_ready(now=t) is None
+    assert b.pop_ready(now=t + 0.02)[0] == ["a9"]
+    b.batch_done(["a"], now=t + 0.05)
+    # ...and once b has been silent for 3 think times, a is served at once, well inside the 2 s window
+    b.add("a10", "k", now=t + 0.06, rollout="a")
+    assert b.pop_ready(now=t + 0.06)[0] == ["a10"]
+    b.batch_done(["a"], now=t + 0.1)
+    # a slow rollout is active again with its next request
+    b.add("b9", "k", now=t + 0.11, rollout="b")
+    b.add("a11", "k", now=t + 0.11, rollout="a")
+    assert b.pop_ready(now=t + 0.11)[0] == ["b9", "a11"]
 
 
 def test_cohort_respects_max_batch_size():

@@ -54,6 +54,11 @@ async def serving(url: str, handler, **worker_kwargs):
         await r.aclose()
 
 
+def impatient_client(r) -> PolicyClient:
+    """A client of a policy nobody serves: resends every 0.25 s, gives up after 0.6 s."""
+    return PolicyClient(r, "nobody", settings=ClientSettings(deadline_s=0.6, reply_timeout_s=0.25, max_resends=5))
+
+
 def test_32_concurrent_rollouts_each_get_their_own_replies_in_sequence(redis_url):
     async def main():
         handler = EchoHandler(delay_s=0.002)
@@ -104,8 +109,7 @@ def test_act_many_serves_many_rollouts_in_one_call_each_with_its_own_replies(red
 def test_act_many_times_out_per_rollout_and_resends_with_the_same_sequence(redis_url):
     async def main():
         r = connect_async(RedisSettings(url=redis_url))
-        client = PolicyClient(r, "nobody", settings=ClientSettings(deadline_s=0.6, reply_timeout_s=0.25,
-                                                                   max_resends=5))
+        client = impatient_client(r)
         results = await client.act_many([(f"t{i}", {"x": np.zeros((1, 1), np.float32)}) for i in range(3)])
         assert all(isinstance(x, PolicyTimeout) for x in results)
         seqs = [f[b"seq"] for _, f in await r.xrange(Keys().requests("nobody"))]
@@ -174,8 +178,7 @@ def test_stale_replies_are_ignored(redis_url):
 def test_client_raises_clear_timeout_when_no_worker(redis_url):
     async def main():
         r = connect_async(RedisSettings(url=redis_url))
-        client = PolicyClient(r, "nobody", settings=ClientSettings(deadline_s=0.6, reply_timeout_s=0.25,
-                                                                   max_resends=5))
+        client = impatient_client(r)
         t0 = time.perf_counter()
         with pytest.raises(PolicyTimeout, match="are policy workers running"):
             await client.act("r0", {"x": np.zeros((1, 1), np.float32)})
