@@ -26,7 +26,9 @@ from tests.monitoring.conftest import wait_for  # noqa: E402
 EPISODES = 12
 
 
-async def sweep(url: str, run: str) -> tuple[list, dict]:
+async def sweep(url: str, run: str, seen_up=None) -> tuple[list, dict]:
+    """Run the sweep; before stopping the worker, wait until `seen_up()` (Prometheus has a sample of
+    the replica up: a fixed sleep raced the 1 s scrape once the sweep got fast)."""
     layout = dict(task_class("reach").layout)
     layout["image_shape"] = [1, 1, 64, 64, 3]
     redis = RedisSettings(url=url)
@@ -51,7 +53,8 @@ async def sweep(url: str, run: str) -> tuple[list, dict]:
                 for i in range(2)]
         await asyncio.wait_for(asyncio.gather(*[s.run() for s in sims]), 240)
         records = [x for s in sims for x in s.done]
-        await asyncio.sleep(1.0)  # one more stats write and scrape while the worker is up
+        if seen_up is not None:
+            await asyncio.to_thread(wait_for, seen_up, 20, what="Prometheus to see the replica up")
         return records, worker.stats()
     finally:
         stop.set()
@@ -68,15 +71,16 @@ def test_real_core_feeds_prometheus(mon_redis, mon_prometheus):
     server = serve_metrics(0, "127.0.0.1")
     prom = mon_prometheus({"rolloutq-exporter": [exp_port], "rolloutq-workers": [server.server_port]})
     try:
-        records, stats = asyncio.run(sweep(mon_redis.url, "mon-int"))
+        def q(expr):
+            return prom.value(expr)
+
+        records, stats = asyncio.run(sweep(mon_redis.url, "mon-int",
+                                           seen_up=lambda: q('max(rolloutq_policy_replicas_up{policy="p"})') == 1))
         assert len(records) == EPISODES
         calls = sum(len(r.round_trip_ms) for r in records)
         steps = sum(r.steps for r in records)
         ok = sum(1 for r in records if r.status == "ok")
         succ = sum(1 for r in records if r.success and r.status == "ok")
-
-        def q(expr):
-            return prom.value(expr)
 
         wait_for(lambda: q('sum(rolloutq_sim_episodes_total{policy="p"})') == EPISODES, 20,
                  what="episodes in Prometheus")
@@ -91,7 +95,8 @@ def test_real_core_feeds_prometheus(mon_redis, mon_prometheus):
         # The exporter saw the worker (its stats hash) and the queue drained.
         assert q('max_over_time(rolloutq_policy_replicas_up{policy="p"}[5m])') == 1
         assert q('max_over_time(rolloutq_policy_service_rate_per_replica{policy="p"}[5m])') > 0
-        assert q('max_over_time(rolloutq_queue_entries_added_total{policy="p"}[5m])') == calls
+        wait_for(lambda: q('max_over_time(rolloutq_queue_entries_added_total{policy="p"}[5m])') == calls, 20,
+                 what="every request counted as added")
         wait_for(lambda: q('sum(rolloutq_queue_lag{policy="p"})') == 0
                  and q('sum(rolloutq_queue_pending{policy="p"})') == 0, 20, what="queue drained")
         # The worker deregistered on stop.
