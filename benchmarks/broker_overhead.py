@@ -29,6 +29,7 @@ from fastapi.responses import Response
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from broker import real_g1  # noqa: E402
 from broker.client import PolicyClient  # noqa: E402
 from broker.connection import connect_async  # noqa: E402
 from broker.embedded import EmbeddedRedis, free_port  # noqa: E402
@@ -42,18 +43,10 @@ def make_obs(kind: str) -> dict:
             "state.joints": rng.standard_normal((1, 1, 200)).astype(np.float32),
             "annotation.human.task_description": [["pick up the apple and place it on the plate"]],
         }
-    obs = {"video.ego_view": rng.integers(0, 255, (1, 2, 256, 256, 3), dtype=np.uint8)}
-    for k, d in [
-        ("left_wrist_eef_9d", 9),
-        ("right_wrist_eef_9d", 9),
-        ("left_arm", 7),
-        ("right_arm", 7),
-        ("left_hand", 7),
-        ("right_hand", 7),
-        ("waist", 3),
-    ]:
-        obs[f"state.{k}"] = rng.standard_normal((1, 1, d)).astype(np.float32)
-    obs["annotation.human.task_description"] = [["pick up the apple and place it on the plate"]]
+    obs = {real_g1.VIDEO_KEY: rng.integers(0, 255, (1, 2, 256, 256, 3), dtype=np.uint8)}
+    for k, d in real_g1.STATE_DIMS.items():
+        obs[k] = rng.standard_normal((1, 1, d)).astype(np.float32)
+    obs[real_g1.TEXT_KEY] = [["pick up the apple and place it on the plate"]]
     return obs
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from broker.real_g1 import ACTION_DIMS
+from broker.real_g1 import ACTION_DIMS, FRAMES, IMAGE_SIZE, STATE_DIMS, TEXT_KEY, VIDEO_KEY
 from policy_workers.backends._g1_assets import g1_xml_path
 from policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
 
@@ -55,18 +55,11 @@ def action_schema() -> dict[str, dict[str, Any]]:
 
 
 def observation_schema() -> dict[str, dict[str, Any]]:
-    schema: dict[str, dict[str, Any]] = {"video.ego_view": {"dtype": "uint8", "shape": [1, 2, 256, 256, 3]}}
-    for key, dim in [
-        ("left_wrist_eef_9d", 9),
-        ("right_wrist_eef_9d", 9),
-        ("left_arm", 7),
-        ("right_arm", 7),
-        ("left_hand", 7),
-        ("right_hand", 7),
-        ("waist", 3),
-    ]:
-        schema[f"state.{key}"] = {"dtype": "float32", "shape": [1, 1, dim]}
-    schema["annotation.human.task_description"] = {"kind": "text"}
+    schema: dict[str, dict[str, Any]] = {
+        VIDEO_KEY: {"dtype": "uint8", "shape": [1, FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3]}}
+    for key, dim in STATE_DIMS.items():
+        schema[key] = {"dtype": "float32", "shape": [1, 1, dim]}
+    schema[TEXT_KEY] = {"kind": "text"}
     schema["privileged.object_poses"] = {"dtype": "float32", "shape": [1, 2, 7]}
     return schema
 

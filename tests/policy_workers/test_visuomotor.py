@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from broker import real_g1
 from policy_workers.backends import make_backend
 from policy_workers.backends.visuomotor import DEFAULT_CHECKPOINT, VisuomotorNet, default_config
 
@@ -23,18 +24,10 @@ ATOL = 2e-4
 def random_obs(rng, n):
     obs = []
     for _ in range(n):
-        o = {"video.ego_view": rng.integers(0, 256, size=(1, 2, 256, 256, 3), dtype=np.uint8)}
-        for key, dim in [
-            ("left_wrist_eef_9d", 9),
-            ("right_wrist_eef_9d", 9),
-            ("left_arm", 7),
-            ("right_arm", 7),
-            ("left_hand", 7),
-            ("right_hand", 7),
-            ("waist", 3),
-        ]:
-            o[f"state.{key}"] = rng.normal(0, 0.5, size=(1, 1, dim)).astype(np.float32)
-        o["annotation.human.task_description"] = [["pick up the apple and place it on the plate"]]
+        o = {real_g1.VIDEO_KEY: rng.integers(0, 256, size=(1, 2, 256, 256, 3), dtype=np.uint8)}
+        for key, dim in real_g1.STATE_DIMS.items():
+            o[key] = rng.normal(0, 0.5, size=(1, 1, dim)).astype(np.float32)
+        o[real_g1.TEXT_KEY] = [["pick up the apple and place it on the plate"]]
         obs.append(o)
     return obs
 
