@@ -110,9 +110,9 @@ class CohortBatcher(MicroBatcher[T]):
     waits for the rest at most the merge wait: 1.5 x the p90 "think time" (from the end of the batch
     that served a rollout to that rollout's next request), clamped to [5 ms, `max_merge_s`], and
     `max_wait_s` until 8 think times are known. A rollout answered more than 3 p90 think times ago
-that has not asked again (a finished episode, a client that left) no longer counts as active, so
-the rest is not held back for the whole `population_s` window. The consumer calls `batch_done`
-after each batch.
+    that has not asked again (a finished episode, a client that left) no longer counts as active, so
+    the rest is not held back for the whole `population_s` window. The consumer calls `batch_done`
+    after each batch.
     """
 
     def __init__(self, max_batch_size: int, max_wait_s: float, population_s: float = 2.0,
@@ -123,6 +123,7 @@ after each batch.
         self._last_seen: dict[str, float] = {}
         self._seen_order: deque[tuple[float, str]] = deque()
         self._think: deque[float] = deque(maxlen=256)
+        self._think_p90: float | None = None  # cached: pop_ready runs on every wake-up of the dispatcher
         self._served_at: dict[str, float] = {}  # rollout -> end of the batch that answered it
         self._in_batch: list[str] = []
         self._hold_since: float | None = None
@@ -134,6 +135,7 @@ after each batch.
             served = self._served_at.pop(rollout, None)
             if served is not None:
                 self._think.append(max(0.0, now - served))
+                self._think_p90 = None
         super().add(item, key, now)
 
     def population(self, now: float) -> int:
@@ -150,8 +152,7 @@ after each batch.
     def merge_wait(self) -> float:
         if len(self._think) < 8:
             return self.max_wait_s
-        s = sorted(self._think)
-        return min(self.max_merge_s, max(0.005, 1.5 * s[min(len(s) - 1, int(0.9 * len(s)))]))
+        return min(self.max_merge_s, max(0.005, 1.5 * self._p90_think()))
 
     def pop_ready(self, now: float, flush: bool = False) -> tuple[list[T], list[float]] | None:
         if not self._groups:
@@ -171,8 +172,13 @@ after each batch.
         3 x the p90 think time, within [20 ms, `population_s`] (`population_s` until 8 think times are known)."""
         if len(self._think) < 8:
             return self.population_s
-        s = sorted(self._think)
-        return min(self.population_s, max(0.02, 3 * s[min(len(s) - 1, int(0.9 * len(s)))]))
+        return min(self.population_s, max(0.02, 3 * self._p90_think()))
+
+    def _p90_think(self) -> float:
+        if self._think_p90 is None:
+            s = sorted(self._think)
+            self._think_p90 = s[min(len(s) - 1, int(0.9 * len(s)))]
+        return self._think_p90
 
     def next_deadline(self) -> float | None:
         if not self._groups:

@@ -61,7 +61,6 @@ class BatchHandler(Protocol):
         """One action chunk per observation (runs in the executor thread unless `inline`)."""
 
 
-
 class ConsumerMetrics(Protocol):
     def on_batch(self, size: int, queue_s: list[float], infer_s: float, decode_s: float, encode_s: float) -> None: ...
 
@@ -171,6 +170,7 @@ class StreamConsumer:
         self.streams = [self.keys.requests(settings.policy, s) for s in range(settings.shards)]
         self._prefix = {s: self.keys.reply_prefix(settings.policy, i) for i, s in enumerate(self.streams)}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="rolloutq-infer")
+        self._inline = bool(getattr(handler, "inline", False))
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._in_inference = 0
@@ -448,7 +448,7 @@ class StreamConsumer:
             task.add_done_callback(self._writers.discard)
 
     async def _run_infer(self, loop: asyncio.AbstractEventLoop, batch: list[Any]) -> list[Any]:
-        if getattr(self.handler, "inline", False):
+        if self._inline:
             return self.handler.infer(batch)
         return await loop.run_in_executor(self._executor, self.handler.infer, batch)
 
