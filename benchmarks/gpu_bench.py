@@ -109,6 +109,16 @@ def nested_obs(seed: int, task: str = TASK) -> dict[str, Any]:
     }
 
 
+def stacked_batch(be: Backend, b: int) -> Any:
+    """B nested REAL_G1 observations, schema-checked and stacked as the backend's `get_action` takes them."""
+    from policy_workers.backends.gr00t import check_nested, stack
+
+    nested = [nested_obs(i) for i in range(b)]
+    for n in nested:
+        check_nested(n, be.spec)
+    return stack(nested, be.spec)
+
+
 class SyntheticG1Env:
     """REAL_G1-shaped observations; each step sleeps `step_ms` and consumes one (1, 28) joint command."""
 
@@ -322,12 +332,7 @@ def phase_a(args, gpu: GpuSampler) -> dict[str, Any]:
     md = be.metadata()
     log(f"A: loaded in {load_s:.1f}s, {be.parameters / 1e6:.0f} M parameters; {md.description}")
     for b in args.sizes:
-        nested = [nested_obs(i) for i in range(b)]
-        from policy_workers.backends.gr00t import check_nested, stack
-
-        for n in nested:
-            check_nested(n, be.spec)
-        batch = stack(nested, be.spec)
+        batch = stacked_batch(be, b)
         flats = [flat_obs(i) for i in range(b)]
         if torch is not None:
             torch.cuda.synchronize()
@@ -412,7 +417,6 @@ def time_split(policy: Any, batch: dict, torch: Any, reps: int = 3) -> dict[str,
 
 def phase_capture(be: Backend, args) -> dict[str, Any]:
     from policy_workers.backends._gr00t_n17 import HeadGraphs
-    from policy_workers.backends.gr00t import check_nested, stack
 
     policy = be.policy
     graphs = HeadGraphs(policy, sorted(args.capture_sizes), args.capture_seq)
@@ -422,10 +426,7 @@ def phase_capture(be: Backend, args) -> dict[str, Any]:
     log(f"capture: graphs for B in {args.capture_sizes} in {cap_s:.1f}s")
     rows = []
     for b in args.capture_report:
-        nested = [nested_obs(i) for i in range(b)]
-        for n in nested:
-            check_nested(n, be.spec)
-        batch = stack(nested, be.spec)
+        batch = stacked_batch(be, b)
         res = {}
         for name, g in (("eager", None), ("captured", graphs)):
             policy.graphs = g
@@ -474,7 +475,6 @@ def phase_diag(be: Backend, args) -> dict[str, Any]:
 
     import torch
 
-    from policy_workers.backends.gr00t import check_nested, stack
 
     policy = be.policy
     gap = args.horizon * args.step_ms / 1000
@@ -493,10 +493,7 @@ def phase_diag(be: Backend, args) -> dict[str, Any]:
     pool = ThreadPoolExecutor(1)
     rows = []
     for b in args.diag_sizes:
-        nested = [nested_obs(i) for i in range(b)]
-        for n in nested:
-            check_nested(n, be.spec)
-        batch = stack(nested, be.spec)
+        batch = stacked_batch(be, b)
         out = {"batch": b}
         # gaps: sleep between calls (the closed loop's idle GPU); cpu_spin_gaps: the CPU busy-waits
         # through the gap instead; gpu_busy_gaps: the GPU runs a spin kernel through the gap (is the
