@@ -158,6 +158,7 @@ class LoadSpec:
     url: str  # B: http endpoint; C: redis url
     start_at: float  # wall clock at which rollouts start
     run_id: str = "run"  # rollout ids are unique per run: a reused id would read an old run's replies
+    shared_frames: bool = False  # C: frames through shared memory (broker.frames), not through Redis
 
 
 def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None:
@@ -182,9 +183,8 @@ def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None
         from broker.client import SyncPolicyClient
         from broker.settings import ClientSettings
 
-        client = SyncPolicyClient(
-            redis.Redis.from_url(spec.url), POLICY, settings=ClientSettings(reply_timeout_s=300, deadline_s=600)
-        )
+        settings = ClientSettings(reply_timeout_s=300, deadline_s=600, shared_frames=spec.shared_frames)
+        client = SyncPolicyClient(redis.Redis.from_url(spec.url), POLICY, settings=settings)
         rollout = f"{spec.run_id}-n{spec.n}-r{idx}"
 
         def act(obs):
@@ -370,7 +370,10 @@ def phase_a(args, gpu: GpuSampler) -> dict[str, Any]:
             f"A: B={b:4d} median {med:8.1f} ms  {row['chunks_per_s']:7.1f} chunks/s  peak {row['peak_mem_gib']} GiB"
             f"  util {row['gpu_util_pct']}%  backend.infer {full_ms:.1f} ms"
         )
-    out = {"load_s": round(load_s, 1), "parameters": be.parameters, "description": md.description, "rows": rows}
+    out = {"load_s": round(load_s, 1), "parameters": be.parameters, "description": md.description, "rows": rows,
+           "vision_attention": getattr(policy, "vision_attention", None)}
+    if not args.fake and out["vision_attention"] == "batched" and not getattr(args, "again", False):
+        out["vision_attention_stock_vs_batched"] = vision_ab(policy, be, args)
     if "diag" in args.phases and not args.fake:
         try:
             out["diag"] = phase_diag(be, args)
@@ -389,6 +392,36 @@ def phase_a(args, gpu: GpuSampler) -> dict[str, Any]:
     if torch is not None:
         torch.cuda.empty_cache()
     return out
+
+
+def phase_a_again(args, gpu: GpuSampler) -> dict[str, Any]:
+    """A once more, after B and C, at `--a2-sizes`: how far A itself moved during the run."""
+    again = argparse.Namespace(**{**vars(args), "sizes": args.a2_sizes, "phases": ["A"], "again": True})
+    return phase_a(again, gpu)
+
+
+def vision_ab(policy: Any, be: Backend, args) -> list[dict[str, Any]]:
+    """get_action with transformers' per-image vision attention vs the batched one, alternating."""
+    from policy_workers.backends._vision_attention import use_stock
+
+    rows = []
+    for b in args.capture_report:
+        batch = stacked_batch(be, b)
+        times: dict[str, list[float]] = {"stock": [], "batched": []}
+        for rep in range(args.a_reps + 1):
+            for name in ("stock", "batched"):
+                use_stock(policy.model, name == "stock")
+                s = time.perf_counter()
+                policy.get_action(batch)
+                if rep:  # the first round warms both paths up
+                    times[name].append((time.perf_counter() - s) * 1e3)
+        use_stock(policy.model, False)
+        row = {"batch": b, **{f"{k}_median_ms": round(statistics.median(v), 1) for k, v in times.items()},
+               **{f"{k}_min_ms": round(min(v), 1) for k, v in times.items()}}
+        row["speedup"] = round(row["stock_median_ms"] / row["batched_median_ms"], 2)
+        rows.append(row)
+        log(f"A: vision attention at B={b}: stock {row['stock_median_ms']} ms, batched {row['batched_median_ms']} ms")
+    return rows
 
 
 def time_split(policy: Any, batch: dict, torch: Any, reps: int = 3) -> dict[str, float]:
@@ -616,7 +649,7 @@ def worker_settings(args, redis_url: str, max_wait_ms: float):
     )
 
 
-def _worker_proc(settings: Any, stop_path: str, cohort_ms: float = 0.0) -> None:
+def _worker_proc(settings: Any, stop_path: str, cohort_ms: float = 0.0, trace_path: str = "") -> None:
     from policy_workers.loop import PolicyWorker
 
     if cohort_ms:
@@ -625,6 +658,10 @@ def _worker_proc(settings: Any, stop_path: str, cohort_ms: float = 0.0) -> None:
         install(merge_wait_ms=cohort_ms)
 
     worker = PolicyWorker(settings)
+    if trace_path:
+        from benchmarks import gap_trace
+
+        gap_trace.install(worker.backend)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -639,6 +676,8 @@ def _worker_proc(settings: Any, stop_path: str, cohort_ms: float = 0.0) -> None:
         w.cancel()
 
     asyncio.run(main())
+    if trace_path:
+        gap_trace.dump(trace_path)
 
 
 def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
@@ -651,7 +690,8 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
             mb = next((int(f[2:]) for f in flags if f.startswith("mb")), args.max_batch)
             cpus = next((float(f[4:]) for f in flags if f.startswith("cpus")), 1.0)
             runs.append(c_run(args, gpu, mode, float(wait), graphs="g" in flags, cohort_ms=cohort, max_batch=mb,
-                              replica_cpus=cpus))
+                              replica_cpus=cpus, shared_frames="shm" in flags, trace="trace" in flags,
+                              stage="nostage" not in flags))
         except Exception as e:
             import traceback
 
@@ -680,6 +720,9 @@ def c_run(
     cohort_ms: float = 0.0,
     max_batch: int = 64,
     replica_cpus: float = 1.0,
+    shared_frames: bool = False,
+    trace: bool = False,
+    stage: bool = True,
 ) -> dict[str, Any]:
     import redis
 
@@ -688,18 +731,24 @@ def c_run(
 
     red = EmbeddedRedis(binary=args.redis_server).start()
     log(
-        f"C[{mode}, max_batch {max_batch}, max_wait {max_wait_ms} ms, graphs {graphs}, cohort {cohort_ms}]: "
+        f"C[{mode}, max_batch {max_batch}, max_wait {max_wait_ms} ms, graphs {graphs}, cohort {cohort_ms}, "
+        f"shared frames {shared_frames}]: "
         f"redis at {red.url}"
     )
     settings = worker_settings(args, red.url, max_wait_ms)
     settings.worker.batch.max_batch_size = max_batch
+    settings.backend_options["stage_requests"] = stage
     if graphs:
         settings.backend_options["cuda_graph_batch_sizes"] = args.graph_sizes
     t = time.perf_counter()
     wp = None
     stop_path = os.path.join(args.out, f".c-stop-{os.getpid()}-{int(time.time())}")
+    trace_path = stop_path + ".trace" if trace else ""
+    if trace and mode != "plain":
+        raise ValueError("the gap trace runs in plain mode only (the worker is this script's child there)")
     if mode == "plain":
-        wp = mp.get_context("spawn").Process(target=_worker_proc, args=(settings, stop_path, cohort_ms), daemon=True)
+        wp = mp.get_context("spawn").Process(target=_worker_proc, args=(settings, stop_path, cohort_ms, trace_path),
+                                             daemon=True)
         wp.start()
         alive = wp.is_alive
         where = "policy_workers.loop.PolicyWorker in its own process (the plain policy-worker loop)"
@@ -761,7 +810,8 @@ def c_run(
             red.url,
             time.time() + 2,
             run_id=f"{mode}{int(max_wait_ms)}{'g' if graphs else ''}{'c' if cohort_ms else ''}"
-            f"mb{max_batch}-{int(time.time())}",
+            f"mb{max_batch}{'shm' if shared_frames else ''}-{int(time.time())}",
+            shared_frames=shared_frames,
         )
         holder: dict[str, Any] = {}
 
@@ -793,6 +843,7 @@ def c_run(
             "worker_encode_ms_per_request": round(1000 * (eb - ea) / (sb - sa), 3) if sb > sa else None,
             **gpu.window(t0, t1),
         }
+        row["_window"] = (t0, t1)
         rows.append(row)
         log(
             f"C: N={n:3d} {row['env_steps_per_s']:8.1f} steps/s {row['policy_calls_per_s']:7.2f} calls/s "
@@ -806,11 +857,22 @@ def c_run(
         wp.join(timeout=60)
         if wp.is_alive():
             wp.kill()
+        if trace and os.path.exists(trace_path):
+            from benchmarks import gap_trace
+
+            with open(trace_path) as f:
+                events = json.load(f)
+            for row in rows:
+                row["gap_trace"] = gap_trace.summarise(events, *row["_window"])
+                log(f"C: N={row['n']} gap trace {json.dumps(row['gap_trace'])}")
+            os.remove(trace_path)
     else:
         from ray import serve
 
         serve.shutdown()
         ray.shutdown()
+    for row in rows:
+        row.pop("_window", None)
     red.cleanup()
     return {
         "mode": mode,
@@ -819,6 +881,10 @@ def c_run(
         "replica_cpus": replica_cpus if mode == "serve" else None,
         "cuda_graphs": args.graph_sizes if graphs else None,
         "cohort_batcher_merge_wait_ms": cohort_ms or None,
+        "shared_frames": shared_frames,
+        "staged_requests": stage,
+        "frames": "camera frames through shared memory (broker.frames), requests through Redis" if shared_frames
+        else "whole observations through Redis",
         "worker_ready_s": round(load_s, 1),
         "rows": rows,
         "worker": f"{where}; max_batch_size={max_batch}, max_wait_ms={max_wait_ms}, "
@@ -871,18 +937,23 @@ def compare_rows(a: list[dict], b: dict[int, dict], c: dict[int, dict]) -> dict[
     return out
 
 
+def c_label(run: dict[str, Any]) -> str:
+    return (
+        f"C[{run.get('mode')},mb{run.get('max_batch_size', 64)},{run.get('max_wait_ms')},"
+        f"{'graphs' if run.get('cuda_graphs') else 'eager'}"
+        f"{',shm' if run.get('shared_frames') else ''}"
+        f"{',nostage' if run.get('staged_requests') is False else ''}"
+        f"{',cohort' if run.get('cohort_batcher_merge_wait_ms') else ''}]"
+    )
+
+
 def compare(res: dict[str, Any]) -> dict[str, Any]:
     a = res.get("A", {}).get("rows", [])
     b = {r["n"]: r for r in res.get("B", {}).get("rows", [])}
     out = compare_rows(a, b, {r["n"]: r for r in res.get("C", {}).get("rows", [])})
     for run in res.get("C", {}).get("runs", []):
         if "rows" in run:
-            key = (
-                f"C[{run['mode']},mb{run.get('max_batch_size', 64)},{run['max_wait_ms']},"
-                f"{'graphs' if run.get('cuda_graphs') else 'eager'}"
-                f"{',cohort' if run.get('cohort_batcher_merge_wait_ms') else ''}]"
-            )
-            out[key] = compare_rows(a, b, {r["n"]: r for r in run["rows"]})
+            out[c_label(run)] = compare_rows(a, b, {r["n"]: r for r in run["rows"]})
     return out
 
 
@@ -930,9 +1001,12 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=8, help="load-generator processes")
     ap.add_argument("--a-warmup", type=int, default=2)
     ap.add_argument("--a-reps", type=int, default=6)
+    ap.add_argument("--a2-sizes", default="64", help="phase A2: A again after B and C, at these batch sizes")
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--c-runs", default="plain:10", help="C configurations, MODE:MAX_WAIT_MS[:FLAGS] (MODE plain|"
-                    "serve; flags: g = CUDA graphs, mbN = max_batch_size, cpusN = replica CPUs, cohortMS = prototype)")
+                    "serve; flags: g = CUDA graphs, mbN = max_batch_size, cpusN = replica CPUs, "
+                    "shm = shared-memory frames, nostage = no per-request staging, trace = gap trace (plain only), "
+                    "cohortMS = prototype)")
     ap.add_argument("--c-warm", default="1,8,32,64")
     ap.add_argument("--capture-sizes", default="1,8,16,32,64")
     ap.add_argument("--graph-sizes", default="1,2,4,8,12,16,24,32,40,48,56,64", help="C runs with :g")
@@ -947,7 +1021,7 @@ def main() -> None:
     args = ap.parse_args()
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     args.phases = [p.strip() for p in args.phases.split(",")]
-    args.sizes, args.ns = ints(args.sizes), ints(args.ns)
+    args.sizes, args.ns, args.a2_sizes = ints(args.sizes), ints(args.ns), ints(args.a2_sizes)
     args.c_warm_sizes = ints(args.c_warm)
     args.c_runs = [x for x in args.c_runs.split(",") if x]
     args.capture_sizes, args.capture_report = ints(args.capture_sizes), ints(args.capture_report)
@@ -980,7 +1054,7 @@ def main() -> None:
     global SAVE
     SAVE = save
 
-    for phase, fn in (("A", phase_a), ("B", phase_b), ("C", phase_c)):
+    for phase, fn in (("A", phase_a), ("B", phase_b), ("C", phase_c), ("A2", phase_a_again)):
         if phase not in args.phases and not (phase == "A" and ("capture" in args.phases or "diag" in args.phases)):
             continue
         t = time.perf_counter()
@@ -1012,12 +1086,7 @@ def print_summary(res: dict[str, Any]) -> None:
         if res.get("A", {}).get(key):
             print(key + ":", json.dumps(res["A"][key])[:900])
     runs = [("B", res.get("B", {}))] + [
-        (
-            f"C[{r.get('mode')},mb{r.get('max_batch_size', 64)},{r.get('max_wait_ms')},"
-            f"{'graphs' if r.get('cuda_graphs') else 'eager'}"
-            f"{',cohort' if r.get('cohort_batcher_merge_wait_ms') else ''}]",
-            r,
-        )
+        (c_label(r), r)
         for r in res.get("C", {}).get("runs", [])
     ]
     for d, part in runs:

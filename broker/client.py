@@ -23,6 +23,7 @@ import redis.asyncio as aredis
 
 from broker.codec import Codec, MsgpackNumpyCodec
 from broker.errors import BrokerError, PolicyErrorReply, PolicyTimeout, ProtocolError, RedisUnavailable
+from broker.frames import FrameArena
 from broker.keys import Keys, shard_of
 from broker.schema import RETRYABLE, Reply, Request
 from broker.settings import ClientSettings
@@ -69,6 +70,7 @@ class _Core:
         self.codec = codec or MsgpackNumpyCodec()
         self.shards = shards
         self.rollouts: dict[str, _Rollout] = {}
+        self.frames = FrameArena(settings.frames_dir) if settings.shared_frames else None
 
     def begin(self, rollout: str, obs: Any) -> tuple[_Rollout, str, str, dict[str, Any]]:
         state = self.rollouts.setdefault(rollout, _Rollout())
@@ -78,10 +80,22 @@ class _Core:
             rollout=rollout,
             seq=state.seq,
             reply_to=reply_key,
-            obs=obs if isinstance(obs, bytes) else self.codec.encode(obs),
+            obs=obs if isinstance(obs, bytes) else self.codec.encode(self._frames_out(rollout, obs)),
             ttl_ms=int(self.settings.deadline_s * 1000),
         )
         return state, self.keys.requests(self.policy, shard), reply_key, request.to_fields()
+
+    def _frames_out(self, rollout: str, obs: Any) -> Any:
+        return obs if self.frames is None else self.frames.externalize(rollout, obs)
+
+    def forget(self, rollout: str) -> None:
+        self.rollouts.pop(rollout, None)
+        if self.frames is not None:
+            self.frames.forget(rollout)
+
+    def close(self) -> None:
+        if self.frames is not None:
+            self.frames.close()
 
     def match(self, state: _Rollout, entries: list) -> Reply | None:
         """The reply to the awaited sequence number among `entries`, if any; stale ones are skipped."""
@@ -280,8 +294,12 @@ class PolicyClient:
         return out  # type: ignore[return-value]
 
     def forget(self, rollout: str) -> None:
-        """Drop a finished rollout's sequence state."""
-        self._core.rollouts.pop(rollout, None)
+        """Drop a finished rollout's sequence state (and its shared-memory segment)."""
+        self._core.forget(rollout)
+
+    def close(self) -> None:
+        """Unlink this client's shared-memory segments (also done at interpreter exit)."""
+        self._core.close()
 
 
 class SyncPolicyClient:
@@ -298,6 +316,14 @@ class SyncPolicyClient:
     ) -> None:
         self.redis = redis_client
         self._core = _Core(keys or Keys(), policy, settings or ClientSettings(), codec, shards)
+
+    def forget(self, rollout: str) -> None:
+        """Drop a finished rollout's sequence state (and its shared-memory segment)."""
+        self._core.forget(rollout)
+
+    def close(self) -> None:
+        """Unlink this client's shared-memory segments (also done at interpreter exit)."""
+        self._core.close()
 
     def metadata(self) -> dict[str, Any]:
         raw = self.redis.hget(self._core.keys.policy_meta(self._core.policy), "metadata")

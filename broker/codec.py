@@ -8,6 +8,8 @@ also accepts openpi's layout (`{"__ndarray__": True, "dtype", "shape", "data"}`)
 msgpack-numpy's own decoder unpickles object arrays, so we never call it: the decode hook here is
 strict (dtype allow-list, shape x itemsize == byte length, caps on size, array count, container
 count and depth) and returns read-only arrays that share memory with the received bytes.
+An array may also travel as a reference into a shared-memory segment (`broker.frames`), which
+only a decoder given a `FrameReader` resolves.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any, Protocol
 import msgpack
 import numpy as np
 
-from broker.errors import CodecError
+from broker.errors import CodecError, SharedFramesUnavailable
+from broker.frames import FrameReader, SharedFrame, is_frame_map
 
 # Little-endian (or byte-order-free) bool, signed/unsigned ints and floats only.
 _DTYPE = re.compile(r"^(\|b1|\|[iu]1|[<|=]?[iu][248]|[<|=]?f[248]|\?)$")
@@ -57,16 +60,32 @@ def _is_ndarray_map(obj: dict) -> bool:
     return ("nd" in obj and "type" in obj and "data" in obj) or ("__ndarray__" in obj and "dtype" in obj)
 
 
+_BIN = {n: n.encode() for n in ("nd", "type", "kind", "shape", "data", "dtype", "__ndarray__")}
+
+
 def _get(obj: dict, name: str) -> Any:
+    b = _BIN.get(name) or name.encode()
+    if b in obj:  # msgpack-numpy's bin keys first: the common case on the hot path
+        return obj[b]
     if name in obj:
         return obj[name]
-    b = name.encode()
-    if b in obj:
-        return obj[b]
     raise CodecError(f"array map is missing its {name!r} field")
 
 
+_DTYPE_CACHE: dict[Any, np.dtype] = {}
+
+
 def _dtype(spec: Any) -> np.dtype:
+    known = _DTYPE_CACHE.get(spec) if isinstance(spec, str | bytes) else None
+    if known is not None:
+        return known
+    dtype = _check_dtype(spec)
+    if len(_DTYPE_CACHE) < 64:
+        _DTYPE_CACHE[spec] = dtype
+    return dtype
+
+
+def _check_dtype(spec: Any) -> np.dtype:
     if isinstance(spec, bytes):
         spec = spec.decode("ascii", "replace")
     if not isinstance(spec, str):
@@ -78,6 +97,18 @@ def _dtype(spec: Any) -> np.dtype:
             "(object, string, void, structured, complex and big-endian arrays are refused)"
         )
     return np.dtype(spec)
+
+
+def _shape(obj: dict) -> tuple[list[int], int]:
+    shape = _get(obj, "shape")
+    if not isinstance(shape, (list, tuple)) or len(shape) > _MAX_NDIM:
+        raise CodecError(f"array shape must be a list of at most {_MAX_NDIM} dimensions")
+    count = 1
+    for d in shape:
+        if type(d) is not int or d < 0:  # bool (a subclass of int) is refused too
+            raise CodecError(f"array shape {list(shape)!r} must hold non-negative integers")
+        count *= d
+    return list(shape), count
 
 
 def _array(obj: dict) -> np.ndarray:
@@ -92,14 +123,7 @@ def _array(obj: dict) -> np.ndarray:
             if not isinstance(scalar, bytes) or len(scalar) != dtype.itemsize:
                 raise CodecError(f"numpy scalar of dtype {dtype.str} needs {dtype.itemsize} data bytes")
             return np.frombuffer(scalar, dtype=dtype)[0]
-    shape = _get(obj, "shape")
-    if not isinstance(shape, (list, tuple)) or len(shape) > _MAX_NDIM:
-        raise CodecError(f"array shape must be a list of at most {_MAX_NDIM} dimensions")
-    count = 1
-    for d in shape:
-        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
-            raise CodecError(f"array shape {list(shape)!r} must hold non-negative integers")
-        count *= d
+    shape, count = _shape(obj)
     data = _get(obj, "data")
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CodecError("array data must be a msgpack bin value")
@@ -116,12 +140,13 @@ def _array(obj: dict) -> np.ndarray:
 class _Decoder:
     """One decode's state: counts containers and arrays as msgpack builds them."""
 
-    __slots__ = ("limits", "containers", "arrays")
+    __slots__ = ("limits", "containers", "arrays", "frames")
 
-    def __init__(self, limits: CodecLimits) -> None:
+    def __init__(self, limits: CodecLimits, frames: FrameReader | None) -> None:
         self.limits = limits
         self.containers = 0
         self.arrays = 0
+        self.frames = frames
 
     def _count(self) -> None:
         self.containers += 1
@@ -135,6 +160,15 @@ class _Decoder:
             if self.arrays > self.limits.max_arrays:
                 raise CodecError(f"message holds more than {self.limits.max_arrays} arrays")
             return _array(obj)
+        if is_frame_map(obj):
+            self.arrays += 1
+            if self.arrays > self.limits.max_arrays:
+                raise CodecError(f"message holds more than {self.limits.max_arrays} arrays")
+            if self.frames is None:
+                raise SharedFramesUnavailable("message refers to shared-memory frames, which this side does not "
+                                              "read: send arrays inline (turn shared frames off)")
+            shape, _ = _shape(obj)
+            return self.frames.read(obj, _dtype(_get(obj, "type")), shape)
         if b"__npgeneric__" in obj or ("__npgeneric__" in obj and "dtype" in obj):
             return np.asarray(_get(obj, "data"), dtype=_dtype(_get(obj, "dtype")))[()]
         for k in obj:
@@ -171,16 +205,23 @@ def _default(obj: Any) -> Any:
         if obj.dtype.kind not in "biuf":
             raise CodecError(f"cannot send numpy scalars of dtype {obj.dtype}")
         return {b"nd": False, b"type": obj.dtype.str, b"kind": b"", b"data": obj.tobytes()}
+    if isinstance(obj, SharedFrame):
+        return obj.to_wire()
     if isinstance(obj, tuple):
         return list(obj)
     raise CodecError(f"cannot encode {type(obj).__name__}: send maps, lists, strings, numbers and arrays")
 
 
 class MsgpackNumpyCodec:
-    """The default codec: msgpack with msgpack-numpy's array layout, decoded strictly."""
+    """The default codec: msgpack with msgpack-numpy's array layout, decoded strictly.
 
-    def __init__(self, limits: CodecLimits | None = None) -> None:
+    With a `FrameReader` (policy workers) it also resolves shared-memory frame references
+    (`broker.frames`); without one such a reference is refused.
+    """
+
+    def __init__(self, limits: CodecLimits | None = None, frames: FrameReader | None = None) -> None:
         self.limits = limits or CodecLimits()
+        self.frames = frames
 
     def encode(self, obj: Any) -> bytes:
         try:
@@ -196,7 +237,7 @@ class MsgpackNumpyCodec:
             raise CodecError("message must be bytes")
         if len(data) > lim.max_bytes:
             raise CodecError(f"message of {len(data)} bytes exceeds the {lim.max_bytes}-byte limit")
-        state = _Decoder(lim)
+        state = _Decoder(lim, self.frames)
         try:
             obj = msgpack.unpackb(
                 data,

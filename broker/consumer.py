@@ -38,7 +38,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.batcher import CohortBatcher, MicroBatcher, signature
 from broker.codec import Codec, MsgpackNumpyCodec
-from broker.errors import BrokerError, CodecError, ProtocolError
+from broker.errors import BrokerError, CodecError, ProtocolError, SharedFramesUnavailable
+from broker.frames import FrameReader
 from broker.keys import GROUP, Keys
 from broker.schema import Reply, Request, Status
 from broker.settings import WorkerSettings
@@ -51,7 +52,9 @@ class BatchHandler(Protocol):
     """What the consumer needs from a policy: a schema check and batched inference.
 
     A handler may also set `inline = True` when `infer` is trivial (the null backend): it then runs
-    on the event loop instead of in the inference thread.
+    on the event loop instead of in the inference thread; or `stages = True` with a `stage(obs)`
+    method: each request is then staged on the inference thread as it arrives, and `infer` gets
+    the staged items (preparation overlaps the wait for the rest of the batch).
     """
 
     def validate(self, obs: Any) -> str | None:
@@ -84,6 +87,7 @@ class Job:
     id_ms: int
     deliveries: int
     decode_s: float
+    staged: asyncio.Future | None = None
 
 
 _PCTS = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
@@ -156,7 +160,8 @@ class StreamConsumer:
         self.handler = handler
         self.settings = settings
         self.keys = keys or Keys()
-        self.codec = codec or MsgpackNumpyCodec()
+        frames = FrameReader(settings.frames_dir) if settings.shared_frames else None
+        self.codec = codec or MsgpackNumpyCodec(frames=frames)
         self.metrics = metrics or _NoMetrics()
         self.clock = clock
         self.worker_id = settings.worker_id or default_worker_id()
@@ -171,6 +176,7 @@ class StreamConsumer:
         self._prefix = {s: self.keys.reply_prefix(settings.policy, i) for i, s in enumerate(self.streams)}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="rolloutq-infer")
         self._inline = bool(getattr(handler, "inline", False))
+        self._stages = bool(getattr(handler, "stages", False)) and not self._inline
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._in_inference = 0
@@ -337,6 +343,9 @@ class StreamConsumer:
         t0 = time.perf_counter()
         try:
             obs = self.codec.decode(request.obs)
+        except SharedFramesUnavailable as e:
+            return stream, entry_id, reply_to, Reply(seq, Status.FRAMES_UNAVAILABLE, error=str(e),
+                                                     worker=self.worker_id)
         except CodecError as e:
             return stream, entry_id, reply_to, Reply(seq, Status.BAD_OBSERVATION, error=str(e), worker=self.worker_id)
         except Exception as e:  # the codec's own checks missed something: still the sender's bytes' fault
@@ -357,6 +366,8 @@ class StreamConsumer:
                 return stream, entry_id, reply_to, Reply(seq, Status.SCHEMA_MISMATCH, error=problem,
                                                          worker=self.worker_id)
         job = Job(entry_id, stream, request, obs, id_ms, deliveries, decode_s)
+        if self._stages:
+            job.staged = asyncio.get_running_loop().run_in_executor(self._executor, self.handler.stage, obs)
         # A request on its last allowed delivery runs in a batch of its own (see claim_once), so if it
         # crashes the process it cannot push innocent batch-mates past max_deliveries with it.
         key = signature(obs) if deliveries < self.settings.max_deliveries else ("last-chance", entry_id)
@@ -413,6 +424,8 @@ class StreamConsumer:
                                       "add policy workers or lengthen the deadline", worker=self.worker_id)))
             else:
                 live.append(job)
+        if live and self._stages:
+            live = await self._staged(live, replies)
         if live:
             queue_ms = [max(0.0, now_ms - j.id_ms) for j in live]
             t0 = time.perf_counter()
@@ -446,6 +459,22 @@ class StreamConsumer:
             task = asyncio.create_task(self._write_replies(replies))
             self._writers.add(task)
             task.add_done_callback(self._writers.discard)
+
+    async def _staged(self, jobs: list[Job], replies: list) -> list[Job]:
+        """Swap each job's observation for its staged form; a request whose staging failed is answered alone."""
+        ok = []
+        for job in jobs:
+            try:
+                job.obs = await job.staged  # type: ignore[misc]
+                ok.append(job)
+            except Exception as e:
+                log.warning("worker %s: staging request %s failed: %s", self.worker_id, job.entry_id.decode(),
+                            _safe_message(e))
+                replies.append((job.stream, job.entry_id, job.request.reply_to, Reply(
+                    job.request.seq, Status.INFERENCE_FAILED, error=f"preparing the observation failed "
+                    f"({type(e).__name__}); resend it", worker=self.worker_id)))
+            job.staged = None
+        return ok
 
     async def _run_infer(self, loop: asyncio.AbstractEventLoop, batch: list[Any]) -> list[Any]:
         if self._inline:

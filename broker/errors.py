@@ -15,6 +15,11 @@ class CodecError(BrokerError):
     """
 
 
+class SharedFramesUnavailable(CodecError):
+    """A shared-memory frame the worker cannot reach: the simulator is on another host or namespace,
+    runs as another user, or /dev/shm is full. Turn shared frames off for that simulator."""
+
+
 class ProtocolError(BrokerError):
     """A stream entry that lacks fields, carries bad values or speaks another protocol version."""
 

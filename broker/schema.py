@@ -21,6 +21,7 @@ class Status(StrEnum):
     OK = "ok"
     BAD_REQUEST = "bad_request"  # fields missing or malformed; fix the client
     BAD_OBSERVATION = "bad_observation"  # observation bytes rejected by the codec
+    FRAMES_UNAVAILABLE = "frames_unavailable"  # shared-memory frames not reachable from the worker
     SCHEMA_MISMATCH = "schema_mismatch"  # observation does not match the policy's published schema
     UNSUPPORTED_VERSION = "unsupported_version"  # protocol version this worker does not speak
     EXPIRED = "expired"  # deadline passed before inference; not retried by the worker

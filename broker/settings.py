@@ -31,6 +31,11 @@ class ClientSettings:
     max_resends: int = 3
     backoff_s: float = 0.2
     """Base delay before a resend after a retryable error reply (doubled each time, with jitter)."""
+    shared_frames: bool = False
+    """Send arrays of 64 KiB and more (camera frames) through shared memory instead of Redis
+    (`broker.frames`). Only for simulators on the policy workers' host (same /dev/shm, same user);
+    a worker that cannot reach the segment answers `frames_unavailable`."""
+    frames_dir: str = "/dev/shm"
 
 
 @dataclass
@@ -69,3 +74,7 @@ class WorkerSettings:
     """After this many deliveries a request goes to the dead-letter stream with an error reply."""
     stats_every_s: float = 1.0
     validate_schema: bool = True
+    shared_frames: bool = True
+    """Accept observations whose large arrays are in shared memory (`broker.frames`); simulators
+    opt in per client, and a worker on another host answers them `frames_unavailable`."""
+    frames_dir: str = "/dev/shm"

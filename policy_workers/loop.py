@@ -41,6 +41,7 @@ class _Handler:
     def __init__(self, backend: PolicyBackend, meta: PolicyMetadata) -> None:
         self.backend = backend
         self.inline = bool(getattr(backend, "runs_inline", False))
+        self.stages = bool(getattr(backend, "stages", False)) and not self.inline
         self.schema = meta.observation_schema
         self.any_obs = bool(meta.extra.get("accepts_any_observation")) or not self.schema
 
@@ -48,6 +49,9 @@ class _Handler:
         if self.any_obs:
             return None if isinstance(obs, dict) else "observation must be a map of named arrays"
         return check_schema(obs, self.schema)
+
+    def stage(self, obs: Any) -> Any:
+        return self.backend.stage(obs)
 
     def infer(self, batch: list[Any]) -> list[Any]:
         return self.backend.infer(batch)

@@ -10,17 +10,21 @@ to 256, centre-cropped by 230/256, resized back to 256, scaled to [-1, 1] (Qwen3
 and cut into Qwen-VL patches (16 px, temporal patch 2, 2x2 merge -> 64 tokens per frame); the
 prompt is the Qwen chat layout (im_start, user, one vision block per frame, instruction, im_end)
 with a STAND-IN tokenizer for the words (the real one needs the hub), left-padded across the
-batch; state groups are concatenated and zero-padded to 132. The actions it returns are noise:
-every `info` says "GR00T N1.7 network, random weights".
+batch; state groups are concatenated and zero-padded to 132. The vision tower's attention runs
+all (equal-sized) images in one call (`_vision_attention`; `batched_vision_attention=False` keeps
+transformers' per-image loop). The actions it returns are noise: every `info` says "GR00T N1.7
+network, random weights".
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 
+from policy_workers.backends._vision_attention import batch_vision_attention
 from policy_workers.backends.gr00t import RANDOM_LABEL, ModalitySpec, synthetic_text_ids
 from policy_workers.errors import BackendLoadError
 
@@ -45,6 +49,7 @@ class N17RandomPolicy:
         seed: int = 0,
         cuda_graph_batch_sizes: tuple[int, ...] = (),
         cuda_graph_tokens: int = 160,
+        batched_vision_attention: bool = True,
     ) -> None:
         try:
             import torch
@@ -67,6 +72,9 @@ class N17RandomPolicy:
             model = GR00TN17(cfg, load_backbone_weights=False)
         self.model = model.to(device=self.device, dtype=torch.bfloat16).eval()
         self.parameters = sum(p.numel() for p in self.model.parameters())
+        self.vision_attention = "stock (turned off)"
+        if batched_vision_attention:
+            self.vision_attention = batch_vision_attention(self.model, (TARGET // PATCH) ** 2, torch)
         self.state_dim = sum(s[-1] for s in self.spec.state.values())
         self.action_dim = sum(self.spec.action.values())
         if self.state_dim > MAX_DIM or self.action_dim > MAX_DIM:
@@ -78,12 +86,27 @@ class N17RandomPolicy:
             self.graphs.capture()
 
     # -- input preparation -----------------------------------------------------------------
-    def _pixels(self, video: np.ndarray) -> tuple[Any, Any]:
-        """(B, T, H, W, 3) uint8 -> Qwen-VL pixel_values (B*T*256, 1536) and grid_thw (B*T, 3)."""
+    def stage_video(self, video: np.ndarray) -> Any:
+        """One request's frames (1, T, H, W, 3) uint8 on the device, ahead of its batch."""
+        with warnings.catch_warnings():  # read-only views (shared memory, Redis bytes): never written
+            warnings.simplefilter("ignore", UserWarning)
+            return self.torch.from_numpy(np.ascontiguousarray(video)).to(self.device)
+
+    def cat_video(self, parts: list[Any], dim: int = 0) -> Any:
+        return self.torch.cat(parts, dim)
+
+    def _pixels(self, video: Any) -> tuple[Any, Any]:
+        """(B, T, H, W, 3) uint8 (numpy, or staged on the device) -> Qwen-VL pixel_values (B*T*256, 1536)
+        and grid_thw (B*T, 3)."""
         torch = self.torch
         F = torch.nn.functional
         b, t, h, w, c = video.shape
-        x = torch.from_numpy(np.ascontiguousarray(video)).to(self.device, non_blocking=True)
+        if isinstance(video, torch.Tensor):
+            x = video
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                x = torch.from_numpy(np.ascontiguousarray(video)).to(self.device, non_blocking=True)
         x = x.reshape(b * t, h, w, c).permute(0, 3, 1, 2).float()
         if (h, w) != (TARGET, TARGET):
             x = F.interpolate(x, size=(TARGET, TARGET), mode="bicubic", antialias=True, align_corners=False)
@@ -129,7 +152,8 @@ class N17RandomPolicy:
         torch = self.torch
         spec = self.spec
         videos = [obs["video"][k] for k in spec.video]
-        video = videos[0] if len(videos) == 1 else np.concatenate(videos, axis=1)  # views along T
+        join = np.concatenate if isinstance(videos[0], np.ndarray) else self.cat_video
+        video = videos[0] if len(videos) == 1 else join(videos, 1)  # views along T
         b, frames = video.shape[0], video.shape[1]
         pixel_values, grid = self._pixels(video)
         texts = [row[0] for row in obs["language"][spec.language[0]]]

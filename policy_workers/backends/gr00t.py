@@ -183,13 +183,25 @@ def check_nested(nested: dict[str, dict[str, Any]], spec: ModalitySpec, where: s
     return batch
 
 
-def stack(nested_list: list[dict[str, dict[str, Any]]], spec: ModalitySpec) -> dict[str, dict[str, Any]]:
-    """Concatenate checked observations along B (one array per key, language rows joined)."""
+@dataclass
+class Staged:
+    """A request prepared ahead of its batch (`Backend.stage`): checked, frames already on the device."""
+
+    nested: dict[str, dict[str, Any]]
+    size: int
+
+
+def stack(nested_list: list[dict[str, dict[str, Any]]], spec: ModalitySpec,
+          cat_video: Any = None) -> dict[str, dict[str, Any]]:
+    """Concatenate checked observations along B (one array per key, language rows joined).
+
+    Video parts that are not numpy arrays (staged device tensors) are joined with `cat_video`."""
     out: dict[str, dict[str, Any]] = {"video": {}, "state": {}, "language": {}}
     for mod in ("video", "state"):
         for key in spec.video if mod == "video" else spec.state:
             parts = [n[mod][key] for n in nested_list]
-            out[mod][key] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+            join = np.concatenate if isinstance(parts[0], np.ndarray) else cat_video
+            out[mod][key] = parts[0] if len(parts) == 1 else join(parts, 0)
     for key in spec.language:
         out["language"][key] = [row for n in nested_list for row in n["language"][key]]
     return out
@@ -241,6 +253,12 @@ class Gr00tSettings:
     growth) are paid before serving instead of by the first rollouts."""
     cuda_graph_batch_sizes: tuple[int, ...] = ()
     """n17-random: capture the action head as CUDA graphs for these batch sizes (pad up to the next)."""
+    stage_requests: bool = True
+    """n17-random: copy each request's frames to the device as it arrives (`Backend.stage`), so a
+    batch's frames are on the GPU when its last request comes in."""
+    batched_vision_attention: bool = True
+    """n17-random: run the vision tower's attention over all images in one call instead of
+    transformers' per-image loop (checked against it at load; `_vision_attention`)."""
     policy_factory: str | None = None
     """`module:callable` taking the settings and returning a Gr00tPolicy-like object (custom wrappers,
     test doubles); overrides `mode`'s loader."""
@@ -323,6 +341,7 @@ class Backend(PolicyBackend):
                 embodiment_id=N17_EMBODIMENT_IDS.get(s.tag_value, 10),
                 seed=s.seed,
                 cuda_graph_batch_sizes=tuple(s.cuda_graph_batch_sizes),
+                batched_vision_attention=s.batched_vision_attention,
             )
         else:
             self.policy = self._load_gr00t()
@@ -392,22 +411,45 @@ class Backend(PolicyBackend):
                 "modality_config": spec.to_dict(),
                 "denoising_steps": s.denoising_steps,
                 "cuda_graph_batch_sizes": list(s.cuda_graph_batch_sizes),
+                **({"vision_attention": self.policy.vision_attention}
+                   if hasattr(self.policy, "vision_attention") else {}),
                 "load_time_s": round(self.load_time_s, 2),
                 **({"label": RANDOM_LABEL} if random else {}),
             },
         )
 
     # -- inference -------------------------------------------------------------------------
-    def infer(self, batch: list[Obs]) -> list[Chunk]:
+    @property
+    def stages(self) -> bool:  # type: ignore[override]
+        """Whether the policy can take frames to the device per request (n17-random can)."""
+        return self.settings.stage_requests and callable(getattr(self.policy, "stage_video", None))
+
+    def stage(self, obs: Obs) -> Staged:
+        """Check one observation and copy its frames to the device while the rest of its batch arrives."""
+        if self.policy is None:
+            raise BackendLoadError("gr00t backend: stage() before load()")
+        nested = to_nested(obs, self.spec)
+        size = check_nested(nested, self.spec)
+        nested["video"] = {k: self.policy.stage_video(v) for k, v in nested["video"].items()}  # type: ignore[attr-defined]
+        return Staged(nested, size)
+
+    def infer(self, batch: list[Obs | Staged]) -> list[Chunk]:
         if self.policy is None:
             raise BackendLoadError("gr00t backend: infer() before load()")
         t0 = time.perf_counter()
         nested, sizes = [], []
+        mixed = any(isinstance(obs, Staged) for obs in batch)
         for i, obs in enumerate(batch):
+            if isinstance(obs, Staged):
+                nested.append(obs.nested)
+                sizes.append(obs.size)
+                continue
             n = to_nested(obs, self.spec)
             sizes.append(check_nested(n, self.spec, where=f"observation {i}"))
+            if mixed:  # joins with staged frames only once on the device too
+                n["video"] = {k: self.policy.stage_video(v) for k, v in n["video"].items()}  # type: ignore[attr-defined]
             nested.append(n)
-        stacked = stack(nested, self.spec)
+        stacked = stack(nested, self.spec, cat_video=getattr(self.policy, "cat_video", None))
         t1 = time.perf_counter()
         action, info = self.policy.get_action(stacked)
         t2 = time.perf_counter()

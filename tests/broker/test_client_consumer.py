@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 
@@ -153,6 +154,124 @@ def test_bad_observation_gets_error_reply_and_worker_keeps_serving(redis_url):
             res = await client.act("good", {"x": np.ones((1, 1), np.float32)})
             assert res.chunk["echo"].shape == (1, 1)
             await r.aclose()
+
+    asyncio.run(main())
+
+
+class SumHandler(EchoHandler):
+    """Replies with a small digest of a large `x` (so replies stay small) and the value of its first cell."""
+
+    def infer(self, batch):
+        self.batches.append(len(batch))
+        time.sleep(self.delay_s)
+        return [{"sum": np.float64(o["x"].sum()), "first": np.asarray(o["x"]).reshape(-1)[:1].copy(),
+                 "shape": np.asarray(o["x"].shape)} for o in batch]
+
+
+def test_shared_frames_carry_large_arrays_past_redis_and_batch_like_inline_ones(redis_url, tmp_path):
+    frames_dir = str(tmp_path)  # stands in for /dev/shm, shared by the client and the worker
+
+    async def main():
+        handler = SumHandler(delay_s=0.01)
+        async with serving(redis_url, handler, frames_dir=frames_dir,
+                           batch=BatchSettings(max_batch_size=8, max_wait_ms=20)):
+            r = connect_async(RedisSettings(url=redis_url))
+            shared = PolicyClient(r, "p", settings=ClientSettings(deadline_s=20, shared_frames=True,
+                                                                  frames_dir=frames_dir))
+            inline = PolicyClient(r, "p", settings=ClientSettings(deadline_s=20))
+            seen: dict[int, list[int]] = {i: [] for i in range(8)}
+
+            async def rollout(client: PolicyClient, i: int) -> None:
+                for _ in range(4):
+                    x = np.full((1, 128, 128), i * 10 + len(seen[i]), np.float32)  # 64 KiB: by reference
+                    res = await client.act(f"r{i}", {"x": x})
+                    assert res.seq == len(seen[i])
+                    seen[i].append(res.batch)
+                    assert res.chunk["shape"].tolist() == [1, 128, 128] and res.chunk["first"][0] == x[0, 0, 0]
+                    assert res.chunk["sum"] == x.sum()
+
+            async def redis_in() -> int:
+                return int((await r.info("stats"))["total_net_input_bytes"])
+
+            before = await redis_in()
+            await asyncio.gather(*[rollout(shared, i) for i in (1, 3, 5, 7)])  # 1 MiB of arrays
+            assert await redis_in() - before < 200_000  # the arrays did not pass through Redis
+            await asyncio.gather(*[rollout(shared if i % 2 else inline, i) for i in range(8)])
+            assert len(os.listdir(frames_dir)) == 4  # one segment per shared-frame rollout
+            results = await shared.act_many([(f"r{i}", {"x": np.zeros((1, 128, 128), np.float32)})
+                                             for i in (1, 3)])
+            assert all(res.chunk["shape"].tolist() == [1, 128, 128] for res in results)
+            shared.close()
+            assert os.listdir(frames_dir) == []
+            await r.aclose()
+        assert sum(handler.batches) == 50 and max(handler.batches) > 1
+
+    asyncio.run(main())
+
+
+def test_shared_frames_a_worker_cannot_reach_get_a_clear_error(redis_url, tmp_path):
+    async def main():
+        async with serving(redis_url, EchoHandler(), frames_dir=str(tmp_path / "worker-host")):
+            r = connect_async(RedisSettings(url=redis_url))
+            client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=10, shared_frames=True,
+                                                                  frames_dir=str(tmp_path)))
+            with pytest.raises(PolicyErrorReply) as err:
+                await client.act("remote", {"x": np.zeros((1, 128, 128), np.float32)})
+            assert err.value.code == Status.FRAMES_UNAVAILABLE
+            assert "turn shared frames off" in err.value.detail
+            res = await client.act("remote", {"x": np.ones((1, 2), np.float32)})  # small arrays go inline
+            assert res.chunk["echo"].tolist() == [[1.0, 1.0]]
+            client.close()
+            await r.aclose()
+        async with serving(redis_url, EchoHandler(), shared_frames=False):
+            r = connect_async(RedisSettings(url=redis_url))
+            client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=10, shared_frames=True,
+                                                                  frames_dir=str(tmp_path)))
+            with pytest.raises(PolicyErrorReply) as err:
+                await client.act("off", {"x": np.zeros((1, 128, 128), np.float32)})
+            assert err.value.code == Status.FRAMES_UNAVAILABLE and "does not read" in err.value.detail
+            client.close()
+            await r.aclose()
+
+    asyncio.run(main())
+
+
+class StagingHandler(EchoHandler):
+    """Stages each request on the inference thread as it arrives; x == -1 fails to stage."""
+
+    stages = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage_threads: set[str] = set()
+        self.staged_batches: list[bool] = []
+
+    def stage(self, obs):
+        self.stage_threads.add(threading.current_thread().name)
+        if float(np.asarray(obs["x"]).reshape(-1)[0]) == -1:
+            raise RuntimeError("device out of memory (test)")
+        return ("staged", obs)
+
+    def infer(self, batch):
+        self.staged_batches.append(all(isinstance(b, tuple) and b[0] == "staged" for b in batch))
+        return super().infer([b[1] for b in batch])
+
+
+def test_staging_runs_per_request_on_the_inference_thread_and_fails_alone(redis_url):
+    async def main():
+        handler = StagingHandler()
+        async with serving(redis_url, handler, batch=BatchSettings(max_batch_size=8, max_wait_ms=20)):
+            r = connect_async(RedisSettings(url=redis_url))
+            client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=10, max_resends=1, backoff_s=0.01))
+            good = [client.act(f"r{i}", {"x": np.full((1, 1), i, np.float32)}) for i in range(6)]
+            results = await asyncio.gather(*good, client.act("bad", {"x": np.full((1, 1), -1, np.float32)}),
+                                           return_exceptions=True)
+            assert [res.chunk["echo"][0, 0] for res in results[:6]] == list(range(6))
+            assert isinstance(results[6], PolicyErrorReply) and results[6].code == Status.INFERENCE_FAILED
+            assert "resend" in results[6].detail and "out of memory" not in results[6].detail
+            await r.aclose()
+        assert handler.stage_threads == {"rolloutq-infer_0"}
+        assert all(handler.staged_batches) and sum(handler.batches) == 6
 
     asyncio.run(main())
 

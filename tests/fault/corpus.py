@@ -141,3 +141,40 @@ def oversize_case(reply_to: str, limits: CodecLimits | None = None) -> dict:
     """A message one byte over the codec's size cap (rejected on its length, before any parsing)."""
     lim = limits or CodecLimits()
     return envelope(b"\x00" * (lim.max_bytes + 1), reply_to)
+
+
+FRAMES_UNAVAILABLE = {"frames_unavailable"}
+
+
+def frame_cases(reply_to: str, arena) -> list[tuple[str, dict, set[str]]]:
+    """Hostile shared-memory frame references (`broker.frames`), for a worker on this host.
+
+    `arena` is a client-side `FrameArena` in the worker's frames directory; one real segment is
+    written so that token, bounds and generation checks are reached, not just the name check.
+    """
+    obs = valid_obs(**{"video.top": np.zeros((1, 1, 160, 160, 3), np.uint8)})  # 75 KiB: by reference
+    ref = arena.externalize("fuzz-frames", obs)["video.top"].to_wire()
+
+    def frame(**over) -> bytes:
+        m = dict(ref)
+        for k, v in over.items():
+            m[k.encode()] = v
+        return pack({"video.top": {k: v for k, v in m.items() if v is not None}, "state.arm": arr(
+            "<f4", [1, 1, 2], np.float32([0.1, 0.2]).tobytes()), "annotation.human.task_description": [["t"]]})
+
+    frame_obs: list[tuple[str, bytes, set[str]]] = [
+        ("frame name with a path", frame(shm="../../etc/passwd"), BAD_OBS),
+        ("frame name outside rq-", frame(shm="PostgreSQL.1"), BAD_OBS),
+        ("frame segment that does not exist", frame(shm="rq-" + "0" * 32), FRAMES_UNAVAILABLE),
+        ("frame token of another segment", frame(token=bytes(16)), FRAMES_UNAVAILABLE),
+        ("frame token wrong length", frame(token=b"short"), BAD_OBS),
+        ("frame offset inside the header", frame(offset=8), BAD_OBS),
+        ("frame offset past the end", frame(offset=2**40), BAD_OBS),
+        ("frame shape past the end", frame(shape=[1, 1, 1024, 1024, 3]), BAD_OBS),
+        ("frame huge shape", frame(shape=[2**40, 2**40]), BAD_OBS),
+        ("frame stale generation", frame(gen=ref[b"gen"] + 1), BAD_OBS),
+        ("frame offset not an int", frame(offset="64"), BAD_OBS),
+        ("frame object dtype", frame(type="|O"), BAD_OBS),
+        ("frame map missing token", frame(token=None), BAD_OBS),
+    ]
+    return [(name, envelope(o, reply_to), want) for name, o, want in frame_obs]

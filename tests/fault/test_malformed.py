@@ -12,9 +12,10 @@ import pytest
 import redis
 
 from broker.codec import encode
+from broker.frames import FrameArena
 from broker.schema import Reply
 from tests.fault.conftest import wait_worker
-from tests.fault.corpus import cases, envelope, oversize_case, valid_obs
+from tests.fault.corpus import cases, envelope, frame_cases, oversize_case, valid_obs
 
 REPLY_TO = "rq:rep:{p#0}:fuzz"
 LEAKS = ("Traceback", 'File "', "/work/", "site-packages", ".py", "0x7f")
@@ -40,7 +41,9 @@ def test_malformed_corpus_at_live_worker(aof_redis, spawn):
     last = b"0-0"
     seq = 0
     rejected = []
+    arena = FrameArena()  # the worker runs on this host: its references reach the checks past the name
     corpus = cases(REPLY_TO) + [("oversize message", oversize_case(REPLY_TO), {"bad_observation"})]
+    corpus += frame_cases(REPLY_TO, arena)
     for name, fields, want in corpus:
         if "seq" in fields and fields["seq"] == "0":
             fields["seq"] = str(seq)  # so each reply can be matched to its case
@@ -75,4 +78,5 @@ def test_malformed_corpus_at_live_worker(aof_redis, spawn):
     assert r.xlen("rq:req:{p#0}") == 0
     assert w.alive()
     assert "Traceback" not in w.log(), w.log()[-3000:]
+    arena.close()
     r.close()

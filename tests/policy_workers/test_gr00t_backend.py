@@ -101,6 +101,50 @@ def test_batch_is_one_get_action_and_splits_in_order(form):
         assert chunk["action.left_arm"][0, 0, 0] == m
 
 
+class DeviceFrames:
+    """TEST DOUBLE of frames staged on a device: wraps a copy, only `cat` can join them."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.a = a.copy()
+        self.shape = a.shape
+
+
+class StagingDouble(ContractDoubleGr00tPolicy):
+    """The contract double plus the staging hooks the n17-random policy has (TEST DOUBLE)."""
+
+    def __init__(self, settings=None) -> None:
+        super().__init__(settings)
+        self.staged = 0
+
+    def stage_video(self, v):
+        self.staged += 1
+        return DeviceFrames(v)
+
+    def cat_video(self, parts, dim=0):
+        return DeviceFrames(np.concatenate([p.a for p in parts], dim))
+
+    def get_action(self, observation):
+        video = {k: v.a if isinstance(v, DeviceFrames) else v for k, v in observation["video"].items()}
+        return super().get_action({**observation, "video": video})
+
+
+def test_staged_requests_batch_like_raw_ones():
+    double = StagingDouble()
+    b = Backend(policy_factory=lambda s: double, mode="gr00t", model_path="unused")
+    assert not b.stages  # before load: nothing to stage with
+    b.load()
+    assert b.stages
+    staged = [b.stage(f(m)) for f, m in ((flat_obs, 11), (nested_obs, 22), (flat_obs, 33))]
+    assert double.staged == 3 and all(isinstance(s.nested["video"]["ego_view"], DeviceFrames) for s in staged)
+    chunks = b.infer([staged[0], flat_obs(44), staged[1], staged[2]])  # staged and raw mixed
+    assert double.calls == [4]
+    assert [c["action.left_arm"][0, 0, 0] for c in chunks] == [11, 44, 22, 33]
+    with pytest.raises(SchemaMismatch):
+        b.stage({"video.ego_view": np.zeros((1, 2, 8, 8, 3), np.uint8)})
+    plain, _ = backend()
+    assert not plain.stages  # a policy without stage_video: requests are prepared in the batch
+
+
 def test_mixed_forms_and_languages_in_one_batch():
     b, double = backend()
     tasks = ["pick up the apple", "open the drawer", "PICK UP THE APPLE!", "wave"]
@@ -257,6 +301,8 @@ def test_n17_random_network_one_batched_request():
         assert chunk["action.left_arm"].shape == (1, 40, 7)
         assert np.isfinite(chunk["action.left_arm"]).all()
     assert b.parameters > 3_000_000_000
+    # the vision tower's attention runs all images in one call: it passed its load-time probe
+    assert md.extra["vision_attention"] == "batched", md.extra["vision_attention"]
 
 
 def test_policy_factory_path_and_warmup_sizes():

@@ -1,0 +1,82 @@
+"""Where a closed loop's time between two batches goes, seen from the policy worker (benchmarks only).
+
+`install()` wraps three `StreamConsumer` methods of the worker process it runs in: every read
+(when, how long, the Redis entry ids = server time of each request's XADD), every inference
+(start, end, and the backend's own split of it from `last_call`) and every reply write. `summarise`
+turns the events of a time window into per-cycle medians: from the end of one batch's inference to
+replies written, to the first and the last request of the next batch arriving in Redis, to the
+last of them read and decoded, to the next inference starting.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Any
+
+EVENTS: list[tuple] = []
+
+
+def install(backend: Any = None) -> None:
+    import broker.consumer as bc
+
+    cls = bc.StreamConsumer
+    accept, run, write = cls._accept_all, cls._run_infer, cls._write_replies
+
+    async def accept_all(self: Any, got: list, deliveries: Any) -> None:
+        t = time.time()
+        ids = [int(e[0].split(b"-")[0]) for _, es in got for e in es]
+        await accept(self, got, deliveries)
+        EVENTS.append(("read", t, time.time(), ids))
+
+    async def run_infer(self: Any, loop: Any, batch: list) -> Any:
+        t = time.time()
+        out = await run(self, loop, batch)
+        split = dict(getattr(backend, "last_call", {}) or {})
+        EVENTS.append(("infer", t, time.time(), len(batch), {k: v for k, v in split.items() if k.endswith("_ms")}))
+        return out
+
+    async def write_replies(self: Any, replies: list) -> None:
+        t = time.time()
+        await write(self, replies)
+        EVENTS.append(("write", t, time.time(), len(replies)))
+
+    cls._accept_all, cls._run_infer, cls._write_replies = accept_all, run_infer, write_replies
+
+
+def dump(path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(EVENTS, f)
+
+
+def summarise(events: list, t0: float, t1: float) -> dict[str, Any]:
+    infers = [e for e in events if e[0] == "infer" and t0 <= e[1] <= t1]
+    writes = [e for e in events if e[0] == "write"]
+    reads = [e for e in events if e[0] == "read"]
+    rows = []
+    for a, b in zip(infers, infers[1:], strict=False):
+        end, nxt = a[2], b[1]
+        w = next((x for x in writes if x[1] >= end - 0.001), None)
+        rs = [x for x in reads if end < x[1] < nxt]
+        ids = sorted(i / 1000 for x in rs for i in x[3])
+        if w is None or not ids:
+            continue
+        rows.append({
+            "gap_ms": nxt - end,
+            "replies_written_ms": w[2] - end,
+            "first_request_in_redis_ms": ids[0] - end,
+            "last_request_in_redis_ms": ids[-1] - end,
+            "last_request_decoded_ms": max(x[2] for x in rs) - end,
+            "reads": len(rs),
+            "read_and_decode_busy_ms": sum(x[2] - x[1] for x in rs),
+        })
+    out: dict[str, Any] = {"cycles": len(rows)}
+    for k in (rows[0] if rows else {}):
+        scale = 1 if k == "reads" else 1000
+        out[k] = round(statistics.median(r[k] for r in rows) * scale, 2)
+    splits = [e[4] for e in infers if e[4]]
+    for k in (splits[0] if splits else {}):
+        out[f"infer_{k}"] = round(statistics.median(s.get(k, 0.0) for s in splits), 2)
+    out["infer_ms"] = round(statistics.median((e[2] - e[1]) * 1000 for e in infers), 2) if infers else None
+    return out
