@@ -51,6 +51,7 @@ from policy_workers.backends.gr00t import REAL_G1, Backend  # noqa: E402
 TASK = "pick up the apple and place it on the plate"
 POLICY = "gr00t-n17"
 SAVE: Any = None  # set by main(): saves partial results so a run cut short keeps what it measured
+BESIDE: Any = None  # phase A's backend, kept for `a_beside` when --a-beside
 
 
 def log(*a: Any) -> None:
@@ -387,11 +388,31 @@ def phase_a(args, gpu: GpuSampler) -> dict[str, Any]:
 
             out["capture"] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-3000:]}
             log("capture failed:", out["capture"]["error"])
+    global BESIDE
+    if args.a_beside and not getattr(args, "again", False):
+        BESIDE = be  # kept: A is timed again right after each C window, on the same GPU
     del policy, be
     gc.collect()
     if torch is not None:
         torch.cuda.empty_cache()
     return out
+
+
+def a_beside(args, b: int) -> dict[str, Any]:
+    """A at batch size `b`, timed right after a C window (the replica idle, the load stopped): the
+    model's own speed at the moment C was measured, since A drifts by up to 25 % within one run."""
+    if BESIDE is None or b < 1:
+        return {}
+    batch = stacked_batch(BESIDE, b)
+    BESIDE.policy.get_action(batch)
+    times = []
+    for _ in range(args.a_reps):
+        s = time.perf_counter()
+        BESIDE.policy.get_action(batch)
+        times.append((time.perf_counter() - s) * 1e3)
+    med = statistics.median(times)
+    return {"A_beside_batch": b, "A_beside_median_ms": round(med, 1), "A_beside_min_ms": round(min(times), 1),
+            "A_beside_max_ms": round(max(times), 1), "A_beside_chunks_per_s": round(b * 1000 / med, 2)}
 
 
 def phase_a_again(args, gpu: GpuSampler) -> dict[str, Any]:
@@ -691,7 +712,7 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
             cpus = next((float(f[4:]) for f in flags if f.startswith("cpus")), 1.0)
             runs.append(c_run(args, gpu, mode, float(wait), graphs="g" in flags, cohort_ms=cohort, max_batch=mb,
                               replica_cpus=cpus, shared_frames="shm" in flags, trace="trace" in flags,
-                              stage="nostage" not in flags))
+                              stage="stage" in flags))
         except Exception as e:
             import traceback
 
@@ -722,7 +743,7 @@ def c_run(
     replica_cpus: float = 1.0,
     shared_frames: bool = False,
     trace: bool = False,
-    stage: bool = True,
+    stage: bool = False,
 ) -> dict[str, Any]:
     import redis
 
@@ -841,6 +862,7 @@ def c_run(
             "worker_infer_ms_per_batch": round(1000 * (ub - ua) / (bb - ba), 1) if bb > ba else None,
             "worker_decode_ms_per_request": round(1000 * (db - da) / (sb - sa), 3) if sb > sa else None,
             "worker_encode_ms_per_request": round(1000 * (eb - ea) / (sb - sa), 3) if sb > sa else None,
+            **(a_beside(args, round(mean_batch)) if mean_batch else {}),
             **gpu.window(t0, t1),
         }
         row["_window"] = (t0, t1)
@@ -933,6 +955,10 @@ def compare_rows(a: list[dict], b: dict[int, dict], c: dict[int, dict]) -> dict[
                     "C_p99_over_A_ms": round(cr["rt_p99_ms"] / a_ms, 2) if cr["rt_p99_ms"] else None,
                 }
             )
+        if cr.get("A_beside_chunks_per_s"):
+            o["C_over_A_beside_throughput"] = round(cr["policy_calls_per_s"] / cr["A_beside_chunks_per_s"], 3)
+            if cr["rt_p99_ms"]:
+                o["C_p99_over_A_beside_ms"] = round(cr["rt_p99_ms"] / cr["A_beside_median_ms"], 2)
         out[str(n)] = o
     return out
 
@@ -942,7 +968,7 @@ def c_label(run: dict[str, Any]) -> str:
         f"C[{run.get('mode')},mb{run.get('max_batch_size', 64)},{run.get('max_wait_ms')},"
         f"{'graphs' if run.get('cuda_graphs') else 'eager'}"
         f"{',shm' if run.get('shared_frames') else ''}"
-        f"{',nostage' if run.get('staged_requests') is False else ''}"
+        f"{',stage' if run.get('staged_requests') else ''}"
         f"{',cohort' if run.get('cohort_batcher_merge_wait_ms') else ''}]"
     )
 
@@ -1002,10 +1028,12 @@ def main() -> None:
     ap.add_argument("--a-warmup", type=int, default=2)
     ap.add_argument("--a-reps", type=int, default=6)
     ap.add_argument("--a2-sizes", default="64", help="phase A2: A again after B and C, at these batch sizes")
+    ap.add_argument("--a-beside", action="store_true", help="keep A's model and time it at C's batch size right "
+                    "after each C window (C/A and p99/A against it too)")
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--c-runs", default="plain:10", help="C configurations, MODE:MAX_WAIT_MS[:FLAGS] (MODE plain|"
                     "serve; flags: g = CUDA graphs, mbN = max_batch_size, cpusN = replica CPUs, "
-                    "shm = shared-memory frames, nostage = no per-request staging, trace = gap trace (plain only), "
+                    "shm = shared-memory frames, stage = per-request staging, trace = gap trace (plain only), "
                     "cohortMS = prototype)")
     ap.add_argument("--c-warm", default="1,8,32,64")
     ap.add_argument("--capture-sizes", default="1,8,16,32,64")

@@ -46,7 +46,7 @@ def table_runs(res: dict[str, Any], only: list[str] | None = None) -> str:
             f"C {run['mode']} mb{run.get('max_batch_size', 64)}"
             f"{' +graphs' if run.get('cuda_graphs') else ''}"
             f"{' +shm' if run.get('shared_frames') else ''}"
-            f"{' -stage' if run.get('staged_requests') is False else ''}"
+            f"{' +stage' if run.get('staged_requests') else ''}"
             f"{' +cohort*' if run.get('cohort_batcher_merge_wait_ms') else ''}"
         )
         parts.append((name, run))

@@ -253,9 +253,11 @@ class Gr00tSettings:
     growth) are paid before serving instead of by the first rollouts."""
     cuda_graph_batch_sizes: tuple[int, ...] = ()
     """n17-random: capture the action head as CUDA graphs for these batch sizes (pad up to the next)."""
-    stage_requests: bool = True
+    stage_requests: bool = False
     """n17-random: copy each request's frames to the device as it arrives (`Backend.stage`), so a
-    batch's frames are on the GPU when its last request comes in."""
+    batch's frames are on the GPU when its last request comes in. Off by default: on an H100 with
+    co-located simulators (requests arriving within ~3 ms) the per-request copies queued behind
+    the decoding and lengthened the gap instead (docs/benchmarks.md, run 18)."""
     batched_vision_attention: bool = True
     """n17-random: run the vision tower's attention over all images in one call instead of
     transformers' per-image loop (checked against it at load; `_vision_attention`)."""

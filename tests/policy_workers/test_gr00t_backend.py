@@ -129,8 +129,11 @@ class StagingDouble(ContractDoubleGr00tPolicy):
 
 
 def test_staged_requests_batch_like_raw_ones():
+    off = Backend(policy_factory=lambda s: StagingDouble(), mode="gr00t", model_path="unused")
+    off.load()
+    assert not off.stages  # opt-in
     double = StagingDouble()
-    b = Backend(policy_factory=lambda s: double, mode="gr00t", model_path="unused")
+    b = Backend(policy_factory=lambda s: double, mode="gr00t", model_path="unused", stage_requests=True)
     assert not b.stages  # before load: nothing to stage with
     b.load()
     assert b.stages
