@@ -77,6 +77,10 @@ REDIS_URL = typer.Option(None, "--redis-url", envvar="ROLLOUTQ_REDIS_URL",
                               "embedded redis-server (eval only).")
 NAMESPACE = typer.Option("rq", "--namespace", envvar="ROLLOUTQ_NAMESPACE", help="Prefix of every Redis key.")
 POLICY = typer.Option("default", "--policy", envvar="ROLLOUTQ_POLICY", help="Policy deployment name.")
+SHARED_FRAMES = typer.Option(False, "--shared-frames/--no-shared-frames",
+                             help="Simulators send camera frames (arrays of 64 KiB and more) through shared memory "
+                                  "instead of Redis. Only when every simulator runs on the policy workers' host, as "
+                                  "the same user; otherwise requests are answered frames_unavailable.")
 DISPATCH = typer.Option("cohort", "--dispatch", help="Batch dispatch: cohort (wait for the active rollouts; "
                         "closed loop) or deadline (Triton: full batch or oldest waited --max-wait-ms).")
 PROM_URL = typer.Option(None, "--prometheus-url", envvar="ROLLOUTQ_PROMETHEUS_URL",
@@ -160,6 +164,7 @@ def eval_cmd(
                                           help="Environment variable passed to replicas (e.g. HF_TOKEN)."),
     health_check_timeout_s: float = typer.Option(300.0, "--health-check-timeout-s"),
     deadline_s: float = typer.Option(120.0, "--deadline-s", help="Per-request deadline seen by simulators."),
+    shared_frames: bool = SHARED_FRAMES,
     video_episodes: int = typer.Option(4, "--video-episodes", min=0, help="Episodes recorded as GIFs."),
     timeout_s: float = typer.Option(0.0, "--timeout-s", help="Fail the run after this long (0: never)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress display."),
@@ -204,7 +209,8 @@ def eval_cmd(
                             resources=_parse_resources(policy_resources, "--policy-resources"),
                             health_check_timeout_s=health_check_timeout_s,
                             env_vars=_env_passthrough(replica_env)),
-        client=ClientSettings(deadline_s=deadline_s, reply_timeout_s=min(30.0, deadline_s)),
+        client=ClientSettings(deadline_s=deadline_s, reply_timeout_s=min(30.0, deadline_s),
+                              shared_frames=shared_frames),
         autoscale=_autoscale(autoscale, prometheus_url, min_replicas, max_replicas, max_sims, target_utilization,
                              up_delay_s, down_delay_s, scale_to_zero_after_s, autoscale_interval_s, rate_window,
                              controller_metrics_port, envs_per_sim),
@@ -310,6 +316,7 @@ def sim_worker_cmd(
     namespace: str = NAMESPACE,
     sim_id: str = typer.Option("", "--sim-id", help="Name of this simulator (default host-pid)."),
     deadline_s: float = typer.Option(120.0, "--deadline-s"),
+    shared_frames: bool = SHARED_FRAMES,
     stay: bool = typer.Option(False, "--stay", help="Keep waiting for episodes instead of leaving when drained."),
     wait_for_sweep_s: float = typer.Option(60.0, "--wait-for-sweep-s", min=0.0,
                                            help="How long to wait for the controller to create the sweep."),
@@ -325,7 +332,8 @@ def sim_worker_cmd(
     settings = SimWorkerSettings(run=run, envs=envs, sim_id=sim_id, exit_when_drained=not stay,
                                  wait_for_sweep_s=wait_for_sweep_s,
                                  redis=RedisSettings(url=redis_url, namespace=namespace),
-                                 client=ClientSettings(deadline_s=deadline_s, reply_timeout_s=min(30.0, deadline_s)))
+                                 client=ClientSettings(deadline_s=deadline_s, reply_timeout_s=min(30.0, deadline_s),
+                                                       shared_frames=shared_frames))
     metrics = None
     if metrics_port:
         from monitoring.metrics import serve_metrics, sim_metrics
