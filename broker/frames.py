@@ -31,6 +31,7 @@ import re
 import secrets
 import struct
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -214,18 +215,21 @@ class FrameReader:
     be computed on its successor's frames, but its reply is dropped by sequence number. With
     `copy=True` arrays are copied out and checked against a concurrent rewrite (seqlock).
 
-    Open segments are cached (least recently used beyond `max_open` are dropped); a segment the
-    simulator unlinked stays readable through the cached mapping until dropped, and its token and
-    generation still guard what is read.
+    Open segments are cached: those unused for `idle_s` (finished rollouts: a mapping would keep an
+    unlinked segment's memory alive) and the least recently used beyond `max_open` are dropped. A
+    dropped segment that is still in use is simply opened again.
     """
 
     def __init__(self, directory: str = DEFAULT_DIR, max_open: int = 1024, max_bytes: int = 64 * 1024 * 1024,
-                 copy: bool = False) -> None:
+                 copy: bool = False, idle_s: float = 30.0, clock: Any = time.monotonic) -> None:
         self.copy = copy
         self.directory = directory
         self.max_open = max_open
         self.max_bytes = max_bytes
-        self._open: OrderedDict[str, mmap.mmap] = OrderedDict()
+        self.idle_s = idle_s
+        self.clock = clock
+        self._open: OrderedDict[str, tuple[mmap.mmap, float]] = OrderedDict()
+        self._swept = clock()
         self._lock = threading.Lock()
 
     def read(self, ref: dict, dtype: np.dtype, shape: list[int]) -> np.ndarray:
@@ -261,11 +265,17 @@ class FrameReader:
         return out
 
     def _map(self, name: str) -> mmap.mmap:
+        now = self.clock()
         with self._lock:
-            m = self._open.get(name)
-            if m is not None:
+            if now - self._swept >= min(5.0, self.idle_s):
+                self._swept = now
+                for stale in [k for k, (_, used) in self._open.items() if now - used > self.idle_s]:
+                    del self._open[stale]
+            hit = self._open.get(name)
+            if hit is not None:
+                self._open[name] = (hit[0], now)
                 self._open.move_to_end(name)
-                return m
+                return hit[0]
         path = os.path.join(self.directory, name)
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -286,7 +296,7 @@ class FrameReader:
         finally:
             os.close(fd)
         with self._lock:
-            self._open[name] = m
+            self._open[name] = (m, now)
             while len(self._open) > self.max_open:
                 self._open.popitem(last=False)
         return m

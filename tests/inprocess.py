@@ -18,7 +18,7 @@ from sim_workers.worker import SimWorker, SimWorkerSettings
 async def run_sweep(url: str, backend: str, backend_options: dict[str, Any], task: str,
                     task_options: dict[str, Any], seeds: list[int], sims: int, envs: int,
                     max_batch_size: int, max_wait_ms: float = 2.0, run: str = "t",
-                    action_horizon: int = 8) -> list[dict[str, Any]]:
+                    action_horizon: int = 8, shared_frames: bool = False) -> list[dict[str, Any]]:
     redis = RedisSettings(url=url)
     worker = PolicyWorker(PolicyWorkerSettings(
         backend=backend, backend_options=backend_options, redis=redis,
@@ -29,16 +29,20 @@ async def run_sweep(url: str, backend: str, backend_options: dict[str, Any], tas
     r = connect_async(redis)
     try:
         await fetch_metadata(r, Keys(), "p", wait_s=60)
+        bytes_before = int((await r.info("stats"))["total_net_input_bytes"])
         queue = SweepQueue(r, run)
         config = {"policy": "p", "task": task, "task_options": task_options, "action_horizon": action_horizon}
         await queue.create(config, [EpisodeSpec(i, s) for i, s in enumerate(seeds)], lease_s=30)
         sim_workers = [SimWorker(SimWorkerSettings(run=run, redis=redis, envs=envs, sim_id=f"s{i}",
                                                    exit_when_drained=True,
-                                                   client=ClientSettings(deadline_s=60)))
+                                                   client=ClientSettings(deadline_s=60,
+                                                                         shared_frames=shared_frames)))
                        for i in range(sims)]
         await asyncio.wait_for(asyncio.gather(*[w.run() for w in sim_workers]), 600)
         records = [x.to_dict() for w in sim_workers for x in w.done]
-        records.append({"_worker": worker.stats()})
+        stats = worker.stats()
+        stats["redis_input_bytes"] = int((await r.info("stats"))["total_net_input_bytes"]) - bytes_before
+        records.append({"_worker": stats})
         return records
     finally:
         stop.set()

@@ -123,6 +123,27 @@ def test_forged_references_are_refused(shm_dir):
     arena.close()
 
 
+def test_reader_drops_mappings_of_finished_rollouts(shm_dir):
+    now = [0.0]
+    arena, reader = FrameArena(shm_dir), FrameReader(shm_dir, idle_s=30.0, clock=lambda: now[0])
+    for i in range(3):
+        roundtrip(arena, reader, f"r{i}", g1_like(i))
+    assert len(reader) == 3
+    arena.forget("r0")
+    arena.forget("r1")  # episodes over: segments unlinked, only the worker's mappings keep them
+    now[0] = 20.0
+    roundtrip(arena, reader, "r2", g1_like(2))
+    now[0] = 40.0
+    _, got = roundtrip(arena, reader, "r2", g1_like(5))
+    assert len(reader) == 1  # r0 and r1 idle for 40 s: dropped; r2 used at 20 s: kept
+    np.testing.assert_array_equal(got["video.ego_view"], g1_like(5)["video.ego_view"])
+    small = FrameReader(shm_dir, max_open=1)
+    for i in range(3, 5):
+        roundtrip(arena, small, f"r{i}", g1_like(i))
+    assert len(small) == 1
+    arena.close()
+
+
 def test_arena_needs_a_shared_memory_directory(tmp_path):
     with pytest.raises(SharedFramesUnavailable, match="does not exist"):
         FrameArena(str(tmp_path / "missing"))
