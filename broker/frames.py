@@ -29,6 +29,7 @@ import mmap
 import os
 import re
 import secrets
+import stat
 import struct
 import threading
 import time
@@ -233,7 +234,7 @@ class FrameReader:
         self._lock = threading.Lock()
 
     def read(self, ref: dict, dtype: np.dtype, shape: list[int]) -> np.ndarray:
-        """The array `ref` points at (dtype and shape already checked by the codec), as a read-only copy."""
+        """The array `ref` points at (dtype and shape already checked by the codec), read-only."""
         name = _field(ref, "shm")
         if isinstance(name, bytes):
             name = name.decode("ascii", "replace")
@@ -277,8 +278,8 @@ class FrameReader:
                 self._open.move_to_end(name)
                 return hit[0]
         path = os.path.join(self.directory, name)
-        try:
-            fd = os.open(path, os.O_RDONLY)
+        try:  # never follow a link, never block on a FIFO someone named rq-...
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             raise SharedFramesUnavailable(
                 f"shared-memory segment {name} is not on the policy worker's host: shared frames work only "
@@ -288,8 +289,13 @@ class FrameReader:
             raise SharedFramesUnavailable(
                 f"shared-memory segment {name} is not readable by the policy worker: run the simulator as the "
                 "worker's user, or turn shared frames off") from None
+        except OSError:  # ELOOP: a symbolic link
+            raise CodecError(f"shared-memory segment {name} is not a regular file") from None
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
+            if not stat.S_ISREG(st.st_mode):
+                raise CodecError(f"shared-memory segment {name} is not a regular file")
             if size < HEADER_BYTES:
                 raise CodecError(f"shared-memory segment {name} is too small to hold a frame header")
             m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)

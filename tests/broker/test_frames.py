@@ -144,6 +144,19 @@ def test_reader_drops_mappings_of_finished_rollouts(shm_dir):
     arena.close()
 
 
+def test_links_fifos_and_short_files_under_a_segment_name_are_refused(shm_dir, tmp_path):
+    reader = FrameReader(shm_dir)
+    ref = {b"shm": "", b"offset": 64, b"type": "|u1", b"shape": [4], b"token": bytes(16), b"gen": 1}
+    target = tmp_path / "secret"
+    target.write_bytes(b"RQFRAME1" + bytes(120))
+    cases = {"rq-" + "1" * 32: lambda p: os.symlink(target, p), "rq-" + "2" * 32: os.mkfifo,
+             "rq-" + "3" * 32: lambda p: open(p, "wb").close()}
+    for name, make in cases.items():
+        make(os.path.join(shm_dir, name))
+        with pytest.raises(CodecError, match="regular file|too small"):  # and a FIFO does not block the worker
+            reader.read({**ref, b"shm": name}, np.dtype("|u1"), [4])
+
+
 def test_arena_needs_a_shared_memory_directory(tmp_path):
     with pytest.raises(SharedFramesUnavailable, match="does not exist"):
         FrameArena(str(tmp_path / "missing"))
