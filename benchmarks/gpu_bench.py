@@ -693,6 +693,14 @@ def _worker_proc(settings: Any, stop_path: str, cohort_ms: float = 0.0, trace_pa
                     os.remove(stop_path + ".selftime")
                     ex = worker.consumer._executor if worker.consumer else None
                     out = await asyncio.get_running_loop().run_in_executor(ex, _self_time, worker.backend)
+                    # the same on the event loop's own thread (the loop stalls: nothing else wakes) and
+                    # on a thread of its own, to tell a thread/GIL effect from a process-wide one
+                    out["main_thread"] = _self_time(worker.backend)
+                    holder: dict[str, Any] = {}
+                    t = threading.Thread(target=_self_time_into, args=(worker.backend, holder))
+                    t.start()
+                    t.join()
+                    out["new_thread"] = holder
                     with open(stop_path + ".selftime.json", "w") as f:
                         json.dump(out, f)
                 await asyncio.sleep(0.2)
@@ -723,6 +731,10 @@ def _self_time(be: Backend, b: int = 64, reps: int = 8) -> dict[str, Any]:
         out[f"{name}_median_ms"] = round(statistics.median(times), 1)
         out[f"{name}_min_ms"] = round(min(times), 1)
     return out
+
+
+def _self_time_into(be: Backend, out: dict[str, Any]) -> None:
+    out.update(_self_time(be))
 
 
 def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
