@@ -60,7 +60,8 @@ def _is_ndarray_map(obj: dict) -> bool:
     return ("nd" in obj and "type" in obj and "data" in obj) or ("__ndarray__" in obj and "dtype" in obj)
 
 
-_BIN = {n: n.encode() for n in ("nd", "type", "kind", "shape", "data", "dtype", "__ndarray__")}
+_BIN = {n: n.encode() for n in ("nd", "type", "kind", "shape", "data", "dtype", "__ndarray__", "shm", "offset",
+                                 "token", "gen")}
 
 
 def _get(obj: dict, name: str) -> Any:
@@ -167,8 +168,9 @@ class _Decoder:
             if self.frames is None:
                 raise SharedFramesUnavailable("message refers to shared-memory frames, which this side does not "
                                               "read: send arrays inline (turn shared frames off)")
-            shape, _ = _shape(obj)
-            return self.frames.read(obj, _dtype(_get(obj, "type")), shape)
+            shape, count = _shape(obj)
+            return self.frames.read(_get(obj, "shm"), _get(obj, "offset"), _get(obj, "token"), _get(obj, "gen"),
+                                    _dtype(_get(obj, "type")), shape, count)
         if b"__npgeneric__" in obj or ("__npgeneric__" in obj and "dtype" in obj):
             return np.asarray(_get(obj, "data"), dtype=_dtype(_get(obj, "dtype")))[()]
         for k in obj:

@@ -24,7 +24,6 @@ request and wrote the next one: seqlock check).
 from __future__ import annotations
 
 import contextlib
-import math
 import mmap
 import os
 import re
@@ -233,19 +232,18 @@ class FrameReader:
         self._swept = clock()
         self._lock = threading.Lock()
 
-    def read(self, ref: dict, dtype: np.dtype, shape: list[int]) -> np.ndarray:
-        """The array `ref` points at (dtype and shape already checked by the codec), read-only."""
-        name = _field(ref, "shm")
+    def read(self, name: Any, offset: Any, token: Any, generation: Any, dtype: np.dtype, shape: list[int],
+             count: int) -> np.ndarray:
+        """The array a reference points at, read-only (the codec has checked dtype, shape and `count`)."""
         if isinstance(name, bytes):
             name = name.decode("ascii", "replace")
         if not isinstance(name, str) or not NAME.match(name):
             raise CodecError("shared frame names a segment outside rq-<32 hex digits>")
-        token, offset, generation = _field(ref, "token"), _field(ref, "offset"), _field(ref, "gen")
         if not isinstance(token, bytes) or len(token) != 16:
             raise CodecError("shared frame token must be 16 bytes")
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (offset, generation)):
+        if type(offset) is not int or type(generation) is not int:  # bool is refused too
             raise CodecError("shared frame offset and generation must be integers")
-        nbytes = math.prod(shape) * dtype.itemsize
+        nbytes = count * dtype.itemsize
         if nbytes > self.max_bytes:
             raise CodecError(f"shared frame of {nbytes} bytes exceeds the {self.max_bytes}-byte limit")
         m = self._map(name)
@@ -258,7 +256,7 @@ class FrameReader:
         if gen != generation:
             raise CodecError(_OVERWRITTEN)
         if not self.copy:
-            return np.frombuffer(m, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)  # read-only map
+            return np.frombuffer(m, dtype=dtype, count=count, offset=offset).reshape(shape)  # read-only map
         out = np.frombuffer(m, dtype=np.uint8, count=nbytes, offset=offset).copy().view(dtype).reshape(shape)
         if HEADER.unpack_from(m, 0)[2] != generation:
             raise CodecError(_OVERWRITTEN)
@@ -313,12 +311,3 @@ class FrameReader:
 
 _OVERWRITTEN = ("shared frame was overwritten before the worker read it (the simulator moved on from this "
                 "request); its reply would be discarded anyway")
-
-
-def _field(obj: dict, name: str) -> Any:
-    if name in obj:
-        return obj[name]
-    b = name.encode()
-    if b in obj:
-        return obj[b]
-    raise CodecError(f"shared frame map is missing its {name!r} field")

@@ -3,6 +3,7 @@ every way a reference can be wrong is refused with a `CodecError` the client can
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -27,6 +28,11 @@ def shm_dir(tmp_path):
     d = tmp_path / "shm"
     d.mkdir()
     return str(d)
+
+
+def read_ref(reader: FrameReader, m: dict, dtype: np.dtype, shape: list[int]) -> np.ndarray:
+    """`FrameReader.read` on a wire map, as the codec calls it."""
+    return reader.read(m[b"shm"], m[b"offset"], m[b"token"], m[b"gen"], dtype, shape, math.prod(shape))
 
 
 def roundtrip(arena: FrameArena, reader: FrameReader, rollout: str, obs: dict) -> tuple[bytes, dict]:
@@ -105,7 +111,7 @@ def test_forged_references_are_refused(shm_dir):
     def read(**over):
         m = ref.to_wire()
         m.update({k.encode(): v for k, v in over.items()})
-        return reader.read(m, dt, over.get("shape", shape))
+        return read_ref(reader, m, dt, over.get("shape", shape))
 
     assert read().shape == ref.shape
     with pytest.raises(CodecError, match="outside rq-"):
@@ -115,9 +121,9 @@ def test_forged_references_are_refused(shm_dir):
     with pytest.raises(CodecError, match="outside segment"):
         read(offset=HEADER_BYTES - 8)
     with pytest.raises(CodecError, match="outside segment"):
-        reader.read(ref.to_wire(), dt, [1, 3, 256, 256, 3])
+        read_ref(reader, ref.to_wire(), dt, [1, 3, 256, 256, 3])
     with pytest.raises(CodecError, match="exceeds"):
-        reader.read(ref.to_wire(), dt, [2**40, 2**40])
+        read_ref(reader, ref.to_wire(), dt, [2**40, 2**40])
     with pytest.raises(CodecError, match="integers"):
         read(gen=True)
     arena.close()
@@ -154,7 +160,7 @@ def test_links_fifos_and_short_files_under_a_segment_name_are_refused(shm_dir, t
     for name, make in cases.items():
         make(os.path.join(shm_dir, name))
         with pytest.raises(CodecError, match="regular file|too small"):  # and a FIFO does not block the worker
-            reader.read({**ref, b"shm": name}, np.dtype("|u1"), [4])
+            read_ref(reader, {**ref, b"shm": name}, np.dtype("|u1"), [4])
 
 
 def test_arena_needs_a_shared_memory_directory(tmp_path):
