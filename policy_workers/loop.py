@@ -41,7 +41,7 @@ class _Handler:
     def __init__(self, backend: PolicyBackend, meta: PolicyMetadata) -> None:
         self.backend = backend
         self.inline = bool(getattr(backend, "runs_inline", False))
-        self.stages = bool(getattr(backend, "stages", False)) and not self.inline
+        self.stages = bool(getattr(backend, "stages", False))  # the consumer ignores it for inline handlers
         self.schema = meta.observation_schema
         self.any_obs = bool(meta.extra.get("accepts_any_observation")) or not self.schema
 

@@ -86,11 +86,11 @@ class N17RandomPolicy:
             self.graphs.capture()
 
     # -- input preparation -----------------------------------------------------------------
-    def stage_video(self, video: np.ndarray) -> Any:
-        """One request's frames (1, T, H, W, 3) uint8 on the device, ahead of its batch."""
+    def stage_video(self, video: np.ndarray, non_blocking: bool = False) -> Any:
+        """Frames (B, T, H, W, 3) uint8 on the device: one request's ahead of its batch, or a batch's."""
         with warnings.catch_warnings():  # read-only views (shared memory, Redis bytes): never written
             warnings.simplefilter("ignore", UserWarning)
-            return self.torch.from_numpy(np.ascontiguousarray(video)).to(self.device)
+            return self.torch.from_numpy(np.ascontiguousarray(video)).to(self.device, non_blocking=non_blocking)
 
     def cat_video(self, parts: list[Any], dim: int = 0) -> Any:
         return self.torch.cat(parts, dim)
@@ -101,12 +101,7 @@ class N17RandomPolicy:
         torch = self.torch
         F = torch.nn.functional
         b, t, h, w, c = video.shape
-        if isinstance(video, torch.Tensor):
-            x = video
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                x = torch.from_numpy(np.ascontiguousarray(video)).to(self.device, non_blocking=True)
+        x = video if isinstance(video, torch.Tensor) else self.stage_video(video, non_blocking=True)
         x = x.reshape(b * t, h, w, c).permute(0, 3, 1, 2).float()
         if (h, w) != (TARGET, TARGET):
             x = F.interpolate(x, size=(TARGET, TARGET), mode="bicubic", antialias=True, align_corners=False)

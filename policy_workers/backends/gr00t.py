@@ -432,8 +432,11 @@ class Backend(PolicyBackend):
             raise BackendLoadError("gr00t backend: stage() before load()")
         nested = to_nested(obs, self.spec)
         size = check_nested(nested, self.spec)
-        nested["video"] = {k: self.policy.stage_video(v) for k, v in nested["video"].items()}  # type: ignore[attr-defined]
+        self._video_to_device(nested)
         return Staged(nested, size)
+
+    def _video_to_device(self, nested: dict[str, dict[str, Any]]) -> None:
+        nested["video"] = {k: self.policy.stage_video(v) for k, v in nested["video"].items()}  # type: ignore[union-attr]
 
     def infer(self, batch: list[Obs | Staged]) -> list[Chunk]:
         if self.policy is None:
@@ -449,7 +452,7 @@ class Backend(PolicyBackend):
             n = to_nested(obs, self.spec)
             sizes.append(check_nested(n, self.spec, where=f"observation {i}"))
             if mixed:  # joins with staged frames only once on the device too
-                n["video"] = {k: self.policy.stage_video(v) for k, v in n["video"].items()}  # type: ignore[attr-defined]
+                self._video_to_device(n)
             nested.append(n)
         stacked = stack(nested, self.spec, cat_video=getattr(self.policy, "cat_video", None))
         t1 = time.perf_counter()
