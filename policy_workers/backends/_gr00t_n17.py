@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from policy_workers.backends._n17_graphs import Graphs, capture
 from policy_workers.backends._vision_attention import batch_vision_attention
 from policy_workers.backends.gr00t import RANDOM_LABEL, ModalitySpec, synthetic_text_ids
 from policy_workers.errors import BackendLoadError
@@ -49,6 +50,7 @@ class N17RandomPolicy:
         seed: int = 0,
         cuda_graph_batch_sizes: tuple[int, ...] = (),
         cuda_graph_tokens: int = 160,
+        cuda_graph_scope: str = "forward",
         batched_vision_attention: bool = True,
     ) -> None:
         try:
@@ -65,6 +67,8 @@ class N17RandomPolicy:
         self.spec = spec or REAL_G1
         self.device = torch.device(device)
         self.embodiment_id = embodiment_id
+        self.seed = seed
+        self.state_width = MAX_DIM
         self.label = RANDOM_LABEL
         torch.manual_seed(seed)
         cfg = GR00TN17Config(num_inference_timesteps=int(denoising_steps))
@@ -80,10 +84,14 @@ class N17RandomPolicy:
         if self.state_dim > MAX_DIM or self.action_dim > MAX_DIM:
             raise BackendLoadError(f"state ({self.state_dim}) / action ({self.action_dim}) wider than {MAX_DIM}")
         self._text_cache: dict[str, list[int]] = {}
-        self.graphs: HeadGraphs | None = None
+        self._rope_cache: dict[tuple[int, int], np.ndarray] = {}
+        self._host_buffers: dict[str, Any] = {}
+        self.graphs: Graphs | None = None
+        self.capture_report: dict[str, Any] = {}
         if cuda_graph_batch_sizes:
-            self.graphs = HeadGraphs(self, sorted(int(b) for b in cuda_graph_batch_sizes), cuda_graph_tokens)
-            self.graphs.capture()
+            self.graphs, self.capture_report = capture(
+                self, sorted({int(b) for b in cuda_graph_batch_sizes}), cuda_graph_tokens, cuda_graph_scope
+            )
 
     # -- input preparation -----------------------------------------------------------------
     def stage_video(self, video: np.ndarray, non_blocking: bool = False) -> Any:
@@ -92,16 +100,27 @@ class N17RandomPolicy:
             warnings.simplefilter("ignore", UserWarning)
             return self.torch.from_numpy(np.ascontiguousarray(video)).to(self.device, non_blocking=non_blocking)
 
+    def batch_buffer(self, key: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A reused page-locked host array for one video key's batch (`stack` fills it): the copy to
+        the GPU is then a DMA that needs no staging, and no batch allocates and faults in ~25 MB of
+        fresh pages. Valid until the next batch; calls are serial (one inference thread)."""
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        buf = self._host_buffers.get(key)
+        if buf is None or buf.numel() < n:
+            pinned = self.device.type == "cuda"
+            buf = self._host_buffers[key] = self.torch.empty(max(n, 1), dtype=self.torch.uint8, pin_memory=pinned)
+        return buf[:n].numpy().view(dtype).reshape(shape)
+
     def cat_video(self, parts: list[Any], dim: int = 0) -> Any:
         return self.torch.cat(parts, dim)
 
-    def _pixels(self, video: Any) -> tuple[Any, Any]:
-        """(B, T, H, W, 3) uint8 (numpy, or staged on the device) -> Qwen-VL pixel_values (B*T*256, 1536)
-        and grid_thw (B*T, 3)."""
+    def pixel_values(self, x: Any) -> Any:
+        """(B, T, H, W, 3) uint8 on the device -> Qwen-VL pixel_values (B*T*256, 1536) bf16.
+
+        Pure tensor work (no host sync, no host tensors), so the captured forward runs it too."""
         torch = self.torch
         F = torch.nn.functional
-        b, t, h, w, c = video.shape
-        x = video if isinstance(video, torch.Tensor) else self.stage_video(video, non_blocking=True)
+        b, t, h, w, c = x.shape
         x = x.reshape(b * t, h, w, c).permute(0, 3, 1, 2).float()
         if (h, w) != (TARGET, TARGET):
             x = F.interpolate(x, size=(TARGET, TARGET), mode="bicubic", antialias=True, align_corners=False)
@@ -115,12 +134,42 @@ class N17RandomPolicy:
         x = x.unsqueeze(1).expand(n, TEMPORAL_PATCH, c, TARGET, TARGET)
         x = x.reshape(n, TEMPORAL_PATCH, c, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH)
         x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-        pixel_values = x.reshape(n * gh * gw, c * TEMPORAL_PATCH * PATCH * PATCH).to(torch.bfloat16)
-        grid = torch.tensor([[1, gh, gw]], device=self.device, dtype=torch.long).expand(n, 3).contiguous()
-        return pixel_values, grid
+        return x.reshape(n * gh * gw, c * TEMPORAL_PATCH * PATCH * PATCH).to(torch.bfloat16)
 
-    def _tokens(self, texts: list[str], frames: int, pad_to: int = 0) -> tuple[Any, Any]:
-        torch = self.torch
+    def image_grid(self, images: int) -> Any:
+        """grid_thw (images, 3) on the device: every frame is resized to one 16 x 16 patch grid."""
+        g = TARGET // PATCH
+        return self.torch.tensor([[1, g, g]], device=self.device, dtype=self.torch.long).expand(images, 3).contiguous()
+
+    def host_inputs(self, obs: dict[str, dict[str, Any]], pad_to: int = 0, layout: bool = False) -> dict[str, Any]:
+        """The batch's inputs before any copy to the device: video (numpy, or frames already staged on
+        the device), prompt ids / mask (B, L) int64, state (B, 1, 132) float32. With `layout`, also
+        the Qwen3-VL M-RoPE positions (3, B, L) and the flat indices of the image tokens, which the
+        captured forward takes as inputs instead of working them out on the host mid-forward."""
+        spec = self.spec
+        videos = [obs["video"][k] for k in spec.video]
+        join = np.concatenate if isinstance(videos[0], np.ndarray) else self.cat_video
+        video = videos[0] if len(videos) == 1 else join(videos, 1)  # views along T
+        b, frames = video.shape[0], video.shape[1]
+        texts = [row[0] for row in obs["language"][spec.language[0]]]
+        ids, mask, lengths = self._token_rows(texts, frames, pad_to)
+        state = np.zeros((b, 1, MAX_DIM), dtype=np.float32)
+        col = 0
+        for k, shape in spec.state.items():
+            d = shape[-1]
+            state[:, 0, col : col + d] = np.asarray(obs["state"][k], dtype=np.float32)[:, -1, :]
+            col += d
+        out = {"video": video, "input_ids": ids, "attention_mask": mask, "state": state}
+        if layout:
+            width = ids.shape[1]
+            positions = np.zeros((3, b, width), dtype=np.int64)  # padding keeps position 0, as the model does
+            for i, n in enumerate(lengths):
+                positions[:, i, width - n :] = self._row_positions(ids[i, width - n :], frames)
+            out["positions"] = positions
+            out["image_index"] = np.flatnonzero(ids == IMAGE_PAD)  # row-major: masked_scatter's order
+        return out
+
+    def _token_rows(self, texts: list[str], frames: int, pad_to: int = 0) -> tuple[np.ndarray, np.ndarray, list[int]]:
         per_frame = (TARGET // PATCH // MERGE) ** 2
         rows = []
         for text in texts:
@@ -138,33 +187,42 @@ class N17RandomPolicy:
         for i, r in enumerate(rows):  # left padding, as the N1.7 processor does
             ids[i, length - len(r) :] = r
             mask[i, length - len(r) :] = 1
-        return (
-            torch.from_numpy(ids).to(self.device, non_blocking=True),
-            torch.from_numpy(mask).to(self.device, non_blocking=True),
-        )
+        return ids, mask, [len(r) for r in rows]
+
+    def _row_positions(self, row: np.ndarray, frames: int) -> np.ndarray:
+        """(3, n) M-RoPE positions of one unpadded prompt, from the model's own `get_rope_index` run
+        on the host once per prompt length (a row's layout is fixed by its length and frame count)."""
+        key = (frames, len(row))
+        hit = self._rope_cache.get(key)
+        if hit is None:
+            torch = self.torch
+            qwen = self.model.backbone.model.model
+            ids = torch.from_numpy(row[None].copy())
+            g = TARGET // PATCH
+            pos, _ = qwen.get_rope_index(
+                input_ids=ids,
+                mm_token_type_ids=(ids == IMAGE_PAD).to(torch.int32),
+                image_grid_thw=torch.tensor([[1, g, g]] * frames, dtype=torch.long),
+                attention_mask=None,
+            )
+            hit = self._rope_cache[key] = pos[:, 0].numpy().astype(np.int64)
+        return hit
 
     def prepare(self, obs: dict[str, dict[str, Any]], pad_to: int = 0) -> dict[str, Any]:
+        """The model's eager inputs, on the device."""
+        return self.device_inputs(self.host_inputs(obs, pad_to))
+
+    def device_inputs(self, host: dict[str, Any]) -> dict[str, Any]:
         torch = self.torch
-        spec = self.spec
-        videos = [obs["video"][k] for k in spec.video]
-        join = np.concatenate if isinstance(videos[0], np.ndarray) else self.cat_video
-        video = videos[0] if len(videos) == 1 else join(videos, 1)  # views along T
+        video = host["video"]
+        x = video if isinstance(video, torch.Tensor) else self.stage_video(video, non_blocking=True)
         b, frames = video.shape[0], video.shape[1]
-        pixel_values, grid = self._pixels(video)
-        texts = [row[0] for row in obs["language"][spec.language[0]]]
-        input_ids, attention_mask = self._tokens(texts, frames, pad_to)
-        state = np.zeros((b, 1, MAX_DIM), dtype=np.float32)
-        col = 0
-        for k, shape in spec.state.items():
-            d = shape[-1]
-            state[:, 0, col : col + d] = np.asarray(obs["state"][k], dtype=np.float32)[:, -1, :]
-            col += d
         return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "pixel_values": pixel_values,
-            "image_grid_thw": grid,
-            "state": torch.from_numpy(state).to(self.device, dtype=torch.bfloat16, non_blocking=True),
+            "input_ids": torch.from_numpy(host["input_ids"]).to(self.device, non_blocking=True),
+            "attention_mask": torch.from_numpy(host["attention_mask"]).to(self.device, non_blocking=True),
+            "pixel_values": self.pixel_values(x),
+            "image_grid_thw": self.image_grid(b * frames),
+            "state": torch.from_numpy(host["state"]).to(self.device, dtype=torch.bfloat16, non_blocking=True),
             "embodiment_id": torch.full((b,), self.embodiment_id, dtype=torch.long, device=self.device),
         }
 
@@ -172,16 +230,9 @@ class N17RandomPolicy:
     def get_action(self, obs: dict[str, dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         torch = self.torch
         t0 = time.perf_counter()
-        b = next(iter(obs["video"].values())).shape[0]
-        graphs = self.graphs if self.graphs is not None and self.graphs.size_for(b) is not None else None
-        inputs = self.prepare(obs, pad_to=graphs.tokens if graphs else 0)
-        t1 = time.perf_counter()
         with torch.inference_mode():
-            if graphs is not None and inputs["input_ids"].shape[1] == graphs.tokens:
-                pred_t = graphs.run(inputs)
-            else:
-                pred_t = self.model.get_action(inputs)["action_pred"]
-        pred = pred_t[:, :, : self.action_dim].float().cpu().numpy()  # syncs
+            pred_t, tokens, path, t1 = self._forward(obs)
+            pred = pred_t[:, :, : self.action_dim].float().cpu().numpy()  # syncs
         t2 = time.perf_counter()
         action: dict[str, np.ndarray] = {}
         col = 0
@@ -190,89 +241,26 @@ class N17RandomPolicy:
             col += d
         info = {
             "note": RANDOM_LABEL,
-            "tokens": int(inputs["input_ids"].shape[1]),
+            "tokens": tokens,
+            "path": path,
             "timings": {"prepare_ms": (t1 - t0) * 1e3, "forward_ms": (t2 - t1) * 1e3},
         }
         return action, info
 
-
-class HeadGraphs:
-    """The action head's whole flow-matching loop as one CUDA graph per batch size.
-
-    The backbone (Qwen3-VL vision tower + 16 LLM layers) stays eager: its rotary position ids and
-    variable-length vision attention are computed from the inputs on the host. The action head (VL
-    layer norm + 4 self-attention layers over the backbone features, then the DiT passes, noise
-    drawn inside) has static shapes once B and the token count are fixed, so it is captured per
-    size in `sizes`; a batch is padded up to the next captured size (rows past B hold whatever an
-    earlier call left and are dropped) and prompts are left-padded to `tokens`. Batches larger than
-    the largest size, or prompts longer than `tokens`, run eagerly.
-    """
-
-    def __init__(self, policy: N17RandomPolicy, sizes: list[int], tokens: int) -> None:
-        self.p = policy
-        self.sizes = sizes
-        self.tokens = tokens
-        self.graphs: dict[int, Any] = {}
-        self.static: dict[int, dict[str, Any]] = {}
-
-    def size_for(self, b: int) -> int | None:
-        for s in self.sizes:
-            if s >= b:
-                return s
-        return None
-
-    def _split(self, inputs: dict[str, Any]) -> tuple[Any, Any]:
-        model = self.p.model
-        bb_in, act_in = model.prepare_input(inputs)
-        return model.backbone(bb_in), act_in
-
-    def capture(self) -> None:
-        from policy_workers.backends.gr00t import check_nested, stack, synthetic_observation, to_nested
-
-        torch = self.p.torch
-        from transformers.feature_extraction_utils import BatchFeature
-
-        head = self.p.model.action_head
-        for s in self.sizes:
-            nested = []
-            for i in range(s):
-                n = to_nested(synthetic_observation(self.p.spec, i), self.p.spec)
-                check_nested(n, self.p.spec)
-                nested.append(n)
-            with torch.inference_mode():
-                bb_out, act_in = self._split(self.p.prepare(stack(nested, self.p.spec), pad_to=self.tokens))
-                st = {k: bb_out[k].clone() for k in ("backbone_features", "backbone_attention_mask", "image_mask")}
-                st.update(state=act_in["state"].clone(), embodiment_id=act_in["embodiment_id"].clone())
-
-                def run(st: dict[str, Any] = st) -> Any:
-                    bo = BatchFeature(
-                        data={k: st[k] for k in ("backbone_features", "backbone_attention_mask", "image_mask")}
-                    )
-                    ai = BatchFeature(data={"state": st["state"], "embodiment_id": st["embodiment_id"]})
-                    return head.get_action(bo, ai)["action_pred"]
-
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    for _ in range(3):
-                        run()
-                torch.cuda.current_stream().wait_stream(side)
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    st["out"] = run()
-                torch.cuda.synchronize()
-            self.graphs[s] = g
-            self.static[s] = st
-
-    def run(self, inputs: dict[str, Any]) -> Any:
-        """Backbone eagerly, then the captured head; returns action_pred (B, horizon, 132)."""
-        bb_out, act_in = self._split(inputs)
-        b = act_in["state"].shape[0]
-        s = self.size_for(b)
-        st = self.static[s]
-        for k in ("backbone_features", "backbone_attention_mask", "image_mask"):
-            st[k][:b].copy_(bb_out[k])
-        st["state"][:b].copy_(act_in["state"])
-        st["embodiment_id"][:b].copy_(act_in["embodiment_id"])
-        self.graphs[s].replay()
-        return st["out"][:b]
+    def _forward(self, obs: dict[str, dict[str, Any]]) -> tuple[Any, int, str, float]:
+        """action_pred (B, horizon, 132) on the device, the prompt width, which path ran, and when
+        the inputs were ready. A batch runs captured when a graph of its size (or the next larger)
+        exists and its prompt fits the captured width; otherwise eagerly."""
+        g = self.graphs
+        b = next(iter(obs["video"].values())).shape[0]
+        if g is not None and g.size_for(b) is not None:
+            host = self.host_inputs(obs, pad_to=g.tokens, layout=g.scope == "forward")
+            if g.accepts(host):
+                inputs = host if g.scope == "forward" else self.device_inputs(host)
+                t1 = time.perf_counter()
+                return g.run(inputs), g.tokens, f"captured {g.scope}", t1
+            inputs = self.device_inputs(host)
+        else:
+            inputs = self.prepare(obs)
+        t1 = time.perf_counter()
+        return self.model.get_action(inputs)["action_pred"], int(inputs["input_ids"].shape[1]), "eager", t1

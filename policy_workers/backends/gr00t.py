@@ -192,16 +192,26 @@ class Staged:
 
 
 def stack(nested_list: list[dict[str, dict[str, Any]]], spec: ModalitySpec,
-          cat_video: Any = None) -> dict[str, dict[str, Any]]:
+          cat_video: Any = None, batch_buffer: Any = None) -> dict[str, dict[str, Any]]:
     """Concatenate checked observations along B (one array per key, language rows joined).
 
-    Video parts that are not numpy arrays (staged device tensors) are joined with `cat_video`."""
+    Video parts that are not numpy arrays (staged device tensors) are joined with `cat_video`;
+    numpy frames of several requests go into `batch_buffer(key, shape, dtype)` where the policy
+    has one (a reused, page-locked array: no fresh allocation per batch, an asynchronous copy to
+    the GPU), valid until the next call."""
     out: dict[str, dict[str, Any]] = {"video": {}, "state": {}, "language": {}}
     for mod in ("video", "state"):
         for key in spec.video if mod == "video" else spec.state:
             parts = [n[mod][key] for n in nested_list]
-            join = np.concatenate if isinstance(parts[0], np.ndarray) else cat_video
-            out[mod][key] = parts[0] if len(parts) == 1 else join(parts, 0)
+            if len(parts) == 1:
+                out[mod][key] = parts[0]
+            elif not isinstance(parts[0], np.ndarray):
+                out[mod][key] = cat_video(parts, 0)
+            elif mod == "video" and batch_buffer is not None:
+                shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+                out[mod][key] = np.concatenate(parts, 0, out=batch_buffer(key, shape, parts[0].dtype))
+            else:
+                out[mod][key] = np.concatenate(parts, 0)
     for key in spec.language:
         out["language"][key] = [row for n in nested_list for row in n["language"][key]]
     return out
@@ -252,7 +262,13 @@ class Gr00tSettings:
     """Run synthetic batches of these sizes at load, so first-call costs (kernel selection, allocator
     growth) are paid before serving instead of by the first rollouts."""
     cuda_graph_batch_sizes: tuple[int, ...] = ()
-    """n17-random: capture the action head as CUDA graphs for these batch sizes (pad up to the next)."""
+    """n17-random: capture CUDA graphs for these batch sizes; a batch pads up to the next captured
+    size, larger batches run eagerly (`_n17_graphs`)."""
+    cuda_graph_scope: str = "forward"
+    """n17-random: "forward" captures the whole get_action (checked against the eager model at load,
+    falling back to "head" if it disagrees); "head" captures only the action head."""
+    cuda_graph_tokens: int = 160
+    """n17-random: prompts are left-padded to this many tokens for the graphs; longer ones run eagerly."""
     stage_requests: bool = False
     """n17-random: copy each request's frames to the device as it arrives (`Backend.stage`), so a
     batch's frames are on the GPU when its last request comes in. Off by default: on an H100 with
@@ -304,6 +320,10 @@ class Backend(PolicyBackend):
             self.settings = Gr00tSettings(**options)
         if self.settings.mode not in ("gr00t", "n17-random"):
             raise BackendLoadError(f"gr00t backend: mode must be 'gr00t' or 'n17-random', got {self.settings.mode!r}")
+        if self.settings.cuda_graph_scope not in ("forward", "head"):
+            raise BackendLoadError(
+                f"gr00t backend: cuda_graph_scope must be 'forward' or 'head', got {self.settings.cuda_graph_scope!r}"
+            )
         self._factory = policy_factory  # tests inject a labelled double of Gr00tPolicy here
         self.policy: GrootLikePolicy | None = None
         self.spec: ModalitySpec = KNOWN_SPECS.get(self.settings.tag_value, REAL_G1)
@@ -343,6 +363,8 @@ class Backend(PolicyBackend):
                 embodiment_id=N17_EMBODIMENT_IDS.get(s.tag_value, 10),
                 seed=s.seed,
                 cuda_graph_batch_sizes=tuple(s.cuda_graph_batch_sizes),
+                cuda_graph_tokens=s.cuda_graph_tokens,
+                cuda_graph_scope=s.cuda_graph_scope,
                 batched_vision_attention=s.batched_vision_attention,
             )
         else:
@@ -413,6 +435,8 @@ class Backend(PolicyBackend):
                 "modality_config": spec.to_dict(),
                 "denoising_steps": s.denoising_steps,
                 "cuda_graph_batch_sizes": list(s.cuda_graph_batch_sizes),
+                **({"cuda_graphs": self.policy.capture_report}
+                   if getattr(self.policy, "capture_report", None) else {}),
                 **({"vision_attention": self.policy.vision_attention}
                    if hasattr(self.policy, "vision_attention") else {}),
                 "load_time_s": round(self.load_time_s, 2),
@@ -454,7 +478,8 @@ class Backend(PolicyBackend):
             if mixed:  # joins with staged frames only once on the device too
                 self._video_to_device(n)
             nested.append(n)
-        stacked = stack(nested, self.spec, cat_video=getattr(self.policy, "cat_video", None))
+        stacked = stack(nested, self.spec, cat_video=getattr(self.policy, "cat_video", None),
+                        batch_buffer=getattr(self.policy, "batch_buffer", None))
         t1 = time.perf_counter()
         action, info = self.policy.get_action(stacked)
         t2 = time.perf_counter()
@@ -468,6 +493,7 @@ class Backend(PolicyBackend):
             "get_action_ms": (t2 - t1) * 1e3,
             "split_ms": (time.perf_counter() - t2) * 1e3,
             **(info.get("timings", {}) if isinstance(info, dict) else {}),
+            **({"path": info["path"]} if isinstance(info, dict) and "path" in info else {}),
         }
         return chunks
 

@@ -308,6 +308,64 @@ def test_n17_random_network_one_batched_request():
     assert md.extra["vision_attention"] == "batched", md.extra["vision_attention"]
 
 
+@pytest.mark.skipif(_n17_skip_reason() is not None, reason=str(_n17_skip_reason()))
+def test_n17_captured_forward_matches_eager_and_falls_back_outside_its_shapes():
+    """The whole forward as CUDA graphs for B in (1, 4), prompts padded to 150 tokens: a batch of 3
+    (padded to 4, rows of different prompt lengths) replays the graph and gives the eager model's
+    chunks for the same noise seed; a batch of 5 and a prompt past 150 tokens run eagerly."""
+    import json
+
+    b = Backend(mode="n17-random", device="cuda", cuda_graph_batch_sizes=(4, 1), cuda_graph_tokens=150)
+    b.load()
+    report = b.metadata().extra["cuda_graphs"]
+    print("\ncapture report:", json.dumps(report))
+    assert report["scope"] == "forward", report
+    assert report["sizes"] == [1, 4] and report["check"]["ok"]
+    p = b.policy
+    torch = p.torch
+
+    def chunks(obs: dict, graphs: object) -> tuple[np.ndarray, str]:
+        p.graphs = graphs
+        torch.manual_seed(11)
+        action, info = p.get_action(obs)
+        return np.concatenate([action[k] for k in p.spec.action], axis=-1), info["path"]
+
+    from policy_workers.backends.gr00t import check_nested, stack
+
+    def batch(tasks: list[str]) -> dict:
+        nested = [nested_obs(i, t) for i, t in enumerate(tasks)]
+        for n in nested:
+            check_nested(n, p.spec)
+        return stack(nested, p.spec)
+
+    graphs = p.graphs
+    three = batch(["pick", "pick up the apple and place it on the plate", "open the drawer"])
+    for _ in range(2):  # the second replay sees rows left by the first (the padded fourth row too)
+        got, path = chunks(three, graphs)
+        assert path == "captured forward"
+    p.graphs = None
+    torch.manual_seed(11)
+    with torch.inference_mode():
+        want = p.model.get_action(p.prepare(three, pad_to=150))["action_pred"]
+    want = want[:, :40, : p.action_dim].float().cpu().numpy()
+    err = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+    print("captured vs eager, B=3 padded to 4:", err)
+    assert got.shape == (3, 40, p.action_dim) and np.isfinite(got).all()
+    assert err < 0.02
+    _, path = chunks(batch(["pick"] * 5), graphs)
+    assert path == "eager"  # larger than the largest captured size
+    _, path = chunks(batch(["pick up " * 12]), graphs)
+    assert path == "eager"  # a prompt wider than the captured 150 tokens
+    p.graphs = graphs
+    assert len(b.infer([flat_obs(0), flat_obs(1)])) == 2  # the backend's own path: 2 requests, padded to 4
+    assert b.last_call["path"] == "captured forward"
+
+
+def test_cuda_graph_scope_is_checked():
+    with pytest.raises(BackendLoadError, match="cuda_graph_scope"):
+        Backend(mode="n17-random", device="cpu", cuda_graph_scope="everything")
+
+
 def test_policy_factory_path_and_warmup_sizes():
     b = Backend(
         policy_factory="tests.policy_workers.test_gr00t_backend:ContractDoubleGr00tPolicy",
@@ -318,3 +376,25 @@ def test_policy_factory_path_and_warmup_sizes():
     b.load()
     assert b.policy.calls == [1, 3]
     assert "label" not in b.metadata().extra
+
+
+def test_stack_fills_the_policys_reused_batch_buffer():
+    from policy_workers.backends.gr00t import check_nested, stack
+
+    handed: list[np.ndarray] = []
+
+    def batch_buffer(key: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        assert key == "ego_view"
+        handed.append(np.full(shape, 7, dtype))
+        return handed[-1]
+
+    nested = [nested_obs(i) for i in range(3)]
+    for n in nested:
+        check_nested(n, REAL_G1)
+    out = stack(nested, REAL_G1, batch_buffer=batch_buffer)
+    video = out["video"]["ego_view"]
+    assert len(handed) == 1 and np.shares_memory(video, handed[0])
+    for i, n in enumerate(nested):
+        np.testing.assert_array_equal(video[i], n["video"]["ego_view"][0])
+    assert stack(nested[:1], REAL_G1, batch_buffer=batch_buffer)["video"]["ego_view"] is nested[0]["video"]["ego_view"]
+    assert len(handed) == 1  # one request: its own frames, no copy
