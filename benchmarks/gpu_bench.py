@@ -615,7 +615,9 @@ def phase_diag(be: Backend, args) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 
 
-def phase_b(args, gpu: GpuSampler) -> dict[str, Any]:
+def phase_b(args, gpu: GpuSampler, graphs: bool = False) -> dict[str, Any]:
+    """B; with `graphs` (phase Bg) the replica's network has its forward captured for B = 1, i.e.
+    the reference design given the same capture as C, so that C/B isolates batching + transport."""
     import ray
     from ray import serve
 
@@ -631,7 +633,8 @@ def phase_b(args, gpu: GpuSampler) -> dict[str, Any]:
     )
     serve.start(http_options={"host": "127.0.0.1", "port": args.http_port})
     t = time.perf_counter()
-    serve.run(build_app(fake=args.fake, steps=args.steps, gpu=not args.fake), name="ref", route_prefix="/")
+    serve.run(build_app(fake=args.fake, steps=args.steps, gpu=not args.fake, graphs=graphs), name="ref",
+              route_prefix="/")
     load_s = time.perf_counter() - t
     log(f"B: replica ready in {load_s:.1f}s")
     url = f"http://127.0.0.1:{args.http_port}/act"
@@ -666,6 +669,7 @@ def phase_b(args, gpu: GpuSampler) -> dict[str, Any]:
         "server": "Ray Serve 1 replica (1 GPU), FastAPI ingress, POST /act with a pickled nested observation, "
         "pickle.loads + one get_action (B=1) + pickle.dumps inside an async handler, default max_ongoing_requests",
         "clients": "requests.Session per rollout thread",
+        "network": "the forward captured as a CUDA graph at B = 1 (as C's)" if graphs else "eager (as shipped)",
     }
 
 
@@ -1058,10 +1062,15 @@ def c_label(run: dict[str, Any]) -> str:
 def compare(res: dict[str, Any]) -> dict[str, Any]:
     a = res.get("A", {}).get("rows", [])
     b = {r["n"]: r for r in res.get("B", {}).get("rows", [])}
+    bg = {r["n"]: r for r in res.get("Bg", {}).get("rows", [])}
     out = compare_rows(a, b, {r["n"]: r for r in res.get("C", {}).get("rows", [])})
     for run in res.get("C", {}).get("runs", []):
         if "rows" in run:
-            out[c_label(run)] = compare_rows(a, b, {r["n"]: r for r in run["rows"]})
+            out[c_label(run)] = cmp = compare_rows(a, b, {r["n"]: r for r in run["rows"]})
+            for r in run["rows"]:  # against B with the captured network too (phase Bg)
+                if r["n"] in bg and bg[r["n"]]["env_steps_per_s"]:
+                    cmp.setdefault(str(r["n"]), {})["C_over_Bg_env_steps"] = round(
+                        r["env_steps_per_s"] / bg[r["n"]]["env_steps_per_s"], 2)
     return out
 
 
@@ -1097,7 +1106,8 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
-    ap.add_argument("--phases", default="A,B,C")
+    ap.add_argument("--phases", default="A,B,C", help="A, B, Bg (B with the captured network), C, A2, "
+                    "capture, diag")
     ap.add_argument("--sizes", default="1,2,4,8,16,32,64,128")
     ap.add_argument("--ns", default="1,8,32,64")
     ap.add_argument("--steps", type=int, default=4, help="flow-matching (denoising) steps")
@@ -1170,7 +1180,9 @@ def main() -> None:
     global SAVE
     SAVE = save
 
-    for phase, fn in (("A", phase_a), ("B", phase_b), ("C", phase_c), ("A2", phase_a_again)):
+    phases = (("A", phase_a), ("B", phase_b), ("Bg", lambda a, g: phase_b(a, g, graphs=True)), ("C", phase_c),
+              ("A2", phase_a_again))
+    for phase, fn in phases:
         if phase not in args.phases and not (phase == "A" and ("capture" in args.phases or "diag" in args.phases)):
             continue
         t = time.perf_counter()
@@ -1201,7 +1213,7 @@ def print_summary(res: dict[str, Any]) -> None:
     for key in ("capture", "diag"):
         if res.get("A", {}).get(key):
             print(key + ":", json.dumps(res["A"][key])[:900])
-    runs = [("B", res.get("B", {}))] + [
+    runs = [("B", res.get("B", {})), ("Bg", res.get("Bg", {}))] + [
         (c_label(r), r)
         for r in res.get("C", {}).get("runs", [])
     ]

@@ -18,10 +18,10 @@ app = FastAPI()
 @serve.deployment(num_replicas=1, health_check_timeout_s=300, graceful_shutdown_timeout_s=5)
 @serve.ingress(app)
 class ReferencePolicy:
-    def __init__(self, fake: bool, steps: int) -> None:
+    def __init__(self, fake: bool, steps: int, graphs: bool = False) -> None:
         from benchmarks.gpu_bench import make_backend, nested_obs
 
-        backend = make_backend(fake, steps)
+        backend = make_backend(fake, steps, [1] if graphs else None)  # graphs: the captured forward at B = 1
         backend.load()
         self.policy = backend.policy
         self.policy.get_action(pickle.loads(pickle.dumps(nested_obs(0))))  # warm-up
@@ -33,5 +33,6 @@ class ReferencePolicy:
         return Response(content=pickle.dumps(action), media_type="application/octet-stream")
 
 
-def build_app(fake: bool, steps: int, gpu: bool):
-    return ReferencePolicy.options(ray_actor_options={"num_gpus": 1 if gpu else 0, "num_cpus": 1}).bind(fake, steps)
+def build_app(fake: bool, steps: int, gpu: bool, graphs: bool = False):
+    return ReferencePolicy.options(ray_actor_options={"num_gpus": 1 if gpu else 0, "num_cpus": 1}).bind(
+        fake, steps, graphs)

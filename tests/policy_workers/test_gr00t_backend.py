@@ -398,3 +398,14 @@ def test_stack_fills_the_policys_reused_batch_buffer():
         np.testing.assert_array_equal(video[i], n["video"]["ego_view"][0])
     assert stack(nested[:1], REAL_G1, batch_buffer=batch_buffer)["video"]["ego_view"] is nested[0]["video"]["ego_view"]
     assert len(handed) == 1  # one request: its own frames, no copy
+
+
+def test_stack_copies_a_large_batch_in_parallel_exactly():
+    from policy_workers.backends import gr00t
+
+    parts = [np.random.default_rng(i).integers(0, 255, (1, 2, 256, 256, 3), dtype=np.uint8) for i in range(12)]
+    parts[3] = parts[3][:, ::-1]  # a non-contiguous view too
+    out = np.empty((12, 2, 256, 256, 3), np.uint8)
+    assert out.nbytes >= gr00t.PARALLEL_COPY_BYTES
+    assert gr00t._copy_rows(parts, out) is out
+    np.testing.assert_array_equal(out, np.concatenate(parts, 0))
