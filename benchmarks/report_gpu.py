@@ -18,14 +18,16 @@ def fmt(v: Any, nd: int = 1) -> str:
 def table_a(res: dict[str, Any]) -> str:
     rows = res.get("A", {}).get("rows", [])
     out = [
-        "| B | median ms | chunks/s | backbone ms | action head ms | peak GiB | GPU util % |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| B | path | median ms | chunks/s | eager split: backbone ms | eager split: action head ms | peak GiB | "
+        "GPU util % |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         sp = r.get("split_ms") or {}
         out.append(
-            f"| {r['batch']} | {fmt(r['median_ms'])} | {fmt(r['chunks_per_s'])} | {fmt(sp.get('backbone'))} | "
-            f"{fmt(sp.get('action_head'))} | {fmt(r['peak_mem_gib'], 2)} | {fmt(r['gpu_util_pct'])} |"
+            f"| {r['batch']} | {r.get('path') or 'eager'} | {fmt(r['median_ms'])} | {fmt(r['chunks_per_s'])} | "
+            f"{fmt(sp.get('backbone'))} | {fmt(sp.get('action_head'))} | {fmt(r['peak_mem_gib'], 2)} | "
+            f"{fmt(r['gpu_util_pct'])} |"
         )
     return "\n".join(out)
 
@@ -39,12 +41,14 @@ def table_runs(res: dict[str, Any], only: list[str] | None = None) -> str:
     parts: list[tuple[str, dict]] = []
     if "B" in res and "rows" in res["B"]:
         parts.append(("B reference", res["B"]))
+    if "Bg" in res and "rows" in res["Bg"]:
+        parts.append(("Bg reference, captured network", res["Bg"]))
     for run in res.get("C", {}).get("runs", []):
         if "rows" not in run:
             continue
         name = (
             f"C {run['mode']} mb{run.get('max_batch_size', 64)}"
-            f"{' +graphs' if run.get('cuda_graphs') else ''}"
+            f"{' +graphs(' + (run.get('cuda_graph_scope') or 'head') + ')' if run.get('cuda_graphs') else ''}"
             f"{' +shm' if run.get('shared_frames') else ''}"
             f"{' +stage' if run.get('staged_requests') else ''}"
             f"{' +cohort*' if run.get('cohort_batcher_merge_wait_ms') else ''}"
@@ -65,16 +69,17 @@ def table_runs(res: dict[str, Any], only: list[str] | None = None) -> str:
 
 def table_compare(res: dict[str, Any]) -> str:
     out = [
-        "| C run | N | C/B env steps | C batch | A chunks/s at that batch | C/A throughput | A ms at that batch | "
-        "C p99 / A ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| C run | N | C/B env steps | C/Bg env steps | C batch | A chunks/s at that batch | C/A throughput | "
+        "A ms at that batch | C p99 / A ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for key, per_n in res.get("compare", {}).items():
         if not key.startswith("C["):
             continue
         for n, o in per_n.items():
             out.append(
-                f"| {key} | {n} | {fmt(o.get('C_over_B_env_steps'), 2)} | {fmt(o.get('C_batch'))} | "
+                f"| {key} | {n} | {fmt(o.get('C_over_B_env_steps'), 2)} | {fmt(o.get('C_over_Bg_env_steps'), 2)} | "
+                f"{fmt(o.get('C_batch'))} | "
                 f"{fmt(o.get('A_chunks_per_s_at_C_batch'))} | {fmt(o.get('C_over_A_throughput'), 2)} | "
                 f"{fmt(o.get('A_ms_at_C_batch'))} | {fmt(o.get('C_p99_over_A_ms'), 2)} |"
             )

@@ -12,8 +12,9 @@ prompt is the Qwen chat layout (im_start, user, one vision block per frame, inst
 with a STAND-IN tokenizer for the words (the real one needs the hub), left-padded across the
 batch; state groups are concatenated and zero-padded to 132. The vision tower's attention runs
 all (equal-sized) images in one call (`_vision_attention`; `batched_vision_attention=False` keeps
-transformers' per-image loop). The actions it returns are noise: every `info` says "GR00T N1.7
-network, random weights".
+transformers' per-image loop). With `cuda_graph_batch_sizes` the whole forward (or only the action
+head) replays as CUDA graphs (`_n17_graphs`); `info["path"]` says which path a call took. The
+actions it returns are noise: every `info` says "GR00T N1.7 network, random weights".
 """
 
 from __future__ import annotations
