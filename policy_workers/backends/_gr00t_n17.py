@@ -90,6 +90,9 @@ class N17RandomPolicy:
         self.graphs: Graphs | None = None
         self.capture_report: dict[str, Any] = {}
         if cuda_graph_batch_sizes:
+            if self.device.type != "cuda":
+                raise BackendLoadError(f"cuda_graph_batch_sizes needs a CUDA device, not {device!r}: drop the "
+                                       "option or set device='cuda'")
             self.graphs, self.capture_report = capture(
                 self, sorted({int(b) for b in cuda_graph_batch_sizes}), cuda_graph_tokens, cuda_graph_scope
             )
