@@ -119,7 +119,7 @@ def nested_obs(seed: int, task: str = TASK) -> dict[str, Any]:
 def stacked_batch(be: Backend, b: int) -> Any:
     """B nested REAL_G1 observations, schema-checked and stacked as the backend's `get_action` takes them
     (frames in page-locked memory of their own, as `Backend.infer` stacks them into its reused buffer)."""
-    from policy_workers.backends.gr00t import check_nested, stack
+    from policy_workers.backends._gr00t_layout import check_nested, stack
 
     nested = [nested_obs(i) for i in range(b)]
     for n in nested:

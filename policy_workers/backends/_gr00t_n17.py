@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from policy_workers.backends._gr00t_layout import ModalitySpec, synthetic_text_ids
 from policy_workers.backends._n17_graphs import Graphs, capture
 from policy_workers.backends._vision_attention import batch_vision_attention
-from policy_workers.backends.gr00t import RANDOM_LABEL, ModalitySpec, synthetic_text_ids
+from policy_workers.backends.gr00t import RANDOM_LABEL
 from policy_workers.errors import BackendLoadError
 
 # Qwen2/3-VL special token ids (from the Cosmos-Reason2-2B / Qwen3-VL config and tokenizer).
@@ -62,7 +63,7 @@ class N17RandomPolicy:
                 "n17-random mode needs lerobot>=0.6 (Python>=3.12) with diffusers, dm-tree and a "
                 f"transformers with Qwen3-VL: pip install 'lerobot[groot]>=0.6.1' ({e})"
             ) from None
-        from policy_workers.backends.gr00t import REAL_G1
+        from policy_workers.backends._gr00t_layout import REAL_G1
 
         self.torch = torch
         self.spec = spec or REAL_G1

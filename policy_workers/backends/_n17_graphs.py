@@ -55,7 +55,7 @@ def _sized(sizes: list[int], b: int) -> int | None:
 
 
 def _synthetic_batch(policy: N17RandomPolicy, b: int, texts: list[str] | None = None) -> dict[str, Any]:
-    from policy_workers.backends.gr00t import check_nested, stack, synthetic_observation, to_nested
+    from policy_workers.backends._gr00t_layout import check_nested, stack, synthetic_observation, to_nested
 
     nested = []
     for i in range(b):

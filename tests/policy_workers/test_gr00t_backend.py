@@ -330,7 +330,7 @@ def test_n17_captured_forward_matches_eager_and_falls_back_outside_its_shapes():
         action, info = p.get_action(obs)
         return np.concatenate([action[k] for k in p.spec.action], axis=-1), info["path"]
 
-    from policy_workers.backends.gr00t import check_nested, stack
+    from policy_workers.backends._gr00t_layout import check_nested, stack
 
     def batch(tasks: list[str]) -> dict:
         nested = [nested_obs(i, t) for i, t in enumerate(tasks)]
@@ -379,7 +379,7 @@ def test_policy_factory_path_and_warmup_sizes():
 
 
 def test_stack_fills_the_policys_reused_batch_buffer():
-    from policy_workers.backends.gr00t import check_nested, stack
+    from policy_workers.backends._gr00t_layout import check_nested, stack
 
     handed: list[np.ndarray] = []
 
@@ -401,11 +401,11 @@ def test_stack_fills_the_policys_reused_batch_buffer():
 
 
 def test_stack_copies_a_large_batch_in_parallel_exactly():
-    from policy_workers.backends import gr00t
+    from policy_workers.backends import _gr00t_layout as layout
 
     parts = [np.random.default_rng(i).integers(0, 255, (1, 2, 256, 256, 3), dtype=np.uint8) for i in range(12)]
     parts[3] = parts[3][:, ::-1]  # a non-contiguous view too
     out = np.empty((12, 2, 256, 256, 3), np.uint8)
-    assert out.nbytes >= gr00t.PARALLEL_COPY_BYTES
-    assert gr00t._copy_rows(parts, out) is out
+    assert out.nbytes >= layout.PARALLEL_COPY_BYTES
+    assert layout._copy_rows(parts, out) is out
     np.testing.assert_array_equal(out, np.concatenate(parts, 0))
