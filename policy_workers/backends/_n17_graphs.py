@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -148,7 +149,9 @@ class ForwardGraphs:
         b = host["input_ids"].shape[0]
         video = host["video"]
         if not isinstance(video, torch.Tensor):
-            video = torch.from_numpy(np.ascontiguousarray(video))
+            with warnings.catch_warnings():  # read-only views (shared memory, Redis bytes): only read
+                warnings.simplefilter("ignore", UserWarning)
+                video = torch.from_numpy(np.ascontiguousarray(video))
         st["video"][:b].copy_(video, non_blocking=True)
         for k in ("input_ids", "attention_mask", "state"):
             st[k][:b].copy_(torch.from_numpy(host[k]), non_blocking=True)
