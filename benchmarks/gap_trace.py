@@ -5,7 +5,8 @@
 (start, end, and the backend's own split of it from `last_call`) and every reply write. `summarise`
 turns the events of a time window into per-cycle medians: from the end of one batch's inference to
 replies written, to the first and the last request of the next batch arriving in Redis, to the
-last of them read and decoded, to the next inference starting.
+last of them read and decoded, to the next inference starting; and the full garbage collections
+(generation 2) in the window, with their pauses.
 """
 
 from __future__ import annotations
@@ -44,6 +45,20 @@ def install(backend: Any = None) -> None:
 
     cls._accept_all, cls._run_infer, cls._write_replies = accept_all, run_infer, write_replies
 
+    import gc
+
+    started: list[float] = []
+
+    def on_gc(phase: str, info: dict) -> None:  # full (generation 2) collections: pauses of the whole worker
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            started.append(time.time())
+        elif started:
+            EVENTS.append(("gc", started.pop(), time.time(), 2))
+
+    gc.callbacks.append(on_gc)
+
 
 def dump(path: str) -> None:
     with open(path, "w") as f:
@@ -79,4 +94,7 @@ def summarise(events: list, t0: float, t1: float) -> dict[str, Any]:
     for k in (splits[0] if splits else {}):
         out[f"infer_{k}"] = round(statistics.median(s.get(k, 0.0) for s in splits), 2)
     out["infer_ms"] = round(statistics.median((e[2] - e[1]) * 1000 for e in infers), 2) if infers else None
+    gcs = [e for e in events if e[0] == "gc" and t0 <= e[1] <= t1]
+    out["full_gc_collections"] = len(gcs)
+    out["full_gc_ms"] = [round((e[2] - e[1]) * 1000, 1) for e in gcs]
     return out

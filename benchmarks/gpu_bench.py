@@ -782,7 +782,7 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
             cpus = next((float(f[4:]) for f in flags if f.startswith("cpus")), 1.0)
             runs.append(c_run(args, gpu, mode, float(wait), graphs="g" in flags, cohort_ms=cohort, max_batch=mb,
                               replica_cpus=cpus, shared_frames="shm" in flags, trace="trace" in flags,
-                              stage="stage" in flags))
+                              stage="stage" in flags, gc_on="gcon" in flags))
         except Exception as e:
             import traceback
 
@@ -814,6 +814,7 @@ def c_run(
     shared_frames: bool = False,
     trace: bool = False,
     stage: bool = False,
+    gc_on: bool = False,
 ) -> dict[str, Any]:
     import redis
 
@@ -829,6 +830,7 @@ def c_run(
     settings = worker_settings(args, red.url, max_wait_ms)
     settings.worker.batch.max_batch_size = max_batch
     settings.backend_options["stage_requests"] = stage
+    settings.freeze_gc_after_load = not gc_on
     if graphs:
         settings.backend_options["cuda_graph_batch_sizes"] = args.graph_sizes
         settings.backend_options["cuda_graph_scope"] = args.graph_scope
@@ -990,6 +992,7 @@ def c_run(
         "cohort_batcher_merge_wait_ms": cohort_ms or None,
         "shared_frames": shared_frames,
         "staged_requests": stage,
+        "gc_frozen_after_load": not gc_on,
         "frames": "camera frames through shared memory (broker.frames), requests through Redis" if shared_frames
         else "whole observations through Redis",
         "worker_ready_s": round(load_s, 1),
@@ -1055,6 +1058,7 @@ def c_label(run: dict[str, Any]) -> str:
         f"{'graphs-' + (run.get('cuda_graph_scope') or 'head') if run.get('cuda_graphs') else 'eager'}"
         f"{',shm' if run.get('shared_frames') else ''}"
         f"{',stage' if run.get('staged_requests') else ''}"
+        f"{',gcon' if run.get('gc_frozen_after_load') is False else ''}"
         f"{',cohort' if run.get('cohort_batcher_merge_wait_ms') else ''}]"
     )
 
@@ -1125,7 +1129,8 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--c-runs", default="plain:10", help="C configurations, MODE:MAX_WAIT_MS[:FLAGS] (MODE plain|"
                     "serve; flags: g = CUDA graphs, mbN = max_batch_size, cpusN = replica CPUs, "
-                    "shm = shared-memory frames, stage = per-request staging, trace = gap trace and the worker's own "
+                    "shm = shared-memory frames, stage = per-request staging, gcon = no gc.freeze after load, "
+                    "trace = gap trace and the worker's own "
                     "timing of B = 64 (plain only), "
                     "cohortMS = prototype)")
     ap.add_argument("--c-warm", default="1,8,32,64")

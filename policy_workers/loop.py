@@ -7,6 +7,7 @@ Serve replica (`policy_workers.serve`), where it runs on a thread of its own.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -33,6 +34,10 @@ class PolicyWorkerSettings:
     backend_options: dict[str, Any] = field(default_factory=dict)
     redis: RedisSettings = field(default_factory=RedisSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    freeze_gc_after_load: bool = True
+    """After the backend loads, take every object so far (the model: ~390 k for the GR00T N1.7
+    network) out of the cyclic garbage collector's reach (`gc.freeze`). A full collection over
+    them takes ~80-100 ms, a stall that every request in flight would wait out."""
 
 
 class _Handler:
@@ -80,10 +85,16 @@ class PolicyWorker:
         })
         await r.sadd(self.keys.policies(), s.policy)
 
+    def _load(self) -> None:
+        self.backend.load()
+        if self.settings.freeze_gc_after_load:
+            gc.collect()
+            gc.freeze()
+
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        await loop.run_in_executor(None, self.backend.load)
+        await loop.run_in_executor(None, self._load)
         self.load_time_s = time.perf_counter() - t0
         self.meta = self.backend.metadata()
         self.meta.extra.setdefault("load_time_s", round(self.load_time_s, 3))
