@@ -324,7 +324,9 @@ def sim_worker_cmd(
                                      help="Serve Prometheus /metrics on this port (compose uses 9300; 0: off)."),
     mujoco_gl: str = typer.Option("egl", "--mujoco-gl", envvar="MUJOCO_GL"),
 ) -> None:
-    """Join a sweep as a simulator process: K envs, episodes taken from Redis until it is drained."""
+    """Join a sweep as a simulator process: K envs, episodes taken from Redis until it is drained
+    (nothing left to take and nothing leased by any simulator, so episodes handed back when a
+    crashed simulator's lease expires still find someone to run them)."""
     _setup(True, mujoco_gl)
     from broker.settings import ClientSettings, RedisSettings
     from sim_workers.worker import SimWorker, SimWorkerSettings

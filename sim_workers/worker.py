@@ -69,8 +69,8 @@ class SimWorkerSettings:
     sim_id: str = ""
     wait_for_sweep_s: float = 60.0
     exit_when_drained: bool = False
-    """Leave once the sweep has nothing left to take and nothing of ours runs (plain processes);
-    Ray actors are stopped by the controller instead."""
+    """Leave once the sweep has nothing left to take and no episode is leased by any simulator
+    (plain processes); Ray actors are stopped by the controller instead."""
 
 
 def vector_adapter_class(task: str, options: dict[str, Any]) -> type | None:
@@ -186,8 +186,7 @@ class SimWorker:
                 return
             spec = await self._retry(lambda: queue.take(self.sim_id, lease_ms), stop)
             if spec is None:
-                if (self.settings.exit_when_drained and not self.running
-                        and (await self._retry(queue.counts, stop))["todo"] == 0):
+                if self.settings.exit_when_drained and not self.running and await self._drained(queue, stop):
                     return
                 await asyncio.sleep(0.2)
                 continue
@@ -258,13 +257,20 @@ class SimWorker:
                                            rollout_prefix=s.run, on_steps=self._count_steps, on_episode=finish,
                                            close=False, executor=pool)
                 if not records:
-                    if s.exit_when_drained and (await queue.counts())["todo"] == 0:
+                    if s.exit_when_drained and await self._drained(queue, stop):
                         return
                     await asyncio.sleep(0.2)
         finally:
             with contextlib.suppress(Exception):
                 await loop.run_in_executor(pool, venv.close)
             pool.shutdown(wait=True)
+
+    async def _drained(self, queue: SweepQueue, stop: asyncio.Event) -> bool:
+        """Nothing left to take and no episode leased by anyone. While another simulator holds a
+        lease we stay: if it died, the controller hands its episodes back when the lease expires,
+        and someone has to be there to run them."""
+        counts = await self._retry(queue.counts, stop)
+        return counts["todo"] == 0 and counts["running"] == 0
 
     def release(self) -> None:
         """Stop now and hand unfinished episodes back to the sweep (`run` returns afterwards)."""
