@@ -22,13 +22,14 @@ import redis
 import redis.asyncio as aredis
 
 from broker.codec import Codec, MsgpackNumpyCodec
+from broker.connection import REDIS_DOWN
 from broker.errors import BrokerError, PolicyErrorReply, PolicyTimeout, ProtocolError, RedisUnavailable
 from broker.frames import FrameArena
 from broker.keys import Keys, shard_of
 from broker.schema import RETRYABLE, Reply, Request
 from broker.settings import ClientSettings
 
-_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+_REDIS_DOWN = REDIS_DOWN
 _MAX_BLOCK_S = 2.0
 """One blocking XREAD never outlasts this (well under RedisSettings.socket_timeout_s), so a read timeout
 means Redis is gone, never that no reply came yet."""

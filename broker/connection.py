@@ -10,6 +10,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.settings import RedisSettings
 
+REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+"""What a Redis call raises while the server is unreachable or restarting: wait and retry."""
+
 _RETRY_ON = [RedisConnectionError, RedisTimeoutError, ConnectionResetError, OSError]
 
 

@@ -32,12 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis.asyncio as aredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.batcher import CohortBatcher, MicroBatcher, signature
 from broker.codec import Codec, MsgpackNumpyCodec
+from broker.connection import REDIS_DOWN
 from broker.errors import BrokerError, CodecError, ProtocolError, SharedFramesUnavailable
 from broker.frames import FrameReader
 from broker.keys import GROUP, Keys
@@ -45,7 +44,7 @@ from broker.schema import Reply, Request, Status
 from broker.settings import WorkerSettings
 
 log = logging.getLogger("rolloutq.consumer")
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+_REDIS_DOWN = REDIS_DOWN
 
 
 class BatchHandler(Protocol):

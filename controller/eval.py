@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from broker.client import fetch_metadata
-from broker.connection import connect_async
+from broker.connection import REDIS_DOWN, connect_async
 from broker.embedded import EmbeddedRedis, free_port
 from broker.keys import Keys
 from broker.settings import ClientSettings, RedisSettings, WorkerSettings
@@ -328,41 +328,60 @@ async def _follow(s: EvalSettings, console: Console, r: Any, keys: Keys, queue: 
                         transient=False)
     with progress:
         bar = progress.add_task("starting simulators...", total=s.episodes)
+        down_since: float | None = None
+        backoff = 0.2
         while len(final) < s.episodes:
-            for entry_id, record, video in await queue.read_results(last_id, block_ms=500):
-                last_id = entry_id
-                ep = int(record["episode"])
-                if ep in final:
-                    continue  # a duplicate from a simulator whose lease had expired
-                if record["status"] != "ok" and record["attempt"] < s.max_attempts:
-                    log.warning("episode %d attempt %d failed (%s); re-running", ep, record["attempt"],
-                                record["error"])
-                    await queue.requeue(EpisodeSpec(ep, record["seed"], record["attempt"] + 1))
-                    continue
-                final[ep] = record
-                live.records[ep] = record
-                if video:
-                    videos[ep] = video
-            now = time.perf_counter()
-            if now - last_expire > 1.0:
-                last_expire = now
-                back = await queue.expire_leases()
-                if back:
-                    console.print(f"[yellow]{back} episode(s) handed back from simulators that stopped "
-                                  "answering; re-running them[/yellow]")
-                if ray is not None:
-                    live_steps = await _live_steps(actors, ray, live_steps)
-                st = await _worker_stats(r, keys, s.policy)
-                t = time.perf_counter()
-                if live.calls_first is None:
-                    live.calls_first = (t, st["served_total"])
-                elif t > live.calls_first[0]:
-                    live.calls_rate = (st["served_total"] - live.calls_first[1]) / (t - live.calls_first[0])
-                if ray is not None:
-                    _check_sims(runs, ray, len(final), s.episodes)
-            if tick is not None and time.perf_counter() - last_tick >= s.autoscale.interval_s:
-                last_tick = time.perf_counter()
-                await tick()
+            try:
+                for entry_id, record, video in await queue.read_results(last_id, block_ms=500):
+                    last_id = entry_id
+                    ep = int(record["episode"])
+                    if ep in final:
+                        continue  # a duplicate from a simulator whose lease had expired
+                    if record["status"] != "ok" and record["attempt"] < s.max_attempts:
+                        log.warning("episode %d attempt %d failed (%s); re-running", ep, record["attempt"],
+                                    record["error"])
+                        await queue.requeue(EpisodeSpec(ep, record["seed"], record["attempt"] + 1))
+                        continue
+                    final[ep] = record
+                    live.records[ep] = record
+                    if video:
+                        videos[ep] = video
+                now = time.perf_counter()
+                if now - last_expire > 1.0:
+                    last_expire = now
+                    back = await queue.expire_leases()
+                    if back:
+                        console.print(f"[yellow]{back} episode(s) handed back from simulators that stopped "
+                                      "answering; re-running them[/yellow]")
+                    if ray is not None:
+                        live_steps = await _live_steps(actors, ray, live_steps)
+                    st = await _worker_stats(r, keys, s.policy)
+                    t = time.perf_counter()
+                    if live.calls_first is None:
+                        live.calls_first = (t, st["served_total"])
+                    elif t > live.calls_first[0]:
+                        live.calls_rate = (st["served_total"] - live.calls_first[1]) / (t - live.calls_first[0])
+                    if ray is not None:
+                        _check_sims(runs, ray, len(final), s.episodes)
+                if tick is not None and time.perf_counter() - last_tick >= s.autoscale.interval_s:
+                    last_tick = time.perf_counter()
+                    await tick()
+            except REDIS_DOWN as e:
+                # Redis restarting: simulators and workers ride it out too; results written before it
+                # went down are read again from `last_id` once it is back (AOF keeps them).
+                if down_since is None:
+                    down_since = time.perf_counter()
+                    console.print(f"[yellow]Redis unreachable ({type(e).__name__}); waiting for it to come "
+                                  "back...[/yellow]")
+                if deadline and time.perf_counter() > deadline:
+                    raise EvalFailed(f"Redis unreachable at --timeout-s {s.timeout_s:.0f}s: "
+                                     f"{len(final)}/{s.episodes} episodes done") from None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if down_since is not None:
+                console.print(f"[green]Redis is back after {time.perf_counter() - down_since:.1f}s[/green]")
+                down_since, backoff = None, 0.2
             progress.update(bar, completed=len(final), description=live.line(live_steps))
             if deadline and time.perf_counter() > deadline:
                 raise EvalFailed(f"run did not finish within --timeout-s {s.timeout_s:.0f}s: "

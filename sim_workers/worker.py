@@ -25,11 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.client import PolicyClient, fetch_metadata
-from broker.connection import connect_async
+from broker.connection import REDIS_DOWN, connect_async
 from broker.keys import Keys
 from broker.settings import ClientSettings, RedisSettings
 from broker.sweep import SweepQueue
@@ -38,7 +36,7 @@ from sim_workers.tasks import make_task, task_class
 from sim_workers.vector import run_vector
 
 log = logging.getLogger("rolloutq.sim")
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+_REDIS_DOWN = REDIS_DOWN
 
 
 class SimMetrics(Protocol):
