@@ -10,7 +10,6 @@ import io
 import threading
 
 import pytest
-import redis
 from rich.console import Console
 
 from broker.connection import connect_async
@@ -18,9 +17,7 @@ from broker.keys import Keys
 from broker.settings import RedisSettings
 from broker.sweep import SweepQueue
 from controller.eval import EvalSettings, _follow
-from tests.fault.conftest import wait_for, wait_worker
-from tests.fault.sweep import create_sweep
-from tests.fault.test_redis_restart import restart
+from tests.fault.test_redis_restart import restart, start_sweep
 
 EPISODES = 16
 
@@ -29,14 +26,7 @@ EPISODES = 16
 def test_eval_result_loop_rides_out_a_redis_restart(aof_redis, spawn):
     url = aof_redis.url
     run = "eval-follow"
-    w = spawn("worker", redis_url=url, worker_id="w0", backend={"delay_s": 0.03})
-    wait_worker(url, "w0", proc=w)
-    asyncio.run(create_sweep(url, run, EPISODES, lease_s=3.0, max_steps=80))
-    for i in range(2):
-        spawn("sim", redis_url=url, run=run, sim_id=f"s{i}", envs=2, reply_timeout_s=2.0)
-    r = redis.Redis.from_url(url)
-    wait_for(lambda: r.xlen(f"rq:sweep:{run}:results") >= 1, 60, "a first episode")
-    r.close()
+    start_sweep(spawn, url, run, EPISODES, delay_s=0.03, max_steps=80)
     servers = [aof_redis]
     killer = threading.Thread(target=lambda: servers.append(restart(aof_redis, 1.5, appendonly=True)))
     out = io.StringIO()

@@ -26,6 +26,19 @@ from tests.fault.sweep import create_sweep, follow_sweep
 EPISODES = 8
 
 
+def start_sweep(spawn, url: str, run: str, episodes: int, delay_s: float, max_steps: int) -> tuple:
+    """A policy worker, a sweep (3 s leases) and two simulator processes; returns (worker, sims)
+    once the first episode is done, i.e. with the sweep well under way."""
+    w = spawn("worker", redis_url=url, worker_id="w0", backend={"delay_s": delay_s})
+    wait_worker(url, "w0", proc=w)
+    asyncio.run(create_sweep(url, run, episodes, lease_s=3.0, max_steps=max_steps))
+    sims = [spawn("sim", redis_url=url, run=run, sim_id=f"s{i}", envs=2, reply_timeout_s=2.0) for i in range(2)]
+    r = redis.Redis.from_url(url)
+    wait_for(lambda: r.xlen(f"rq:sweep:{run}:results") >= 1, 60, "a first episode")
+    r.close()
+    return w, sims
+
+
 def restart(server: EmbeddedRedis, down_s: float, appendonly: bool) -> EmbeddedRedis:
     server.kill()
     time.sleep(down_s)
@@ -38,13 +51,7 @@ def restart(server: EmbeddedRedis, down_s: float, appendonly: bool) -> EmbeddedR
 def test_sweep_survives_redis_kill9_with_aof(aof_redis, spawn):
     url = aof_redis.url
     run = "redis-kill"
-    w = spawn("worker", redis_url=url, worker_id="w0", backend={"delay_s": 0.01})
-    wait_worker(url, "w0", proc=w)
-    asyncio.run(create_sweep(url, run, EPISODES, lease_s=3.0, max_steps=40))
-    sims = [spawn("sim", redis_url=url, run=run, sim_id=f"s{i}", envs=2, reply_timeout_s=2.0) for i in range(2)]
-    r = redis.Redis.from_url(url)
-    wait_for(lambda: r.xlen(f"rq:sweep:{run}:results") >= 1, 60, "a first episode")
-    r.close()
+    w, sims = start_sweep(spawn, url, run, EPISODES, delay_s=0.01, max_steps=40)
     servers = [aof_redis]
 
     def killer() -> None:
