@@ -29,7 +29,6 @@ from broker.keys import Keys, shard_of
 from broker.schema import RETRYABLE, Reply, Request
 from broker.settings import ClientSettings
 
-_REDIS_DOWN = REDIS_DOWN
 _MAX_BLOCK_S = 2.0
 """One blocking XREAD never outlasts this (well under RedisSettings.socket_timeout_s), so a read timeout
 means Redis is gone, never that no reply came yet."""
@@ -190,7 +189,7 @@ class PolicyClient:
                     if (left := wait_until - time.perf_counter()) <= 0:
                         break
                     got = await self.redis.xread({reply_key: state.last_id}, block=_block_ms(left))
-            except _REDIS_DOWN as e:
+            except REDIS_DOWN as e:
                 errors += 1
                 if time.perf_counter() + core.backoff(errors) >= deadline:
                     state.seq += 1
@@ -264,7 +263,7 @@ class PolicyClient:
                 pipe.xread({begun[i][2]: begun[i][0].last_id for i in sorted(pending)},
                            block=_block_ms(wake - time.perf_counter()))
                 got = (await pipe.execute())[-1]
-            except _REDIS_DOWN as e:
+            except REDIS_DOWN as e:
                 errors += 1
                 if time.perf_counter() + core.backoff(errors) >= deadline:
                     for i in sorted(pending):
@@ -365,7 +364,7 @@ class SyncPolicyClient:
                     if (left := wait_until - time.perf_counter()) <= 0:
                         break
                     got = self.redis.xread({reply_key: state.last_id}, block=_block_ms(left))
-            except _REDIS_DOWN as e:
+            except REDIS_DOWN as e:
                 errors += 1
                 if time.perf_counter() + core.backoff(errors) >= deadline:
                     state.seq += 1

@@ -44,7 +44,6 @@ from broker.schema import Reply, Request, Status
 from broker.settings import WorkerSettings
 
 log = logging.getLogger("rolloutq.consumer")
-_REDIS_DOWN = REDIS_DOWN
 
 
 class BatchHandler(Protocol):
@@ -238,7 +237,7 @@ class StreamConsumer:
         while True:
             try:
                 return await op()
-            except _REDIS_DOWN as e:
+            except REDIS_DOWN as e:
                 if self._stopping:
                     raise
                 log.warning("worker %s: Redis unreachable (%s); retrying in %.2fs", self.worker_id, e, delay)
@@ -275,7 +274,7 @@ class StreamConsumer:
                     GROUP, self.worker_id, streams, count=room, block=self.settings.block_ms
                 )
                 delay = 0.05
-            except _REDIS_DOWN as e:
+            except REDIS_DOWN as e:
                 log.warning("worker %s: Redis unreachable while reading (%s); retrying", self.worker_id, e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -583,7 +582,7 @@ class StreamConsumer:
                 # pipeline) were written; the requests, if they still exist, will be read again.
                 log.warning("worker %s: ack failed after writing %d replies: %s", self.worker_id, n, e)
                 return
-            except _REDIS_DOWN as e:
+            except REDIS_DOWN as e:
                 # Replies are idempotent by (rollout, seq): resending the whole pipeline is safe.
                 if self._stopping and delay > 1.0:
                     log.warning("worker %s: dropping %d replies, Redis down at shutdown (%s); the requests stay "
@@ -608,7 +607,7 @@ class StreamConsumer:
                 return
             try:
                 await self.claim_once()
-            except _REDIS_DOWN:
+            except REDIS_DOWN:
                 continue
             except ResponseError as e:
                 if "NOGROUP" not in str(e):
@@ -682,7 +681,7 @@ class StreamConsumer:
     async def _stats_publisher(self, stop: asyncio.Event) -> None:
         key = self.keys.worker_stats(self.settings.policy)
         while not stop.is_set():
-            with contextlib.suppress(*_REDIS_DOWN):
+            with contextlib.suppress(*REDIS_DOWN):
                 await self.redis.hset(key, self.worker_id, json.dumps(self.stats.snapshot()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.stats_every_s)

@@ -36,7 +36,6 @@ from sim_workers.tasks import make_task, task_class
 from sim_workers.vector import run_vector
 
 log = logging.getLogger("rolloutq.sim")
-_REDIS_DOWN = REDIS_DOWN
 
 
 class SimMetrics(Protocol):
@@ -169,7 +168,7 @@ class SimWorker:
         while True:
             try:
                 return await op()
-            except _REDIS_DOWN as e:
+            except REDIS_DOWN as e:
                 if stop.is_set():
                     raise
                 log.warning("sim %s: Redis unreachable (%s); retrying in %.1fs", self.sim_id, e, delay)
@@ -208,7 +207,7 @@ class SimWorker:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await episode
                 self.running.pop(i, None)
-                with contextlib.suppress(*_REDIS_DOWN):
+                with contextlib.suppress(*REDIS_DOWN):
                     await queue.release(self.sim_id, [spec.episode])
                 log.info("sim %s: stopping; episode %d abandoned and handed back", self.sim_id, spec.episode)
                 return
