@@ -4,9 +4,9 @@
 (when, how long, the Redis entry ids = server time of each request's XADD), every inference
 (start, end, and the backend's own split of it from `last_call`) and every reply write. `summarise`
 turns the events of a time window into per-cycle medians: from the end of one batch's inference to
-replies written, to the first and the last request of the next batch arriving in Redis, to the
-last of them read and decoded, to the next inference starting; and the full garbage collections
-(generation 2) in the window, with their pauses.
+the first and the last group of replies written, to the first and the last request of the next
+batch arriving in Redis, to the last of them read and decoded, to the next inference starting; and
+the full garbage collections (generation 2) in the window, with their pauses.
 """
 
 from __future__ import annotations
@@ -72,14 +72,15 @@ def summarise(events: list, t0: float, t1: float) -> dict[str, Any]:
     rows = []
     for a, b in zip(infers, infers[1:], strict=False):
         end, nxt = a[2], b[1]
-        w = next((x for x in writes if x[1] >= end - 0.001), None)
+        ws = [x for x in writes if end - 0.001 <= x[1] < nxt]  # a batch's replies go out in groups
         rs = [x for x in reads if end < x[1] < nxt]
         ids = sorted(i / 1000 for x in rs for i in x[3])
-        if w is None or not ids:
+        if not ws or not ids:
             continue
         rows.append({
             "gap_ms": nxt - end,
-            "replies_written_ms": w[2] - end,
+            "first_replies_written_ms": min(x[2] for x in ws) - end,
+            "replies_written_ms": max(x[2] for x in ws) - end,
             "first_request_in_redis_ms": ids[0] - end,
             "last_request_in_redis_ms": ids[-1] - end,
             "last_request_decoded_ms": max(x[2] for x in rs) - end,

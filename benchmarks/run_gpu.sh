@@ -1,7 +1,8 @@
 #!/bin/bash
 # The one command a GPU run executes (see prepare_gpu.sh). Unpacks the carried packages into
 # /tmp/site, checks the imports, runs the GR00T backend tests (the N1.7 random-weight network
-# serves one batched request), then benchmarks/gpu_bench.py with the given arguments.
+# serves one batched request), benchmarks/serving_path.py (the worker's CPU cost per request), then
+# benchmarks/gpu_bench.py with the given arguments.
 # Usage: bash DIR/code/benchmarks/run_gpu.sh DIR [--phases A,B,C,capture ...]
 set -uo pipefail
 dir=$(cd "${1:?usage: run_gpu.sh DIR [gpu_bench args]}" && pwd); shift
@@ -28,5 +29,7 @@ PY
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   (cd "$dir/code" && timeout 400 python3 -m pytest -q -s -p no:cacheprovider tests/policy_workers/test_gr00t_backend.py 2>&1 | tee "$out/gr00t_tests.log")
 fi
+# the worker's CPU cost per request on this host (no GPU): calibrates this host's CPU against the dev machine's
+(cd "$dir/code" && timeout 120 python3 benchmarks/serving_path.py --out "$out/serving_path.json" 2>&1 | tail -16)
 cd "$dir/code" && python3 benchmarks/gpu_bench.py --out "$out" "$@" 2>&1 | tee "$out/gpu_bench.log"
 echo "run_gpu.sh total $(( $(date +%s) - t0 ))s"

@@ -51,8 +51,9 @@ class BatchHandler(Protocol):
 
     A handler may also set `inline = True` when `infer` is trivial (the null backend): it then runs
     on the event loop instead of in the inference thread; or `stages = True` with a `stage(obs)`
-    method: each request is then staged on the inference thread as it arrives, and `infer` gets
-    the staged items (preparation overlaps the wait for the rest of the batch).
+    method: each request is then staged on the inference thread as it arrives (the requests of
+    one read handed over together), and `infer` gets the staged items (preparation overlaps the
+    wait for the rest of the batch).
     """
 
     def validate(self, obs: Any) -> str | None:
@@ -85,7 +86,8 @@ class Job:
     id_ms: int
     deliveries: int
     decode_s: float
-    staged: asyncio.Future | None = None
+    staged: asyncio.Future | None = None  # the staging of the read this request came in
+    staged_index: int = 0
 
 
 _PCTS = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
@@ -184,6 +186,7 @@ class StreamConsumer:
         self._dispatching = False
         self._quarantine = False
         self._held_ids: set[bytes] = set()
+        self._to_stage: list[Job] = []
         self._expired_at: dict[str, float] = {}
         self._feeders_done = 0
         self.ready = asyncio.Event()
@@ -305,9 +308,24 @@ class StreamConsumer:
                     bad = self._reject_unexpected(stream, entry_id, fields, bad)
                 if bad is not None:
                     rejects.append(bad)
+        if self._to_stage:  # one hand-over to the inference thread per read, not one per request
+            jobs, self._to_stage = self._to_stage, []
+            staged = asyncio.get_running_loop().run_in_executor(self._executor, self._stage_all, [j.obs for j in jobs])
+            for i, job in enumerate(jobs):
+                job.staged, job.staged_index = staged, i
         if rejects:
             await self._write_replies(rejects)
         self._wake.set()
+
+    def _stage_all(self, observations: list[Any]) -> list[tuple[bool, Any]]:
+        """On the inference thread: stage each request; a failure is that request's alone."""
+        out: list[tuple[bool, Any]] = []
+        for obs in observations:
+            try:
+                out.append((True, self.handler.stage(obs)))  # type: ignore[attr-defined]
+            except Exception as e:
+                out.append((False, e))
+        return out
 
     def _accept(self, stream: str, entry_id: bytes, fields: dict, deliveries: int):
         """Queue a request for batching, or return (stream, id, reply_to, error reply) to reject it."""
@@ -365,7 +383,7 @@ class StreamConsumer:
                                                          worker=self.worker_id)
         job = Job(entry_id, stream, request, obs, id_ms, deliveries, decode_s)
         if self._stages:
-            job.staged = asyncio.get_running_loop().run_in_executor(self._executor, self.handler.stage, obs)
+            self._to_stage.append(job)
         # A request on its last allowed delivery runs in a batch of its own (see claim_once), so if it
         # crashes the process it cannot push innocent batch-mates past max_deliveries with it.
         key = signature(obs) if deliveries < self.settings.max_deliveries else ("last-chance", entry_id)
@@ -437,8 +455,14 @@ class StreamConsumer:
             else:
                 infer_s = time.perf_counter() - t0
                 self._account(live, queue_ms, infer_s)
-                t1 = time.perf_counter()
+                t1, encode_s, group = time.perf_counter(), 0.0, self.settings.reply_group
                 for job, chunk, q in zip(live, chunks, queue_ms, strict=True):
+                    if len(replies) >= group > 0:  # send what is encoded; Redis works while the rest is
+                        self._send(replies)
+                        replies = []
+                        encode_s += time.perf_counter() - t1
+                        await asyncio.sleep(0)
+                        t1 = time.perf_counter()
                     try:
                         payload = self.codec.encode(chunk)
                     except CodecError as e:
@@ -449,21 +473,27 @@ class StreamConsumer:
                     replies.append((job.stream, job.entry_id, job.request.reply_to, Reply(
                         job.request.seq, Status.OK, action=payload, queue_ms=q, infer_ms=infer_s * 1000,
                         batch=len(live), worker=self.worker_id)))
-                decode_s, encode_s = sum(j.decode_s for j in live), time.perf_counter() - t1
+                decode_s, encode_s = sum(j.decode_s for j in live), encode_s + time.perf_counter() - t1
                 self.stats.decode_s_total += decode_s
                 self.stats.encode_s_total += encode_s
                 self.metrics.on_batch(len(live), [q / 1000 for q in queue_ms], infer_s, decode_s, encode_s)
         if replies:
-            task = asyncio.create_task(self._write_replies(replies))
-            self._writers.add(task)
-            task.add_done_callback(self._writers.discard)
+            self._send(replies)
+
+    def _send(self, replies: list[tuple[str, bytes, str | None, Reply]]) -> None:
+        task = asyncio.create_task(self._write_replies(replies))
+        self._writers.add(task)
+        task.add_done_callback(self._writers.discard)
 
     async def _staged(self, jobs: list[Job], replies: list) -> list[Job]:
         """Swap each job's observation for its staged form; a request whose staging failed is answered alone."""
         ok = []
         for job in jobs:
             try:
-                job.obs = await job.staged  # type: ignore[misc]
+                staged_ok, value = (await job.staged)[job.staged_index]  # type: ignore[misc]
+                if not staged_ok:
+                    raise value
+                job.obs = value
                 ok.append(job)
             except Exception as e:
                 log.warning("worker %s: staging request %s failed: %s", self.worker_id, job.entry_id.decode(),

@@ -66,6 +66,9 @@ class WorkerSettings:
     reply_ttl_s: int = 600
     """Reply streams expire this long after their last reply."""
     reply_maxlen: int = 64
+    reply_group: int = 16
+    """A batch's replies go out in pipelines of this many, each as soon as it is encoded, so the
+    first simulators step while the rest are encoded and written; 0 writes them in one pipeline."""
     claim_idle_ms: int = 60_000
     """Pending entries idle longer than this are re-claimed from a dead worker (must exceed the
     slowest batch)."""

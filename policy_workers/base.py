@@ -52,11 +52,13 @@ class PolicyBackend(ABC):
 
     stages: bool = False
     """True when `stage` does real work. The worker then calls `stage(obs)` on the inference thread
-    as each request arrives (the thread is idle while a closed loop's next batch trickles in), and
-    `infer` receives the staged items instead of the observations."""
+    as each request arrives (the requests of one read in one hand-over; the thread is idle while a
+    closed loop's next batch trickles in), and `infer` receives the staged items instead of the
+    observations."""
 
     def stage(self, obs: Obs) -> Any:
-        """Per-request preparation ahead of batching (e.g. frames copied to the GPU). Default: none."""
+        """Per-request preparation ahead of batching (e.g. frames copied into page-locked memory).
+        Default: none."""
         return obs
 
     @abstractmethod

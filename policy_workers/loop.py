@@ -21,7 +21,7 @@ from broker.keys import Keys
 from broker.settings import RedisSettings, WorkerSettings
 from policy_workers.backends import make_backend
 from policy_workers.base import PolicyBackend, PolicyMetadata
-from policy_workers.batching import check_schema
+from policy_workers.batching import SchemaChecker
 
 log = logging.getLogger("rolloutq.policy")
 
@@ -49,11 +49,12 @@ class _Handler:
         self.stages = bool(getattr(backend, "stages", False))  # the consumer ignores it for inline handlers
         self.schema = meta.observation_schema
         self.any_obs = bool(meta.extra.get("accepts_any_observation")) or not self.schema
+        self.check = SchemaChecker(self.schema)
 
     def validate(self, obs: Any) -> str | None:
         if self.any_obs:
             return None if isinstance(obs, dict) else "observation must be a map of named arrays"
-        return check_schema(obs, self.schema)
+        return self.check(obs)
 
     def stage(self, obs: Any) -> Any:
         return self.backend.stage(obs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -154,28 +154,46 @@ def check_nested(nested: dict[str, dict[str, Any]], spec: ModalitySpec, where: s
 
 @dataclass
 class Staged:
-    """A request prepared ahead of its batch (`Backend.stage`): checked, frames already on the device."""
+    """A request prepared ahead of its batch (`Backend.stage`): checked, and its frames copied into
+    page-locked slots (`pins`, one per video key, in spec order) where slots were free."""
 
     nested: dict[str, dict[str, Any]]
     size: int
+    pins: list[Any] = field(default_factory=list)
 
 
-def stack(nested_list: list[dict[str, dict[str, Any]]], spec: ModalitySpec,
-          cat_video: Any = None, batch_buffer: Any = None) -> dict[str, dict[str, Any]]:
+@dataclass
+class VideoRows:
+    """A batch's frames for one key, left where staging put them: (pool, first slot, count) runs in
+    batch order. A captured forward loads them by DMA; anything else copies them into one array."""
+
+    runs: list[tuple[np.ndarray, int, int]]
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def parts(self) -> list[np.ndarray]:
+        return [pool[first : first + n] for pool, first, n in self.runs]
+
+    def into(self, out: np.ndarray) -> np.ndarray:
+        return _copy_rows(self.parts(), out)
+
+
+def stack(nested_list: list[dict[str, dict[str, Any]]], spec: ModalitySpec, batch_buffer: Any = None,
+          video_rows: dict[str, VideoRows] | None = None) -> dict[str, dict[str, Any]]:
     """Concatenate checked observations along B (one array per key, language rows joined).
 
-    Video parts that are not numpy arrays (staged device tensors) are joined with `cat_video`;
-    numpy frames of several requests go into `batch_buffer(key, shape, dtype)` where the policy
-    has one (a reused, page-locked array: no fresh allocation per batch, an asynchronous copy to
-    the GPU), valid until the next call."""
+    Frames of several requests go into `batch_buffer(key, shape, dtype)` where the policy has one
+    (a reused, page-locked array: no fresh allocation per batch, an asynchronous copy to the GPU),
+    valid until the next call; a key in `video_rows` (frames staged in slots) is left there."""
     out: dict[str, dict[str, Any]] = {"video": {}, "state": {}, "language": {}}
     for mod in ("video", "state"):
         for key in spec.video if mod == "video" else spec.state:
+            if mod == "video" and video_rows and key in video_rows:
+                out[mod][key] = video_rows[key]
+                continue
             parts = [n[mod][key] for n in nested_list]
             if len(parts) == 1:
                 out[mod][key] = parts[0]
-            elif not isinstance(parts[0], np.ndarray):
-                out[mod][key] = cat_video(parts, 0)
             elif mod == "video" and batch_buffer is not None:
                 shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
                 out[mod][key] = _copy_rows(parts, batch_buffer(key, shape, parts[0].dtype))
@@ -186,27 +204,28 @@ def stack(nested_list: list[dict[str, dict[str, Any]]], spec: ModalitySpec,
     return out
 
 
-_COPY_POOL: ThreadPoolExecutor | None = None
+_COPY_POOLS: dict[int, ThreadPoolExecutor] = {}
 PARALLEL_COPY_BYTES = 4 << 20
 COPY_THREADS = 4
 
 
-def _copy_rows(parts: list[np.ndarray], out: np.ndarray) -> np.ndarray:
+def _copy_rows(parts: list[np.ndarray], out: np.ndarray, threads: int = 0) -> np.ndarray:
     """Concatenate `parts` into `out` along B; a large batch (64 REAL_G1 requests: 25 MB) is copied
-    by a few threads, since numpy releases the GIL while it copies and one core's memcpy is the
-    limit."""
-    global _COPY_POOL
-    if out.nbytes < PARALLEL_COPY_BYTES or len(parts) < 2 * COPY_THREADS:
+    by a few threads (`COPY_THREADS` unless `threads`), since numpy releases the GIL while it copies
+    and one core's memcpy is the limit."""
+    threads = threads or COPY_THREADS
+    if out.nbytes < PARALLEL_COPY_BYTES or len(parts) < 2 * threads:
         return np.concatenate(parts, 0, out=out)
     starts = np.cumsum([0] + [p.shape[0] for p in parts]).tolist()
 
     def copy(group: int) -> None:
-        for i in range(group, len(parts), COPY_THREADS):
+        for i in range(group, len(parts), threads):
             np.copyto(out[starts[i] : starts[i + 1]], parts[i])
 
-    if _COPY_POOL is None:
-        _COPY_POOL = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="rolloutq-batch-copy")
-    list(_COPY_POOL.map(copy, range(COPY_THREADS)))
+    pool = _COPY_POOLS.get(threads)
+    if pool is None:
+        pool = _COPY_POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="rolloutq-batch-copy")
+    list(pool.map(copy, range(threads)))
     return out
 
 
@@ -218,10 +237,11 @@ def split(action: dict[str, Any], sizes: list[int], prefix: str = "action.") -> 
         arr = np.asarray(value)
         if arr.ndim == 0 or arr.shape[0] != total:
             raise SchemaMismatch(f"policy returned {key} with leading dim {arr.shape[:1]}, expected {total}")
-        name = key.split(".", 1)[1] if key.startswith("action.") else key
+        arr = np.ascontiguousarray(arr, dtype=np.float32)  # one copy per key: each request's rows are then a view
+        name = prefix + (key.split(".", 1)[1] if key.startswith("action.") else key)
         start = 0
         for i, n in enumerate(sizes):
-            chunks[i][prefix + name] = np.ascontiguousarray(arr[start : start + n], dtype=np.float32)
+            chunks[i][name] = arr[start : start + n]
             start += n
     return chunks
 

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from policy_workers.backends._gr00t_layout import ModalitySpec, synthetic_text_ids
+from policy_workers.backends._frame_slots import FrameSlots, Pinned
+from policy_workers.backends._gr00t_layout import ModalitySpec, VideoRows, synthetic_text_ids
 from policy_workers.backends._n17_graphs import Graphs, capture
 from policy_workers.backends._vision_attention import batch_vision_attention
 from policy_workers.backends.gr00t import RANDOM_LABEL
@@ -54,6 +55,7 @@ class N17RandomPolicy:
         cuda_graph_tokens: int = 160,
         cuda_graph_scope: str = "forward",
         batched_vision_attention: bool = True,
+        stage_slots: int = 256,
     ) -> None:
         try:
             import torch
@@ -88,6 +90,8 @@ class N17RandomPolicy:
         self._text_cache: dict[str, list[int]] = {}
         self._rope_cache: dict[tuple[int, int], np.ndarray] = {}
         self._host_buffers: dict[str, Any] = {}
+        self.stage_slots = stage_slots
+        self._slots: dict[str, FrameSlots] = {}
         self.graphs: Graphs | None = None
         self.capture_report: dict[str, Any] = {}
         if cuda_graph_batch_sizes:
@@ -100,7 +104,7 @@ class N17RandomPolicy:
 
     # -- input preparation -----------------------------------------------------------------
     def stage_video(self, video: np.ndarray, non_blocking: bool = False) -> Any:
-        """Frames (B, T, H, W, 3) uint8 on the device: one request's ahead of its batch, or a batch's."""
+        """A batch's frames (B, T, H, W, 3) uint8 on the device (the eager path)."""
         with warnings.catch_warnings():  # read-only views (shared memory, Redis bytes): never written
             warnings.simplefilter("ignore", UserWarning)
             return self.torch.from_numpy(np.ascontiguousarray(video)).to(self.device, non_blocking=non_blocking)
@@ -116,8 +120,29 @@ class N17RandomPolicy:
             buf = self._host_buffers[key] = self.torch.empty(max(n, 1), dtype=self.torch.uint8, pin_memory=pinned)
         return buf[:n].numpy().view(dtype).reshape(shape)
 
-    def cat_video(self, parts: list[Any], dim: int = 0) -> Any:
-        return self.torch.cat(parts, dim)
+    loads_video_rows = True
+    """The captured forward takes a batch's frames from their staging slots (`VideoRows`)."""
+
+    def pin_frames(self, key: str, frames: np.ndarray) -> Pinned | None:
+        """One request's frames (1, T, H, W, 3) copied into a page-locked slot, or None if all are taken."""
+        pool = self._slots.get(key)
+        if pool is None:
+            pinned = self.device.type == "cuda"
+
+            def alloc(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+                n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+                return self.torch.empty(n, dtype=self.torch.uint8, pin_memory=pinned).numpy().view(dtype).reshape(shape)
+
+            pool = self._slots[key] = FrameSlots(frames.shape[1:], frames.dtype, self.stage_slots, alloc)
+        return pool.take(frames)
+
+    def _materialized(self, obs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """`obs` with staged `VideoRows` copied into the batch buffer (paths that need one array)."""
+        if not any(isinstance(v, VideoRows) for v in obs["video"].values()):
+            return obs
+        video = {k: v.into(self.batch_buffer(k, v.shape, v.dtype)) if isinstance(v, VideoRows) else v
+                 for k, v in obs["video"].items()}
+        return {**obs, "video": video}
 
     def pixel_values(self, x: Any) -> Any:
         """(B, T, H, W, 3) uint8 on the device -> Qwen-VL pixel_values (B*T*256, 1536) bf16.
@@ -153,8 +178,7 @@ class N17RandomPolicy:
         captured forward takes as inputs instead of working them out on the host mid-forward."""
         spec = self.spec
         videos = [obs["video"][k] for k in spec.video]
-        join = np.concatenate if isinstance(videos[0], np.ndarray) else self.cat_video
-        video = videos[0] if len(videos) == 1 else join(videos, 1)  # views along T
+        video = videos[0] if len(videos) == 1 else np.concatenate(videos, 1)  # views along T
         b, frames = video.shape[0], video.shape[1]
         texts = [row[0] for row in obs["language"][spec.language[0]]]
         ids, mask, lengths = self._token_rows(texts, frames, pad_to)
@@ -258,14 +282,19 @@ class N17RandomPolicy:
         exists and its prompt fits the captured width; otherwise eagerly."""
         g = self.graphs
         b = next(iter(obs["video"].values())).shape[0]
+        if g is None or g.scope != "forward" or len(obs["video"]) > 1:  # only the captured forward loads slots
+            obs = self._materialized(obs)
         if g is not None and g.size_for(b) is not None:
             host = self.host_inputs(obs, pad_to=g.tokens, layout=g.scope == "forward")
             if g.accepts(host):
                 inputs = host if g.scope == "forward" else self.device_inputs(host)
                 t1 = time.perf_counter()
                 return g.run(inputs), g.tokens, f"captured {g.scope}", t1
-            inputs = self.device_inputs(host)
+            video = host["video"]
+            if isinstance(video, VideoRows):
+                video = video.into(self.batch_buffer("staged", video.shape, video.dtype))
+            inputs = self.device_inputs({**host, "video": video})
         else:
-            inputs = self.prepare(obs)
+            inputs = self.prepare(self._materialized(obs))
         t1 = time.perf_counter()
         return self.model.get_action(inputs)["action_pred"], int(inputs["input_ids"].shape[1]), "eager", t1

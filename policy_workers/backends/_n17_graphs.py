@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from policy_workers.backends._gr00t_layout import VideoRows
+
 if TYPE_CHECKING:
     from policy_workers.backends._gr00t_n17 import N17RandomPolicy
 
@@ -148,11 +150,17 @@ class ForwardGraphs:
         torch = self.p.torch
         b = host["input_ids"].shape[0]
         video = host["video"]
-        if not isinstance(video, torch.Tensor):
-            with warnings.catch_warnings():  # read-only views (shared memory, Redis bytes): only read
-                warnings.simplefilter("ignore", UserWarning)
-                video = torch.from_numpy(np.ascontiguousarray(video))
-        st["video"][:b].copy_(video, non_blocking=True)
+        if isinstance(video, VideoRows):  # staged frames: one DMA per run of adjacent page-locked slots
+            row = 0
+            for pool, first, n in video.runs:
+                st["video"][row : row + n].copy_(torch.from_numpy(pool[first : first + n]), non_blocking=True)
+                row += n
+        else:
+            if not isinstance(video, torch.Tensor):
+                with warnings.catch_warnings():  # read-only views (shared memory, Redis bytes): only read
+                    warnings.simplefilter("ignore", UserWarning)
+                    video = torch.from_numpy(np.ascontiguousarray(video))
+            st["video"][:b].copy_(video, non_blocking=True)
         for k in ("input_ids", "attention_mask", "state"):
             st[k][:b].copy_(torch.from_numpy(host[k]), non_blocking=True)
         st["positions"][:, :b].copy_(torch.from_numpy(host["positions"]), non_blocking=True)

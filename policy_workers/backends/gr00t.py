@@ -27,11 +27,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from policy_workers.backends._frame_slots import runs
 from policy_workers.backends._gr00t_layout import (
     KNOWN_SPECS,
     REAL_G1,
     ModalitySpec,
     Staged,
+    VideoRows,
     check_nested,
     split,
     stack,
@@ -95,10 +97,13 @@ class Gr00tSettings:
     cuda_graph_tokens: int = 160
     """n17-random: prompts are left-padded to this many tokens for the graphs; longer ones run eagerly."""
     stage_requests: bool = False
-    """n17-random: copy each request's frames to the device as it arrives (`Backend.stage`), so a
-    batch's frames are on the GPU when its last request comes in. Off by default: on an H100 with
-    co-located simulators (requests arriving within ~3 ms) the per-request copies queued behind
-    the decoding and lengthened the gap instead (docs/benchmarks.md, run 18)."""
+    """n17-random: copy each request's frames into a page-locked slot as it is read (`Backend.stage`,
+    on the inference thread while the event loop decodes the next requests), so a batch needs no
+    assembly copy: the captured forward loads the slots by DMA (`_frame_slots`)."""
+    stage_slots: int = 256
+    """n17-random, with `stage_requests`: page-locked slots per video key (one request's frames
+    each; 256 REAL_G1 slots are 100 MB). When all are taken a request keeps its frames and its
+    batch copies them as usual."""
     batched_vision_attention: bool = True
     """n17-random: run the vision tower's attention over all images in one call instead of
     transformers' per-image loop (checked against it at load; `_vision_attention`)."""
@@ -191,6 +196,7 @@ class Backend(PolicyBackend):
                 cuda_graph_tokens=s.cuda_graph_tokens,
                 cuda_graph_scope=s.cuda_graph_scope,
                 batched_vision_attention=s.batched_vision_attention,
+                stage_slots=s.stage_slots,
             )
         else:
             self.policy = self._load_gr00t()
@@ -272,27 +278,42 @@ class Backend(PolicyBackend):
     # -- inference -------------------------------------------------------------------------
     @property
     def stages(self) -> bool:  # type: ignore[override]
-        """Whether the policy can take frames to the device per request (n17-random can)."""
-        return self.settings.stage_requests and callable(getattr(self.policy, "stage_video", None))
+        """Whether requests are staged as they arrive (n17-random can: page-locked frame slots)."""
+        return self.settings.stage_requests and callable(getattr(self.policy, "pin_frames", None))
 
     def stage(self, obs: Obs) -> Staged:
-        """Check one observation and copy its frames to the device while the rest of its batch arrives."""
+        """Check one observation and copy its frames into page-locked slots while the rest of its
+        batch arrives (`_frame_slots`); frames stay where they are if no slot is free."""
         if self.policy is None:
             raise BackendLoadError("gr00t backend: stage() before load()")
         nested = to_nested(obs, self.spec)
         size = check_nested(nested, self.spec)
-        self._video_to_device(nested)
-        return Staged(nested, size)
-
-    def _video_to_device(self, nested: dict[str, dict[str, Any]]) -> None:
-        nested["video"] = {k: self.policy.stage_video(v) for k, v in nested["video"].items()}  # type: ignore[union-attr]
+        pins = []
+        if size == 1:
+            for key in self.spec.video:
+                pinned = self.policy.pin_frames(key, nested["video"][key])  # type: ignore[union-attr]
+                if pinned is None:
+                    break
+                nested["video"][key] = pinned.array
+                pins.append(pinned)
+        return Staged(nested, size, pins)
 
     def infer(self, batch: list[Obs | Staged]) -> list[Chunk]:
         if self.policy is None:
             raise BackendLoadError("gr00t backend: infer() before load()")
+        chunks = self._infer(batch)
+        # get_action ended synchronised, so the frames are on the device: the slots are free again. A
+        # failed batch keeps them (its requests may be run again one by one); a request dropped
+        # unanswered gives them back when it is collected.
+        for obs in batch:
+            if isinstance(obs, Staged):
+                for pinned in obs.pins:
+                    pinned.release()
+        return chunks
+
+    def _infer(self, batch: list[Obs | Staged]) -> list[Chunk]:
         t0 = time.perf_counter()
         nested, sizes = [], []
-        mixed = any(isinstance(obs, Staged) for obs in batch)
         for i, obs in enumerate(batch):
             if isinstance(obs, Staged):
                 nested.append(obs.nested)
@@ -300,11 +321,9 @@ class Backend(PolicyBackend):
                 continue
             n = to_nested(obs, self.spec)
             sizes.append(check_nested(n, self.spec, where=f"observation {i}"))
-            if mixed:  # joins with staged frames only once on the device too
-                self._video_to_device(n)
             nested.append(n)
-        stacked = stack(nested, self.spec, cat_video=getattr(self.policy, "cat_video", None),
-                        batch_buffer=getattr(self.policy, "batch_buffer", None))
+        stacked = stack(nested, self.spec, batch_buffer=getattr(self.policy, "batch_buffer", None),
+                        video_rows=self._video_rows(batch))
         t1 = time.perf_counter()
         action, info = self.policy.get_action(stacked)
         t2 = time.perf_counter()
@@ -321,6 +340,21 @@ class Backend(PolicyBackend):
             **({"path": info["path"]} if isinstance(info, dict) and "path" in info else {}),
         }
         return chunks
+
+    def _video_rows(self, batch: list[Obs | Staged]) -> dict[str, VideoRows] | None:
+        """Every request of the batch staged in slots, and a policy that loads slots itself: the
+        frames stay in their slots (no assembly copy)."""
+        if len(batch) < 2 or not getattr(self.policy, "loads_video_rows", False):
+            return None
+        if not all(isinstance(o, Staged) and len(o.pins) == len(self.spec.video) for o in batch):
+            return None
+        out = {}
+        for j, (key, shape) in enumerate(self.spec.video.items()):
+            found = runs([o.pins[j] for o in batch])  # type: ignore[union-attr]
+            if found is None:
+                return None
+            out[key] = VideoRows(found, (len(batch), *shape), found[0][0].dtype)
+        return out
 
 
 def _spec_from_gr00t(policy: Any, fallback: ModalitySpec) -> ModalitySpec:

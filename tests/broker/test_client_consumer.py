@@ -107,6 +107,36 @@ def test_act_many_serves_many_rollouts_in_one_call_each_with_its_own_replies(red
     asyncio.run(main())
 
 
+def test_a_large_batch_is_answered_in_several_pipelines_and_fully_acked(redis_url):
+    """A batch's replies go out `reply_group` at a time: every rollout still gets its own, and every
+    request is acked and deleted."""
+    group = WorkerSettings().reply_group
+    n = 2 * group + 5
+
+    async def main():
+        handler = EchoHandler()
+        async with serving(redis_url, handler, batch=BatchSettings(max_batch_size=64, max_wait_ms=500,
+                                                                   dispatch="deadline")) as consumer:
+            r = connect_async(RedisSettings(url=redis_url))
+            client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=20))
+            writes = []
+            original = consumer._write_replies
+
+            async def counting(replies):
+                writes.append(len(replies))
+                await original(replies)
+
+            consumer._write_replies = counting
+            results = await client.act_many([(f"g{i}", {"x": np.array([[i, 0]], np.float32)}) for i in range(n)])
+            assert [res.chunk["echo"].tolist() for res in results] == [[[i, 0]] for i in range(n)]
+            assert handler.batches == [n] and sorted(writes) == sorted([group] * 2 + [5])
+            stream = Keys().requests("p", 0)
+            assert (await r.xpending(stream, GROUP))["pending"] == 0 and await r.xlen(stream) == 0
+            await r.aclose()
+
+    asyncio.run(main())
+
+
 def test_act_many_times_out_per_rollout_and_resends_with_the_same_sequence(redis_url):
     async def main():
         r = connect_async(RedisSettings(url=redis_url))

@@ -137,3 +137,23 @@ def test_encoder_refuses_object_arrays():
         encode({"a": np.array([object()], dtype=object)})
     with pytest.raises(CodecError):
         encode({"a": {1, 2}})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=40), st.one_of(arrays, st.text(max_size=300)), max_size=15))
+def test_flat_map_fast_path_writes_what_msgpack_writes(msg):
+    """Flat maps of arrays and strings (action chunks) take a hand-built path; its bytes must be
+    msgpack's own, whatever the keys, dtypes, shapes and sizes."""
+    from broker.codec import _default
+
+    assert encode(msg) == msgpack.packb(msg, default=_default, use_bin_type=True)
+    _same(decode(encode(msg)), msg)
+
+
+def test_flat_map_fast_path_leaves_the_rest_to_msgpack():
+    big = {"a": np.zeros(70_000, np.uint8), "b": np.arange(6, dtype="<f4").reshape(2, 3)[:, ::2]}  # bin32, strided
+    _same(decode(encode(big)), big)
+    with pytest.raises(CodecError, match="dtype"):
+        encode({"a": np.zeros(2, np.complex64)})
+    with pytest.raises(CodecError, match="dtype"):
+        encode({"a": np.zeros(2, ">f4")})

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from policy_workers.batching import check_schema, flatten, split, stack
+from policy_workers.batching import SchemaChecker, check_schema, flatten, split, stack
 
 SCHEMA = {
     "video.ego_view": {"dtype": "uint8", "shape": [1, 2, 4, 4, 3]},
@@ -41,6 +42,36 @@ def test_schema_problems_are_named():
     msg = check_schema(obs, SCHEMA)
     assert "missing keys ['state.left_arm']" in msg and "unknown keys ['extra']" in msg
     assert "must be text" in check_schema(_obs(**{"annotation.human.task_description": np.zeros(1)}), SCHEMA)
+
+
+_CASES = {
+    "valid": _obs(),
+    "valid, wildcard dimension": _obs(**{"state.left_arm": np.zeros((1, 1, 7), np.float32)}),
+    "wrong width": _obs(**{"state.left_arm": np.zeros((1, 1, 6), np.float32)}),
+    "wrong rank": _obs(**{"state.left_arm": np.zeros((1, 7), np.float32)}),
+    "wrong dtype": _obs(**{"video.ego_view": np.zeros((1, 2, 4, 4, 3), np.float32)}),
+    "NaN": _obs(**{"state.left_arm": np.array([[[0, 1, np.nan, 3, 4, 5, 6]]], np.float32)}),
+    "Inf": _obs(**{"state.left_arm": np.array([[[0, 1, 2, 3, 4, 5, -np.inf]]], np.float32)}),
+    "huge but finite": _obs(**{"state.left_arm": np.full((1, 1, 7), 3e38, np.float32)}),
+    "not an array": _obs(**{"state.left_arm": [[0.0] * 7]}),
+    "text not text": _obs(**{"annotation.human.task_description": [[1]]}),
+    "extra key": _obs(extra=np.zeros(1)),
+    "missing key": {k: v for k, v in _obs().items() if k != "state.left_arm"},
+    "nested": {"video": {"ego_view": np.zeros((1, 2, 4, 4, 3), np.uint8)},
+               "state": {"left_arm": np.zeros((1, 1, 7), np.float32)},
+               "language": {"annotation.human.task_description": [["pick up the apple"]]}},
+    "not a map": [1, 2],
+}
+
+
+@pytest.mark.parametrize("case", sorted(_CASES))
+def test_schema_checker_answers_as_check_schema(case):
+    """The compiled checker's fast path never changes the verdict or the message."""
+    schema = {**SCHEMA, "state.left_arm": {**SCHEMA["state.left_arm"], "shape": [1, None, 7]}} \
+        if "wildcard" in case else SCHEMA
+    assert SchemaChecker(schema)(_CASES[case]) == check_schema(_CASES[case], schema)
+    assert (check_schema(_CASES[case], schema) is None) == (case.startswith("valid") or case in ("nested",
+                                                                                           "huge but finite"))
 
 
 def test_stack_and_split_round_trip():

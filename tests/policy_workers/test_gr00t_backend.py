@@ -101,34 +101,39 @@ def test_batch_is_one_get_action_and_splits_in_order(form):
         assert chunk["action.left_arm"][0, 0, 0] == m
 
 
-class DeviceFrames:
-    """TEST DOUBLE of frames staged on a device: wraps a copy, only `cat` can join them."""
-
-    def __init__(self, a: np.ndarray) -> None:
-        self.a = a.copy()
-        self.shape = a.shape
-
-
 class StagingDouble(ContractDoubleGr00tPolicy):
-    """The contract double plus the staging hooks the n17-random policy has (TEST DOUBLE)."""
+    """The contract double plus the staging hooks the n17-random policy has (TEST DOUBLE): frames
+    go into slots of a `FrameSlots` pool in ordinary memory, and `get_action` takes a batch whose
+    frames are all staged as `VideoRows` (as the captured forward does), copying them out itself."""
 
-    def __init__(self, settings=None) -> None:
-        super().__init__(settings)
-        self.staged = 0
+    loads_video_rows = True
 
-    def stage_video(self, v):
-        self.staged += 1
-        return DeviceFrames(v)
+    def __init__(self, slots: int = 8) -> None:
+        super().__init__()
+        self.pool = None
+        self.slots = slots
+        self.rows_seen: list[list[tuple[int, int]]] = []
 
-    def cat_video(self, parts, dim=0):
-        return DeviceFrames(np.concatenate([p.a for p in parts], dim))
+    def pin_frames(self, key, frames):
+        from policy_workers.backends._frame_slots import FrameSlots
+
+        if self.pool is None:
+            self.pool = FrameSlots(frames.shape[1:], frames.dtype, self.slots)
+        return self.pool.take(frames)
 
     def get_action(self, observation):
-        video = {k: v.a if isinstance(v, DeviceFrames) else v for k, v in observation["video"].items()}
+        from policy_workers.backends._gr00t_layout import VideoRows
+
+        video = {}
+        for k, v in observation["video"].items():
+            if isinstance(v, VideoRows):
+                self.rows_seen.append([(first, n) for _, first, n in v.runs])
+                v = v.into(np.empty(v.shape, v.dtype))
+            video[k] = v
         return super().get_action({**observation, "video": video})
 
 
-def test_staged_requests_batch_like_raw_ones():
+def test_staged_requests_batch_like_raw_ones_and_give_their_slots_back():
     off = Backend(policy_factory=lambda s: StagingDouble(), mode="gr00t", model_path="unused")
     off.load()
     assert not off.stages  # opt-in
@@ -138,14 +143,37 @@ def test_staged_requests_batch_like_raw_ones():
     b.load()
     assert b.stages
     staged = [b.stage(f(m)) for f, m in ((flat_obs, 11), (nested_obs, 22), (flat_obs, 33))]
-    assert double.staged == 3 and all(isinstance(s.nested["video"]["ego_view"], DeviceFrames) for s in staged)
-    chunks = b.infer([staged[0], flat_obs(44), staged[1], staged[2]])  # staged and raw mixed
-    assert double.calls == [4]
+    assert [s.pins[0].index for s in staged] == [0, 1, 2] and double.pool.in_use() == 3
+    assert staged[1].nested["video"]["ego_view"][0, 0, 0, 0, 0] == 22  # the slot holds the frames
+    chunks = b.infer([staged[0], flat_obs(44), staged[1], staged[2]])  # staged and raw mixed: copied as usual
     assert [c["action.left_arm"][0, 0, 0] for c in chunks] == [11, 44, 22, 33]
+    assert double.rows_seen == [] and double.pool.in_use() == 0  # slots given back after the batch
+
+    # every request staged: the frames stay in their slots, in runs of adjacent slots (the ring wraps at 8)
+    staged = [b.stage(flat_obs(m)) for m in range(50, 57)]
+    chunks = b.infer(staged)
+    assert [c["action.left_arm"][0, 0, 0] for c in chunks] == list(range(50, 57))
+    assert double.rows_seen == [[(3, 5), (0, 2)]] and double.pool.in_use() == 0
+
+    # out of slots: a request keeps its own frames and the batch still comes out right
+    staged = [b.stage(flat_obs(m)) for m in range(60, 70)]
+    assert [len(s.pins) for s in staged] == [1] * 8 + [0, 0] and double.pool.exhausted_total == 2
+    chunks = b.infer(staged)
+    assert [c["action.left_arm"][0, 0, 0] for c in chunks] == list(range(60, 70)) and double.pool.in_use() == 0
+
+    # a failed batch keeps its slots (its requests may run again alone); a dropped request frees them
+    staged = [b.stage(flat_obs(m)) for m in (1, 2)]
+    double.get_action = lambda observation: (_ for _ in ()).throw(RuntimeError("CUDA error (test)"))
+    with pytest.raises(RuntimeError):
+        b.infer(staged)
+    assert double.pool.in_use() == 2
+    del staged
+    assert double.pool.in_use() == 0
+
     with pytest.raises(SchemaMismatch):
         b.stage({"video.ego_view": np.zeros((1, 2, 8, 8, 3), np.uint8)})
     plain, _ = backend()
-    assert not plain.stages  # a policy without stage_video: requests are prepared in the batch
+    assert not plain.stages  # a policy without pin_frames: requests are prepared in the batch
 
 
 def test_mixed_forms_and_languages_in_one_batch():
@@ -359,6 +387,25 @@ def test_n17_captured_forward_matches_eager_and_falls_back_outside_its_shapes():
     p.graphs = graphs
     assert len(b.infer([flat_obs(0), flat_obs(1)])) == 2  # the backend's own path: 2 requests, padded to 4
     assert b.last_call["path"] == "captured forward"
+
+    # staged requests: frames in page-locked slots, loaded by the graph straight from them (in an
+    # order that makes three runs of slots), give what the same raw requests give
+    b.settings.stage_requests = True
+    assert b.stages
+    raw = [flat_obs(m, t) for m, t in ((7, "pick"), (8, "open the drawer"), (9, "wave"))]
+    staged = [b.stage(o) for o in raw]
+    assert all(s.pins and s.pins[0].array.ctypes.data for s in staged)
+    order = [2, 0, 1]
+    torch.manual_seed(5)
+    got = b.infer([staged[i] for i in order])
+    assert b.last_call["path"] == "captured forward"
+    torch.manual_seed(5)
+    want = b.infer([raw[i] for i in order])
+    for g, w in zip(got, want, strict=True):
+        for k in w:
+            if k != "info.note":
+                assert np.array_equal(g[k], w[k]), k
+    assert p._slots["ego_view"].in_use() == 0
 
 
 def test_cuda_graph_scope_is_checked():
