@@ -318,7 +318,14 @@ class StreamConsumer:
         self._wake.set()
 
     def _stage_all(self, observations: list[Any]) -> list[tuple[bool, Any]]:
-        """On the inference thread: stage each request; a failure is that request's alone."""
+        """On the inference thread: stage each request (all at once where the handler has
+        `stage_many`); a failure is that request's alone."""
+        many = getattr(self.handler, "stage_many", None)
+        if many is not None:
+            try:
+                return many(observations)
+            except Exception as e:  # the whole hand-over failed: each of its requests says so
+                return [(False, e)] * len(observations)
         out: list[tuple[bool, Any]] = []
         for obs in observations:
             try:

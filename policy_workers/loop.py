@@ -50,6 +50,8 @@ class _Handler:
         self.schema = meta.observation_schema
         self.any_obs = bool(meta.extra.get("accepts_any_observation")) or not self.schema
         self.check = SchemaChecker(self.schema)
+        if callable(getattr(backend, "stage_many", None)):  # one read's requests staged together
+            self.stage_many = backend.stage_many
 
     def validate(self, obs: Any) -> str | None:
         if self.any_obs:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -57,25 +58,42 @@ class FrameSlots:
         self._lock = threading.Lock()
         self.taken_total = 0
         self.exhausted_total = 0
+        self._pool: ThreadPoolExecutor | None = None
 
     def take(self, frames: np.ndarray) -> Pinned | None:
         """Copy one request's frames (1, *frame_shape) into the next free slot; None if none is free."""
-        if frames.shape[1:] != self.frame_shape or frames.shape[0] != 1 or frames.dtype != self.dtype:
-            raise ValueError(f"frames {frames.shape} {frames.dtype} do not fit slots of {self.frame_shape} "
-                             f"{self.dtype}")
+        return self.take_many([frames])[0]
+
+    def take_many(self, frames: list[np.ndarray], threads: int = 1) -> list[Pinned | None]:
+        """`take` for several requests (one read's), copied by up to `threads` threads at once."""
+        for f in frames:
+            if f.shape[1:] != self.frame_shape or f.shape[0] != 1 or f.dtype != self.dtype:
+                raise ValueError(f"frames {f.shape} {f.dtype} do not fit slots of {self.frame_shape} {self.dtype}")
         with self._lock:
-            i = self._free.find(b"\x01", self._next)
-            if i < 0:
-                i = self._free.find(b"\x01", 0, self._next)
-            if i < 0:
-                self.exhausted_total += 1
-                return None
-            self._free[i] = 0
-            self._next = (i + 1) % self.slots
-            self.taken_total += 1
-        view = self.array[i : i + 1]
-        np.copyto(view, frames)  # releases the GIL: the event loop keeps decoding meanwhile
-        return Pinned(view, self, i)
+            indices = [self._reserve() for _ in frames]
+        pins = [None if i is None else Pinned(self.array[i : i + 1], self, i) for i in indices]
+        jobs = [(p.array, f) for p, f in zip(pins, frames, strict=True) if p is not None]
+        threads = max(1, min(threads, len(jobs)))
+        if threads == 1:
+            for dst, src in jobs:
+                np.copyto(dst, src)  # releases the GIL: the event loop keeps decoding meanwhile
+        else:
+            if self._pool is None or self._pool._max_workers < threads:
+                self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rolloutq-frame-slots")
+            list(self._pool.map(lambda g: [np.copyto(d, s) for d, s in jobs[g::threads]], range(threads)))
+        return pins
+
+    def _reserve(self) -> int | None:
+        i = self._free.find(b"\x01", self._next)
+        if i < 0:
+            i = self._free.find(b"\x01", 0, self._next)
+        if i < 0:
+            self.exhausted_total += 1
+            return None
+        self._free[i] = 0
+        self._next = (i + 1) % self.slots
+        self.taken_total += 1
+        return i
 
     def _give_back(self, index: int) -> None:
         with self._lock:

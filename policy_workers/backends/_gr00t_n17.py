@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from policy_workers.backends._frame_slots import FrameSlots, Pinned
-from policy_workers.backends._gr00t_layout import ModalitySpec, VideoRows, synthetic_text_ids
+from policy_workers.backends._gr00t_layout import COPY_THREADS, ModalitySpec, VideoRows, synthetic_text_ids
 from policy_workers.backends._n17_graphs import Graphs, capture
 from policy_workers.backends._vision_attention import batch_vision_attention
 from policy_workers.backends.gr00t import RANDOM_LABEL
@@ -123,8 +123,11 @@ class N17RandomPolicy:
     loads_video_rows = True
     """The captured forward takes a batch's frames from their staging slots (`VideoRows`)."""
 
-    def pin_frames(self, key: str, frames: np.ndarray) -> Pinned | None:
-        """One request's frames (1, T, H, W, 3) copied into a page-locked slot, or None if all are taken."""
+    def pin_frames_many(self, key: str, frames: list[np.ndarray]) -> list[Pinned | None]:
+        """Each request's frames (1, T, H, W, 3) copied into a page-locked slot (None where all are
+        taken), by up to COPY_THREADS threads."""
+        if not frames:
+            return []
         pool = self._slots.get(key)
         if pool is None:
             pinned = self.device.type == "cuda"
@@ -133,8 +136,8 @@ class N17RandomPolicy:
                 n = int(np.prod(shape)) * np.dtype(dtype).itemsize
                 return self.torch.empty(n, dtype=self.torch.uint8, pin_memory=pinned).numpy().view(dtype).reshape(shape)
 
-            pool = self._slots[key] = FrameSlots(frames.shape[1:], frames.dtype, self.stage_slots, alloc)
-        return pool.take(frames)
+            pool = self._slots[key] = FrameSlots(frames[0].shape[1:], frames[0].dtype, self.stage_slots, alloc)
+        return pool.take_many(frames, threads=COPY_THREADS)
 
     def _materialized(self, obs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """`obs` with staged `VideoRows` copied into the batch buffer (paths that need one array)."""

@@ -279,24 +279,36 @@ class Backend(PolicyBackend):
     @property
     def stages(self) -> bool:  # type: ignore[override]
         """Whether requests are staged as they arrive (n17-random can: page-locked frame slots)."""
-        return self.settings.stage_requests and callable(getattr(self.policy, "pin_frames", None))
+        return self.settings.stage_requests and callable(getattr(self.policy, "pin_frames_many", None))
 
     def stage(self, obs: Obs) -> Staged:
         """Check one observation and copy its frames into page-locked slots while the rest of its
         batch arrives (`_frame_slots`); frames stay where they are if no slot is free."""
+        ok, value = self.stage_many([obs])[0]
+        if not ok:
+            raise value
+        return value
+
+    def stage_many(self, observations: list[Obs]) -> list[tuple[bool, Any]]:
+        """`stage` for the requests of one read, their frames copied by several threads at once;
+        (True, Staged) or (False, the error) per request."""
         if self.policy is None:
             raise BackendLoadError("gr00t backend: stage() before load()")
-        nested = to_nested(obs, self.spec)
-        size = check_nested(nested, self.spec)
-        pins = []
-        if size == 1:
-            for key in self.spec.video:
-                pinned = self.policy.pin_frames(key, nested["video"][key])  # type: ignore[union-attr]
-                if pinned is None:
-                    break
-                nested["video"][key] = pinned.array
-                pins.append(pinned)
-        return Staged(nested, size, pins)
+        out: list[tuple[bool, Any]] = []
+        for obs in observations:
+            try:
+                nested = to_nested(obs, self.spec)
+                out.append((True, Staged(nested, check_nested(nested, self.spec))))
+            except Exception as e:
+                out.append((False, e))
+        single = [st for ok, st in out if ok and st.size == 1]
+        for key in self.spec.video:
+            pins = self.policy.pin_frames_many(key, [st.nested["video"][key] for st in single])  # type: ignore[union-attr]
+            for st, pinned in zip(single, pins, strict=True):
+                if pinned is not None:
+                    st.nested["video"][key] = pinned.array
+                    st.pins.append(pinned)
+        return out
 
     def infer(self, batch: list[Obs | Staged]) -> list[Chunk]:
         if self.policy is None:
@@ -346,7 +358,7 @@ class Backend(PolicyBackend):
         frames stay in their slots (no assembly copy)."""
         if len(batch) < 2 or not getattr(self.policy, "loads_video_rows", False):
             return None
-        if not all(isinstance(o, Staged) and len(o.pins) == len(self.spec.video) for o in batch):
+        if not all(isinstance(o, Staged) and len(o.pins) == len(self.spec.video) for o in batch):  # some ran out
             return None
         out = {}
         for j, (key, shape) in enumerate(self.spec.video.items()):

@@ -306,6 +306,44 @@ def test_staging_runs_per_request_on_the_inference_thread_and_fails_alone(redis_
     asyncio.run(main())
 
 
+class ReadStagingHandler(StagingHandler):
+    """Stages the requests of one read in one call (`stage_many`), recording each hand-over's size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handovers: list[int] = []
+
+    def stage_many(self, observations):
+        self.handovers.append(len(observations))
+        out = []
+        for obs in observations:
+            try:
+                out.append((True, self.stage(obs)))
+            except Exception as e:
+                out.append((False, e))
+        return out
+
+
+def test_the_requests_of_one_read_are_staged_in_one_hand_over(redis_url):
+    async def main():
+        handler = ReadStagingHandler()
+        async with serving(redis_url, handler, batch=BatchSettings(max_batch_size=16, max_wait_ms=300,
+                                                                   dispatch="deadline")):
+            r = connect_async(RedisSettings(url=redis_url))
+            client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=10, max_resends=1, backoff_s=0.01))
+            items = [(f"h{i}", {"x": np.full((1, 1), -1 if i == 4 else i, np.float32)}) for i in range(12)]
+            results = await client.act_many(items)  # one pipeline of 12 XADDs: read together
+            assert [res.chunk["echo"][0, 0] for i, res in enumerate(results) if i != 4] == [i for i in range(12)
+                                                                                              if i != 4]
+            assert isinstance(results[4], PolicyErrorReply) and results[4].code == Status.INFERENCE_FAILED
+            await r.aclose()
+        # a blocked read returns with the first entry; the rest of the pipeline comes in the next ones
+        assert max(handler.handovers) > 1 and len(handler.handovers) < sum(handler.handovers)
+        assert handler.stage_threads == {"rolloutq-infer_0"} and all(handler.staged_batches)
+
+    asyncio.run(main())
+
+
 def test_stale_replies_are_ignored(redis_url):
     async def main():
         r = connect_async(RedisSettings(url=redis_url))

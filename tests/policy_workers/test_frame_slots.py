@@ -57,3 +57,11 @@ def test_a_dropped_request_gives_its_slot_back_and_threads_never_share_a_slot():
     for t in threads:
         t.join()
     assert sorted(taken) == list(range(64)) and pool.in_use() == 64
+
+
+def test_take_many_copies_with_several_threads_into_distinct_slots():
+    pool = FrameSlots((2, 4, 4, 3), np.uint8, 16)
+    pins = pool.take_many([frames(v) for v in range(10)], threads=4)
+    assert sorted(p.index for p in pins) == list(range(10))
+    assert [int(p.array[0, 0, 0, 0, 0]) for p in pins] == list(range(10))
+    assert all(np.array_equal(pool.array[p.index], frames(v)[0]) for v, p in enumerate(pins))

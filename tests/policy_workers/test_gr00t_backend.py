@@ -114,12 +114,12 @@ class StagingDouble(ContractDoubleGr00tPolicy):
         self.slots = slots
         self.rows_seen: list[list[tuple[int, int]]] = []
 
-    def pin_frames(self, key, frames):
+    def pin_frames_many(self, key, frames):
         from policy_workers.backends._frame_slots import FrameSlots
 
-        if self.pool is None:
-            self.pool = FrameSlots(frames.shape[1:], frames.dtype, self.slots)
-        return self.pool.take(frames)
+        if self.pool is None and frames:
+            self.pool = FrameSlots(frames[0].shape[1:], frames[0].dtype, self.slots)
+        return self.pool.take_many(frames, threads=2) if frames else []
 
     def get_action(self, observation):
         from policy_workers.backends._gr00t_layout import VideoRows
@@ -172,8 +172,13 @@ def test_staged_requests_batch_like_raw_ones_and_give_their_slots_back():
 
     with pytest.raises(SchemaMismatch):
         b.stage({"video.ego_view": np.zeros((1, 2, 8, 8, 3), np.uint8)})
+    # one read's requests staged together: a bad one fails alone, the others get slots
+    done = b.stage_many([flat_obs(71), {"video.ego_view": np.zeros((1, 2, 8, 8, 3), np.uint8)}, flat_obs(72)])
+    assert [ok for ok, _ in done] == [True, False, True] and isinstance(done[1][1], SchemaMismatch)
+    assert [st.nested["video"]["ego_view"][0, 0, 0, 0, 0] for ok, st in done if ok] == [71, 72]
+    assert double.pool.in_use() == 2
     plain, _ = backend()
-    assert not plain.stages  # a policy without pin_frames: requests are prepared in the batch
+    assert not plain.stages  # a policy without pin_frames_many: requests are prepared in the batch
 
 
 def test_mixed_forms_and_languages_in_one_batch():
