@@ -783,7 +783,8 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
             runs.append(c_run(args, gpu, mode, float(wait), graphs="g" in flags, cohort_ms=cohort, max_batch=mb,
                               replica_cpus=cpus, shared_frames="shm" in flags, trace="trace" in flags,
                               stage="stage" in flags, gc_on="gcon" in flags,
-                              reply_group=next((int(f[2:]) for f in flags if f.startswith("rg")), None)))
+                              reply_group=next((int(f[2:]) for f in flags if f.startswith("rg")), None),
+                              switch_us=next((int(f[2:]) for f in flags if f.startswith("sw")), None)))
         except Exception as e:
             import traceback
 
@@ -817,6 +818,7 @@ def c_run(
     stage: bool = False,
     gc_on: bool = False,
     reply_group: int | None = None,
+    switch_us: int | None = None,
 ) -> dict[str, Any]:
     import redis
 
@@ -835,6 +837,8 @@ def c_run(
     settings.freeze_gc_after_load = not gc_on
     if reply_group is not None:
         settings.worker.reply_group = reply_group
+    if switch_us is not None:
+        settings.gil_switch_interval_s = switch_us / 1e6
     if graphs:
         settings.backend_options["cuda_graph_batch_sizes"] = args.graph_sizes
         settings.backend_options["cuda_graph_scope"] = args.graph_scope
@@ -998,6 +1002,7 @@ def c_run(
         "staged_requests": stage,
         "gc_frozen_after_load": not gc_on,
         "reply_group": settings.worker.reply_group,
+        "gil_switch_interval_s": settings.gil_switch_interval_s,
         "frames": "camera frames through shared memory (broker.frames), requests through Redis" if shared_frames
         else "whole observations through Redis",
         "worker_ready_s": round(load_s, 1),
@@ -1065,6 +1070,7 @@ def c_label(run: dict[str, Any]) -> str:
         f"{',stage' if run.get('staged_requests') else ''}"
         f"{',gcon' if run.get('gc_frozen_after_load') is False else ''}"
         f"{',rg' + str(run['reply_group']) if run.get('reply_group') not in (None, 16) else ''}"
+        f"{',sw' + str(round(run['gil_switch_interval_s'] * 1e6)) if run.get('gil_switch_interval_s') else ''}"
         f"{',cohort' if run.get('cohort_batcher_merge_wait_ms') else ''}]"
     )
 
@@ -1136,7 +1142,7 @@ def main() -> None:
     ap.add_argument("--c-runs", default="plain:10", help="C configurations, MODE:MAX_WAIT_MS[:FLAGS] (MODE plain|"
                     "serve; flags: g = CUDA graphs, mbN = max_batch_size, cpusN = replica CPUs, "
                     "shm = shared-memory frames, stage = per-request staging, gcon = no gc.freeze after load, "
-                    "rgN = replies in pipelines of N (0: one pipeline), "
+                    "rgN = replies in pipelines of N (0: one pipeline), swN = GIL switch interval N µs, "
                     "trace = gap trace and the worker's own "
                     "timing of B = 64 (plain only), "
                     "cohortMS = prototype)")
