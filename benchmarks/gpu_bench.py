@@ -704,8 +704,12 @@ def worker_settings(args, redis_url: str, max_wait_ms: float):
     )
 
 
-def _worker_proc(settings: Any, stop_path: str, cohort_ms: float = 0.0, trace_path: str = "") -> None:
+def _worker_proc(settings: Any, stop_path: str, cohort_ms: float = 0.0, trace_path: str = "",
+                 switch_us: int | None = None) -> None:
     from policy_workers.loop import PolicyWorker
+
+    if switch_us:  # experiment (run 35): a shorter GIL switch interval for the whole worker process
+        sys.setswitchinterval(switch_us / 1e6)
 
     if cohort_ms:
         from benchmarks.cohort_batcher import install
@@ -837,8 +841,8 @@ def c_run(
     settings.freeze_gc_after_load = not gc_on
     if reply_group is not None:
         settings.worker.reply_group = reply_group
-    if switch_us is not None:
-        settings.gil_switch_interval_s = switch_us / 1e6
+    if switch_us is not None and mode != "plain":
+        raise ValueError("the GIL switch interval experiment (swN) runs in plain mode only")
     if graphs:
         settings.backend_options["cuda_graph_batch_sizes"] = args.graph_sizes
         settings.backend_options["cuda_graph_scope"] = args.graph_scope
@@ -849,7 +853,8 @@ def c_run(
     if trace and mode != "plain":
         raise ValueError("the gap trace runs in plain mode only (the worker is this script's child there)")
     if mode == "plain":
-        wp = mp.get_context("spawn").Process(target=_worker_proc, args=(settings, stop_path, cohort_ms, trace_path),
+        wp = mp.get_context("spawn").Process(target=_worker_proc,
+                                             args=(settings, stop_path, cohort_ms, trace_path, switch_us),
                                              daemon=True)
         wp.start()
         alive = wp.is_alive
@@ -1002,7 +1007,7 @@ def c_run(
         "staged_requests": stage,
         "gc_frozen_after_load": not gc_on,
         "reply_group": settings.worker.reply_group,
-        "gil_switch_interval_s": settings.gil_switch_interval_s,
+        "gil_switch_interval_s": switch_us / 1e6 if switch_us else None,
         "frames": "camera frames through shared memory (broker.frames), requests through Redis" if shared_frames
         else "whole observations through Redis",
         "worker_ready_s": round(load_s, 1),

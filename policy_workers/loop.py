@@ -10,7 +10,6 @@ import asyncio
 import gc
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,10 +34,6 @@ class PolicyWorkerSettings:
     backend_options: dict[str, Any] = field(default_factory=dict)
     redis: RedisSettings = field(default_factory=RedisSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
-    gil_switch_interval_s: float | None = None
-    """`sys.setswitchinterval` for the worker process (Python's default: 5 ms). A thread that is
-    done with a GIL-free step (a frame copy, a CUDA sync) waits up to this long for the event loop
-    to let go of the GIL while it decodes; None keeps Python's default."""
     freeze_gc_after_load: bool = True
     """After the backend loads, take every object so far (the model: ~390 k for the GR00T N1.7
     network) out of the cyclic garbage collector's reach (`gc.freeze`). A full collection over
@@ -95,8 +90,6 @@ class PolicyWorker:
 
     def _load(self) -> None:
         self.backend.load()
-        if self.settings.gil_switch_interval_s is not None:  # process-wide, like the GC settings below
-            sys.setswitchinterval(self.settings.gil_switch_interval_s)
         if self.settings.freeze_gc_after_load:
             gc.collect()
             gc.freeze()

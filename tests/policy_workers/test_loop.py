@@ -1,10 +1,8 @@
-"""PolicyWorker's load step: the loaded model is taken out of the cyclic GC's reach, and the GIL's
-switch interval is set where asked."""
+"""PolicyWorker's load step: the loaded model is taken out of the cyclic GC's reach."""
 
 from __future__ import annotations
 
 import gc
-import sys
 
 from policy_workers.loop import PolicyWorker, PolicyWorkerSettings
 
@@ -19,14 +17,3 @@ def test_worker_freezes_what_it_loaded_out_of_the_gc_unless_told_not_to():
     finally:
         gc.unfreeze()
 
-
-def test_worker_sets_the_gil_switch_interval_only_when_told():
-    before = sys.getswitchinterval()
-    try:
-        PolicyWorker(PolicyWorkerSettings(backend="null", freeze_gc_after_load=False))._load()
-        assert sys.getswitchinterval() == before
-        settings = PolicyWorkerSettings(backend="null", freeze_gc_after_load=False, gil_switch_interval_s=0.0005)
-        PolicyWorker(settings)._load()
-        assert abs(sys.getswitchinterval() - 0.0005) < 1e-9
-    finally:
-        sys.setswitchinterval(before)
