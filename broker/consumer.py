@@ -22,13 +22,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import socket
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as aredis
@@ -42,6 +39,9 @@ from broker.frames import FrameReader
 from broker.keys import GROUP, Keys
 from broker.schema import Reply, Request, Status
 from broker.settings import WorkerSettings
+from broker.worker_stats import ConsumerMetrics, NoMetrics, WorkerStats, default_worker_id
+
+__all__ = ["BatchHandler", "ConsumerMetrics", "Job", "StreamConsumer", "WorkerStats", "default_worker_id"]
 
 log = logging.getLogger("rolloutq.consumer")
 
@@ -63,20 +63,6 @@ class BatchHandler(Protocol):
         """One action chunk per observation (runs in the executor thread unless `inline`)."""
 
 
-class ConsumerMetrics(Protocol):
-    def on_batch(self, size: int, queue_s: list[float], infer_s: float, decode_s: float, encode_s: float) -> None: ...
-
-    def on_reply(self, status: str) -> None: ...
-
-
-class _NoMetrics:
-    def on_batch(self, size: int, queue_s: list[float], infer_s: float, decode_s: float, encode_s: float) -> None:
-        pass
-
-    def on_reply(self, status: str) -> None:
-        pass
-
-
 @dataclass
 class Job:
     entry_id: bytes
@@ -88,61 +74,6 @@ class Job:
     decode_s: float
     staged: asyncio.Future | None = None  # the staging of the read this request came in
     staged_index: int = 0
-
-
-_PCTS = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
-
-
-@dataclass
-class WorkerStats:
-    """Counters a worker keeps; `snapshot()` is what /stats and the stats hash show."""
-
-    worker: str
-    started: float = field(default_factory=time.time)
-    requests_total: int = 0
-    replies_ok: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    batches_total: int = 0
-    batched_items_total: int = 0
-    busy_s_total: float = 0.0
-    decode_s_total: float = 0.0
-    encode_s_total: float = 0.0
-    dead_letters_total: int = 0
-    reclaimed_total: int = 0
-    infer_ms: deque = field(default_factory=lambda: deque(maxlen=2048))
-    queue_ms: deque = field(default_factory=lambda: deque(maxlen=2048))
-    batch_sizes: deque = field(default_factory=lambda: deque(maxlen=2048))
-
-    def snapshot(self) -> dict[str, Any]:
-        def pct(values: deque, q: float) -> float | None:
-            if not values:
-                return None
-            s = sorted(values)
-            return round(s[min(len(s) - 1, int(q * len(s)))], 3)
-
-        return {
-            "worker": self.worker,
-            "ts": time.time(),
-            "uptime_s": round(time.time() - self.started, 3),
-            "requests_total": self.requests_total,
-            "served_total": self.batched_items_total,
-            "replies_ok_total": self.replies_ok,
-            "errors_total": dict(self.errors),
-            "batches_total": self.batches_total,
-            "mean_batch_size": round(self.batched_items_total / self.batches_total, 3) if self.batches_total else 0.0,
-            "busy_s_total": round(self.busy_s_total, 4),
-            "decode_s_total": round(self.decode_s_total, 4),
-            "encode_s_total": round(self.encode_s_total, 4),
-            "dead_letters_total": self.dead_letters_total,
-            "reclaimed_total": self.reclaimed_total,
-            "infer_ms": {q: pct(self.infer_ms, f) for q, f in _PCTS},
-            "queue_ms": {q: pct(self.queue_ms, f) for q, f in _PCTS},
-            "recent_mean_batch_size": round(sum(self.batch_sizes) / max(1, len(self.batch_sizes)), 3),
-        }
-
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class StreamConsumer:
@@ -162,7 +93,7 @@ class StreamConsumer:
         self.keys = keys or Keys()
         frames = FrameReader(settings.frames_dir) if settings.shared_frames else None
         self.codec = codec or MsgpackNumpyCodec(frames=frames)
-        self.metrics = metrics or _NoMetrics()
+        self.metrics = metrics or NoMetrics()
         self.clock = clock
         self.worker_id = settings.worker_id or default_worker_id()
         self.stats = WorkerStats(self.worker_id)

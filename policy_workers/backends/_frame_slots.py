@@ -59,6 +59,7 @@ class FrameSlots:
         self.taken_total = 0
         self.exhausted_total = 0
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_threads = 0
 
     def take(self, frames: np.ndarray) -> Pinned | None:
         """Copy one request's frames (1, *frame_shape) into the next free slot; None if none is free."""
@@ -78,8 +79,9 @@ class FrameSlots:
             for dst, src in jobs:
                 np.copyto(dst, src)  # releases the GIL: the event loop keeps decoding meanwhile
         else:
-            if self._pool is None or self._pool._max_workers < threads:
+            if self._pool is None or self._pool_threads < threads:
                 self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rolloutq-frame-slots")
+                self._pool_threads = threads
             list(self._pool.map(lambda g: [np.copyto(d, s) for d, s in jobs[g::threads]], range(threads)))
         return pins
 
