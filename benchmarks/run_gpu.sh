@@ -31,5 +31,8 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
 fi
 # the worker's CPU cost per request on this host (no GPU): calibrates this host's CPU against the dev machine's
 (cd "$dir/code" && timeout 120 python3 benchmarks/serving_path.py --out "$out/serving_path.json" 2>&1 | tail -16)
+if [ "${PROBE_REGISTER:-0}" = 1 ]; then  # frames from shared memory to the GPU with no CPU copy: possible here?
+  (cd "$dir/code" && timeout 120 python3 benchmarks/probe_host_register.py --out "$out/probe_host_register.json" 2>&1 | tail -30)
+fi
 cd "$dir/code" && python3 benchmarks/gpu_bench.py --out "$out" "$@" 2>&1 | tee "$out/gpu_bench.log"
 echo "run_gpu.sh total $(( $(date +%s) - t0 ))s"
