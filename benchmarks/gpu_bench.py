@@ -788,7 +788,8 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
                               replica_cpus=cpus, shared_frames="shm" in flags, trace="trace" in flags,
                               stage="stage" in flags, gc_on="gcon" in flags,
                               reply_group=next((int(f[2:]) for f in flags if f.startswith("rg")), None),
-                              switch_us=next((int(f[2:]) for f in flags if f.startswith("sw")), None)))
+                              switch_us=next((int(f[2:]) for f in flags if f.startswith("sw")), None),
+                              register="noreg" not in flags))
         except Exception as e:
             import traceback
 
@@ -823,6 +824,7 @@ def c_run(
     gc_on: bool = False,
     reply_group: int | None = None,
     switch_us: int | None = None,
+    register: bool = True,
 ) -> dict[str, Any]:
     import redis
 
@@ -838,6 +840,7 @@ def c_run(
     settings = worker_settings(args, red.url, max_wait_ms)
     settings.worker.batch.max_batch_size = max_batch
     settings.backend_options["stage_requests"] = stage
+    settings.backend_options["register_shared_frames"] = register
     settings.freeze_gc_after_load = not gc_on
     if reply_group is not None:
         settings.worker.reply_group = reply_group
@@ -1005,6 +1008,7 @@ def c_run(
         "cohort_batcher_merge_wait_ms": cohort_ms or None,
         "shared_frames": shared_frames,
         "staged_requests": stage,
+        "registered_shared_frames": register,
         "gc_frozen_after_load": not gc_on,
         "reply_group": settings.worker.reply_group,
         "gil_switch_interval_s": switch_us / 1e6 if switch_us else None,
@@ -1073,6 +1077,7 @@ def c_label(run: dict[str, Any]) -> str:
         f"{'graphs-' + (run.get('cuda_graph_scope') or 'head') if run.get('cuda_graphs') else 'eager'}"
         f"{',shm' if run.get('shared_frames') else ''}"
         f"{',stage' if run.get('staged_requests') else ''}"
+        f"{',noreg' if run.get('registered_shared_frames') is False else ''}"
         f"{',gcon' if run.get('gc_frozen_after_load') is False else ''}"
         f"{',rg' + str(run['reply_group']) if run.get('reply_group') not in (None, 16) else ''}"
         f"{',sw' + str(round(run['gil_switch_interval_s'] * 1e6)) if run.get('gil_switch_interval_s') else ''}"
@@ -1148,6 +1153,7 @@ def main() -> None:
                     "serve; flags: g = CUDA graphs, mbN = max_batch_size, cpusN = replica CPUs, "
                     "shm = shared-memory frames, stage = per-request staging, gcon = no gc.freeze after load, "
                     "rgN = replies in pipelines of N (0: one pipeline), swN = GIL switch interval N µs, "
+                    "noreg = shared-memory segments not registered with CUDA (batch assembled in one buffer), "
                     "trace = gap trace and the worker's own "
                     "timing of B = 64 (plain only), "
                     "cohortMS = prototype)")

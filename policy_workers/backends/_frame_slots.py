@@ -13,7 +13,13 @@ has run (`Pinned.release`) or when the staged request is dropped unanswered (the
 is garbage collected: a finalizer gives it back). When every slot is taken, `take` returns None and
 the request keeps its own frames, which the batch then copies as usual: staging can run out, never
 fail. Pure numpy plus an allocator: the pool is page-locked CUDA host memory when the policy runs on
-a GPU (`N17RandomPolicy.pin_frames`), ordinary memory otherwise (CPU tests).
+a GPU (`N17RandomPolicy.pin_frames_many`), ordinary memory otherwise (CPU tests).
+
+`MappedFrames` is the other way to the same end, and the default: frames that arrive as views of
+the simulators' shared-memory segments (`broker.frames`) are left there, each segment's mapping
+is registered once with CUDA as page-locked, read-only memory, and the captured forward copies
+each request's frames straight from it (64 copies: ~0.9 ms on the H100 host, against 2-4 ms for
+assembling the batch in one buffer first; `benchmarks/probe_host_register.py`).
 """
 
 from __future__ import annotations
@@ -125,3 +131,58 @@ def runs(pins: list[Pinned]) -> list[tuple[np.ndarray, int, int]] | None:
 
 def _numpy_alloc(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return np.zeros(shape, dtype)
+
+
+class MappedFrames:
+    """Registers the memory maps that frames are views of, once each, through `register(ptr, size)`
+    (returns True when the memory is now page-locked) and `unregister(ptr)`, called when the map
+    is collected. Frames that are not views of a map (bytes from Redis) are never registered."""
+
+    def __init__(self, register: Callable[[int, int], bool], unregister: Callable[[int], None]) -> None:
+        self._register = register
+        self._unregister = unregister
+        self._done: dict[int, bool] = {}  # id of the map -> registered
+        self._lock = threading.Lock()
+        self.registered_total = 0
+        self.refused_total = 0
+
+    def all_registered(self, arrays: list[np.ndarray]) -> bool:
+        """Whether every array is a view of a registered map (registering the new ones)."""
+        return all(self._ensure(a) for a in arrays)
+
+    def _ensure(self, a: np.ndarray) -> bool:
+        root = mapping_of(a)
+        if root is None:
+            return False
+        key = id(root)
+        with self._lock:
+            known = self._done.get(key)
+            if known is not None:
+                return known
+            ptr, size = np.frombuffer(root, dtype=np.uint8).ctypes.data, len(root)
+            ok = bool(self._register(ptr, size))
+            self._done[key] = ok
+            if ok:
+                self.registered_total += 1
+            else:
+                self.refused_total += 1
+        weakref.finalize(root, self._forget, key, ptr if ok else None)
+        return ok
+
+    def _forget(self, key: int, ptr: int | None) -> None:
+        with self._lock:
+            self._done.pop(key, None)
+        if ptr is not None:
+            self._unregister(ptr)
+
+
+def mapping_of(a: np.ndarray) -> Any:
+    """The memory map a (read-only) array is a view of, or None."""
+    import mmap
+
+    base: Any = a
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return base if isinstance(base, mmap.mmap) else None

@@ -164,8 +164,9 @@ class Staged:
 
 @dataclass
 class VideoRows:
-    """A batch's frames for one key, left where staging put them: (pool, first slot, count) runs in
-    batch order. A captured forward loads them by DMA; anything else copies them into one array."""
+    """A batch's frames for one key, left where they are: (array, first row, count) runs in batch
+    order (runs of staging slots, or each request's view of its shared-memory segment). A captured
+    forward loads them by DMA; anything else copies them into one array."""
 
     runs: list[tuple[np.ndarray, int, int]]
     shape: tuple[int, ...]

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from policy_workers.backends._frame_slots import FrameSlots, Pinned
+from policy_workers.backends._frame_slots import FrameSlots, MappedFrames, Pinned
 from policy_workers.backends._gr00t_layout import COPY_THREADS, ModalitySpec, VideoRows, synthetic_text_ids
 from policy_workers.backends._n17_graphs import Graphs, capture
 from policy_workers.backends._vision_attention import batch_vision_attention
@@ -39,6 +39,7 @@ USER, NEWLINE = 872, 198
 PATCH, TEMPORAL_PATCH, MERGE = 16, 2, 2
 TARGET, CROP = 256, 230
 MAX_DIM = 132
+HOST_REGISTER_READ_ONLY = 0x08 | 0x01  # cudaHostRegisterReadOnly | cudaHostRegisterPortable
 
 
 class N17RandomPolicy:
@@ -56,6 +57,7 @@ class N17RandomPolicy:
         cuda_graph_scope: str = "forward",
         batched_vision_attention: bool = True,
         stage_slots: int = 256,
+        register_shared_frames: bool = True,
     ) -> None:
         try:
             import torch
@@ -92,6 +94,13 @@ class N17RandomPolicy:
         self._host_buffers: dict[str, Any] = {}
         self.stage_slots = stage_slots
         self._slots: dict[str, FrameSlots] = {}
+        self.mapped: MappedFrames | None = None
+        if register_shared_frames and self.device.type == "cuda":
+            cudart = torch.cuda.cudart()
+            self.mapped = MappedFrames(
+                lambda ptr, size: int(cudart.cudaHostRegister(ptr, size, HOST_REGISTER_READ_ONLY)) == 0,
+                lambda ptr: cudart.cudaHostUnregister(ptr),
+            )
         self.graphs: Graphs | None = None
         self.capture_report: dict[str, Any] = {}
         if cuda_graph_batch_sizes:
@@ -121,7 +130,13 @@ class N17RandomPolicy:
         return buf[:n].numpy().view(dtype).reshape(shape)
 
     loads_video_rows = True
-    """The captured forward takes a batch's frames from their staging slots (`VideoRows`)."""
+    """The captured forward takes a batch's frames from where they are (`VideoRows`): staging
+    slots, or registered shared-memory segments."""
+
+    def frames_loadable(self, frames: list[np.ndarray]) -> bool:
+        """Whether the captured forward can copy each request's frames to the GPU from where they
+        are: views of shared-memory segments, registered with CUDA (once per segment)."""
+        return self.mapped is not None and self.mapped.all_registered(frames)
 
     def pin_frames_many(self, key: str, frames: list[np.ndarray]) -> list[Pinned | None]:
         """Each request's frames (1, T, H, W, 3) copied into a page-locked slot (None where all are

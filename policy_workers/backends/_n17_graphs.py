@@ -150,17 +150,17 @@ class ForwardGraphs:
         torch = self.p.torch
         b = host["input_ids"].shape[0]
         video = host["video"]
-        if isinstance(video, VideoRows):  # staged frames: one DMA per run of adjacent page-locked slots
-            row = 0
-            for pool, first, n in video.runs:
-                st["video"][row : row + n].copy_(torch.from_numpy(pool[first : first + n]), non_blocking=True)
-                row += n
-        else:
-            if not isinstance(video, torch.Tensor):
-                with warnings.catch_warnings():  # read-only views (shared memory, Redis bytes): only read
-                    warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings():  # read-only views (shared memory, Redis bytes): only read
+            warnings.simplefilter("ignore", UserWarning)
+            if isinstance(video, VideoRows):  # frames left where they were: one DMA per run of rows
+                row = 0
+                for source, first, n in video.runs:
+                    st["video"][row : row + n].copy_(torch.from_numpy(source[first : first + n]), non_blocking=True)
+                    row += n
+            else:
+                if not isinstance(video, torch.Tensor):
                     video = torch.from_numpy(np.ascontiguousarray(video))
-            st["video"][:b].copy_(video, non_blocking=True)
+                st["video"][:b].copy_(video, non_blocking=True)
         for k in ("input_ids", "attention_mask", "state"):
             st[k][:b].copy_(torch.from_numpy(host[k]), non_blocking=True)
         st["positions"][:, :b].copy_(torch.from_numpy(host["positions"]), non_blocking=True)

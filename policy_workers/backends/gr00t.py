@@ -100,6 +100,10 @@ class Gr00tSettings:
     """n17-random: copy each request's frames into a page-locked slot as it is read (`Backend.stage`,
     on the inference thread while the event loop decodes the next requests), so a batch needs no
     assembly copy: the captured forward loads the slots by DMA (`_frame_slots`)."""
+    register_shared_frames: bool = True
+    """n17-random on a GPU: register the simulators' shared-memory segments with CUDA (read-only,
+    once each) so the captured forward copies each request's frames straight from them instead of
+    assembling the batch in one buffer first (`_frame_slots.MappedFrames`)."""
     stage_slots: int = 256
     """n17-random, with `stage_requests`: page-locked slots per video key (one request's frames
     each; 256 REAL_G1 slots are 100 MB). When all are taken a request keeps its frames and its
@@ -197,6 +201,7 @@ class Backend(PolicyBackend):
                 cuda_graph_scope=s.cuda_graph_scope,
                 batched_vision_attention=s.batched_vision_attention,
                 stage_slots=s.stage_slots,
+                register_shared_frames=s.register_shared_frames,
             )
         else:
             self.policy = self._load_gr00t()
@@ -335,7 +340,7 @@ class Backend(PolicyBackend):
             sizes.append(check_nested(n, self.spec, where=f"observation {i}"))
             nested.append(n)
         stacked = stack(nested, self.spec, batch_buffer=getattr(self.policy, "batch_buffer", None),
-                        video_rows=self._video_rows(batch))
+                        video_rows=self._video_rows(batch, nested))
         t1 = time.perf_counter()
         action, info = self.policy.get_action(stacked)
         t2 = time.perf_counter()
@@ -353,19 +358,25 @@ class Backend(PolicyBackend):
         }
         return chunks
 
-    def _video_rows(self, batch: list[Obs | Staged]) -> dict[str, VideoRows] | None:
-        """Every request of the batch staged in slots, and a policy that loads slots itself: the
-        frames stay in their slots (no assembly copy)."""
+    def _video_rows(self, batch: list[Obs | Staged], nested: list[dict[str, dict[str, Any]]]) \
+            -> dict[str, VideoRows] | None:
+        """Where the policy loads frames itself (the captured forward), leave them where they are:
+        in staging slots when every request was staged, or in the simulators' shared-memory
+        segments when the policy could register them all. None: assemble one array as usual."""
         if len(batch) < 2 or not getattr(self.policy, "loads_video_rows", False):
             return None
-        if not all(isinstance(o, Staged) and len(o.pins) == len(self.spec.video) for o in batch):  # some ran out
-            return None
+        staged = all(isinstance(o, Staged) and len(o.pins) == len(self.spec.video) for o in batch)
+        loadable = getattr(self.policy, "frames_loadable", None)
         out = {}
         for j, (key, shape) in enumerate(self.spec.video.items()):
-            found = runs([o.pins[j] for o in batch])  # type: ignore[union-attr]
+            if staged:
+                found = runs([o.pins[j] for o in batch])  # type: ignore[union-attr]
+            else:
+                frames = [n["video"][key] for n in nested]
+                found = [(f, 0, f.shape[0]) for f in frames] if loadable is not None and loadable(frames) else None
             if found is None:
                 return None
-            out[key] = VideoRows(found, (len(batch), *shape), found[0][0].dtype)
+            out[key] = VideoRows(found, (sum(n for _, _, n in found), *shape), found[0][0].dtype)
         return out
 
 

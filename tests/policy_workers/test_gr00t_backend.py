@@ -111,6 +111,7 @@ class StagingDouble(ContractDoubleGr00tPolicy):
     def __init__(self, slots: int = 8) -> None:
         super().__init__()
         self.pool = None
+        self.mapped = None
         self.slots = slots
         self.rows_seen: list[list[tuple[int, int]]] = []
 
@@ -120,6 +121,13 @@ class StagingDouble(ContractDoubleGr00tPolicy):
         if self.pool is None and frames:
             self.pool = FrameSlots(frames[0].shape[1:], frames[0].dtype, self.slots)
         return self.pool.take_many(frames, threads=2) if frames else []
+
+    def frames_loadable(self, frames):
+        from policy_workers.backends._frame_slots import MappedFrames
+
+        if self.mapped is None:  # registering does nothing here: there is no CUDA
+            self.mapped = MappedFrames(lambda ptr, size: True, lambda ptr: None)
+        return self.mapped.all_registered(frames)
 
     def get_action(self, observation):
         from policy_workers.backends._gr00t_layout import VideoRows
@@ -179,6 +187,28 @@ def test_staged_requests_batch_like_raw_ones_and_give_their_slots_back():
     assert double.pool.in_use() == 2
     plain, _ = backend()
     assert not plain.stages  # a policy without pin_frames_many: requests are prepared in the batch
+
+
+def test_frames_in_shared_memory_reach_a_loading_policy_where_they_are():
+    """Frames that are views of shared-memory segments go to a policy that loads frames itself as
+    one run per request, not copied into one array; frames from Redis bytes are assembled."""
+    from broker.codec import MsgpackNumpyCodec
+    from broker.frames import FrameArena, FrameReader
+
+    double = StagingDouble()
+    b = Backend(policy_factory=lambda s: double, mode="gr00t", model_path="unused")
+    b.load()
+    reader, writer = MsgpackNumpyCodec(frames=FrameReader()), MsgpackNumpyCodec()
+    arena = FrameArena()
+    try:
+        batch = [reader.decode(writer.encode(arena.externalize(f"r{m}", flat_obs(m)))) for m in (5, 6, 7)]
+        chunks = b.infer(batch)
+        assert [c["action.left_arm"][0, 0, 0] for c in chunks] == [5, 6, 7]
+        assert double.rows_seen == [[(0, 1), (0, 1), (0, 1)]] and double.mapped.registered_total == 3
+        chunks = b.infer([MsgpackNumpyCodec().decode(writer.encode(flat_obs(m))) for m in (8, 9)])  # via Redis
+        assert [c["action.left_arm"][0, 0, 0] for c in chunks] == [8, 9] and len(double.rows_seen) == 1
+    finally:
+        arena.close()
 
 
 def test_mixed_forms_and_languages_in_one_batch():
@@ -411,6 +441,29 @@ def test_n17_captured_forward_matches_eager_and_falls_back_outside_its_shapes():
             if k != "info.note":
                 assert np.array_equal(g[k], w[k]), k
     assert p._slots["ego_view"].in_use() == 0
+
+    # frames in shared-memory segments, registered with CUDA: loaded by the graph from where they
+    # are, and the same chunks as the same observations with their frames copied out
+    from broker.codec import MsgpackNumpyCodec
+    from broker.frames import FrameArena, FrameReader
+
+    b.settings.stage_requests = False
+    reader, writer = MsgpackNumpyCodec(frames=FrameReader()), MsgpackNumpyCodec()
+    arena = FrameArena()
+    try:
+        shm = [reader.decode(writer.encode(arena.externalize(f"s{i}", o))) for i, o in enumerate(raw)]
+        torch.manual_seed(9)
+        got = b.infer(shm)
+        assert b.last_call["path"] == "captured forward" and p.mapped.registered_total >= 3
+        copied = [{k: np.array(v) if isinstance(v, np.ndarray) else v for k, v in o.items()} for o in shm]
+        torch.manual_seed(9)
+        want = b.infer(copied)
+        for g, w in zip(got, want, strict=True):
+            for k in w:
+                if k != "info.note":
+                    assert np.array_equal(g[k], w[k]), k
+    finally:
+        arena.close()
 
 
 def test_cuda_graph_scope_is_checked():
