@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python scripts/g1_drive.py --policy g1-expert --seeds 0-49
     PYTHONPATH=. python scripts/g1_drive.py --policy visuomotor --seeds 0-49 \
-        --option checkpoint=checkpoints/g1_bc
+        --option checkpoint=policy_workers/checkpoints/g1_bc
     PYTHONPATH=. python scripts/g1_drive.py --policy random --seeds 0-9
 
 `random` is a built-in uniform random joint-target policy (a baseline, not a backend).

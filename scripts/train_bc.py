@@ -1,6 +1,6 @@
-"""Behaviour cloning for g1-pickplace: expert demonstrations -> `checkpoints/g1_bc/`.
+"""Behaviour cloning for g1-pickplace: expert demonstrations -> `policy_workers/checkpoints/g1_bc/`.
 
-    PYTHONPATH=. python scripts/train_bc.py --episodes 400 --workers 2 --minutes 15 --out checkpoints/g1_bc
+    PYTHONPATH=. python scripts/train_bc.py --episodes 400 --workers 2 --minutes 15 --out policy_workers/checkpoints/g1_bc
 
 1. Demonstrations: the scripted expert (`g1-expert`, privileged observations) drives the MuJoCo
    task on seeds 1000+ (disjoint from the evaluation seeds 0-49), re-planning every `--query-every`
@@ -230,7 +230,7 @@ def main() -> None:
         "--data", type=Path, default=Path("/tmp/g1_bc_demos"), help="folder of per-episode shards"
     )
     ap.add_argument("--skip-collect", action="store_true", help="train on the shards already in --data")
-    ap.add_argument("--out", type=Path, default=Path("checkpoints/g1_bc"))
+    ap.add_argument("--out", type=Path, default=Path("policy_workers/checkpoints/g1_bc"))
     ap.add_argument("--init", type=Path, default=None, help="continue training from this checkpoint")
     ap.add_argument("--lr", type=float, default=1e-3)
     args = ap.parse_args()

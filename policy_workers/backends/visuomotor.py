@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from broker.real_g1 import ACTION_DIMS
 from policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "g1_bc"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "g1_bc"  # package data: ships with it
 STATE_KEYS = [
     ("state.left_arm", 7),
     ("state.right_arm", 7),

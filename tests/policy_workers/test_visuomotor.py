@@ -92,3 +92,19 @@ def test_exact_mode_makes_batched_and_alone_identical():
     for a, t in zip(alone, together, strict=True):
         for k in a:
             np.testing.assert_array_equal(a[k], t[k])
+
+
+def test_the_shipped_checkpoint_is_package_data():
+    """`rolloutq eval`'s default policy loads this checkpoint: it must ship in a plain (non-editable)
+    install too, e.g. the Docker images, so it lives in the package and pyproject lists its files."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    package = root / "policy_workers"
+    assert Path(DEFAULT_CHECKPOINT).resolve().is_relative_to(package)
+    with open(root / "pyproject.toml", "rb") as f:
+        patterns = tomllib.load(f)["tool"]["setuptools"]["package-data"]["policy_workers"]
+    files = sorted(p.relative_to(package).as_posix() for p in Path(DEFAULT_CHECKPOINT).iterdir())
+    assert files == ["checkpoints/g1_bc/config.json", "checkpoints/g1_bc/model.safetensors"]
+    assert all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files)
