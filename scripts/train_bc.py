@@ -1,6 +1,7 @@
 """Behaviour cloning for g1-pickplace: expert demonstrations -> `policy_workers/checkpoints/g1_bc/`.
 
-    PYTHONPATH=. python scripts/train_bc.py --episodes 400 --workers 2 --minutes 15 --out policy_workers/checkpoints/g1_bc
+    PYTHONPATH=. python scripts/train_bc.py --episodes 400 --workers 2 --minutes 15 \
+        --out policy_workers/checkpoints/g1_bc
 
 1. Demonstrations: the scripted expert (`g1-expert`, privileged observations) drives the MuJoCo
    task on seeds 1000+ (disjoint from the evaluation seeds 0-49), re-planning every `--query-every`
