@@ -214,10 +214,10 @@ def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None
         try:
             chunk, rt, batch, q, inf = act(env.observe())
         except Exception as e:  # a failed call is data too
-            calls.append((time.time(), None, 0, None, None, f"{type(e).__name__}: {e}"[:200]))
+            calls.append((time.time(), None, 0, None, None, f"{type(e).__name__}: {e}"[:200], idx))
             time.sleep(0.5)
             continue
-        calls.append((time.time(), rt, batch, q, inf, None))
+        calls.append((time.time(), rt, batch, q, inf, None, idx))
         for i in range(spec.horizon):
             env.step(chunk, i)
         steps.append((time.time(), spec.horizon))
@@ -308,6 +308,21 @@ def pct(values: list[float], q: float) -> float | None:
     return round(s[min(len(s) - 1, int(q * len(s)))], 2)
 
 
+def span_rate(ok: list) -> float | None:
+    """Calls/s as the sum over rollouts of (calls - 1) / (last - first completion) in the window.
+
+    Counting calls over the window moves in steps of one batch (N = 64, 10 s: 6.4 calls/s, ~0.02 of
+    C / A); each rollout's own period does not. Calls recorded before rollouts were tagged (old
+    results) have no rollout: None."""
+    by: dict[int, list[float]] = {}
+    for c in ok:
+        if len(c) < 7:
+            return None
+        by.setdefault(c[6], []).append(c[0])
+    rates = [(len(ts) - 1) / (max(ts) - min(ts)) for ts in by.values() if len(ts) >= 2 and max(ts) > min(ts)]
+    return round(sum(rates), 2) if rates else None
+
+
 def summarise(calls: list, steps: list, t0: float, t1: float) -> dict[str, Any]:
     win = t1 - t0
     ok = [c for c in calls if t0 <= c[0] <= t1 and c[1] is not None]
@@ -320,6 +335,7 @@ def summarise(calls: list, steps: list, t0: float, t1: float) -> dict[str, Any]:
         "window_s": round(win, 2),
         "env_steps_per_s": round(nsteps / win, 2),
         "policy_calls_per_s": round(len(ok) / win, 2),
+        "policy_calls_per_s_span": span_rate(ok),
         "calls_in_window": len(ok),
         "errors_in_window": len(errs),
         "first_error": errs[0][5] if errs else None,
@@ -958,7 +974,7 @@ def c_run(
         rows.append(row)
         log(
             f"C: N={n:3d} {row['env_steps_per_s']:8.1f} steps/s {row['policy_calls_per_s']:7.2f} calls/s "
-            f"batch {mean_batch} "
+            f"(per-rollout span {row['policy_calls_per_s_span']}) batch {mean_batch} "
             f"p50 {row['rt_p50_ms']} p99 {row['rt_p99_ms']} ms util {row['gpu_util_pct']}% "
             f"errors {row['errors_in_window']}"
         )
@@ -1060,6 +1076,8 @@ def compare_rows(a: list[dict], b: dict[int, dict], c: dict[int, dict]) -> dict[
                     "A_chunks_per_s_at_C_batch": round(a_tp, 2),
                     "A_ms_at_C_batch": round(a_ms, 1),
                     "C_over_A_throughput": round(cr["policy_calls_per_s"] / a_tp, 3),
+                    **({"C_over_A_throughput_span": round(cr["policy_calls_per_s_span"] / a_tp, 3)}
+                       if cr.get("policy_calls_per_s_span") else {}),
                     "C_p99_over_A_ms": round(cr["rt_p99_ms"] / a_ms, 2) if cr["rt_p99_ms"] else None,
                 }
             )

@@ -70,8 +70,8 @@ def table_runs(res: dict[str, Any], only: list[str] | None = None) -> str:
 def table_compare(res: dict[str, Any]) -> str:
     out = [
         "| C run | N | C/B env steps | C/Bg env steps | C batch | A chunks/s at that batch | C/A throughput | "
-        "A ms at that batch | C p99 / A ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "C/A, per-rollout span | A ms at that batch | C p99 / A ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for key, per_n in res.get("compare", {}).items():
         if not key.startswith("C["):
@@ -81,6 +81,7 @@ def table_compare(res: dict[str, Any]) -> str:
                 f"| {key} | {n} | {fmt(o.get('C_over_B_env_steps'), 2)} | {fmt(o.get('C_over_Bg_env_steps'), 2)} | "
                 f"{fmt(o.get('C_batch'))} | "
                 f"{fmt(o.get('A_chunks_per_s_at_C_batch'))} | {fmt(o.get('C_over_A_throughput'), 2)} | "
+                f"{fmt(o.get('C_over_A_throughput_span'), 3)} | "
                 f"{fmt(o.get('A_ms_at_C_batch'))} | {fmt(o.get('C_p99_over_A_ms'), 2)} |"
             )
     return "\n".join(out)
