@@ -182,7 +182,10 @@ class _Decoder:
         self.arrays += 1
         if self.arrays > self.limits.max_arrays:
             raise CodecError(f"message holds more than {self.limits.max_arrays} arrays")
-        if type(obj.get(b"shape", obj.get("shape"))) is list:
+        shape = obj.get(b"shape")
+        if shape is None:
+            shape = obj.get("shape")
+        if type(shape) is list:
             self.kept -= 1
 
     def object_hook(self, obj: dict) -> Any:

@@ -24,6 +24,7 @@ assembling the batch in one buffer first; `benchmarks/probe_host_register.py`).
 
 from __future__ import annotations
 
+import mmap
 import threading
 import weakref
 from collections.abc import Callable
@@ -178,8 +179,6 @@ class MappedFrames:
 
 def mapping_of(a: np.ndarray) -> Any:
     """The memory map a (read-only) array is a view of, or None."""
-    import mmap
-
     base: Any = a
     while isinstance(base, np.ndarray):
         base = base.base

@@ -300,9 +300,10 @@ class N17RandomPolicy:
         exists and its prompt fits the captured width; otherwise eagerly."""
         g = self.graphs
         b = next(iter(obs["video"].values())).shape[0]
-        if g is None or g.scope != "forward" or len(obs["video"]) > 1:  # only the captured forward loads slots
+        captured = g is not None and g.size_for(b) is not None
+        if not (captured and g.scope == "forward" and len(obs["video"]) == 1):  # only it loads frames in place
             obs = self._materialized(obs)
-        if g is not None and g.size_for(b) is not None:
+        if captured:
             host = self.host_inputs(obs, pad_to=g.tokens, layout=g.scope == "forward")
             if g.accepts(host):
                 inputs = host if g.scope == "forward" else self.device_inputs(host)
@@ -313,6 +314,6 @@ class N17RandomPolicy:
                 video = video.into(self.batch_buffer("staged", video.shape, video.dtype))
             inputs = self.device_inputs({**host, "video": video})
         else:
-            inputs = self.prepare(self._materialized(obs))
+            inputs = self.prepare(obs)
         t1 = time.perf_counter()
         return self.model.get_action(inputs)["action_pred"], int(inputs["input_ids"].shape[1]), "eager", t1
