@@ -164,6 +164,30 @@ class SyntheticG1Env:
         self.t += 1
 
 
+class VectorG1Env:
+    """`rows` synthetic G1 envs stepped in lockstep and observed as one REAL_G1 observation of
+    `rows` rows: a vectorized simulator (Isaac Lab, mjlab, a gymnasium vector env) asking for all
+    its envs in one request. One `step_ms` sleep per step covers all of them, as one rollout
+    thread's sleep covers its one env: the same wall time per step per rollout."""
+
+    def __init__(self, seed: int, rows: int, step_ms: float) -> None:
+        envs = [flat_obs(seed * 1000 + j) for j in range(rows)]
+        self.obs = {k: np.concatenate([e[k] for e in envs]) for k in envs[0] if k.startswith(("video.", "state."))}
+        self.obs["annotation.human.task_description"] = [[TASK]] * rows
+        self.step_s = step_ms / 1000
+        self.t = 0
+
+    def observe(self) -> dict[str, Any]:
+        self.obs["state.left_arm"] = self.obs["state.left_arm"] + np.float32(0.001)
+        return self.obs
+
+    def step(self, chunk: dict[str, Any], i: int) -> None:
+        parts = [chunk[f"action.{k}"][:, i] for k in ("left_arm", "right_arm", "left_hand", "right_hand")]
+        _ = np.concatenate(parts, 1)  # (rows, 28): each env's joint command
+        time.sleep(self.step_s)
+        self.t += 1
+
+
 @dataclass
 class LoadSpec:
     design: str  # "B" or "C"
@@ -176,10 +200,15 @@ class LoadSpec:
     start_at: float  # wall clock at which rollouts start
     run_id: str = "run"  # rollout ids are unique per run: a reused id would read an old run's replies
     shared_frames: bool = False  # C: frames through shared memory (broker.frames), not through Redis
+    rows: int = 1  # C: rollouts per simulator thread, asked for in one request of that many rows
 
 
 def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None:
-    env = SyntheticG1Env(seed=idx, step_ms=spec.step_ms, nested=(spec.design == "B"))
+    env: SyntheticG1Env | VectorG1Env
+    if spec.rows > 1:
+        env = VectorG1Env(idx, spec.rows, spec.step_ms)
+    else:
+        env = SyntheticG1Env(seed=idx, step_ms=spec.step_ms, nested=(spec.design == "B"))
     calls, steps = [], []
     if spec.design == "B":
         import requests
@@ -214,13 +243,13 @@ def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None
         try:
             chunk, rt, batch, q, inf = act(env.observe())
         except Exception as e:  # a failed call is data too
-            calls.append((time.time(), None, 0, None, None, f"{type(e).__name__}: {e}"[:200], idx))
+            calls.append((time.time(), None, 0, None, None, f"{type(e).__name__}: {e}"[:200], idx, spec.rows))
             time.sleep(0.5)
             continue
-        calls.append((time.time(), rt, batch, q, inf, None, idx))
+        calls.append((time.time(), rt, batch, q, inf, None, idx, spec.rows))
         for i in range(spec.horizon):
             env.step(chunk, i)
-        steps.append((time.time(), spec.horizon))
+        steps.append((time.time(), spec.horizon * spec.rows))
     out.append((calls, steps))
 
 
@@ -240,8 +269,11 @@ def _load_proc(spec: LoadSpec, ids: list[int], q: Any) -> None:
 def run_load(spec: LoadSpec) -> tuple[list, list]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = max(1, min(spec.procs, spec.n))
-    groups = [list(range(spec.n))[p::procs] for p in range(procs)]
+    if spec.n % spec.rows:
+        raise ValueError(f"{spec.n} rollouts do not split into simulators of {spec.rows} envs")
+    sims = spec.n // spec.rows
+    procs = max(1, min(spec.procs, sims))
+    groups = [list(range(sims))[p::procs] for p in range(procs)]
     ps = [ctx.Process(target=_load_proc, args=(spec, g, q), daemon=True) for g in groups]
     for p in ps:
         p.start()
@@ -309,17 +341,21 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def span_rate(ok: list) -> float | None:
-    """Calls/s as the sum over rollouts of (calls - 1) / (last - first completion) in the window.
+    """Calls/s as the sum over rollouts of (calls - 1) / (last - first completion) in the window
+    (a vectorized simulator's call counts once per env it asked for).
 
     Counting calls over the window moves in steps of one batch (N = 64, 10 s: 6.4 calls/s, ~0.02 of
     C / A); each rollout's own period does not. Calls recorded before rollouts were tagged (old
     results) have no rollout: None."""
     by: dict[int, list[float]] = {}
+    rows: dict[int, int] = {}
     for c in ok:
         if len(c) < 7:
             return None
         by.setdefault(c[6], []).append(c[0])
-    rates = [(len(ts) - 1) / (max(ts) - min(ts)) for ts in by.values() if len(ts) >= 2 and max(ts) > min(ts)]
+        rows[c[6]] = c[7] if len(c) > 7 else 1
+    rates = [rows[i] * (len(ts) - 1) / (max(ts) - min(ts)) for i, ts in by.items()
+             if len(ts) >= 2 and max(ts) > min(ts)]
     return round(sum(rates), 2) if rates else None
 
 
@@ -334,7 +370,9 @@ def summarise(calls: list, steps: list, t0: float, t1: float) -> dict[str, Any]:
     return {
         "window_s": round(win, 2),
         "env_steps_per_s": round(nsteps / win, 2),
-        "policy_calls_per_s": round(len(ok) / win, 2),
+        # chunks served per second: a vectorized simulator's request asks for one per env
+        "policy_calls_per_s": round(sum(c[7] if len(c) > 7 else 1 for c in ok) / win, 2),
+        "requests_per_s": round(len(ok) / win, 2),
         "policy_calls_per_s_span": span_rate(ok),
         "calls_in_window": len(ok),
         "errors_in_window": len(errs),
@@ -805,7 +843,8 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
                               stage="stage" in flags, gc_on="gcon" in flags,
                               reply_group=next((int(f[2:]) for f in flags if f.startswith("rg")), None),
                               switch_us=next((int(f[2:]) for f in flags if f.startswith("sw")), None),
-                              register="noreg" not in flags))
+                              register="noreg" not in flags,
+                              vec=next((int(f[3:]) for f in flags if f.startswith("vec")), 1)))
         except Exception as e:
             import traceback
 
@@ -841,6 +880,7 @@ def c_run(
     reply_group: int | None = None,
     switch_us: int | None = None,
     register: bool = True,
+    vec: int = 1,
 ) -> dict[str, Any]:
     import redis
 
@@ -938,6 +978,7 @@ def c_run(
             run_id=f"{mode}{int(max_wait_ms)}{'g' if graphs else ''}{'c' if cohort_ms else ''}"
             f"mb{max_batch}{'shm' if shared_frames else ''}-{int(time.time())}",
             shared_frames=shared_frames,
+            rows=vec,
         )
         holder: dict[str, Any] = {}
 
@@ -1025,6 +1066,9 @@ def c_run(
         "shared_frames": shared_frames,
         "staged_requests": stage,
         "registered_shared_frames": register,
+        "rows_per_request": vec,
+        "load": f"vectorized simulators of {vec} envs, one request of {vec} rows each" if vec > 1
+        else "one simulator thread and one request per rollout",
         "gc_frozen_after_load": not gc_on,
         "reply_group": settings.worker.reply_group,
         "gil_switch_interval_s": switch_us / 1e6 if switch_us else None,
@@ -1096,6 +1140,7 @@ def c_label(run: dict[str, Any]) -> str:
         f"{',shm' if run.get('shared_frames') else ''}"
         f"{',stage' if run.get('staged_requests') else ''}"
         f"{',noreg' if run.get('registered_shared_frames') is False else ''}"
+        f"{',vec' + str(run['rows_per_request']) if run.get('rows_per_request', 1) > 1 else ''}"
         f"{',gcon' if run.get('gc_frozen_after_load') is False else ''}"
         f"{',rg' + str(run['reply_group']) if run.get('reply_group') not in (None, 16) else ''}"
         f"{',sw' + str(round(run['gil_switch_interval_s'] * 1e6)) if run.get('gil_switch_interval_s') else ''}"
@@ -1172,6 +1217,7 @@ def main() -> None:
                     "shm = shared-memory frames, stage = per-request staging, gcon = no gc.freeze after load, "
                     "rgN = replies in pipelines of N (0: one pipeline), swN = GIL switch interval N µs, "
                     "noreg = shared-memory segments not registered with CUDA (batch assembled in one buffer), "
+                    "vecK = vectorized simulators of K envs, one request of K rows each, "
                     "trace = gap trace and the worker's own "
                     "timing of B = 64 (plain only), "
                     "cohortMS = prototype)")

@@ -1,9 +1,11 @@
 """Micro-batching with Triton's dynamic-batcher semantics.
 
-Requests are grouped by signature (the keys, dtypes and shapes of their observation arrays), since
-only observations that stack together can share a forward pass. A group is ready when it holds
-`max_batch_size` requests, or when its oldest request has waited `max_wait_s`. Among ready groups
-the one with the oldest request goes first; within a group order is arrival order.
+Requests are grouped by signature (the keys, dtypes and per-row shapes of their observation arrays),
+since only observations that stack together can share a forward pass. A request carries one row
+(one rollout) or, from a vectorized simulator, several (its arrays' leading dimension); batch sizes
+count rows. A group is ready when it holds `max_batch_size` rows, or when its oldest request has
+waited `max_wait_s`. Among ready groups the one with the oldest request goes first; within a group
+order is arrival order, and a batch never splits a request.
 
 The batcher is plain data (no I/O, no clock of its own), so its semantics are unit-tested directly.
 """
@@ -24,10 +26,12 @@ T = TypeVar("T")
 class _Pending(Generic[T]):
     item: T
     arrived: float
+    rows: int = 1
 
 
 def signature(obs: Any, prefix: str = "") -> tuple:
-    """Hashable description of what must match for two observations to be stacked."""
+    """Hashable description of what must match for two observations to be stacked: keys, dtypes
+    and each array's shape past its leading (row) dimension, along which they are stacked."""
     out: list[tuple] = []
     _walk(obs, prefix, out)
     return tuple(out)
@@ -38,11 +42,29 @@ def _walk(obs: Any, prefix: str, out: list[tuple]) -> None:
         for k in sorted(obs):
             _walk(obs[k], f"{prefix}{k}.", out)
     elif isinstance(obs, np.ndarray):
-        out.append((prefix, obs.dtype.str, obs.shape))
+        out.append((prefix, obs.dtype.str, obs.shape[1:]) if obs.ndim else (prefix, obs.dtype.str, ()))
     elif isinstance(obs, list | str):
         out.append((prefix, "text"))
     else:
         out.append((prefix, type(obs).__name__))
+
+
+def rows(obs: Any) -> int:
+    """How many rows (rollouts) an observation carries: its first array's leading dimension, 1
+    when it has no array. Whether all its arrays agree is the schema check's business."""
+    if isinstance(obs, dict):
+        for v in obs.values():
+            n = v.shape[0] if type(v) is np.ndarray and v.ndim else (rows(v) if isinstance(v, dict) else 0)
+            if n:
+                return n
+        return 1
+    return obs.shape[0] if isinstance(obs, np.ndarray) and obs.ndim and obs.shape[0] else 1
+
+
+class _Group(deque):
+    """One signature's waiting requests, and their rows."""
+
+    rows = 0
 
 
 class MicroBatcher(Generic[T]):
@@ -51,17 +73,21 @@ class MicroBatcher(Generic[T]):
             raise ValueError("max_batch_size must be >= 1")
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
-        self._groups: OrderedDict[Hashable, deque[_Pending[T]]] = OrderedDict()
+        self._groups: OrderedDict[Hashable, _Group] = OrderedDict()
         self._count = 0
 
     def __len__(self) -> int:
         return self._count
 
-    def add(self, item: T, key: Hashable, now: float, rollout: str | None = None) -> None:
+    def add(self, item: T, key: Hashable, now: float, rollout: str | None = None, rows: int = 1) -> None:
+        """Queue `item` (a request of `rows` rows, at most `max_batch_size`) under signature `key`."""
+        if not 1 <= rows <= self.max_batch_size:
+            raise ValueError(f"a request of {rows} rows cannot fit batches of at most {self.max_batch_size}")
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = deque()
-        group.append(_Pending(item, now))
+            group = self._groups[key] = _Group()
+        group.append(_Pending(item, now, rows))
+        group.rows += rows
         self._count += 1
 
     def next_deadline(self) -> float | None:
@@ -75,17 +101,21 @@ class MicroBatcher(Generic[T]):
         best_age = None
         for key, group in self._groups.items():
             head = group[0].arrived
-            if len(group) >= self.max_batch_size or flush or now - head >= self.max_wait_s - 1e-9:
+            if group.rows >= self.max_batch_size or flush or now - head >= self.max_wait_s - 1e-9:
                 if best_age is None or head < best_age:
                     best_key, best_age = key, head
         if best_key is None:
             return None
         group = self._groups[best_key]
-        n = min(self.max_batch_size, len(group))
-        taken = [group.popleft() for _ in range(n)]
+        taken = [group.popleft()]
+        room = self.max_batch_size - taken[0].rows
+        while group and group[0].rows <= room:
+            room -= group[0].rows
+            taken.append(group.popleft())
+        group.rows -= self.max_batch_size - room
         if not group:
             del self._groups[best_key]
-        self._count -= n
+        self._count -= len(taken)
         return [p.item for p in taken], [p.arrived for p in taken]
 
     def batch_done(self, rollouts: list[str], now: float) -> None:
@@ -105,14 +135,14 @@ class CohortBatcher(MicroBatcher[T]):
     With closed-loop simulators the deadline rule splits rollouts into cohorts that never merge:
     while one cohort's batch runs, the other's requests arrive, are overdue when the model frees
     up, and go alone (measured on an H100: N = 8 ran as two batches of 4). Here a batch is ready
-    when it holds every active rollout (distinct rollouts seen in the last `population_s`), capped at
-    `max_batch_size`; so a lone rollout is served at once. Otherwise, once the model is free, it
-    waits for the rest at most the merge wait: 1.5 x the p90 "think time" (from the end of the batch
-    that served a rollout to that rollout's next request), clamped to [5 ms, `max_merge_s`], and
-    `max_wait_s` until 8 think times are known. A rollout answered more than 3 p90 think times ago
-    that has not asked again (a finished episode, a client that left) no longer counts as active, so
-    the rest is not held back for the whole `population_s` window. The consumer calls `batch_done`
-    after each batch.
+    when it holds every active rollout (distinct rollout ids seen in the last `population_s`; a
+    vectorized simulator asks for several rows under one id) or `max_batch_size` rows; so a lone
+    rollout is served at once. Otherwise, once the model is free, it waits for the rest at most the
+    merge wait: 1.5 x the p90 "think time" (from the end of the batch that served a rollout to that
+    rollout's next request), clamped to [5 ms, `max_merge_s`], and `max_wait_s` until 8 think times
+    are known. A rollout answered more than 3 p90 think times ago that has not asked again (a
+    finished episode, a client that left) no longer counts as active, so the rest is not held back
+    for the whole `population_s` window. The consumer calls `batch_done` after each batch.
     """
 
     def __init__(self, max_batch_size: int, max_wait_s: float, population_s: float = 2.0,
@@ -128,7 +158,7 @@ class CohortBatcher(MicroBatcher[T]):
         self._in_batch: list[str] = []
         self._hold_since: float | None = None
 
-    def add(self, item: T, key: Hashable, now: float, rollout: str | None = None) -> None:
+    def add(self, item: T, key: Hashable, now: float, rollout: str | None = None, rows: int = 1) -> None:
         if rollout is not None:
             self._last_seen[rollout] = now
             self._seen_order.append((now, rollout))
@@ -136,7 +166,7 @@ class CohortBatcher(MicroBatcher[T]):
             if served is not None:
                 self._think.append(max(0.0, now - served))
                 self._think_p90 = None
-        super().add(item, key, now)
+        super().add(item, key, now, rows=rows)
 
     def population(self, now: float) -> int:
         while self._seen_order and now - self._seen_order[0][0] > self.population_s:
@@ -157,9 +187,10 @@ class CohortBatcher(MicroBatcher[T]):
     def pop_ready(self, now: float, flush: bool = False) -> tuple[list[T], list[float]] | None:
         if not self._groups:
             return None
-        target = min(self.population(now), self.max_batch_size)
+        target = self.population(now)  # requests, one per rollout; the cap is in rows
+        full = any(g.rows >= self.max_batch_size for g in self._groups.values())
         biggest = max(len(g) for g in self._groups.values())
-        if not flush and biggest < target:
+        if not flush and not full and biggest < target:
             if self._hold_since is None:
                 self._hold_since = now
             if now - self._hold_since < self.merge_wait():

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
-from broker.batcher import CohortBatcher, MicroBatcher, signature
+from broker.batcher import CohortBatcher, MicroBatcher, rows, signature
 from broker.codec import Codec, MsgpackNumpyCodec
 from broker.connection import REDIS_DOWN
 from broker.errors import BrokerError, CodecError, ProtocolError, SharedFramesUnavailable
@@ -72,6 +72,7 @@ class Job:
     id_ms: int
     deliveries: int
     decode_s: float
+    rows: int = 1  # rollouts in the request: a vectorized simulator sends several
     staged: asyncio.Future | None = None  # the staging of the read this request came in
     staged_index: int = 0
 
@@ -319,13 +320,19 @@ class StreamConsumer:
             if problem:
                 return stream, entry_id, reply_to, Reply(seq, Status.SCHEMA_MISMATCH, error=problem,
                                                          worker=self.worker_id)
-        job = Job(entry_id, stream, request, obs, id_ms, deliveries, decode_s)
+        n_rows = rows(obs)
+        if n_rows > self.batcher.max_batch_size:
+            return stream, entry_id, reply_to, Reply(
+                seq, Status.SCHEMA_MISMATCH, error=f"observation carries {n_rows} rows; this worker runs batches "
+                f"of at most {self.batcher.max_batch_size} rows: send at most that many per request",
+                worker=self.worker_id)
+        job = Job(entry_id, stream, request, obs, id_ms, deliveries, decode_s, n_rows)
         if self._stages:
             self._to_stage.append(job)
         # A request on its last allowed delivery runs in a batch of its own (see claim_once), so if it
         # crashes the process it cannot push innocent batch-mates past max_deliveries with it.
         key = signature(obs) if deliveries < self.settings.max_deliveries else ("last-chance", entry_id)
-        self.batcher.add(job, key, self.clock(), rollout=request.rollout)
+        self.batcher.add(job, key, self.clock(), rollout=request.rollout, rows=n_rows)
         self._held_ids.add(entry_id)
         return None
 
@@ -392,7 +399,7 @@ class StreamConsumer:
                 replies.extend(await self._isolate(loop, live))
             else:
                 infer_s = time.perf_counter() - t0
-                self._account(live, queue_ms, infer_s)
+                batch_rows = self._account(live, queue_ms, infer_s)
                 t1, encode_s, group = time.perf_counter(), 0.0, self.settings.reply_group
                 for job, chunk, q in zip(live, chunks, queue_ms, strict=True):
                     if len(replies) >= group > 0:  # send what is encoded; Redis works while the rest is
@@ -410,11 +417,11 @@ class StreamConsumer:
                         continue
                     replies.append((job.stream, job.entry_id, job.request.reply_to, Reply(
                         job.request.seq, Status.OK, action=payload, queue_ms=q, infer_ms=infer_s * 1000,
-                        batch=len(live), worker=self.worker_id)))
+                        batch=batch_rows, worker=self.worker_id)))
                 decode_s, encode_s = sum(j.decode_s for j in live), encode_s + time.perf_counter() - t1
                 self.stats.decode_s_total += decode_s
                 self.stats.encode_s_total += encode_s
-                self.metrics.on_batch(len(live), [q / 1000 for q in queue_ms], infer_s, decode_s, encode_s)
+                self.metrics.on_batch(batch_rows, [q / 1000 for q in queue_ms], infer_s, decode_s, encode_s)
         if replies:
             self._send(replies)
 
@@ -469,9 +476,9 @@ class StreamConsumer:
                     job.deliveries += 1
                     continue
                 infer_s = time.perf_counter() - t0
-                self._account([job], [0.0], infer_s)
                 out.append((job.stream, job.entry_id, job.request.reply_to, Reply(
-                    job.request.seq, Status.OK, action=payload, infer_ms=infer_s * 1000, batch=1,
+                    job.request.seq, Status.OK, action=payload, infer_ms=infer_s * 1000,
+                    batch=self._account([job], [0.0], infer_s),
                     worker=self.worker_id)))
                 break
             else:
@@ -481,14 +488,17 @@ class StreamConsumer:
                     worker=self.worker_id)))
         return out
 
-    def _account(self, jobs: list[Job], queue_ms: list[float], infer_s: float) -> None:
+    def _account(self, jobs: list[Job], queue_ms: list[float], infer_s: float) -> int:
+        """Count a batch in the stats; returns its size in rows (= requests unless some came vectorized)."""
+        n = sum(j.rows for j in jobs)
         s = self.stats
         s.batches_total += 1
-        s.batched_items_total += len(jobs)
+        s.batched_items_total += n
         s.busy_s_total += infer_s
         s.infer_ms.append(infer_s * 1000)
         s.queue_ms.extend(queue_ms)
-        s.batch_sizes.append(len(jobs))
+        s.batch_sizes.append(n)
+        return n
 
     # -- replies ------------------------------------------------------------------------------
     async def _write_replies(self, replies: list[tuple[str, bytes, str | None, Reply]]) -> None:

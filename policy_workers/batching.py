@@ -60,6 +60,8 @@ def check_schema(obs: Any, schema: dict[str, dict[str, Any]], allow_extra: bool 
         if spec.get("finite") and value.dtype.kind == "f" and not np.isfinite(value).all():
             problems.append(f"{key} contains NaN or Inf")
     if not problems:
+        problems.extend(_row_problems(flat, schema))
+    if not problems:
         return None
     return "observation does not match the policy's schema: " + "; ".join(problems)
 
@@ -90,6 +92,7 @@ class SchemaChecker:
             self._arrays.append((key, dtype, None if shape is None else len(shape), fixed))
             if spec.get("finite"):
                 self._finite.append(key)
+        self._rows = rows_vary(schema)
 
     def __call__(self, obs: Any) -> str | None:
         if type(obs) is dict and obs.keys() == self._keys and self._fits(obs):
@@ -112,7 +115,34 @@ class SchemaChecker:
             floats = [obs[k].ravel() for k in self._finite if obs[k].dtype.kind == "f"]
             if floats and not np.isfinite(np.concatenate(floats)).all():
                 return False
+        if self._rows:
+            n = obs[self._rows[0]].shape[0]
+            if any(obs[k].shape[0] != n for k in self._rows) or (n > 1 and any(
+                    type(obs[k]) is not list or len(obs[k]) != n for k in self._texts)):
+                return False
         return all(_is_text(obs[k]) for k in self._texts)
+
+
+def rows_vary(schema: dict[str, dict[str, Any]]) -> list[str]:
+    """The array keys whose leading dimension the schema leaves open (`-1` or null): a policy that
+    takes several rows per request (a vectorized simulator's envs). All of them, and text sent as a
+    list, must then carry the same number of rows."""
+    return [k for k, spec in schema.items() if spec.get("shape") and spec["shape"][0] in (None, -1)]
+
+
+def _row_problems(flat: dict[str, Any], schema: dict[str, dict[str, Any]]) -> list[str]:
+    keys = [k for k in rows_vary(schema) if isinstance(flat.get(k), np.ndarray) and flat[k].ndim]
+    counts = {k: flat[k].shape[0] for k in keys}
+    if len(set(counts.values())) > 1:
+        return ["arrays disagree on their number of rows (leading dimension): "
+                + ", ".join(f"{k} has {n}" for k, n in list(counts.items())[:8])]
+    if not counts:
+        return []
+    n = next(iter(counts.values()))
+    texts = [k for k, spec in schema.items() if spec.get("kind") == "text" and k in flat]
+    return [f"{k} must be a list of {n} text rows ([[text], ...], one per row of the arrays), got "
+            f"{len(flat[k]) if isinstance(flat[k], list) else 1}" for k in texts
+            if n > 1 and not (isinstance(flat[k], list) and len(flat[k]) == n)]
 
 
 def _is_text(value: Any) -> bool:

@@ -234,15 +234,17 @@ class Backend(PolicyBackend):
     # -- metadata --------------------------------------------------------------------------
     def metadata(self) -> PolicyMetadata:
         s, spec = self.settings, self.spec
+        # Leading dimension -1: a request may carry several rows (a vectorized simulator's envs,
+        # language as one [text] per row); the batch is stacked and split by rows.
         obs_schema: dict[str, dict[str, Any]] = {}
         for key, shape in spec.video.items():
-            obs_schema[f"video.{key}"] = {"dtype": "uint8", "shape": [1, *shape]}
+            obs_schema[f"video.{key}"] = {"dtype": "uint8", "shape": [-1, *shape]}
         for key, shape in spec.state.items():
-            obs_schema[f"state.{key}"] = {"dtype": "float32", "shape": [1, *shape]}
+            obs_schema[f"state.{key}"] = {"dtype": "float32", "shape": [-1, *shape]}
         for key in spec.language:
             obs_schema[key] = {"kind": "text"}
         act_schema = {
-            f"{s.action_prefix}{k}": {"dtype": "float32", "shape": [1, spec.chunk_length, d]}
+            f"{s.action_prefix}{k}": {"dtype": "float32", "shape": [-1, spec.chunk_length, d]}
             for k, d in spec.action.items()
         }
         random = self._is_random_network

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from broker.batcher import MicroBatcher, signature
+from broker.batcher import CohortBatcher, MicroBatcher, rows, signature
 
 
 def test_full_batch_dispatches_immediately():
@@ -148,3 +149,38 @@ def test_cohort_respects_max_batch_size():
     for i in range(10):
         b.add(i, "k", now=0.0, rollout=f"r{i}")
     assert b.pop_ready(now=0.0)[0] == [0, 1, 2, 3]
+
+
+def test_batches_count_rows_and_never_split_a_request():
+    """A vectorized simulator's request carries several rows; a batch holds at most max_batch_size
+    rows, whole requests only, in arrival order."""
+    b = MicroBatcher[str](max_batch_size=8, max_wait_s=1.0)
+    b.add("a3", "k", now=0.0, rows=3)
+    b.add("b4", "k", now=0.001, rows=4)
+    assert b.pop_ready(now=0.002) is None  # 7 rows of 8: not full, not overdue
+    b.add("c2", "k", now=0.003, rows=2)  # 9 rows: full, but c2 does not fit beside a3 and b4
+    assert b.pop_ready(now=0.004)[0] == ["a3", "b4"]
+    assert len(b) == 1 and b.pop_ready(now=0.005) is None  # 2 rows left, not overdue
+    b.add("d6", "k", now=0.006, rows=6)
+    assert b.pop_ready(now=0.007)[0] == ["c2", "d6"]
+    with pytest.raises(ValueError, match="9 rows cannot fit batches of at most 8"):
+        b.add("too-big", "k", now=0.0, rows=9)
+
+
+def test_rows_and_signature_look_past_the_leading_dimension():
+    one = {"img": np.zeros((1, 2, 8, 8, 3), np.uint8), "state": {"arm": np.zeros((1, 7), np.float32)}}
+    four = {"img": np.zeros((4, 2, 8, 8, 3), np.uint8), "state": {"arm": np.zeros((4, 7), np.float32)}}
+    assert rows(one) == 1 and rows(four) == 4 and rows({"lang": [["a"]]}) == 1
+    assert rows({"state": {"arm": np.zeros((5, 7))}}) == 5
+    assert signature(one) == signature(four)  # rows stack along the leading dimension
+
+
+def test_cohort_batch_is_ready_when_its_rows_fill_it():
+    b = CohortBatcher[str](max_batch_size=8, max_wait_s=1.0)
+    for i in range(3):  # three active rollouts
+        b.add(f"r{i}", "k", now=0.0, rollout=f"r{i}")
+    assert b.pop_ready(now=0.0)[0] == ["r0", "r1", "r2"]
+    b.add("r0-big", "k", now=0.1, rollout="r0", rows=4)
+    assert b.pop_ready(now=0.1) is None  # waits for r1 and r2
+    b.add("r1-big", "k", now=0.1, rollout="r1", rows=4)
+    assert b.pop_ready(now=0.1)[0] == ["r0-big", "r1-big"]  # 8 rows: full before r2 asks

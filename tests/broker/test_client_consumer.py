@@ -18,6 +18,8 @@ from broker.errors import PolicyErrorReply, PolicyTimeout
 from broker.keys import GROUP, Keys
 from broker.schema import Reply, Status
 from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
+from policy_workers.batching import SchemaChecker
+from policy_workers.batching import split as split_rows
 
 
 class EchoHandler:
@@ -183,6 +185,59 @@ def test_bad_observation_gets_error_reply_and_worker_keeps_serving(redis_url):
             assert err3.value.code == Status.BAD_OBSERVATION and "Traceback" not in err3.value.detail
             res = await client.act("good", {"x": np.ones((1, 1), np.float32)})
             assert res.chunk["echo"].shape == (1, 1)
+            await r.aclose()
+
+    asyncio.run(main())
+
+
+class RowsHandler:
+    """A policy taking several rows per request (schema leading dimension -1): stacks the batch's
+    rows, answers each row with its own `x` doubled, split back by request."""
+
+    def __init__(self) -> None:
+        self.check = SchemaChecker({"x": {"dtype": "float32", "shape": [-1, 2]}, "task": {"kind": "text"}})
+        self.batches: list[tuple[int, int]] = []  # (requests, rows)
+
+    def validate(self, obs):
+        return self.check(obs)
+
+    def infer(self, batch):
+        sizes = [o["x"].shape[0] for o in batch]
+        self.batches.append((len(batch), sum(sizes)))
+        stacked = np.concatenate([o["x"] for o in batch]) * 2
+        return split_rows({"twice": stacked}, sizes)
+
+
+def test_a_vectorized_simulator_sends_several_rows_in_one_request(redis_url):
+    async def main():
+        handler = RowsHandler()
+        async with serving(redis_url, handler, batch=BatchSettings(max_batch_size=5, max_wait_ms=300,
+                                                                 dispatch="deadline")):
+            r = connect_async(RedisSettings(url=redis_url))
+            client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=10))
+
+            def obs(first: int, n: int) -> dict:
+                return {"x": np.arange(first, first + 2 * n, dtype=np.float32).reshape(n, 2),
+                        "task": [["pick"]] * n}
+
+            # 3 rows + 1 + 1 fill a batch of 5 rows: one forward pass, each reply its own rows
+            three, one_a, one_b = await asyncio.gather(client.act("vec", obs(0, 3)), client.act("a", obs(100, 1)),
+                                                       client.act("b", obs(200, 1)))
+            assert three.chunk["twice"].tolist() == (obs(0, 3)["x"] * 2).tolist()
+            assert one_a.chunk["twice"].tolist() == [[200.0, 202.0]] and one_b.chunk["twice"].shape == (1, 2)
+            assert handler.batches == [(3, 5)] and three.batch == one_a.batch == 5
+            # 4 + 4 rows do not fit 5: two batches, neither request split
+            await asyncio.gather(client.act("vec", obs(0, 4)), client.act("vec2", obs(0, 4)))
+            assert handler.batches[1:] == [(1, 4), (1, 4)]
+            with pytest.raises(PolicyErrorReply) as err:
+                await client.act("big", obs(0, 6))
+            assert err.value.code == Status.SCHEMA_MISMATCH and "at most 5 rows" in err.value.detail
+            bad = obs(0, 2) | {"task": [["pick"]]}
+            with pytest.raises(PolicyErrorReply) as err2:
+                await client.act("short-text", bad)
+            assert err2.value.code == Status.SCHEMA_MISMATCH and "list of 2 text rows" in err2.value.detail
+            res = await client.act("after", obs(7, 2))  # the worker kept serving
+            assert res.chunk["twice"].shape == (2, 2)
             await r.aclose()
 
     asyncio.run(main())

@@ -61,17 +61,36 @@ _CASES = {
                "state": {"left_arm": np.zeros((1, 1, 7), np.float32)},
                "language": {"annotation.human.task_description": [["pick up the apple"]]}},
     "not a map": [1, 2],
+    "valid rows, three": _obs(**{"video.ego_view": np.zeros((3, 2, 4, 4, 3), np.uint8),
+                                 "state.left_arm": np.zeros((3, 1, 7), np.float32),
+                                 "annotation.human.task_description": [["a"], ["b"], ["c"]]}),
+    "rows disagree": _obs(**{"video.ego_view": np.zeros((3, 2, 4, 4, 3), np.uint8),
+                             "state.left_arm": np.zeros((2, 1, 7), np.float32)}),
+    "rows, one text row": _obs(**{"video.ego_view": np.zeros((2, 2, 4, 4, 3), np.uint8),
+                                  "state.left_arm": np.zeros((2, 1, 7), np.float32)}),
 }
+ROWS_SCHEMA = {k: {**v, "shape": [-1, *v["shape"][1:]]} if "shape" in v else v for k, v in SCHEMA.items()}
 
 
 @pytest.mark.parametrize("case", sorted(_CASES))
 def test_schema_checker_answers_as_check_schema(case):
     """The compiled checker's fast path never changes the verdict or the message."""
     schema = {**SCHEMA, "state.left_arm": {**SCHEMA["state.left_arm"], "shape": [1, None, 7]}} \
-        if "wildcard" in case else SCHEMA
+        if "wildcard" in case else ROWS_SCHEMA if "rows" in case else SCHEMA
     assert SchemaChecker(schema)(_CASES[case]) == check_schema(_CASES[case], schema)
     assert (check_schema(_CASES[case], schema) is None) == (case.startswith("valid") or case in ("nested",
                                                                                            "huge but finite"))
+
+
+def test_rows_must_agree_when_the_schema_leaves_them_open():
+    """A leading dimension of -1: several rows per request, the same number in every array and
+    one text row each; with a leading 1 a request of several rows is refused as before."""
+    assert check_schema(_CASES["valid rows, three"], ROWS_SCHEMA) is None
+    msg = check_schema(_CASES["rows disagree"], ROWS_SCHEMA)
+    assert "disagree on their number of rows" in msg and "video.ego_view has 3, state.left_arm has 2" in msg
+    msg = check_schema(_CASES["rows, one text row"], ROWS_SCHEMA)
+    assert "must be a list of 2 text rows" in msg and "got 1" in msg
+    assert "expected [1, 2, 4, 4, 3]" in check_schema(_CASES["valid rows, three"], SCHEMA)
 
 
 def test_stack_and_split_round_trip():

@@ -207,6 +207,13 @@ def test_frames_in_shared_memory_reach_a_loading_policy_where_they_are():
         assert double.rows_seen == [[(0, 1), (0, 1), (0, 1)]] and double.mapped.registered_total == 3
         chunks = b.infer([MsgpackNumpyCodec().decode(writer.encode(flat_obs(m))) for m in (8, 9)])  # via Redis
         assert [c["action.left_arm"][0, 0, 0] for c in chunks] == [8, 9] and len(double.rows_seen) == 1
+        # a vectorized simulator's request of two rows: one run of two rows from its segment
+        two = {k: (np.concatenate([v, v + 1]) if isinstance(v, np.ndarray) else v * 2) for k, v in flat_obs(3).items()}
+        vec = [reader.decode(writer.encode(arena.externalize("v", two))), batch[0]]
+        chunks = b.infer(vec)
+        assert double.rows_seen[-1] == [(0, 2), (0, 1)]
+        assert [c["action.left_arm"].shape[0] for c in chunks] == [2, 1]
+        assert list(chunks[0]["action.left_arm"][:, 0, 0]) == [3, 4] and chunks[1]["action.left_arm"][0, 0, 0] == 5
     finally:
         arena.close()
 
@@ -276,10 +283,10 @@ def test_float64_state_is_converted():
 def test_metadata_publishes_real_g1_schema():
     b, _ = backend()
     md = b.metadata()
-    assert md.observation_schema["video.ego_view"] == {"dtype": "uint8", "shape": [1, 2, 256, 256, 3]}
-    assert md.observation_schema["state.left_wrist_eef_9d"] == {"dtype": "float32", "shape": [1, 1, 9]}
+    assert md.observation_schema["video.ego_view"] == {"dtype": "uint8", "shape": [-1, 2, 256, 256, 3]}
+    assert md.observation_schema["state.left_wrist_eef_9d"] == {"dtype": "float32", "shape": [-1, 1, 9]}
     assert md.observation_schema["annotation.human.task_description"] == {"kind": "text"}
-    assert md.action_schema["action.navigate_command"]["shape"] == [1, 40, 3]
+    assert md.action_schema["action.navigate_command"]["shape"] == [-1, 40, 3]
     assert md.chunk_length == 40 and md.action_horizon == 8
     assert md.extra["embodiment_tag"] == "real_g1_relative_eef_relative_joints"
     assert set(md.extra["modality_config"]) == {"video", "state", "action", "language"}
@@ -456,6 +463,20 @@ def test_n17_captured_forward_matches_eager_and_falls_back_outside_its_shapes():
         got = b.infer(shm)
         assert b.last_call["path"] == "captured forward" and p.mapped.registered_total >= 3
         copied = [{k: np.array(v) if isinstance(v, np.ndarray) else v for k, v in o.items()} for o in shm]
+        torch.manual_seed(9)
+        want = b.infer(copied)
+        for g, w in zip(got, want, strict=True):
+            for k in w:
+                if k != "info.note":
+                    assert np.array_equal(g[k], w[k]), k
+        # a request of two rows (a vectorized simulator) beside one of one row: 3 rows, padded to 4
+        two = {k: (np.concatenate([v, v[::-1]]) if isinstance(v, np.ndarray) else v * 2) for k, v in raw[1].items()}
+        vec = [reader.decode(writer.encode(arena.externalize("v2", two))), shm[2]]
+        torch.manual_seed(9)
+        got = b.infer(vec)
+        assert b.last_call["path"] == "captured forward" and b.last_call["batch"] == 3
+        assert [g["action.waist"].shape[0] for g in got] == [2, 1]
+        copied = [{k: np.array(v) if isinstance(v, np.ndarray) else v for k, v in o.items()} for o in vec]
         torch.manual_seed(9)
         want = b.infer(copied)
         for g, w in zip(got, want, strict=True):
