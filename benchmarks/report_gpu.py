@@ -51,6 +51,7 @@ def table_runs(res: dict[str, Any], only: list[str] | None = None) -> str:
             f"{' +graphs(' + (run.get('cuda_graph_scope') or 'head') + ')' if run.get('cuda_graphs') else ''}"
             f"{' +shm' if run.get('shared_frames') else ''}"
             f"{' +stage' if run.get('staged_requests') else ''}"
+            f"{' +vec' + str(run['rows_per_request']) if run.get('rows_per_request', 1) > 1 else ''}"
             f"{' +cohort*' if run.get('cohort_batcher_merge_wait_ms') else ''}"
         )
         parts.append((name, run))

@@ -12,9 +12,9 @@ group's last-delivered id (and after the previous poll's last id) with a server-
 that pages through XRANGE, capped at `scan_cap` entries per poll. Only ids cross the wire.
 
 Worker stats JSON (one field per worker id in `{ns}:workers:{policy}`, rewritten every second or
-so by each live worker): `served_total` (requests answered), `batches_total`, `busy_s_total`
-(seconds spent in inference), `ts` (unix seconds of the write); optional `errors_total` (an int
-or a map of error code -> count). Other fields are ignored.
+so by each live worker): `served_total` (rows answered: a request of R rows counts R),
+`batches_total`, `busy_s_total` (seconds spent in inference), `ts` (unix seconds of the write);
+optional `errors_total` (an int or a map of error code -> count). Other fields are ignored.
 """
 
 from __future__ import annotations

@@ -120,6 +120,43 @@ def test_malformed_input_is_rejected_with_codec_error(name):
     assert "Traceback" not in str(err.value)
 
 
+def _nested(depth: int, width: int, seed: int) -> object:
+    """A message whose maps and lists nest exactly `depth` deep, with leaf lists and arrays beside
+    the deepest path (a map or a list at each level, chosen by `seed`)."""
+    inner: object = 1
+    for level in range(depth):
+        leaves = [["row"] for _ in range(width)]
+        if (seed >> level) & 1:
+            inner = [inner, *leaves, np.zeros((1, 2), np.float32)]
+        else:
+            inner = {"next": inner, "text": leaves, "arr": np.ones(3, np.uint8)}
+    return inner
+
+
+def _levels(obj: object) -> int:
+    """How deep maps and lists nest (arrays are leaves): the reference the decoder must agree with."""
+    if isinstance(obj, dict):
+        return 1 + max((_levels(v) for v in obj.values()), default=0)
+    if isinstance(obj, list):
+        return 1 + max((_levels(v) for v in obj), default=0)
+    return 0
+
+
+@pytest.mark.parametrize("depth", [1, 5, 6, 7, 8, 9, 12])
+@pytest.mark.parametrize("seed", [0, 5, 0xFFF])
+def test_nesting_limit_holds_however_wide_the_message(depth, seed):
+    """The walk over the decoded message is skipped when its containers cannot reach the limit:
+    the verdict is the walk's, with many leaf lists (text rows) or none beside the deep path."""
+    for width in (0, 12):
+        msg = _nested(depth, width, seed)
+        payload = encode(msg)
+        if _levels(msg) <= 8:
+            decode(payload)
+        else:
+            with pytest.raises(CodecError, match="deeper than 8"):
+                decode(payload)
+
+
 def test_oversize_message_rejected_before_decoding():
     codec = MsgpackNumpyCodec(CodecLimits(max_bytes=1000))
     with pytest.raises(CodecError, match="exceeds the 1000-byte limit"):
