@@ -49,18 +49,6 @@ def _walk(obs: Any, prefix: str, out: list[tuple]) -> None:
         out.append((prefix, type(obs).__name__))
 
 
-def rows(obs: Any) -> int:
-    """How many rows (rollouts) an observation carries: its first array's leading dimension, 1
-    when it has no array. Whether all its arrays agree is the schema check's business."""
-    if isinstance(obs, dict):
-        for v in obs.values():
-            n = v.shape[0] if type(v) is np.ndarray and v.ndim else (rows(v) if isinstance(v, dict) else 0)
-            if n:
-                return n
-        return 1
-    return obs.shape[0] if isinstance(obs, np.ndarray) and obs.ndim and obs.shape[0] else 1
-
-
 class _Group(deque):
     """One signature's waiting requests, and their rows."""
 

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
-from broker.batcher import CohortBatcher, MicroBatcher, rows, signature
+from broker.batcher import CohortBatcher, MicroBatcher, signature
 from broker.codec import Codec, MsgpackNumpyCodec
 from broker.connection import REDIS_DOWN
 from broker.errors import BrokerError, CodecError, ProtocolError, SharedFramesUnavailable
@@ -53,7 +53,8 @@ class BatchHandler(Protocol):
     on the event loop instead of in the inference thread; or `stages = True` with a `stage(obs)`
     method: each request is then staged on the inference thread as it arrives (the requests of
     one read handed over together), and `infer` gets the staged items (preparation overlaps the
-    wait for the rest of the batch).
+    wait for the rest of the batch); or a `rows(obs)` method when a request may carry several rows
+    (a vectorized simulator's envs): batches then count rows. Without it every request is one row.
     """
 
     def validate(self, obs: Any) -> str | None:
@@ -109,6 +110,7 @@ class StreamConsumer:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="rolloutq-infer")
         self._inline = bool(getattr(handler, "inline", False))
         self._stages = bool(getattr(handler, "stages", False)) and not self._inline
+        self._rows: Callable[[Any], int] | None = getattr(handler, "rows", None)
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._in_inference = 0
@@ -320,7 +322,7 @@ class StreamConsumer:
             if problem:
                 return stream, entry_id, reply_to, Reply(seq, Status.SCHEMA_MISMATCH, error=problem,
                                                          worker=self.worker_id)
-        n_rows = rows(obs)
+        n_rows = self._rows(obs) if self._rows is not None else 1
         if n_rows > self.batcher.max_batch_size:
             return stream, entry_id, reply_to, Reply(
                 seq, Status.SCHEMA_MISMATCH, error=f"observation carries {n_rows} rows; this worker runs batches "

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aredis
+from redis.exceptions import NoScriptError
 
 from broker.keys import Keys
 
@@ -130,6 +131,18 @@ class SweepQueue:
         self._expire = r.register_script(_EXPIRE)
         self._release = r.register_script(_RELEASE)
 
+    async def _call(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
+        """Run one of the queue's scripts. A Redis restart empties the server's script cache;
+        redis-py then loads the script again and retries once, and a restart between that load and
+        that retry (seen under kill -9) fails the retry too: load and retry again (the script did
+        not run, so running it is safe)."""
+        for attempt in range(3):
+            try:
+                return await script(keys=keys, args=args)
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+
     # -- controller side ---------------------------------------------------------------------
     async def create(self, config: dict[str, Any], specs: list[EpisodeSpec], lease_s: float) -> None:
         pipe = self.r.pipeline(transaction=True)
@@ -144,7 +157,7 @@ class SweepQueue:
 
     async def expire_leases(self) -> int:
         """Hand the episodes of simulators that stopped renewing back to the list."""
-        return int(await self._expire(keys=[self.k_leases, self.k_todo]))
+        return int(await self._call(self._expire, [self.k_leases, self.k_todo], []))
 
     async def read_results(self, last_id: bytes, block_ms: int) -> list[tuple[bytes, dict, bytes]]:
         got = await self.r.xread({self.k_results: last_id}, block=block_ms, count=256)
@@ -174,23 +187,23 @@ class SweepQueue:
         return int(raw or 30000)
 
     async def take(self, sim: str, lease_ms: int) -> EpisodeSpec | None:
-        raw = await self._take(keys=[self.k_todo, self.k_leases], args=[sim, lease_ms])
+        raw = await self._call(self._take, [self.k_todo, self.k_leases], [sim, lease_ms])
         return EpisodeSpec.from_json(raw) if raw else None
 
     async def renew(self, sim: str, episodes: list[int], lease_ms: int) -> int:
         """Push the expiry of this simulator's leases forward (only leases it still owns)."""
         if not episodes:
             return 0
-        return int(await self._renew(keys=[self.k_leases], args=[sim, lease_ms, *[str(e) for e in episodes]]))
+        return int(await self._call(self._renew, [self.k_leases], [sim, lease_ms, *[str(e) for e in episodes]]))
 
     async def finish(self, episode: int, record: dict[str, Any], video: bytes = b"") -> None:
-        await self._finish(keys=[self.k_leases, self.k_results], args=[str(episode), json.dumps(record), video])
+        await self._call(self._finish, [self.k_leases, self.k_results], [str(episode), json.dumps(record), video])
 
     async def release(self, sim: str, episodes: list[int]) -> int:
         """Hand this simulator's unfinished episodes back to the list now (a scaled-down sim)."""
         if not episodes:
             return 0
-        return int(await self._release(keys=[self.k_leases, self.k_todo], args=[sim, *[str(e) for e in episodes]]))
+        return int(await self._call(self._release, [self.k_leases, self.k_todo], [sim, *[str(e) for e in episodes]]))
 
     async def stopped(self) -> bool:
         return bool(await self.r.exists(self.k_stop))

@@ -99,6 +99,15 @@ class SchemaChecker:
             return None
         return check_schema(obs, self.schema, self.allow_extra)
 
+    def rows(self, obs: Any) -> int:
+        """How many rows a (checked) observation carries: the leading dimension of the schema's
+        open-ended arrays, 1 when the schema fixes it (every request is then one rollout)."""
+        if not self._rows or not isinstance(obs, dict):
+            return 1
+        key = self._rows[0]
+        value = obs[key] if key in obs else flatten(obs).get(key)
+        return value.shape[0] if isinstance(value, np.ndarray) and value.ndim and value.shape[0] else 1
+
     def _fits(self, obs: dict[str, Any]) -> bool:
         for key, dtype, ndim, fixed in self._arrays:
             v = obs[key]
@@ -117,7 +126,7 @@ class SchemaChecker:
                 return False
         if self._rows:
             n = obs[self._rows[0]].shape[0]
-            if any(obs[k].shape[0] != n for k in self._rows) or (n > 1 and any(
+            if n == 0 or any(obs[k].shape[0] != n for k in self._rows) or (n > 1 and any(
                     type(obs[k]) is not list or len(obs[k]) != n for k in self._texts)):
                 return False
         return all(_is_text(obs[k]) for k in self._texts)
@@ -139,6 +148,8 @@ def _row_problems(flat: dict[str, Any], schema: dict[str, dict[str, Any]]) -> li
     if not counts:
         return []
     n = next(iter(counts.values()))
+    if n == 0:
+        return ["arrays have no rows (leading dimension 0): send at least one"]
     texts = [k for k, spec in schema.items() if spec.get("kind") == "text" and k in flat]
     return [f"{k} must be a list of {n} text rows ([[text], ...], one per row of the arrays), got "
             f"{len(flat[k]) if isinstance(flat[k], list) else 1}" for k in texts

@@ -58,6 +58,10 @@ class _Handler:
             return None if isinstance(obs, dict) else "observation must be a map of named arrays"
         return self.check(obs)
 
+    def rows(self, obs: Any) -> int:
+        """Rows (rollouts) in a request: the leading dimension where the schema leaves it open."""
+        return 1 if self.any_obs else self.check.rows(obs)
+
     def stage(self, obs: Any) -> Any:
         return self.backend.stage(obs)
 

@@ -201,6 +201,9 @@ class RowsHandler:
     def validate(self, obs):
         return self.check(obs)
 
+    def rows(self, obs):
+        return self.check.rows(obs)
+
     def infer(self, batch):
         sizes = [o["x"].shape[0] for o in batch]
         self.batches.append((len(batch), sum(sizes)))

@@ -68,6 +68,9 @@ _CASES = {
                              "state.left_arm": np.zeros((2, 1, 7), np.float32)}),
     "rows, one text row": _obs(**{"video.ego_view": np.zeros((2, 2, 4, 4, 3), np.uint8),
                                   "state.left_arm": np.zeros((2, 1, 7), np.float32)}),
+    "rows, none": _obs(**{"video.ego_view": np.zeros((0, 2, 4, 4, 3), np.uint8),
+                          "state.left_arm": np.zeros((0, 1, 7), np.float32),
+                          "annotation.human.task_description": []}),
 }
 ROWS_SCHEMA = {k: {**v, "shape": [-1, *v["shape"][1:]]} if "shape" in v else v for k, v in SCHEMA.items()}
 
@@ -90,6 +93,14 @@ def test_rows_must_agree_when_the_schema_leaves_them_open():
     assert "disagree on their number of rows" in msg and "video.ego_view has 3, state.left_arm has 2" in msg
     msg = check_schema(_CASES["rows, one text row"], ROWS_SCHEMA)
     assert "must be a list of 2 text rows" in msg and "got 1" in msg
+    assert "arrays have no rows" in check_schema(_CASES["rows, none"], ROWS_SCHEMA)
+    assert SchemaChecker(ROWS_SCHEMA).rows(_CASES["valid rows, three"]) == 3
+    nested = {"video": {"ego_view": np.zeros((2, 2, 4, 4, 3), np.uint8)},
+              "state": {"left_arm": np.zeros((2, 1, 7), np.float32)}, "language": {}}
+    assert SchemaChecker(ROWS_SCHEMA).rows(nested) == 2
+    # a schema with a leading 1 (or none): every request is one rollout, whatever its arrays hold
+    assert SchemaChecker(SCHEMA).rows(_CASES["valid rows, three"]) == 1
+    assert SchemaChecker({}).rows({"tag": np.zeros((2,), np.int64)}) == 1
     assert "expected [1, 2, 4, 4, 3]" in check_schema(_CASES["valid rows, three"], SCHEMA)
 
 

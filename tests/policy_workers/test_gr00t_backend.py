@@ -457,32 +457,31 @@ def test_n17_captured_forward_matches_eager_and_falls_back_outside_its_shapes():
     b.settings.stage_requests = False
     reader, writer = MsgpackNumpyCodec(frames=FrameReader()), MsgpackNumpyCodec()
     arena = FrameArena()
+
+    def same_as_copied(observations: list) -> tuple[list, str, int]:
+        """Chunks of `observations` (frames in segments) equal those of the same observations with
+        their frames copied out; returns them with the first call's path and batch."""
+        torch.manual_seed(9)
+        got = b.infer(observations)
+        path, rows = b.last_call["path"], b.last_call["batch"]
+        copied = [{k: np.array(v) if isinstance(v, np.ndarray) else v for k, v in o.items()} for o in observations]
+        torch.manual_seed(9)
+        want = b.infer(copied)
+        for g, w in zip(got, want, strict=True):
+            for k in w:
+                if k != "info.note":
+                    assert np.array_equal(g[k], w[k]), k
+        return got, path, rows
+
     try:
         shm = [reader.decode(writer.encode(arena.externalize(f"s{i}", o))) for i, o in enumerate(raw)]
-        torch.manual_seed(9)
-        got = b.infer(shm)
-        assert b.last_call["path"] == "captured forward" and p.mapped.registered_total >= 3
-        copied = [{k: np.array(v) if isinstance(v, np.ndarray) else v for k, v in o.items()} for o in shm]
-        torch.manual_seed(9)
-        want = b.infer(copied)
-        for g, w in zip(got, want, strict=True):
-            for k in w:
-                if k != "info.note":
-                    assert np.array_equal(g[k], w[k]), k
+        _, path, _ = same_as_copied(shm)
+        assert path == "captured forward" and p.mapped.registered_total >= 3
         # a request of two rows (a vectorized simulator) beside one of one row: 3 rows, padded to 4
         two = {k: (np.concatenate([v, v[::-1]]) if isinstance(v, np.ndarray) else v * 2) for k, v in raw[1].items()}
-        vec = [reader.decode(writer.encode(arena.externalize("v2", two))), shm[2]]
-        torch.manual_seed(9)
-        got = b.infer(vec)
-        assert b.last_call["path"] == "captured forward" and b.last_call["batch"] == 3
+        got, path, rows = same_as_copied([reader.decode(writer.encode(arena.externalize("v2", two))), shm[2]])
+        assert path == "captured forward" and rows == 3
         assert [g["action.waist"].shape[0] for g in got] == [2, 1]
-        copied = [{k: np.array(v) if isinstance(v, np.ndarray) else v for k, v in o.items()} for o in vec]
-        torch.manual_seed(9)
-        want = b.infer(copied)
-        for g, w in zip(got, want, strict=True):
-            for k in w:
-                if k != "info.note":
-                    assert np.array_equal(g[k], w[k]), k
     finally:
         arena.close()
 
