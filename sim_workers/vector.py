@@ -7,7 +7,10 @@ cannot step some envs and not others. `run_vector` is the closed loop: whenever 
 up their action chunk, their observations go out together in one `PolicyClient.act_many` call (one
 pipeline, so the policy worker's micro-batcher sees them together), then all N envs step. An env
 whose episode ended takes the next episode spec (reset of that env alone); with none left it idles
-on `idle_action` and its results are ignored.
+on `idle_action` and its results are ignored. With `rows_per_request` set, those envs' observations
+go instead as requests of up to that many rows each (docs/PROTOCOL.md §4.1; the policy's schema must
+leave the leading dimension open, as the GR00T backend's does): one request costs the policy
+worker one read, decode and reply for all its rows.
 
 Episode results do not depend on N or on batching, provided the adapter resets an env from the
 episode's seed alone (`reset(env_ids, seeds)`). Simulators that seed one RNG for all envs (Isaac
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections import deque
@@ -29,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from broker.client import ActionChunker, PolicyClient
-from broker.errors import BrokerError
+from broker.errors import BrokerError, ProtocolError
 from broker.sweep import EpisodeSpec
 from sim_workers.base import Chunk, Obs, SimAdapter, StepResult, TaskInfo
 from sim_workers.runner import EpisodeRecord
@@ -97,6 +101,56 @@ class SingleEnvView(SimAdapter):
         self.venv.close()
 
 
+def stack_rows(observations: list[Obs]) -> Obs:
+    """Per-env observations (leading dimension 1, flat keys) as one observation of len(observations)
+    rows: arrays concatenated, each text field one row per env."""
+    out: dict[str, Any] = {}
+    for key, first in observations[0].items():
+        values = [o[key] for o in observations]
+        if isinstance(first, np.ndarray):
+            out[key] = np.concatenate(values)
+        elif isinstance(first, str | list):
+            out[key] = [row for v in values for row in ([[v]] if isinstance(v, str) else v)]
+        else:
+            raise ProtocolError(f"observation key {key!r} holds a {type(first).__name__}: only flat maps of "
+                                "arrays and text go as rows; turn rows_per_request off for this simulator")
+    return out
+
+
+def split_rows(chunk: Chunk, n: int) -> list[Chunk]:
+    """A chunk of n rows as n one-row chunks (anything without n rows, e.g. a note, goes to each)."""
+    return [{k: v[j:j + 1] if isinstance(v, np.ndarray) and v.ndim and v.shape[0] == n else v
+             for k, v in chunk.items()} for j in range(n)]
+
+
+async def takes_rows(client: PolicyClient) -> bool:
+    """Whether the policy's published schema leaves its arrays' leading dimension open (rows)."""
+    schema = (await client.metadata()).get("observation_schema") or {}
+    return any(spec.get("shape") and spec["shape"][0] in (-1, None) for spec in schema.values())
+
+
+async def _act_rows(client: PolicyClient, rollout: str, observations: list[Obs], rows: int) -> list[Any]:
+    """`act_many`'s results (a result or a BrokerError per env), asked as requests of <= `rows` rows
+    under one rollout id (one request in flight per group at a time, groups concurrently)."""
+    groups = [observations[i:i + rows] for i in range(0, len(observations), rows)]
+
+    async def one(g: int) -> list[Any]:
+        try:
+            res = await client.act(f"{rollout}.g{g}", stack_rows(groups[g]))
+        except BrokerError as e:
+            return [e] * len(groups[g])
+        return [_Row(chunk, res.round_trip_ms, res.batch) for chunk in split_rows(res.chunk, len(groups[g]))]
+
+    return [r for part in await asyncio.gather(*[one(g) for g in range(len(groups))]) for r in part]
+
+
+@dataclass
+class _Row:
+    chunk: Chunk
+    round_trip_ms: float
+    batch: int
+
+
 @dataclass
 class _Running:
     spec: EpisodeSpec
@@ -117,6 +171,7 @@ async def run_vector(
     max_vector_steps: int | None = None,
     close: bool = True,
     executor: ThreadPoolExecutor | None = None,
+    rows_per_request: int = 0,
 ) -> list[EpisodeRecord]:
     """Run episodes on the N envs of `venv`, N requests in flight at once; records in finish order.
 
@@ -128,7 +183,13 @@ async def run_vector(
     own (renderers and GPU contexts are thread-bound). `max_vector_steps` stops early (tests);
     unfinished episodes are then dropped. `close` closes `venv` at the end, on its own thread.
     `executor`: the one-thread pool `venv` was built on (kept open); by default a new one.
+    `rows_per_request`: send the envs that ask at once as requests of up to that many rows (0: one
+    request per env); refused up front with `ProtocolError` if the policy does not take rows.
     """
+    if rows_per_request and not await takes_rows(client):
+        raise ProtocolError("the policy's schema fixes the leading dimension at 1, so it takes one row per "
+                            "request: set rows_per_request to 0 (the default) for it")
+    group_rollout = f"{rollout_prefix}.rows.{secrets.token_hex(4)}"  # unique per call: no stale replies
     if callable(episodes):
         take = episodes
     else:
@@ -181,8 +242,11 @@ async def run_vector(
             need = [i for i, r in running.items() if r.chunker.needs_query()]
             if need:
                 observations = await call(venv.observe, need)
-                replies = await client.act_many(
-                    [(running[i].rollout, o) for i, o in zip(need, observations, strict=True)])
+                if rows_per_request:
+                    replies = await _act_rows(client, group_rollout, observations, rows_per_request)
+                else:
+                    replies = await client.act_many(
+                        [(running[i].rollout, o) for i, o in zip(need, observations, strict=True)])
                 for i, res in zip(need, replies, strict=True):
                     if isinstance(res, BrokerError):
                         await finish(i, "infra_error", str(res))
@@ -216,6 +280,8 @@ async def run_vector(
     finally:
         for run in running.values():
             client.forget(run.rollout)
+        for g in range(-(-venv.num_envs // rows_per_request) if rows_per_request else 0):
+            client.forget(f"{group_rollout}.g{g}")
         if close:
             await loop.run_in_executor(pool, venv.close)
         if executor is None:

@@ -226,7 +226,9 @@ class SimWorker:
                           lease_ms: int, stop: asyncio.Event) -> None:
         """All `envs` environments in one vectorised simulator, fed from the sweep (no videos)."""
         s = self.settings
-        options = {k: v for k, v in config.get("task_options", {}).items() if k != "vectorized"}
+        options = {k: v for k, v in config.get("task_options", {}).items()
+                   if k not in ("vectorized", "rows_per_request")}
+        rows = int(config.get("task_options", {}).get("rows_per_request", 0))  # docs/PROTOCOL.md §4.1
         pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self.sim_id}-vec")
         loop = asyncio.get_running_loop()
         venv = await loop.run_in_executor(pool, lambda: vector_cls(num_envs=s.envs, **options))
@@ -252,7 +254,7 @@ class SimWorker:
             while not stop.is_set() and not await queue.stopped():
                 records = await run_vector(venv, client, take, int(config.get("action_horizon", 8)),
                                            rollout_prefix=s.run, on_steps=self._count_steps, on_episode=finish,
-                                           close=False, executor=pool)
+                                           close=False, executor=pool, rows_per_request=rows)
                 if not records:
                     if s.exit_when_drained and await self._drained(queue, stop):
                         return

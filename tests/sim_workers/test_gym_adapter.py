@@ -12,6 +12,7 @@ pytest.importorskip("gymnasium")
 
 from broker.client import PolicyClient  # noqa: E402
 from broker.connection import connect_async  # noqa: E402
+from broker.errors import ProtocolError  # noqa: E402
 from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings  # noqa: E402
 from policy_workers.base import PolicyBackend, PolicyMetadata  # noqa: E402
 from policy_workers.loop import PolicyWorker, PolicyWorkerSettings  # noqa: E402
@@ -44,6 +45,22 @@ class Recorder(PolicyBackend):
             s = float(np.asarray(obs["state.obs"]).reshape(-1)[0])
             out.append({"action": np.full((1, self.chunk_length, self.dim), -0.5 * s, np.float32)})
         return out
+
+
+class RowsRecorder(Recorder):
+    """`Recorder` whose schema leaves the leading dimension open: it takes several rows per request
+    (a vectorized simulator's envs) and answers each row from that row's state."""
+
+    def metadata(self) -> PolicyMetadata:
+        schema = {"state.obs": {"dtype": "float32", "shape": [-1, 1, 3]},
+                  "annotation.human.task_description": {"kind": "text"}}
+        return PolicyMetadata(model_id="rows-recorder", observation_schema=schema, action_schema={},
+                              chunk_length=self.chunk_length, action_horizon=4)
+
+    def infer(self, batch):
+        self.batches.append(sum(o["state.obs"].shape[0] for o in batch))
+        self.seen.extend(batch)
+        return [{"action": np.repeat(-0.5 * o["state.obs"][:, :, :1], self.chunk_length, axis=1)} for o in batch]
 
 
 async def _serve(redis_url: str, backend: PolicyBackend, run):
@@ -108,6 +125,44 @@ def test_vector_env_keeps_all_envs_in_flight(redis_url):
     assert alone[0].episode_return == pytest.approx(ep0.episode_return, rel=1e-5)
 
 
+def test_vector_env_asks_for_its_envs_as_rows_and_gets_the_same_episodes(redis_url):
+    """With rows_per_request, the envs that ask at once go as requests of several rows (here 2 + 1
+    for 3 envs); each env gets its own row back, so the episodes match one request per env."""
+    from sim_workers.adapters.gym import VectorAdapter
+
+    specs = [EpisodeSpec(episode=i, seed=200 + i) for i in range(4)]
+
+    def run_with(rows: int, backend: Recorder):
+        async def run(client):
+            venv = VectorAdapter(env_id="Pendulum-v1", num_envs=3, max_steps=10)
+            return await run_vector(venv, client, specs, action_horizon=4, rollout_prefix=f"rw{rows}",
+                                    rows_per_request=rows)
+
+        return asyncio.run(_serve(redis_url, backend, run))
+
+    rows_backend = RowsRecorder(dim=1)
+    by_rows = {r.episode: r for r in run_with(2, rows_backend)}
+    per_env = {r.episode: r for r in run_with(0, RowsRecorder(dim=1))}
+    assert sorted(by_rows) == list(range(4)) and all(r.status == "ok" for r in by_rows.values())
+    assert max(o["state.obs"].shape[0] for o in rows_backend.seen) == 2  # requests of up to 2 rows
+    assert max(rows_backend.batches) == 3  # both requests of a query round in one forward pass
+    for ep, r in per_env.items():
+        assert by_rows[ep].episode_return == pytest.approx(r.episode_return, rel=1e-5)
+        assert by_rows[ep].policy_calls == r.policy_calls == 3
+
+    async def refused(client):
+        venv = VectorAdapter(env_id="Pendulum-v1", num_envs=2, max_steps=4)
+        with pytest.raises(ProtocolError, match="set rows_per_request to 0"):
+            await run_vector(venv, client, specs[:1], action_horizon=4, rows_per_request=2)
+
+    import redis
+
+    from broker.keys import Keys
+
+    redis.Redis.from_url(redis_url).delete(Keys().policy_meta("p"))  # wait for the next worker's own
+    asyncio.run(_serve(redis_url, Recorder(dim=1), refused))  # its schema: one row per request
+
+
 def test_single_env_view_of_a_vector_adapter():
     """`SingleEnvView` turns a 1-env vectorised adapter into a plain SimAdapter (per-slot SimWorker)."""
     from sim_workers.adapters.gym import VectorAdapter
@@ -163,15 +218,17 @@ def test_simulator_error_ends_running_episodes_as_infra_error(redis_url):
     assert len(records) == 2 and all(r.status == "infra_error" and "physics exploded" in r.error for r in records)
 
 
-def test_sim_worker_runs_a_sweep_vectorised(redis_url):
+@pytest.mark.parametrize("rows", [0, 3])
+def test_sim_worker_runs_a_sweep_vectorised(redis_url, rows):
     """`SimWorker` with a task whose VectorAdapter is asked for (`vectorized`): one vector env of
-    `envs` environments takes the sweep's leased episodes and finishes them."""
+    `envs` environments takes the sweep's leased episodes and finishes them; with the task option
+    `rows_per_request`, its envs ask in one request of several rows."""
     from broker.keys import Keys
     from broker.sweep import EpisodeSpec as SweepSpec
     from broker.sweep import SweepQueue
     from sim_workers.worker import SimWorker, SimWorkerSettings
 
-    backend = Recorder(dim=1)
+    backend = RowsRecorder(dim=1) if rows else Recorder(dim=1)
 
     async def main():
         rs = RedisSettings(url=redis_url)
@@ -183,7 +240,8 @@ def test_sim_worker_runs_a_sweep_vectorised(redis_url):
         r = connect_async(rs)
         queue = SweepQueue(r, "sweep1", Keys(rs.namespace))
         config = {"policy": "p", "task": "gym", "action_horizon": 4,
-                  "task_options": {"env_id": "Pendulum-v1", "max_steps": 6, "vectorized": True}}
+                  "task_options": {"env_id": "Pendulum-v1", "max_steps": 6, "vectorized": True,
+                                   **({"rows_per_request": rows} if rows else {})}}
         await queue.create(config, [SweepSpec(i, 50 + i) for i in range(5)], lease_s=30)
         sim = SimWorker(SimWorkerSettings(run="sweep1", redis=rs, envs=3, exit_when_drained=True))
         summary = await asyncio.wait_for(sim.run(), 60)
@@ -198,3 +256,4 @@ def test_sim_worker_runs_a_sweep_vectorised(redis_url):
     assert sorted(rec["episode"] for _, rec, _ in results) == list(range(5))
     assert all(rec["status"] == "ok" and rec["steps"] == 6 for _, rec, _ in results)
     assert max(backend.batches) == 3, backend.batches
+    assert max(o["state.obs"].shape[0] for o in backend.seen) == (3 if rows else 1)
