@@ -70,6 +70,15 @@ class SimWorkerSettings:
     (plain processes); Ray actors are stopped by the controller instead."""
 
 
+RUNNER_OPTIONS = ("vectorized", "rows_per_request")
+"""Task options for how the simulator runs its envs, not for building them."""
+
+
+def task_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """The sweep's task options that go to the task's adapter."""
+    return {k: v for k, v in config.get("task_options", {}).items() if k not in RUNNER_OPTIONS}
+
+
 def vector_adapter_class(task: str, options: dict[str, Any]) -> type | None:
     """The task's `VectorAdapter` when the sweep should vectorise: the task option `vectorized`, else
     the class's own `vectorize_by_default` (Isaac Lab: yes; gymnasium: no)."""
@@ -120,8 +129,11 @@ class SimWorker:
                 await self._run_vector(vector_cls, queue, client, config, lease_ms, stop)
                 renew.cancel()
                 return self.summary()
+            if config.get("task_options", {}).get("rows_per_request"):
+                log.warning("sim %s: rows_per_request applies to vectorized simulators (task option vectorized=true); "
+                            "this task runs one env per slot, each sending its own requests", self.sim_id)
             for i in range(s.envs):
-                slot = EnvSlot(make_task(config["task"], **config.get("task_options", {})), f"{self.sim_id}-{i}")
+                slot = EnvSlot(make_task(config["task"], **task_kwargs(config)), f"{self.sim_id}-{i}")
                 slots.append(slot)
             renew = asyncio.create_task(self._renew(queue, lease_ms, stop))
             self._slots_task = asyncio.ensure_future(asyncio.gather(
@@ -226,8 +238,7 @@ class SimWorker:
                           lease_ms: int, stop: asyncio.Event) -> None:
         """All `envs` environments in one vectorised simulator, fed from the sweep (no videos)."""
         s = self.settings
-        options = {k: v for k, v in config.get("task_options", {}).items()
-                   if k not in ("vectorized", "rows_per_request")}
+        options = task_kwargs(config)
         rows = int(config.get("task_options", {}).get("rows_per_request", 0))  # docs/PROTOCOL.md §4.1
         pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self.sim_id}-vec")
         loop = asyncio.get_running_loop()
