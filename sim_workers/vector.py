@@ -118,9 +118,12 @@ def stack_rows(observations: list[Obs]) -> Obs:
 
 
 def split_rows(chunk: Chunk, n: int) -> list[Chunk]:
-    """A chunk of n rows as n one-row chunks (anything without n rows, e.g. a note, goes to each)."""
-    return [{k: v[j:j + 1] if isinstance(v, np.ndarray) and v.ndim and v.shape[0] == n else v
-             for k, v in chunk.items()} for j in range(n)]
+    """A chunk of n rows as n one-row chunks (what is not an array, e.g. a note, goes to each)."""
+    for k, v in chunk.items():
+        if isinstance(v, np.ndarray) and (not v.ndim or v.shape[0] != n):
+            raise ProtocolError(f"the policy answered {n} rows with {k} of shape {v.shape}: it should have "
+                                f"{n} rows; is its schema's open leading dimension really rows?")
+    return [{k: v[j:j + 1] if isinstance(v, np.ndarray) else v for k, v in chunk.items()} for j in range(n)]
 
 
 async def takes_rows(client: PolicyClient) -> bool:
@@ -137,9 +140,10 @@ async def _act_rows(client: PolicyClient, rollout: str, observations: list[Obs],
     async def one(g: int) -> list[Any]:
         try:
             res = await client.act(f"{rollout}.g{g}", stack_rows(groups[g]))
+            chunks = split_rows(res.chunk, len(groups[g]))
         except BrokerError as e:
             return [e] * len(groups[g])
-        return [_Row(chunk, res.round_trip_ms, res.batch) for chunk in split_rows(res.chunk, len(groups[g]))]
+        return [_Row(chunk, res.round_trip_ms, res.batch) for chunk in chunks]
 
     return [r for part in await asyncio.gather(*[one(g) for g in range(len(groups))]) for r in part]
 
