@@ -23,7 +23,7 @@ def install(backend: Any = None) -> None:
     import broker.consumer as bc
 
     cls = bc.StreamConsumer
-    accept, run, write = cls._accept_all, cls._run_infer, cls._write_replies
+    accept, run, write, execute = cls._accept_all, cls._run_infer, cls._write_replies, cls._execute_replies
 
     async def accept_all(self: Any, got: list, deliveries: Any) -> None:
         t = time.time()
@@ -43,7 +43,13 @@ def install(backend: Any = None) -> None:
         await write(self, replies)
         EVENTS.append(("write", t, time.time(), len(replies)))
 
+    async def execute_replies(self: Any, pipe: Any, n: int) -> None:  # the pipeline sent to Redis and answered
+        t = time.time()
+        await execute(self, pipe, n)
+        EVENTS.append(("exec", t, time.time(), n))
+
     cls._accept_all, cls._run_infer, cls._write_replies = accept_all, run_infer, write_replies
+    cls._execute_replies = execute_replies
 
     import gc
 
@@ -73,6 +79,7 @@ def summarise(events: list, t0: float, t1: float) -> dict[str, Any]:
     for a, b in zip(infers, infers[1:], strict=False):
         end, nxt = a[2], b[1]
         ws = [x for x in writes if end - 0.001 <= x[1] < nxt]  # a batch's replies go out in groups
+        xs = [x for x in events if x[0] == "exec" and end - 0.001 <= x[1] < nxt]
         rs = [x for x in reads if end < x[1] < nxt]
         ids = sorted(i / 1000 for x in rs for i in x[3])
         if not ws or not ids:
@@ -80,6 +87,8 @@ def summarise(events: list, t0: float, t1: float) -> dict[str, Any]:
         rows.append({
             "gap_ms": nxt - end,
             "first_replies_written_ms": min(x[2] for x in ws) - end,
+            "first_reply_task_started_ms": min(x[1] for x in ws) - end,
+            "first_pipeline_sent_ms": min(x[1] for x in xs) - end if xs else float("nan"),
             "replies_written_ms": max(x[2] for x in ws) - end,
             "first_request_in_redis_ms": ids[0] - end,
             "last_request_in_redis_ms": ids[-1] - end,
