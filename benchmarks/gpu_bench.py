@@ -171,9 +171,9 @@ class VectorG1Env:
     thread's sleep covers its one env: the same wall time per step per rollout."""
 
     def __init__(self, seed: int, rows: int, step_ms: float) -> None:
-        envs = [flat_obs(seed * 1000 + j) for j in range(rows)]
-        self.obs = {k: np.concatenate([e[k] for e in envs]) for k in envs[0] if k.startswith(("video.", "state."))}
-        self.obs["annotation.human.task_description"] = [[TASK]] * rows
+        from sim_workers.vector import stack_rows
+
+        self.obs = stack_rows([flat_obs(seed * 1000 + j) for j in range(rows)])
         self.step_s = step_ms / 1000
         self.t = 0
 

@@ -161,3 +161,9 @@ class Reply:
             batch=_int(fields, "batch"),
             worker=_text(fields, "worker"),
         )
+
+
+def row_keys(observation_schema: dict[str, dict[str, Any]]) -> list[str]:
+    """The keys of a policy's published observation schema whose leading dimension is open (`-1`
+    or null): the policy takes several rows per request (docs/PROTOCOL.md §4.1)."""
+    return [k for k, spec in observation_schema.items() if spec.get("shape") and spec["shape"][0] in (None, -1)]

@@ -136,12 +136,12 @@ class SweepQueue:
         redis-py then loads the script again and retries once, and a restart between that load and
         that retry (seen under kill -9) fails the retry too: load and retry again (the script did
         not run, so running it is safe)."""
-        for attempt in range(3):
+        for _ in range(2):
             try:
                 return await script(keys=keys, args=args)
             except NoScriptError:
-                if attempt == 2:
-                    raise
+                pass
+        return await script(keys=keys, args=args)
 
     # -- controller side ---------------------------------------------------------------------
     async def create(self, config: dict[str, Any], specs: list[EpisodeSpec], lease_s: float) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from broker.schema import row_keys
 from policy_workers.base import Chunk, Obs
 
 
@@ -92,7 +93,7 @@ class SchemaChecker:
             self._arrays.append((key, dtype, None if shape is None else len(shape), fixed))
             if spec.get("finite"):
                 self._finite.append(key)
-        self._rows = rows_vary(schema)
+        self._rows = row_keys(schema)
 
     def __call__(self, obs: Any) -> str | None:
         if type(obs) is dict and obs.keys() == self._keys and self._fits(obs):
@@ -132,15 +133,10 @@ class SchemaChecker:
         return all(_is_text(obs[k]) for k in self._texts)
 
 
-def rows_vary(schema: dict[str, dict[str, Any]]) -> list[str]:
-    """The array keys whose leading dimension the schema leaves open (`-1` or null): a policy that
-    takes several rows per request (a vectorized simulator's envs). All of them, and text sent as a
-    list, must then carry the same number of rows."""
-    return [k for k, spec in schema.items() if spec.get("shape") and spec["shape"][0] in (None, -1)]
-
-
 def _row_problems(flat: dict[str, Any], schema: dict[str, dict[str, Any]]) -> list[str]:
-    keys = [k for k in rows_vary(schema) if isinstance(flat.get(k), np.ndarray) and flat[k].ndim]
+    """Where the schema leaves the leading dimension open, every array and text field sent as a
+    list must carry the same number of rows, at least one."""
+    keys = [k for k in row_keys(schema) if isinstance(flat.get(k), np.ndarray) and flat[k].ndim]
     counts = {k: flat[k].shape[0] for k in keys}
     if len(set(counts.values())) > 1:
         return ["arrays disagree on their number of rows (leading dimension): "

@@ -20,6 +20,7 @@ Lab, mjlab) say so in their docs; there, outcomes depend on which episodes share
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import secrets
 import time
@@ -34,6 +35,7 @@ import numpy as np
 
 from broker.client import ActionChunker, PolicyClient
 from broker.errors import BrokerError, ProtocolError
+from broker.schema import row_keys
 from broker.sweep import EpisodeSpec
 from sim_workers.base import Chunk, Obs, SimAdapter, StepResult, TaskInfo
 from sim_workers.runner import EpisodeRecord
@@ -126,12 +128,6 @@ def split_rows(chunk: Chunk, n: int) -> list[Chunk]:
     return [{k: v[j:j + 1] if isinstance(v, np.ndarray) else v for k, v in chunk.items()} for j in range(n)]
 
 
-async def takes_rows(client: PolicyClient) -> bool:
-    """Whether the policy's published schema leaves its arrays' leading dimension open (rows)."""
-    schema = (await client.metadata()).get("observation_schema") or {}
-    return any(spec.get("shape") and spec["shape"][0] in (-1, None) for spec in schema.values())
-
-
 async def _act_rows(client: PolicyClient, rollout: str, observations: list[Obs], rows: int) -> list[Any]:
     """`act_many`'s results (a result or a BrokerError per env), asked as requests of <= `rows` rows
     under one rollout id (one request in flight per group at a time, groups concurrently)."""
@@ -143,16 +139,9 @@ async def _act_rows(client: PolicyClient, rollout: str, observations: list[Obs],
             chunks = split_rows(res.chunk, len(groups[g]))
         except BrokerError as e:
             return [e] * len(groups[g])
-        return [_Row(chunk, res.round_trip_ms, res.batch) for chunk in chunks]
+        return [dataclasses.replace(res, chunk=chunk) for chunk in chunks]
 
     return [r for part in await asyncio.gather(*[one(g) for g in range(len(groups))]) for r in part]
-
-
-@dataclass
-class _Row:
-    chunk: Chunk
-    round_trip_ms: float
-    batch: int
 
 
 @dataclass
@@ -190,7 +179,7 @@ async def run_vector(
     `rows_per_request`: send the envs that ask at once as requests of up to that many rows (0: one
     request per env); refused up front with `ProtocolError` if the policy does not take rows.
     """
-    if rows_per_request and not await takes_rows(client):
+    if rows_per_request and not row_keys((await client.metadata()).get("observation_schema") or {}):
         raise ProtocolError("the policy's schema fixes the leading dimension at 1, so it takes one row per "
                             "request: set rows_per_request to 0 (the default) for it")
     group_rollout = f"{rollout_prefix}.rows.{secrets.token_hex(4)}"  # unique per call: no stale replies

@@ -73,13 +73,12 @@ class FrameSlots:
         return self.take_many([frames])[0]
 
     def take_many(self, frames: list[np.ndarray], threads: int = 1) -> list[Pinned | None]:
-        """`take` for several requests (one read's), copied by up to `threads` threads at once. A
-        request of several rows (a vectorized simulator's) keeps its own frames (None)."""
+        """`take` for several requests (one read's), copied by up to `threads` threads at once."""
         for f in frames:
-            if f.shape[1:] != self.frame_shape or f.dtype != self.dtype:
+            if f.shape[1:] != self.frame_shape or f.shape[0] != 1 or f.dtype != self.dtype:
                 raise ValueError(f"frames {f.shape} {f.dtype} do not fit slots of {self.frame_shape} {self.dtype}")
         with self._lock:
-            indices = [self._reserve() if f.shape[0] == 1 else None for f in frames]
+            indices = [self._reserve() for _ in frames]
         pins = [None if i is None else Pinned(self.array[i : i + 1], self, i) for i in indices]
         jobs = [(p.array, f) for p, f in zip(pins, frames, strict=True) if p is not None]
         threads = max(1, min(threads, len(jobs)))
