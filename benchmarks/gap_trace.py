@@ -6,7 +6,9 @@
 turns the events of a time window into per-cycle medians: from the end of one batch's inference to
 the first and the last group of replies written, to the first and the last request of the next
 batch arriving in Redis, to the last of them read and decoded, to the next inference starting; and
-the full garbage collections (generation 2) in the window, with their pauses.
+the full garbage collections (generation 2) in the window, with their pauses. Given the
+simulators' own timestamps, it adds their side: when the first and last saw their replies, how long
+their steps took, and when the first and last asked again.
 """
 
 from __future__ import annotations
@@ -71,7 +73,10 @@ def dump(path: str) -> None:
         json.dump(EVENTS, f)
 
 
-def summarise(events: list, t0: float, t1: float) -> dict[str, Any]:
+def summarise(events: list, t0: float, t1: float, sims: list | None = None) -> dict[str, Any]:
+    """Per-cycle medians (see the module docstring). `sims`, where given, are the simulators'
+    own (asked, answered, stepped) wall-clock times per call: they add when the simulators saw
+    the replies, how long their steps took and when they asked again."""
     infers = [e for e in events if e[0] == "infer" and t0 <= e[1] <= t1]
     writes = [e for e in events if e[0] == "write"]
     reads = [e for e in events if e[0] == "read"]
@@ -84,7 +89,7 @@ def summarise(events: list, t0: float, t1: float) -> dict[str, Any]:
         ids = sorted(i / 1000 for x in rs for i in x[3])
         if not ws or not ids:
             continue
-        rows.append({
+        row = {
             "gap_ms": nxt - end,
             "first_replies_written_ms": min(x[2] for x in ws) - end,
             "first_reply_task_started_ms": min(x[1] for x in ws) - end,
@@ -92,10 +97,25 @@ def summarise(events: list, t0: float, t1: float) -> dict[str, Any]:
             "replies_written_ms": max(x[2] for x in ws) - end,
             "first_request_in_redis_ms": ids[0] - end,
             "last_request_in_redis_ms": ids[-1] - end,
+            "last_read_returned_ms": max(x[1] for x in rs) - end,
             "last_request_decoded_ms": max(x[2] for x in rs) - end,
             "reads": len(rs),
             "read_and_decode_busy_ms": sum(x[2] - x[1] for x in rs),
-        })
+        }
+        if sims:
+            got = [m for m in sims if end <= m[1] < nxt]
+            asked = sorted(m[0] - end for m in sims if end <= m[0] < nxt)
+            if not got or not asked:
+                continue
+            seen = sorted(m[1] - end for m in got)
+            row.update({
+                "sim_first_reply_seen_ms": seen[0],
+                "sim_last_reply_seen_ms": seen[-1],
+                "sim_steps_ms": statistics.median(m[2] - m[1] for m in got),
+                "sim_first_asked_ms": asked[0],
+                "sim_last_asked_ms": asked[-1],
+            })
+        rows.append(row)
     out: dict[str, Any] = {"cycles": len(rows)}
     for k in (rows[0] if rows else {}):
         scale = 1 if k == "reads" else 1000

@@ -201,6 +201,7 @@ class LoadSpec:
     run_id: str = "run"  # rollout ids are unique per run: a reused id would read an old run's replies
     shared_frames: bool = False  # C: frames through shared memory (broker.frames), not through Redis
     rows: int = 1  # C: rollouts per simulator thread, asked for in one request of that many rows
+    reply_steps: int = 0  # C: ask for only this many steps of each chunk (0: the whole chunk)
 
 
 def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None:
@@ -209,7 +210,7 @@ def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None
         env = VectorG1Env(idx, spec.rows, spec.step_ms)
     else:
         env = SyntheticG1Env(seed=idx, step_ms=spec.step_ms, nested=(spec.design == "B"))
-    calls, steps = [], []
+    calls, steps, marks = [], [], []
     if spec.design == "B":
         import requests
 
@@ -234,23 +235,27 @@ def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None
         rollout = f"{spec.run_id}-n{spec.n}-r{idx}"
 
         def act(obs):
-            res = client.act(rollout, obs)
+            res = client.act(rollout, obs, steps=spec.reply_steps)
             return res.chunk, res.round_trip_ms, res.batch, res.queue_ms, res.infer_ms
 
     while time.time() < spec.start_at:
         time.sleep(0.005)
     while time.time() < stop_at:
+        asked = time.time()
         try:
             chunk, rt, batch, q, inf = act(env.observe())
         except Exception as e:  # a failed call is data too
             calls.append((time.time(), None, 0, None, None, f"{type(e).__name__}: {e}"[:200], idx, spec.rows))
             time.sleep(0.5)
             continue
-        calls.append((time.time(), rt, batch, q, inf, None, idx, spec.rows))
+        answered = time.time()
+        calls.append((answered, rt, batch, q, inf, None, idx, spec.rows))
         for i in range(spec.horizon):
             env.step(chunk, i)
-        steps.append((time.time(), spec.horizon * spec.rows))
-    out.append((calls, steps))
+        stepped = time.time()
+        steps.append((stepped, spec.horizon * spec.rows))
+        marks.append((asked, answered, stepped))  # the simulator's side of the gap trace
+    out.append((calls, steps, marks))
 
 
 def _load_proc(spec: LoadSpec, ids: list[int], q: Any) -> None:
@@ -263,10 +268,13 @@ def _load_proc(spec: LoadSpec, ids: list[int], q: Any) -> None:
         t.join(timeout=spec.duration_s + 900)
     calls = [c for o in out for c in o[0]]
     steps = [s for o in out for s in o[1]]
-    q.put((calls, steps))
+    marks = [m for o in out for m in o[2]]
+    q.put((calls, steps, marks))
 
 
-def run_load(spec: LoadSpec) -> tuple[list, list]:
+def run_load(spec: LoadSpec) -> tuple[list, list, list]:
+    """Runs the rollouts; returns their calls, their step counts and, per call, when it was
+    asked, answered and its steps done (wall clock)."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     if spec.n % spec.rows:
@@ -277,14 +285,15 @@ def run_load(spec: LoadSpec) -> tuple[list, list]:
     ps = [ctx.Process(target=_load_proc, args=(spec, g, q), daemon=True) for g in groups]
     for p in ps:
         p.start()
-    calls, steps = [], []
+    calls, steps, marks = [], [], []
     for _ in ps:
-        c, s = q.get(timeout=spec.duration_s + 1200)
+        c, s, m = q.get(timeout=spec.duration_s + 1200)
         calls += c
         steps += s
+        marks += m
     for p in ps:
         p.join(timeout=30)
-    return calls, steps
+    return calls, steps, marks
 
 
 # ------------------------------------------------------------------------------------------------
@@ -700,7 +709,7 @@ def phase_b(args, gpu: GpuSampler, graphs: bool = False) -> dict[str, Any]:
     for n in args.ns:
         warm = args.b_warmup.get(n, args.warmup)
         spec = LoadSpec("B", n, args.procs, args.step_ms, args.horizon, warm + args.window, url, time.time() + 2)
-        calls, steps = run_load(spec)
+        calls, steps, _ = run_load(spec)
         t0, t1 = spec.start_at + warm, spec.start_at + warm + args.window
         row = {
             "n": n,
@@ -802,7 +811,13 @@ def _worker_proc(settings: Any, stop_path: str, cohort_ms: float = 0.0, trace_pa
         await worker.run(stop)
         w.cancel()
 
-    asyncio.run(main())
+    if os.environ.get("BENCH_UVLOOP"):
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+    else:
+        asyncio.run(main())
     if trace_path:
         gap_trace.dump(trace_path)
 
@@ -844,7 +859,8 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
                               reply_group=next((int(f[2:]) for f in flags if f.startswith("rg")), None),
                               switch_us=next((int(f[2:]) for f in flags if f.startswith("sw")), None),
                               register="noreg" not in flags,
-                              vec=next((int(f[3:]) for f in flags if f.startswith("vec")), 1)))
+                              vec=next((int(f[3:]) for f in flags if f.startswith("vec")), 1),
+                              steps_only="steps" in flags))
         except Exception as e:
             import traceback
 
@@ -881,6 +897,7 @@ def c_run(
     switch_us: int | None = None,
     register: bool = True,
     vec: int = 1,
+    steps_only: bool = False,
 ) -> dict[str, Any]:
     import redis
 
@@ -979,6 +996,7 @@ def c_run(
             f"mb{max_batch}{'shm' if shared_frames else ''}-{int(time.time())}",
             shared_frames=shared_frames,
             rows=vec,
+            reply_steps=args.horizon if steps_only else 0,
         )
         holder: dict[str, Any] = {}
 
@@ -991,7 +1009,7 @@ def c_run(
         th = [threading.Thread(target=snap, args=(t0 + 1.2, "a")), threading.Thread(target=snap, args=(t1 + 1.2, "b"))]
         for x in th:
             x.start()
-        calls, steps = run_load(spec)
+        calls, steps, marks = run_load(spec)
         for x in th:
             x.join()
         (sa, ba, ua, da, ea), (sb, bb, ub, db, eb) = holder["a"], holder["b"]
@@ -1012,6 +1030,7 @@ def c_run(
             **gpu.window(t0, t1),
         }
         row["_window"] = (t0, t1)
+        row["_marks"] = marks
         rows.append(row)
         log(
             f"C: N={n:3d} {row['env_steps_per_s']:8.1f} steps/s {row['policy_calls_per_s']:7.2f} calls/s "
@@ -1044,7 +1063,7 @@ def c_run(
             with open(trace_path) as f:
                 events = json.load(f)
             for row in rows:
-                row["gap_trace"] = gap_trace.summarise(events, *row["_window"])
+                row["gap_trace"] = gap_trace.summarise(events, *row["_window"], sims=row["_marks"])
                 log(f"C: N={row['n']} gap trace {json.dumps(row['gap_trace'])}")
             os.remove(trace_path)
     else:
@@ -1054,6 +1073,7 @@ def c_run(
         ray.shutdown()
     for row in rows:
         row.pop("_window", None)
+        row.pop("_marks", None)
     red.cleanup()
     return {
         "mode": mode,
@@ -1067,6 +1087,7 @@ def c_run(
         "staged_requests": stage,
         "registered_shared_frames": register,
         "rows_per_request": vec,
+        "reply_steps": args.horizon if steps_only else None,
         "load": f"vectorized simulators of {vec} envs, one request of {vec} rows each" if vec > 1
         else "one simulator thread and one request per rollout",
         "gc_frozen_after_load": not gc_on,
@@ -1141,6 +1162,7 @@ def c_label(run: dict[str, Any]) -> str:
         f"{',stage' if run.get('staged_requests') else ''}"
         f"{',noreg' if run.get('registered_shared_frames') is False else ''}"
         f"{',vec' + str(run['rows_per_request']) if run.get('rows_per_request', 1) > 1 else ''}"
+        f"{',steps' if run.get('reply_steps') else ''}"
         f"{',gcon' if run.get('gc_frozen_after_load') is False else ''}"
         f"{',rg' + str(run['reply_group']) if run.get('reply_group') not in (None, 16) else ''}"
         f"{',sw' + str(round(run['gil_switch_interval_s'] * 1e6)) if run.get('gil_switch_interval_s') else ''}"
@@ -1218,6 +1240,7 @@ def main() -> None:
                     "rgN = replies in pipelines of N (0: one pipeline), swN = GIL switch interval N µs, "
                     "noreg = shared-memory segments not registered with CUDA (batch assembled in one buffer), "
                     "vecK = vectorized simulators of K envs, one request of K rows each, "
+                    "steps = requests ask for only the horizon's steps of each chunk (PROTOCOL §4.2), "
                     "trace = gap trace and the worker's own "
                     "timing of B = 64 (plain only), "
                     "cohortMS = prototype)")

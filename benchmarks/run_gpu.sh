@@ -34,5 +34,9 @@ fi
 if [ "${PROBE_REGISTER:-0}" = 1 ]; then  # frames from shared memory to the GPU with no CPU copy: possible here?
   (cd "$dir/code" && timeout 120 python3 benchmarks/probe_host_register.py --out "$out/probe_host_register.json" 2>&1 | tail -30)
 fi
+if [ "${FANOUT:-0}" = 1 ]; then  # one batch's replies through Redis to the simulators: whole chunks vs the executed steps
+  (cd "$dir/code" && timeout 120 python3 benchmarks/reply_fanout.py --sims 8 --rows 8 --out "$out/reply_fanout_vec8.json" 2>&1 | tail -4)
+  (cd "$dir/code" && timeout 120 python3 benchmarks/reply_fanout.py --sims 64 --rows 1 --out "$out/reply_fanout_vec1.json" 2>&1 | tail -4)
+fi
 cd "$dir/code" && python3 benchmarks/gpu_bench.py --out "$out" "$@" 2>&1 | tee "$out/gpu_bench.log"
 echo "run_gpu.sh total $(( $(date +%s) - t0 ))s"

@@ -72,7 +72,9 @@ class _Core:
         self.rollouts: dict[str, _Rollout] = {}
         self.frames = FrameArena(settings.frames_dir) if settings.shared_frames else None
 
-    def begin(self, rollout: str, obs: Any) -> tuple[_Rollout, str, str, dict[str, Any]]:
+    def begin(self, rollout: str, obs: Any, steps: int = 0) -> tuple[_Rollout, str, str, dict[str, Any]]:
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0 (0 = the whole chunk), got {steps}")
         state = self.rollouts.setdefault(rollout, _Rollout())
         shard = shard_of(rollout, self.shards)
         reply_key = self.keys.replies(self.policy, rollout, shard)
@@ -82,6 +84,7 @@ class _Core:
             reply_to=reply_key,
             obs=obs if isinstance(obs, bytes) else self.codec.encode(self._frames_out(rollout, obs)),
             ttl_ms=int(self.settings.deadline_s * 1000),
+            steps=steps,
         )
         return state, self.keys.requests(self.policy, shard), reply_key, request.to_fields()
 
@@ -155,9 +158,11 @@ class PolicyClient:
         """The policy's published metadata (schemas, chunk length, action horizon, model id)."""
         return await fetch_metadata(self.redis, self._core.keys, self._core.policy, wait_s)
 
-    async def act(self, rollout: str, obs: Any) -> ActResult:
+    async def act(self, rollout: str, obs: Any, steps: int = 0) -> ActResult:
+        """One action chunk for `obs`. `steps` > 0 asks for only the chunk's first `steps` steps
+        (those the simulator will execute before asking again): a smaller reply."""
         core = self._core
-        state, stream, reply_key, fields = core.begin(rollout, obs)
+        state, stream, reply_key, fields = core.begin(rollout, obs, steps)
         started = time.perf_counter()
         deadline = started + core.settings.deadline_s
         sends = 0
@@ -199,7 +204,7 @@ class PolicyClient:
                 state.seq += 1
                 raise _timeout(rollout, state.seq - 1, core.policy, core.settings.deadline_s, sends)
 
-    async def act_many(self, items: Sequence[tuple[str, Any]]) -> list[ActResult | BrokerError]:
+    async def act_many(self, items: Sequence[tuple[str, Any]], steps: int = 0) -> list[ActResult | BrokerError]:
         """`act` for several rollouts at once: one chunk (or the error) per (rollout, observation).
 
         For a simulator that steps many environments together: the K requests go out in one
@@ -211,7 +216,7 @@ class PolicyClient:
         """
         core = self._core
         s = core.settings
-        begun = [core.begin(rollout, obs) for rollout, obs in items]
+        begun = [core.begin(rollout, obs, steps) for rollout, obs in items]
         keys = [b[2].encode() for b in begun]
         if len(set(keys)) != len(keys):
             raise ValueError("act_many takes each rollout at most once per call")
@@ -331,9 +336,10 @@ class SyncPolicyClient:
             raise PolicyTimeout(f"policy {self._core.policy!r} has published no metadata: is a worker running?")
         return json.loads(raw)
 
-    def act(self, rollout: str, obs: Any) -> ActResult:
+    def act(self, rollout: str, obs: Any, steps: int = 0) -> ActResult:
+        """See `PolicyClient.act`."""
         core = self._core
-        state, stream, reply_key, fields = core.begin(rollout, obs)
+        state, stream, reply_key, fields = core.begin(rollout, obs, steps)
         started = time.perf_counter()
         deadline = started + core.settings.deadline_s
         sends = 0

@@ -37,7 +37,7 @@ from broker.connection import REDIS_DOWN
 from broker.errors import BrokerError, CodecError, ProtocolError, SharedFramesUnavailable
 from broker.frames import FrameReader
 from broker.keys import GROUP, Keys
-from broker.schema import Reply, Request, Status
+from broker.schema import Reply, Request, Status, first_steps
 from broker.settings import WorkerSettings
 from broker.worker_stats import ConsumerMetrics, NoMetrics, WorkerStats, default_worker_id
 
@@ -411,7 +411,7 @@ class StreamConsumer:
                         await asyncio.sleep(0)
                         t1 = time.perf_counter()
                     try:
-                        payload = self.codec.encode(chunk)
+                        payload = self.codec.encode(first_steps(chunk, job.request.steps))
                     except CodecError as e:
                         replies.append((job.stream, job.entry_id, job.request.reply_to,
                                         Reply(job.request.seq, Status.INFERENCE_FAILED, error=f"policy output "
@@ -470,7 +470,7 @@ class StreamConsumer:
                 t0 = time.perf_counter()
                 try:
                     chunk = (await self._run_infer(loop, [job.obs]))[0]
-                    payload = self.codec.encode(chunk)
+                    payload = self.codec.encode(first_steps(chunk, job.request.steps))
                 except Exception as e:
                     error = type(e).__name__  # the client gets the type only; the detail goes to the log
                     log.warning("worker %s: inference failed on request %s alone: %s", self.worker_id,

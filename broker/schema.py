@@ -80,9 +80,12 @@ class Request:
     obs: bytes
     ttl_ms: int
     version: int = PROTOCOL_VERSION
+    steps: int = 0
+    """Send back only the first `steps` steps of the chunk (the ones the simulator will execute);
+    0 = the whole chunk. Optional on the wire (docs/PROTOCOL.md §4.2)."""
 
     def to_fields(self) -> dict[str, Any]:
-        return {
+        out = {
             "v": str(self.version),
             "rollout": self.rollout,
             "seq": str(self.seq),
@@ -90,6 +93,9 @@ class Request:
             "ttl_ms": str(self.ttl_ms),
             "obs": self.obs,
         }
+        if self.steps:
+            out["steps"] = str(self.steps)
+        return out
 
     @classmethod
     def from_fields(cls, fields: dict[Any, Any]) -> Request:
@@ -103,6 +109,9 @@ class Request:
         ttl = _int(fields, "ttl_ms")
         if seq < 0 or ttl <= 0:
             raise ProtocolError("seq must be >= 0 and ttl_ms > 0")
+        steps = _int(fields, "steps", default=0)
+        if steps < 0:
+            raise ProtocolError(f"steps must be >= 0 (0 = the whole chunk), got {steps}")
         return cls(
             rollout=_text(fields, "rollout"),
             seq=seq,
@@ -110,6 +119,7 @@ class Request:
             obs=_bytes(fields, "obs"),
             ttl_ms=ttl,
             version=version,
+            steps=steps,
         )
 
 
@@ -167,3 +177,12 @@ def row_keys(observation_schema: dict[str, dict[str, Any]]) -> list[str]:
     """The keys of a policy's published observation schema whose leading dimension is open (`-1`
     or null): the policy takes several rows per request (docs/PROTOCOL.md §4.1)."""
     return [k for k, spec in observation_schema.items() if spec.get("shape") and spec["shape"][0] in (None, -1)]
+
+
+def first_steps(chunk: Any, steps: int) -> Any:
+    """A chunk cut to its first `steps` steps: every array of two or more dimensions is cut along
+    axis 1, the time axis of an action schema's `[rows, chunk_length, dim]` (docs/PROTOCOL.md
+    §4.2); anything else passes unchanged. `steps` = 0 leaves the chunk whole."""
+    if not steps or not isinstance(chunk, dict):
+        return chunk
+    return {k: v[:, :steps] if getattr(v, "ndim", 0) >= 2 else v for k, v in chunk.items()}

@@ -61,7 +61,8 @@ class SimAdapter(ABC):
 
     @abstractmethod
     def action_from_chunk(self, chunk: Chunk, t: int) -> np.ndarray:
-        """The env action for step `t` (0-based) of a policy action chunk."""
+        """The env action for step `t` (0-based) of a policy action chunk. The runners ask the
+        policy for the first `action_horizon` steps only, so the chunk holds just those."""
 
     def frame(self) -> np.ndarray | None:
         """The latest camera image (H, W, 3) uint8, for videos in reports; None if there is none."""

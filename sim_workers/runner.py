@@ -85,7 +85,7 @@ async def run_episode(
                 obs = await slot.call(env.observe)
                 if on_frame is not None and (frame := env.frame()) is not None:
                     on_frame(frame)
-                res = await client.act(rollout_id, obs)
+                res = await client.act(rollout_id, obs, steps=action_horizon)  # only the steps it will execute
                 chunker.set_chunk(res.chunk)
                 record.policy_calls += 1
                 record.round_trip_ms.append(res.round_trip_ms)

@@ -128,14 +128,15 @@ def split_rows(chunk: Chunk, n: int) -> list[Chunk]:
     return [{k: v[j:j + 1] if isinstance(v, np.ndarray) else v for k, v in chunk.items()} for j in range(n)]
 
 
-async def _act_rows(client: PolicyClient, rollout: str, observations: list[Obs], rows: int) -> list[Any]:
+async def _act_rows(client: PolicyClient, rollout: str, observations: list[Obs], rows: int,
+                    steps: int = 0) -> list[Any]:
     """`act_many`'s results (a result or a BrokerError per env), asked as requests of <= `rows` rows
     under one rollout id (one request in flight per group at a time, groups concurrently)."""
     groups = [observations[i:i + rows] for i in range(0, len(observations), rows)]
 
     async def one(g: int) -> list[Any]:
         try:
-            res = await client.act(f"{rollout}.g{g}", stack_rows(groups[g]))
+            res = await client.act(f"{rollout}.g{g}", stack_rows(groups[g]), steps=steps)
             chunks = split_rows(res.chunk, len(groups[g]))
         except BrokerError as e:
             return [e] * len(groups[g])
@@ -236,10 +237,11 @@ async def run_vector(
             if need:
                 observations = await call(venv.observe, need)
                 if rows_per_request:
-                    replies = await _act_rows(client, group_rollout, observations, rows_per_request)
+                    replies = await _act_rows(client, group_rollout, observations, rows_per_request, action_horizon)
                 else:
                     replies = await client.act_many(
-                        [(running[i].rollout, o) for i, o in zip(need, observations, strict=True)])
+                        [(running[i].rollout, o) for i, o in zip(need, observations, strict=True)],
+                        steps=action_horizon)
                 for i, res in zip(need, replies, strict=True):
                     if isinstance(res, BrokerError):
                         await finish(i, "infra_error", str(res))

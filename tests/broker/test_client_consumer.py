@@ -496,3 +496,45 @@ def test_action_chunker_queries_only_when_chunk_is_used_up():
     short = ActionChunker(action_horizon=8)
     short.set_chunk({"a": np.zeros((1, 5, 1))})
     assert [short.next()[1] for _ in range(5)] == [0, 1, 2, 3, 4] and short.needs_query()
+
+
+class ChunkHandler(EchoHandler):
+    """Answers a 40-step chunk (step t holds t), beside a 1-D array and a note that have no steps."""
+
+    def infer(self, batch):
+        steps = np.arange(40, dtype=np.float32).reshape(1, 40, 1)
+        return [{"action.arm": np.repeat(steps, 3, axis=2), "gain": np.ones(4, np.float32), "note": "random"}
+                for _ in batch]
+
+
+def test_a_request_can_ask_for_only_the_steps_it_executes(redis_url):
+    async def main():
+        async with serving(redis_url, ChunkHandler()):
+            r = connect_async(RedisSettings(url=redis_url))
+            client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=10))
+            obs = {"x": np.zeros((1, 1), np.float32)}
+            whole = await client.act("w", obs)
+            eight = await client.act("e", obs, steps=8)
+            assert whole.chunk["action.arm"].shape == (1, 40, 3)
+            assert eight.chunk["action.arm"].shape == (1, 8, 3)
+            assert eight.chunk["action.arm"][0, :, 0].tolist() == list(range(8))  # the first 8, in order
+            assert eight.chunk["gain"].shape == (4,) and eight.chunk["note"] == "random"  # no time axis: as is
+            more = await client.act("m", obs, steps=100)  # more than the chunk has: the whole chunk
+            assert more.chunk["action.arm"].shape == (1, 40, 3)
+            many = await client.act_many([("a", obs), ("b", obs)], steps=2)
+            assert [m.chunk["action.arm"].shape for m in many] == [(1, 2, 3)] * 2
+            with pytest.raises(ValueError, match="steps must be >= 0"):
+                await client.act("neg", obs, steps=-1)
+            # a raw client sending a bad `steps` gets bad_request on its reply stream; the worker goes on
+            keys = Keys()
+            reply_to = keys.replies("p", "raw", 0)
+            await r.xadd(keys.requests("p", 0), {"v": "1", "rollout": "raw", "seq": "0", "reply_to": reply_to,
+                                                 "ttl_ms": "10000", "obs": b"\x80", "steps": "-3"})
+            got = await r.xread({reply_to: "0-0"}, block=5000)
+            reply = Reply.from_fields(got[0][1][0][1])
+            assert reply.status == Status.BAD_REQUEST and "steps must be >= 0" in reply.error
+            after = await client.act("after", obs, steps=8)
+            assert after.chunk["action.arm"].shape == (1, 8, 3)
+            await r.aclose()
+
+    asyncio.run(main())

@@ -86,6 +86,10 @@ def test_single_mujoco_env_with_render(redis_url):
     env = make_task("gym", env_id="InvertedPendulum-v5", env_kwargs={"width": 64, "height": 64},
                     render_key="video.ego", instruction="balance the pole", max_steps=12)
 
+    lengths = []
+    to_action = env.action_from_chunk
+    env.action_from_chunk = lambda chunk, t: (lengths.append(chunk["action"].shape[1]), to_action(chunk, t))[1]
+
     async def run(client):
         return await run_episode(EnvSlot(env, "g0"), client, episode=0, seed=3, rollout_id="g.e0",
                                  action_horizon=4)
@@ -94,6 +98,7 @@ def test_single_mujoco_env_with_render(redis_url):
     env.close()
     assert record.status == "ok", record.error
     assert record.steps == 12 and record.policy_calls == 3
+    assert set(lengths) == {4}  # the runner asked for its 4 steps of each 10-step chunk (PROTOCOL §4.2)
     obs = backend.seen[0]
     assert obs["video.ego"].shape == (1, 1, 64, 64, 3) and obs["video.ego"].dtype == np.uint8
     assert obs["state.obs"].shape == (1, 1, 4) and obs["state.obs"].dtype == np.float32
@@ -106,11 +111,15 @@ def test_vector_env_keeps_all_envs_in_flight(redis_url):
 
     venv = VectorAdapter(env_id="Pendulum-v1", num_envs=3, max_steps=10)
     specs = [EpisodeSpec(episode=i, seed=100 + i) for i in range(5)]
+    lengths = []
+    to_action = venv.action_from_chunk
+    venv.action_from_chunk = lambda i, chunk, t: (lengths.append(chunk["action"].shape[1]), to_action(i, chunk, t))[1]
 
     async def run(client):
         return await run_vector(venv, client, specs, action_horizon=4, rollout_prefix="gv")
 
     records = asyncio.run(_serve(redis_url, backend, run))
+    assert set(lengths) == {4}  # 4 steps of each 10-step chunk came back
     assert sorted(r.episode for r in records) == list(range(5))
     assert all(r.status == "ok" and r.steps == 10 and r.policy_calls == 3 for r in records)
     assert max(backend.batches) == 3, backend.batches  # the 3 envs' requests were served as one batch
