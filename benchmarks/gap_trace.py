@@ -75,8 +75,9 @@ def dump(path: str) -> None:
 
 def summarise(events: list, t0: float, t1: float, sims: list | None = None) -> dict[str, Any]:
     """Per-cycle medians (see the module docstring). `sims`, where given, are the simulators'
-    own (asked, answered, stepped) wall-clock times per call: they add when the simulators saw
-    the replies, how long their steps took and when they asked again."""
+    own (asked, answered, stepped[, sent]) wall-clock times per call: they add when the simulators
+    saw the replies, how long their steps took, when they asked again and when that request's
+    pipeline left for Redis."""
     infers = [e for e in events if e[0] == "infer" and t0 <= e[1] <= t1]
     writes = [e for e in events if e[0] == "write"]
     reads = [e for e in events if e[0] == "read"]
@@ -115,6 +116,9 @@ def summarise(events: list, t0: float, t1: float, sims: list | None = None) -> d
                 "sim_first_asked_ms": asked[0],
                 "sim_last_asked_ms": asked[-1],
             })
+            sent = sorted(m[3] - end for m in sims if len(m) > 3 and end <= m[3] < nxt)
+            if sent:
+                row.update({"sim_first_sent_ms": sent[0], "sim_last_sent_ms": sent[-1]})
         rows.append(row)
     out: dict[str, Any] = {"cycles": len(rows)}
     for k in (rows[0] if rows else {}):

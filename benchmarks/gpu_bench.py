@@ -136,6 +136,12 @@ def stacked_batch(be: Backend, b: int) -> Any:
     return batch
 
 
+def _pause(step_s: float, until: float | None) -> None:
+    """A step's cost: `step_s` of sleep, or (paced) sleep until `until` (perf_counter), so that the
+    OS's oversleeping (~0.1 ms a sleep) does not add up over a chunk's steps."""
+    time.sleep(step_s if until is None else max(0.0, until - time.perf_counter()))
+
+
 class SyntheticG1Env:
     """REAL_G1-shaped observations; each step sleeps `step_ms` and consumes one (1, 28) joint command."""
 
@@ -152,7 +158,7 @@ class SyntheticG1Env:
         states[key] = states[key] + np.float32(0.001)
         return self.obs
 
-    def step(self, chunk: dict[str, Any], i: int) -> None:
+    def step(self, chunk: dict[str, Any], i: int, until: float | None = None) -> None:
         parts = []
         for k in ("left_arm", "right_arm", "left_hand", "right_hand"):
             a = chunk.get(k)
@@ -160,7 +166,7 @@ class SyntheticG1Env:
                 a = chunk[f"action.{k}"]
             parts.append(a[0, i])
         _ = np.concatenate(parts)[None]  # (1, 28), the reference simulator's joint command
-        time.sleep(self.step_s)
+        _pause(self.step_s, until)
         self.t += 1
 
 
@@ -181,10 +187,10 @@ class VectorG1Env:
         self.obs["state.left_arm"] = self.obs["state.left_arm"] + np.float32(0.001)
         return self.obs
 
-    def step(self, chunk: dict[str, Any], i: int) -> None:
+    def step(self, chunk: dict[str, Any], i: int, until: float | None = None) -> None:
         parts = [chunk[f"action.{k}"][:, i] for k in ("left_arm", "right_arm", "left_hand", "right_hand")]
         _ = np.concatenate(parts, 1)  # (rows, 28): each env's joint command
-        time.sleep(self.step_s)
+        _pause(self.step_s, until)
         self.t += 1
 
 
@@ -202,6 +208,8 @@ class LoadSpec:
     shared_frames: bool = False  # C: frames through shared memory (broker.frames), not through Redis
     rows: int = 1  # C: rollouts per simulator thread, asked for in one request of that many rows
     reply_steps: int = 0  # C: ask for only this many steps of each chunk (0: the whole chunk)
+    frame_views: bool = False  # C (shm): the env's frames live in the client's segment (FrameArena.views)
+    paced: bool = False  # steps end on a 2 ms grid from the reply (no sleep overshoot accumulates)
 
 
 def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None:
@@ -210,7 +218,7 @@ def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None
         env = VectorG1Env(idx, spec.rows, spec.step_ms)
     else:
         env = SyntheticG1Env(seed=idx, step_ms=spec.step_ms, nested=(spec.design == "B"))
-    calls, steps, marks = [], [], []
+    calls, steps, marks, sent = [], [], [], [0.0]
     if spec.design == "B":
         import requests
 
@@ -231,12 +239,41 @@ def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None
         from broker.settings import ClientSettings
 
         settings = ClientSettings(reply_timeout_s=300, deadline_s=600, shared_frames=spec.shared_frames)
-        client = SyncPolicyClient(redis.Redis.from_url(spec.url), POLICY, settings=settings)
+        conn = redis.Redis.from_url(spec.url)
+        client = SyncPolicyClient(conn, POLICY, settings=settings)
+        make_pipeline = conn.pipeline
+
+        def timed_pipeline(*a: Any, **k: Any) -> Any:  # when the request's pipeline leaves (gap trace)
+            pipe = make_pipeline(*a, **k)
+            send = pipe.execute
+
+            def execute(*ea: Any, **ek: Any) -> Any:
+                sent.append(time.time())
+                return send(*ea, **ek)
+
+            pipe.execute = execute
+            return pipe
+
+        conn.pipeline = timed_pipeline  # type: ignore[method-assign]
         rollout = f"{spec.run_id}-n{spec.n}-r{idx}"
 
         def act(obs):
             res = client.act(rollout, obs, steps=spec.reply_steps)
             return res.chunk, res.round_trip_ms, res.batch, res.queue_ms, res.infer_ms
+
+        if spec.frame_views:
+            layout = {"video.ego_view": (env.obs["video.ego_view"].shape, np.uint8)}
+            plain_observe = env.observe
+
+            def observe_in_place() -> dict[str, Any]:
+                # as a renderer writing into the segment would leave them: the frames are already there
+                view = client.frame_views(rollout, layout)["video.ego_view"]
+                if view is not env.obs["video.ego_view"]:  # first use (or a new segment): render once
+                    view[:] = env.obs["video.ego_view"]
+                    env.obs["video.ego_view"] = view
+                return plain_observe()
+
+            env.observe = observe_in_place  # type: ignore[method-assign]
 
     while time.time() < spec.start_at:
         time.sleep(0.005)
@@ -250,11 +287,12 @@ def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None
             continue
         answered = time.time()
         calls.append((answered, rt, batch, q, inf, None, idx, spec.rows))
+        t_reply = time.perf_counter()
         for i in range(spec.horizon):
-            env.step(chunk, i)
+            env.step(chunk, i, until=t_reply + (i + 1) * spec.step_ms / 1000 if spec.paced else None)
         stepped = time.time()
         steps.append((stepped, spec.horizon * spec.rows))
-        marks.append((asked, answered, stepped))  # the simulator's side of the gap trace
+        marks.append((asked, answered, stepped, sent[-1]))  # the simulator's side of the gap trace
     out.append((calls, steps, marks))
 
 
@@ -860,7 +898,8 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
                               switch_us=next((int(f[2:]) for f in flags if f.startswith("sw")), None),
                               register="noreg" not in flags,
                               vec=next((int(f[3:]) for f in flags if f.startswith("vec")), 1),
-                              steps_only="steps" in flags))
+                              steps_only="steps" in flags, frame_views="views" in flags,
+                              paced="paced" in flags))
         except Exception as e:
             import traceback
 
@@ -898,6 +937,8 @@ def c_run(
     register: bool = True,
     vec: int = 1,
     steps_only: bool = False,
+    frame_views: bool = False,
+    paced: bool = False,
 ) -> dict[str, Any]:
     import redis
 
@@ -997,6 +1038,8 @@ def c_run(
             shared_frames=shared_frames,
             rows=vec,
             reply_steps=args.horizon if steps_only else 0,
+            frame_views=frame_views,
+            paced=paced,
         )
         holder: dict[str, Any] = {}
 
@@ -1088,6 +1131,8 @@ def c_run(
         "registered_shared_frames": register,
         "rows_per_request": vec,
         "reply_steps": args.horizon if steps_only else None,
+        "frame_views": frame_views,
+        "paced_steps": paced,
         "load": f"vectorized simulators of {vec} envs, one request of {vec} rows each" if vec > 1
         else "one simulator thread and one request per rollout",
         "gc_frozen_after_load": not gc_on,
@@ -1163,6 +1208,8 @@ def c_label(run: dict[str, Any]) -> str:
         f"{',noreg' if run.get('registered_shared_frames') is False else ''}"
         f"{',vec' + str(run['rows_per_request']) if run.get('rows_per_request', 1) > 1 else ''}"
         f"{',steps' if run.get('reply_steps') else ''}"
+        f"{',views' if run.get('frame_views') else ''}"
+        f"{',paced' if run.get('paced_steps') else ''}"
         f"{',gcon' if run.get('gc_frozen_after_load') is False else ''}"
         f"{',rg' + str(run['reply_group']) if run.get('reply_group') not in (None, 16) else ''}"
         f"{',sw' + str(round(run['gil_switch_interval_s'] * 1e6)) if run.get('gil_switch_interval_s') else ''}"
@@ -1241,6 +1288,8 @@ def main() -> None:
                     "noreg = shared-memory segments not registered with CUDA (batch assembled in one buffer), "
                     "vecK = vectorized simulators of K envs, one request of K rows each, "
                     "steps = requests ask for only the horizon's steps of each chunk (PROTOCOL §4.2), "
+                    "views = the envs' frames live in the client's shared-memory segment (FrameArena.views), "
+                    "paced = an env's steps end on a grid of --step-ms from the reply (no sleep overshoot), "
                     "trace = gap trace and the worker's own "
                     "timing of B = 64 (plain only), "
                     "cohortMS = prototype)")

@@ -23,7 +23,14 @@ import redis.asyncio as aredis
 
 from broker.codec import Codec, MsgpackNumpyCodec
 from broker.connection import REDIS_DOWN
-from broker.errors import BrokerError, PolicyErrorReply, PolicyTimeout, ProtocolError, RedisUnavailable
+from broker.errors import (
+    BrokerError,
+    PolicyErrorReply,
+    PolicyTimeout,
+    ProtocolError,
+    RedisUnavailable,
+    SharedFramesUnavailable,
+)
 from broker.frames import FrameArena
 from broker.keys import Keys, shard_of
 from broker.schema import RETRYABLE, Reply, Request
@@ -87,6 +94,12 @@ class _Core:
             steps=steps,
         )
         return state, self.keys.requests(self.policy, shard), reply_key, request.to_fields()
+
+    def frame_views(self, rollout: str, layout: dict[str, tuple[tuple[int, ...], Any]]) -> dict[str, Any]:
+        if self.frames is None:
+            raise SharedFramesUnavailable("frame views live in shared memory: create the client with "
+                                          "ClientSettings(shared_frames=True)")
+        return self.frames.views(rollout, layout)
 
     def _frames_out(self, rollout: str, obs: Any) -> Any:
         return obs if self.frames is None else self.frames.externalize(rollout, obs)
@@ -302,6 +315,13 @@ class PolicyClient:
         """Drop a finished rollout's sequence state (and its shared-memory segment)."""
         self._core.forget(rollout)
 
+    def frame_views(self, rollout: str, layout: dict[str, tuple[tuple[int, ...], Any]]) -> dict[str, Any]:
+        """Writable arrays in the rollout's shared-memory segment, key -> (shape, dtype), for a
+        simulator that renders straight into them (`FrameArena.views`): put them in the next
+        observation and `act` sends them without a copy. Needs `shared_frames`; call it before each
+        write, after the previous reply."""
+        return self._core.frame_views(rollout, layout)
+
     def close(self) -> None:
         """Unlink this client's shared-memory segments (also done at interpreter exit)."""
         self._core.close()
@@ -325,6 +345,13 @@ class SyncPolicyClient:
     def forget(self, rollout: str) -> None:
         """Drop a finished rollout's sequence state (and its shared-memory segment)."""
         self._core.forget(rollout)
+
+    def frame_views(self, rollout: str, layout: dict[str, tuple[tuple[int, ...], Any]]) -> dict[str, Any]:
+        """Writable arrays in the rollout's shared-memory segment, key -> (shape, dtype), for a
+        simulator that renders straight into them (`FrameArena.views`): put them in the next
+        observation and `act` sends them without a copy. Needs `shared_frames`; call it before each
+        write, after the previous reply."""
+        return self._core.frame_views(rollout, layout)
 
     def close(self) -> None:
         """Unlink this client's shared-memory segments (also done at interpreter exit)."""

@@ -166,3 +166,49 @@ def test_links_fifos_and_short_files_under_a_segment_name_are_refused(shm_dir, t
 def test_arena_needs_a_shared_memory_directory(tmp_path):
     with pytest.raises(SharedFramesUnavailable, match="does not exist"):
         FrameArena(str(tmp_path / "missing"))
+
+
+def test_a_simulator_can_render_into_the_segment_and_nothing_is_copied(shm_dir):
+    arena, copying = FrameArena(shm_dir), FrameReader(shm_dir, copy=True)
+    shape = (2, 2, 128, 128, 3)  # above MIN_BYTES: travels by reference
+    depth = np.full((1, 128, 128), 0.5, np.float32)  # a big array that is not a view: copied after the views
+    first = arena.views("r0", {"video.ego_view": (shape, np.uint8)})["video.ego_view"]
+    first[:] = 1
+    # the segment was sized for the views alone: this first request grows it (copying, once) ...
+    arena.externalize("r0", {"video.ego_view": first, "depth": depth})
+    # ... and from the next step on the views lie in a segment with room for the rest too
+    frames = arena.views("r0", {"video.ego_view": (shape, np.uint8)})["video.ego_view"]
+    frames[:] = 7  # "render"
+    obs = {"video.ego_view": frames, "depth": depth, "state.q": np.ones((2, 1, 3), np.float32)}
+    out = arena.externalize("r0", obs)
+    ref, dref = out["video.ego_view"], out["depth"]
+    assert ref.offset == frames.ctypes.data - arena._segments["r0"].base  # a reference to the view itself
+    assert dref.offset >= ref.offset + frames.nbytes
+    got = MsgpackNumpyCodec(frames=copying).decode(MsgpackNumpyCodec().encode(out))
+    assert (got["video.ego_view"] == 7).all() and (got["depth"] == 0.5).all()
+    assert len(os.listdir(shm_dir)) == 1
+    # the next step: asking for the views again marks the segment as being written, so a reader
+    # still copying the last request's frames refuses them (the seqlock holds for writes in place)
+    again = arena.views("r0", {"video.ego_view": (shape, np.uint8)})["video.ego_view"]
+    assert again.ctypes.data == frames.ctypes.data  # the same arrays while the layout is the same
+    m = ref.to_wire()
+    with pytest.raises(CodecError, match="overwritten"):
+        read_ref(copying, m, np.dtype(np.uint8), list(shape))
+    again[:] = 9
+    got2 = MsgpackNumpyCodec(frames=copying).decode(MsgpackNumpyCodec().encode(arena.externalize("r0", obs)))
+    assert (got2["video.ego_view"] == 9).all() and (got2["depth"] == 0.5).all()
+    # another layout: new arrays; an old view passed after that is copied like any array
+    bigger = arena.views("r0", {"video.ego_view": ((4, *shape[1:]), np.uint8)})["video.ego_view"]
+    bigger[:] = 3
+    got3 = MsgpackNumpyCodec(frames=copying).decode(MsgpackNumpyCodec().encode(
+        arena.externalize("r0", {"a": bigger, "b": np.full(shape, 5, np.uint8)})))
+    assert (got3["a"] == 3).all() and (got3["b"] == 5).all()
+    # two views sent in the other order than laid out: each reference is its view's own place
+    two = arena.views("r1", {"left": (shape, np.uint8), "right": (shape, np.uint8)})
+    two["left"][:], two["right"][:] = 1, 2
+    out4 = arena.externalize("r1", {"right": two["right"], "left": two["left"]})
+    base = arena._segments["r1"].base
+    assert [out4[k].offset for k in ("left", "right")] == [two[k].ctypes.data - base for k in ("left", "right")]
+    got4 = MsgpackNumpyCodec(frames=copying).decode(MsgpackNumpyCodec().encode(out4))
+    assert (got4["left"] == 1).all() and (got4["right"] == 2).all()
+    arena.close()
