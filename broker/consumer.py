@@ -401,7 +401,7 @@ class StreamConsumer:
                 replies.extend(await self._isolate(loop, live))
             else:
                 infer_s = time.perf_counter() - t0
-                batch_rows = self._account(live, queue_ms, infer_s)
+                batch_rows = sum(j.rows for j in live)
                 t1, encode_s, group = time.perf_counter(), 0.0, self.settings.reply_group
                 for job, chunk, q in zip(live, chunks, queue_ms, strict=True):
                     if len(replies) >= group > 0:  # send what is encoded; Redis works while the rest is
@@ -420,7 +420,13 @@ class StreamConsumer:
                     replies.append((job.stream, job.entry_id, job.request.reply_to, Reply(
                         job.request.seq, Status.OK, action=payload, queue_ms=q, infer_ms=infer_s * 1000,
                         batch=batch_rows, worker=self.worker_id)))
-                decode_s, encode_s = sum(j.decode_s for j in live), encode_s + time.perf_counter() - t1
+                encode_s += time.perf_counter() - t1
+                if replies:  # on the wire before the bookkeeping: the simulators wait for them
+                    self._send(replies)
+                    replies = []
+                    await asyncio.sleep(0)
+                self._account(live, queue_ms, infer_s)
+                decode_s = sum(j.decode_s for j in live)
                 self.stats.decode_s_total += decode_s
                 self.stats.encode_s_total += encode_s
                 self.metrics.on_batch(batch_rows, [q / 1000 for q in queue_ms], infer_s, decode_s, encode_s)
