@@ -14,7 +14,7 @@ import pytest
 from broker.client import ActionChunker, PolicyClient, SyncPolicyClient
 from broker.connection import connect_async, connect_sync
 from broker.consumer import StreamConsumer
-from broker.errors import PolicyErrorReply, PolicyTimeout
+from broker.errors import PolicyErrorReply, PolicyTimeout, SharedFramesUnavailable
 from broker.keys import GROUP, Keys
 from broker.schema import Reply, Status
 from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
@@ -293,6 +293,30 @@ def test_shared_frames_carry_large_arrays_past_redis_and_batch_like_inline_ones(
             assert os.listdir(frames_dir) == []
             await r.aclose()
         assert sum(handler.batches) == 50 and max(handler.batches) > 1
+
+    asyncio.run(main())
+
+
+def test_a_simulator_renders_into_frame_views_and_the_worker_sees_each_step(redis_url, tmp_path):
+    frames_dir = str(tmp_path)
+
+    async def main():
+        async with serving(redis_url, SumHandler(), frames_dir=frames_dir):
+            r = connect_async(RedisSettings(url=redis_url))
+            client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=20, shared_frames=True,
+                                                                  frames_dir=frames_dir))
+            layout = {"x": ((1, 128, 128), np.float32)}
+            for step in range(3):
+                x = client.frame_views("v", layout)["x"]
+                x[:] = step + 1  # the "render", straight into shared memory
+                res = await client.act("v", {"x": x})
+                assert res.chunk["first"][0] == step + 1 and res.chunk["sum"] == (step + 1) * 128 * 128
+            assert len(os.listdir(frames_dir)) == 1
+            plain = PolicyClient(r, "p", settings=ClientSettings(deadline_s=20))
+            with pytest.raises(SharedFramesUnavailable, match="shared_frames=True"):
+                plain.frame_views("v", layout)
+            client.close()
+            await r.aclose()
 
     asyncio.run(main())
 
