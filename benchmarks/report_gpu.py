@@ -52,6 +52,8 @@ def table_runs(res: dict[str, Any], only: list[str] | None = None) -> str:
             f"{' +shm' if run.get('shared_frames') else ''}"
             f"{' +stage' if run.get('staged_requests') else ''}"
             f"{' +vec' + str(run['rows_per_request']) if run.get('rows_per_request', 1) > 1 else ''}"
+            f"{' +steps' if run.get('reply_steps') else ''}{' +views' if run.get('frame_views') else ''}"
+            f"{' +paced' if run.get('paced_steps') else ''}"
             f"{' +cohort*' if run.get('cohort_batcher_merge_wait_ms') else ''}"
         )
         parts.append((name, run))
