@@ -98,6 +98,7 @@ def summarise(events: list, t0: float, t1: float, sims: list | None = None) -> d
             "replies_written_ms": max(x[2] for x in ws) - end,
             "first_request_in_redis_ms": ids[0] - end,
             "last_request_in_redis_ms": ids[-1] - end,
+            "first_read_returned_ms": min(x[1] for x in rs) - end,
             "last_read_returned_ms": max(x[1] for x in rs) - end,
             "last_request_decoded_ms": max(x[2] for x in rs) - end,
             "reads": len(rs),

@@ -210,6 +210,7 @@ class LoadSpec:
     reply_steps: int = 0  # C: ask for only this many steps of each chunk (0: the whole chunk)
     frame_views: bool = False  # C (shm): the env's frames live in the client's segment (FrameArena.views)
     paced: bool = False  # steps end on a 2 ms grid from the reply (no sleep overshoot accumulates)
+    client_poll_ms: float = 0.0  # C: the clients poll for their replies (ClientSettings.poll_ms)
 
 
 def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None:
@@ -238,7 +239,8 @@ def _rollout_thread(spec: LoadSpec, idx: int, out: list, stop_at: float) -> None
         from broker.client import SyncPolicyClient
         from broker.settings import ClientSettings
 
-        settings = ClientSettings(reply_timeout_s=300, deadline_s=600, shared_frames=spec.shared_frames)
+        settings = ClientSettings(reply_timeout_s=300, deadline_s=600, shared_frames=spec.shared_frames,
+                                  poll_ms=spec.client_poll_ms)
         conn = redis.Redis.from_url(spec.url)
         client = SyncPolicyClient(conn, POLICY, settings=settings)
         make_pipeline = conn.pipeline
@@ -899,7 +901,9 @@ def phase_c(args, gpu: GpuSampler) -> dict[str, Any]:
                               register="noreg" not in flags,
                               vec=next((int(f[3:]) for f in flags if f.startswith("vec")), 1),
                               steps_only="steps" in flags, frame_views="views" in flags,
-                              paced="paced" in flags))
+                              paced="paced" in flags,
+                              poll_ms=next((float(f[4:]) for f in flags if f.startswith("poll")), 0.0),
+                              client_poll_ms=next((float(f[5:]) for f in flags if f.startswith("cpoll")), 0.0)))
         except Exception as e:
             import traceback
 
@@ -939,6 +943,8 @@ def c_run(
     steps_only: bool = False,
     frame_views: bool = False,
     paced: bool = False,
+    poll_ms: float = 0.0,
+    client_poll_ms: float = 0.0,
 ) -> dict[str, Any]:
     import redis
 
@@ -958,6 +964,7 @@ def c_run(
     settings.freeze_gc_after_load = not gc_on
     if reply_group is not None:
         settings.worker.reply_group = reply_group
+    settings.worker.poll_ms = poll_ms
     if switch_us is not None and mode != "plain":
         raise ValueError("the GIL switch interval experiment (swN) runs in plain mode only")
     if graphs:
@@ -1040,6 +1047,7 @@ def c_run(
             reply_steps=args.horizon if steps_only else 0,
             frame_views=frame_views,
             paced=paced,
+            client_poll_ms=client_poll_ms,
         )
         holder: dict[str, Any] = {}
 
@@ -1137,6 +1145,8 @@ def c_run(
         else "one simulator thread and one request per rollout",
         "gc_frozen_after_load": not gc_on,
         "reply_group": settings.worker.reply_group,
+        "worker_poll_ms": settings.worker.poll_ms,
+        "client_poll_ms": client_poll_ms,
         "gil_switch_interval_s": switch_us / 1e6 if switch_us else None,
         "frames": "camera frames through shared memory (broker.frames), requests through Redis" if shared_frames
         else "whole observations through Redis",
@@ -1210,6 +1220,8 @@ def c_label(run: dict[str, Any]) -> str:
         f"{',steps' if run.get('reply_steps') else ''}"
         f"{',views' if run.get('frame_views') else ''}"
         f"{',paced' if run.get('paced_steps') else ''}"
+        f"{',poll' + format(run['worker_poll_ms'], 'g') if run.get('worker_poll_ms') else ''}"
+        f"{',cpoll' + format(run['client_poll_ms'], 'g') if run.get('client_poll_ms') else ''}"
         f"{',gcon' if run.get('gc_frozen_after_load') is False else ''}"
         f"{',rg' + str(run['reply_group']) if run.get('reply_group') not in (None, 16) else ''}"
         f"{',sw' + str(round(run['gil_switch_interval_s'] * 1e6)) if run.get('gil_switch_interval_s') else ''}"
@@ -1290,6 +1302,8 @@ def main() -> None:
                     "steps = requests ask for only the horizon's steps of each chunk (PROTOCOL §4.2), "
                     "views = the envs' frames live in the client's shared-memory segment (FrameArena.views), "
                     "paced = an env's steps end on a grid of --step-ms from the reply (no sleep overshoot), "
+                    "pollMS = the worker polls Redis while rollouts are due back (WorkerSettings.poll_ms), "
+                    "cpollMS = the simulators poll for their replies (ClientSettings.poll_ms), "
                     "trace = gap trace and the worker's own "
                     "timing of B = 64 (plain only), "
                     "cohortMS = prototype)")

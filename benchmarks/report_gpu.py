@@ -54,6 +54,8 @@ def table_runs(res: dict[str, Any], only: list[str] | None = None) -> str:
             f"{' +vec' + str(run['rows_per_request']) if run.get('rows_per_request', 1) > 1 else ''}"
             f"{' +steps' if run.get('reply_steps') else ''}{' +views' if run.get('frame_views') else ''}"
             f"{' +paced' if run.get('paced_steps') else ''}"
+            f"{' +poll' + format(run['worker_poll_ms'], 'g') if run.get('worker_poll_ms') else ''}"
+            f"{' +cpoll' + format(run['client_poll_ms'], 'g') if run.get('client_poll_ms') else ''}"
             f"{' +cohort*' if run.get('cohort_batcher_merge_wait_ms') else ''}"
         )
         parts.append((name, run))

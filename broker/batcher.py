@@ -109,6 +109,11 @@ class MicroBatcher(Generic[T]):
     def batch_done(self, rollouts: list[str], now: float) -> None:
         """Called by the consumer after each batch; the deadline rule needs nothing from it."""
 
+    def due_in(self, now: float) -> float | None:
+        """Seconds until the next request is expected (0: a batch is partly in), or None when the
+        batcher cannot tell; the deadline rule never can."""
+        return None
+
     def drain(self) -> list[T]:
         """Every item still waiting (shutdown)."""
         items = [p.item for g in self._groups.values() for p in g]
@@ -141,7 +146,7 @@ class CohortBatcher(MicroBatcher[T]):
         self._last_seen: dict[str, float] = {}
         self._seen_order: deque[tuple[float, str]] = deque()
         self._think: deque[float] = deque(maxlen=256)
-        self._think_p90: float | None = None  # cached: pop_ready runs on every wake-up of the dispatcher
+        self._think_p10_p90: tuple[float, float] | None = None  # cached: pop_ready runs on every wake-up
         self._served_at: dict[str, float] = {}  # rollout -> end of the batch that answered it
         self._in_batch: list[str] = []
         self._hold_since: float | None = None
@@ -153,7 +158,7 @@ class CohortBatcher(MicroBatcher[T]):
             served = self._served_at.pop(rollout, None)
             if served is not None:
                 self._think.append(max(0.0, now - served))
-                self._think_p90 = None
+                self._think_p10_p90 = None
         super().add(item, key, now, rows=rows)
 
     def population(self, now: float) -> int:
@@ -194,10 +199,27 @@ class CohortBatcher(MicroBatcher[T]):
         return min(self.population_s, max(0.02, 3 * self._p90_think()))
 
     def _p90_think(self) -> float:
-        if self._think_p90 is None:
+        return self._think_quantiles()[1]
+
+    def _think_quantiles(self) -> tuple[float, float]:
+        if self._think_p10_p90 is None:
             s = sorted(self._think)
-            self._think_p90 = s[min(len(s) - 1, int(0.9 * len(s)))]
-        return self._think_p90
+            self._think_p10_p90 = (s[int(0.1 * len(s))], s[min(len(s) - 1, int(0.9 * len(s)))])
+        return self._think_p10_p90
+
+    def due_in(self, now: float) -> float | None:
+        """0 while a batch is partly in; else the time until the first active rollout that was
+        answered is expected back (its answer plus the p10 think time); None before 8 think times
+        are known or when no answered rollout is still active (all have asked, or left)."""
+        if len(self._think) < 8:
+            return None
+        if self._groups:
+            return 0.0
+        absent = self._absent_after()
+        answered = [t for t in self._served_at.values() if now - t <= absent]
+        if not answered:
+            return None
+        return max(0.0, min(answered) + self._think_quantiles()[0] - now)
 
     def next_deadline(self) -> float | None:
         if not self._groups:

@@ -14,8 +14,9 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -45,6 +46,17 @@ def _block_ms(left_s: float) -> int:
     return max(1, int(min(left_s, _MAX_BLOCK_S) * 1000))
 
 
+def _id_ms(entry_id: bytes | str) -> int:
+    """Redis's time (ms) in a stream entry id."""
+    raw = entry_id if isinstance(entry_id, bytes) else entry_id.encode()
+    return int(raw.split(b"-", 1)[0])
+
+
+def _read_block(poll: bool, left_s: float) -> int | None:
+    """An XREAD's BLOCK: None (do not block) when polling."""
+    return None if poll else _block_ms(left_s)
+
+
 @dataclass
 class ActResult:
     """An action chunk and how it was served."""
@@ -59,12 +71,21 @@ class ActResult:
     sends: int
 
 
+POLL_LEAD_S = 0.002
+"""With `ClientSettings.poll_ms`, polling starts this long before the shortest recent round trip."""
+
+
 @dataclass
 class _Rollout:
     seq: int = 0
     last_id: bytes | None = None
     """Reply-stream position; None until the first request, when it starts after any existing
     entries (a reused rollout id must never pick up the replies of an earlier run)."""
+    sent_ms: int = 0
+    """Redis's time (ms, from the entry id) of the request's first send."""
+    round_trips: deque[float] = field(default_factory=lambda: deque(maxlen=8))
+    """For `ClientSettings.poll_ms`: the last round trips (s) as Redis saw them, request XADD to reply
+    XADD; unlike the client's own, they do not grow when the client reads a reply late."""
 
 
 class _Core:
@@ -125,10 +146,25 @@ class _Core:
                 return reply
         return None
 
+    def poll_plan(self, states: Iterable[_Rollout], started: float) -> tuple[bool, float]:
+        """With `poll_ms`: whether the next read polls (does not block), and how long to sleep
+        before it; (False, 0) when the read should block as usual."""
+        if self.settings.poll_ms <= 0:
+            return False, 0.0
+        expected = min((min(s.round_trips) for s in states if s.round_trips), default=None)
+        if expected is None:
+            return False, 0.0
+        left = started + expected - POLL_LEAD_S - time.perf_counter()
+        if left > 0:
+            return True, left
+        return -left < POLL_LEAD_S + self.settings.poll_ms / 1000, 0.0
+
     def finish(self, state: _Rollout, reply: Reply, started: float, sends: int) -> ActResult:
         state.seq += 1
         if not reply.ok:
             raise PolicyErrorReply(reply.status, reply.error)
+        if sends == 1 and state.sent_ms and state.last_id:
+            state.round_trips.append(max(0, _id_ms(state.last_id) - state.sent_ms) / 1000)
         return ActResult(
             chunk=self.codec.decode(reply.action),
             seq=reply.seq,
@@ -192,10 +228,13 @@ class PolicyClient:
                     last = await self.redis.xrevrange(reply_key, count=1)
                     state.last_id = last[0][0] if last else b"0-0"
                 wait_until = min(deadline, time.perf_counter() + core.settings.reply_timeout_s)
+                poll, _ = core.poll_plan((state,), started)
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.xadd(stream, fields)
-                pipe.xread({reply_key: state.last_id}, block=_block_ms(wait_until - time.perf_counter()))
-                got = (await pipe.execute())[1]
+                pipe.xread({reply_key: state.last_id}, block=_read_block(poll, wait_until - time.perf_counter()))
+                sent, got = await pipe.execute()
+                if not sends:
+                    state.sent_ms = _id_ms(sent)
                 sends += 1
                 while True:
                     reply = core.match(state, got[0][1]) if got else None
@@ -206,7 +245,10 @@ class PolicyClient:
                         return core.finish(state, reply, started, sends)
                     if (left := wait_until - time.perf_counter()) <= 0:
                         break
-                    got = await self.redis.xread({reply_key: state.last_id}, block=_block_ms(left))
+                    poll, nap = core.poll_plan((state,), started)
+                    if nap:
+                        await asyncio.sleep(min(nap, left))
+                    got = await self.redis.xread({reply_key: state.last_id}, block=_read_block(poll, left))
             except REDIS_DOWN as e:
                 errors += 1
                 if time.perf_counter() + core.backoff(errors) >= deadline:
@@ -266,6 +308,9 @@ class PolicyClient:
                 break
             wake = min([deadline, *retry_at.values(), *([now + s.reply_timeout_s] if due else []),
                         *(sent_at[i] + s.reply_timeout_s for i in pending if i not in due and i not in retry_at)])
+            poll, nap = core.poll_plan((begun[i][0] for i in pending), started)
+            if nap and not due:
+                await asyncio.sleep(min(nap, max(0.0, wake - time.perf_counter())))
             try:
                 fresh = [i for i in due if begun[i][0].last_id is None]
                 if fresh:
@@ -279,8 +324,8 @@ class PolicyClient:
                 for i in sending:
                     pipe.xadd(begun[i][1], begun[i][3])
                 pipe.xread({begun[i][2]: begun[i][0].last_id for i in sorted(pending)},
-                           block=_block_ms(wake - time.perf_counter()))
-                got = (await pipe.execute())[-1]
+                           block=_read_block(poll, wake - time.perf_counter()))
+                *sent_ids, got = await pipe.execute()
             except REDIS_DOWN as e:
                 errors += 1
                 if time.perf_counter() + core.backoff(errors) >= deadline:
@@ -289,7 +334,9 @@ class PolicyClient:
                     break
                 await asyncio.sleep(core.backoff(errors))
                 continue
-            for i in sending:
+            for i, sent in zip(sending, sent_ids, strict=True):
+                if not sends[i]:
+                    begun[i][0].sent_ms = _id_ms(sent)
                 sends[i] += 1
                 sent_at[i] = now
             due.clear()
@@ -382,10 +429,13 @@ class SyncPolicyClient:
                     last = self.redis.xrevrange(reply_key, count=1)
                     state.last_id = last[0][0] if last else b"0-0"
                 wait_until = min(deadline, time.perf_counter() + core.settings.reply_timeout_s)
+                poll, _ = core.poll_plan((state,), started)
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.xadd(stream, fields)
-                pipe.xread({reply_key: state.last_id}, block=_block_ms(wait_until - time.perf_counter()))
-                got = pipe.execute()[1]
+                pipe.xread({reply_key: state.last_id}, block=_read_block(poll, wait_until - time.perf_counter()))
+                sent, got = pipe.execute()
+                if not sends:
+                    state.sent_ms = _id_ms(sent)
                 sends += 1
                 while True:
                     reply = core.match(state, got[0][1]) if got else None
@@ -396,7 +446,10 @@ class SyncPolicyClient:
                         return core.finish(state, reply, started, sends)
                     if (left := wait_until - time.perf_counter()) <= 0:
                         break
-                    got = self.redis.xread({reply_key: state.last_id}, block=_block_ms(left))
+                    poll, nap = core.poll_plan((state,), started)
+                    if nap:
+                        time.sleep(min(nap, left))
+                    got = self.redis.xread({reply_key: state.last_id}, block=_read_block(poll, left))
             except REDIS_DOWN as e:
                 errors += 1
                 if time.perf_counter() + core.backoff(errors) >= deadline:

@@ -3,7 +3,8 @@
 One `StreamConsumer` per worker process (or Ray Serve replica). Its tasks share one event loop:
 
 - the reader XREADGROUPs new requests (never holding more than `max_inflight`, so the rest of a
-  backlog stays in Redis for other replicas), decodes and validates them, and feeds the batcher;
+  backlog stays in Redis for other replicas; without blocking while rollouts are due back, where
+  `poll_ms` asks for it: `broker.polling`), decodes and validates them, and feeds the batcher;
 - the dispatcher takes ready batches and runs the handler's `infer` in a one-thread executor, so
   the loop keeps reading and decoding the next batch while the model runs;
 - reply writers pipeline XADD + EXPIRE of every reply, then XACK: a request is acked only after
@@ -37,6 +38,7 @@ from broker.connection import REDIS_DOWN
 from broker.errors import BrokerError, CodecError, ProtocolError, SharedFramesUnavailable
 from broker.frames import FrameReader
 from broker.keys import GROUP, Keys
+from broker.polling import ReadPacer
 from broker.schema import Reply, Request, Status, first_steps
 from broker.settings import WorkerSettings
 from broker.worker_stats import ConsumerMetrics, NoMetrics, WorkerStats, default_worker_id
@@ -123,6 +125,8 @@ class StreamConsumer:
         self._to_stage: list[Job] = []
         self._expired_at: dict[str, float] = {}
         self._feeders_done = 0
+        self._pacer = ReadPacer(self.batcher, settings.poll_ms, settings.block_ms, clock) if settings.poll_ms > 0 \
+            else None
         self.ready = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -198,31 +202,46 @@ class StreamConsumer:
     async def _read_loop(self, stop: asyncio.Event) -> None:
         streams = {s: ">" for s in self.streams}
         delay = 0.05
-        while not stop.is_set():
-            room = 0 if self._quarantine else self.max_inflight - self._held()
-            if room <= 0:
-                self._room.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.5):
-                        await self._room.wait()
-                continue
-            try:
-                got = await self.redis.xreadgroup(
-                    GROUP, self.worker_id, streams, count=room, block=self.settings.block_ms
-                )
-                delay = 0.05
-            except REDIS_DOWN as e:
-                log.warning("worker %s: Redis unreachable while reading (%s); retrying", self.worker_id, e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            except ResponseError as e:
-                if "NOGROUP" in str(e):  # Redis restarted without persistence: recreate the group
-                    await self._retrying(self.setup)
+        pacer = self._pacer
+        reader = self.redis if pacer is None else self.redis.client()  # polling: its own connection, to unblock
+        try:
+            while not stop.is_set():
+                room = 0 if self._quarantine else self.max_inflight - self._held()
+                if room <= 0:
+                    self._room.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.5):
+                            await self._room.wait()
                     continue
-                raise
-            if got:
-                await self._accept_all(got, deliveries=1)
+                block, pause = self.settings.block_ms, 0.0
+                try:
+                    if pacer is not None:
+                        if pacer.client_id is None:
+                            pacer.client_id = await reader.client_id()
+                        block, pause = pacer.plan(self._in_inference > 0)
+                    got = await reader.xreadgroup(GROUP, self.worker_id, streams, count=room, block=block)
+                    delay = 0.05
+                except REDIS_DOWN as e:
+                    log.warning("worker %s: Redis unreachable while reading (%s); retrying", self.worker_id, e)
+                    if pacer is not None:
+                        pacer.client_id = None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                except ResponseError as e:
+                    if "NOGROUP" in str(e):  # Redis restarted without persistence: recreate the group
+                        await self._retrying(self.setup)
+                        continue
+                    raise
+                if got:
+                    if pacer is not None:
+                        pacer.arrived()
+                    await self._accept_all(got, deliveries=1)
+                elif pause:
+                    await asyncio.sleep(pause)
+        finally:
+            if reader is not self.redis:
+                await reader.aclose()
 
     async def _accept_all(self, got: list, deliveries: int | dict[bytes, int]) -> None:
         rejects: list[tuple[str, bytes, str | None, Reply]] = []
@@ -375,6 +394,8 @@ class StreamConsumer:
                 self.batcher.batch_done([j.request.rollout for j in jobs], self.clock())
                 self._in_inference = 0
                 self._room.set()
+                if self._pacer is not None and self._pacer.client_id is not None:
+                    self._spawn(self.redis.client_unblock(self._pacer.client_id))  # start polling now
 
     async def _infer(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
         now_ms = self._server_ms()
@@ -434,7 +455,10 @@ class StreamConsumer:
             self._send(replies)
 
     def _send(self, replies: list[tuple[str, bytes, str | None, Reply]]) -> None:
-        task = asyncio.create_task(self._write_replies(replies))
+        self._spawn(self._write_replies(replies))
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
         self._writers.add(task)
         task.add_done_callback(self._writers.discard)
 

@@ -83,6 +83,14 @@ SHARED_FRAMES = typer.Option(False, "--shared-frames/--no-shared-frames",
                                   "the same user; otherwise requests are answered frames_unavailable.")
 DISPATCH = typer.Option("cohort", "--dispatch", help="Batch dispatch: cohort (wait for the active rollouts; "
                         "closed loop) or deadline (Triton: full batch or oldest waited --max-wait-ms).")
+POLL_MS = typer.Option(0.0, "--poll-ms", min=0.0,
+                       help="While the model waits for rollouts due back (cohort dispatch), read without blocking "
+                            "for up to this long after the last arrival: one core spins a few ms a cycle, the requests "
+                            "skip ~1 ms of wake-ups (0: always block).")
+CLIENT_POLL_MS = typer.Option(0.0, "--sim-poll-ms", min=0.0,
+                              help="Simulators wait for a reply by sleeping through most of the usual round "
+                                   "trip and polling around its end, for up to this long past it: a core spins a "
+                                   "few ms a step, replies skip ~1 ms of wake-ups (0: block).")
 PROM_URL = typer.Option(None, "--prometheus-url", envvar="ROLLOUTQ_PROMETHEUS_URL",
                         help="Prometheus the autoscaler reads (eval default: start a local exporter + Prometheus).")
 MIN_REPLICAS = typer.Option(1, "--min-replicas", min=0, help="Autoscale: fewest policy replicas.")
@@ -154,6 +162,8 @@ def eval_cmd(
     max_batch_size: int = typer.Option(32, "--max-batch-size", min=1),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0),
     dispatch: str = DISPATCH,
+    poll_ms: float = POLL_MS,
+    sim_poll_ms: float = CLIENT_POLL_MS,
     action_horizon: int = typer.Option(0, "--action-horizon", min=0,
                                        help="Steps executed per chunk (0: the policy's own, 8 for GR00T)."),
     seed_offset: int = typer.Option(0, "--seed-offset", help="First seed."),
@@ -203,14 +213,15 @@ def eval_cmd(
         deploy_policy=not no_deploy,
         redis_host=redis_host,
         redis=RedisSettings(url=redis_url, namespace=namespace),
-        worker=WorkerSettings(policy=policy, batch=BatchSettings(max_batch_size=max_batch_size,
-                                                                 max_wait_ms=max_wait_ms, dispatch=dispatch)),
+        worker=WorkerSettings(policy=policy, poll_ms=poll_ms,
+                              batch=BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                                                  dispatch=dispatch)),
         serve=ServeSettings(replicas=replicas, num_gpus=gpus_per_replica, num_cpus=cpus_per_replica,
                             resources=_parse_resources(policy_resources, "--policy-resources"),
                             health_check_timeout_s=health_check_timeout_s,
                             env_vars=_env_passthrough(replica_env)),
         client=ClientSettings(deadline_s=deadline_s, reply_timeout_s=min(30.0, deadline_s),
-                              shared_frames=shared_frames),
+                              shared_frames=shared_frames, poll_ms=sim_poll_ms),
         autoscale=_autoscale(autoscale, prometheus_url, min_replicas, max_replicas, max_sims, target_utilization,
                              up_delay_s, down_delay_s, scale_to_zero_after_s, autoscale_interval_s, rate_window,
                              controller_metrics_port, envs_per_sim),
@@ -257,6 +268,7 @@ def policy_worker_cmd(
     max_batch_size: int = typer.Option(32, "--max-batch-size", min=1),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0),
     dispatch: str = DISPATCH,
+    poll_ms: float = POLL_MS,
     claim_idle_ms: int = typer.Option(60_000, "--claim-idle-ms", help="Re-claim requests idle this long."),
     max_deliveries: int = typer.Option(3, "--max-deliveries", help="Dead-letter after this many deliveries."),
     heartbeat_file: Path = typer.Option(None, "--heartbeat-file", envvar="ROLLOUTQ_HEARTBEAT_FILE",
@@ -280,7 +292,7 @@ def policy_worker_cmd(
         backend=backend, backend_options=options,
         redis=RedisSettings(url=redis_url, namespace=namespace),
         worker=WorkerSettings(policy=policy, worker_id=worker_id, claim_idle_ms=claim_idle_ms,
-                              max_deliveries=max_deliveries,
+                              max_deliveries=max_deliveries, poll_ms=poll_ms,
                               batch=BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                                                   dispatch=dispatch)),
     )
@@ -317,6 +329,9 @@ def sim_worker_cmd(
     sim_id: str = typer.Option("", "--sim-id", help="Name of this simulator (default host-pid)."),
     deadline_s: float = typer.Option(120.0, "--deadline-s"),
     shared_frames: bool = SHARED_FRAMES,
+    poll_ms: float = typer.Option(0.0, "--poll-ms", min=0.0,
+                                  help="Wait for a reply by sleeping through most of the usual round trip and "
+                                       "polling around its end, for up to this long past it (0: block)."),
     stay: bool = typer.Option(False, "--stay", help="Keep waiting for episodes instead of leaving when drained."),
     wait_for_sweep_s: float = typer.Option(60.0, "--wait-for-sweep-s", min=0.0,
                                            help="How long to wait for the controller to create the sweep."),
@@ -335,7 +350,7 @@ def sim_worker_cmd(
                                  wait_for_sweep_s=wait_for_sweep_s,
                                  redis=RedisSettings(url=redis_url, namespace=namespace),
                                  client=ClientSettings(deadline_s=deadline_s, reply_timeout_s=min(30.0, deadline_s),
-                                                       shared_frames=shared_frames))
+                                                       shared_frames=shared_frames, poll_ms=poll_ms))
     metrics = None
     if metrics_port:
         from monitoring.metrics import serve_metrics, sim_metrics

@@ -238,7 +238,9 @@ def split(action: dict[str, Any], sizes: list[int], prefix: str = "action.") -> 
         arr = np.asarray(value)
         if arr.ndim == 0 or arr.shape[0] != total:
             raise SchemaMismatch(f"policy returned {key} with leading dim {arr.shape[:1]}, expected {total}")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)  # one copy per key: each request's rows are then a view
+        if arr.dtype != np.float32:
+            arr = arr.astype(np.float32)
+        # Each request's rows are a view: the reply's encoder copies only the steps it sends.
         name = prefix + (key.split(".", 1)[1] if key.startswith("action.") else key)
         start = 0
         for i, n in enumerate(sizes):

@@ -183,3 +183,32 @@ def test_cohort_batch_is_ready_when_its_rows_fill_it():
     assert b.pop_ready(now=0.1) is None  # waits for r1 and r2
     b.add("r1-big", "k", now=0.1, rollout="r1", rows=4)
     assert b.pop_ready(now=0.1)[0] == ["r0-big", "r1-big"]  # 8 rows: full before r2 asks
+
+
+def test_cohort_says_when_the_next_request_is_due():
+    """`due_in` (what a polling worker reads): unknown until 8 think times are known, 0 while a batch
+    is partly in, the shortest usual think time after an answer, unknown again once the rollouts left."""
+    b = CohortBatcher[str](max_batch_size=8, max_wait_s=0.02)
+    assert b.due_in(0.0) is None
+    t = 0.0
+    for step in range(6):  # a thinks 10 ms between its answer and its next request, b 11 ms
+        b.add(f"a{step}", "k", now=t, rollout="a")
+        b.add(f"b{step}", "k", now=t + 0.001, rollout="b")
+        assert b.pop_ready(now=t + 0.001)[0] == [f"a{step}", f"b{step}"]
+        b.batch_done(["a", "b"], now=t + 0.05)
+        t += 0.06
+        if step < 4:
+            assert b.due_in(t - 0.009) is None  # fewer than 8 think times known
+    served = t - 0.01
+    assert b.due_in(served) == pytest.approx(0.01)
+    assert b.due_in(served + 0.004) == pytest.approx(0.006)
+    assert b.due_in(served + 0.02) == 0.0  # overdue
+    b.add("a6", "k", now=t, rollout="a")
+    assert b.pop_ready(now=t) is None and b.due_in(t) == 0.0  # partly in: b is expected any moment
+    b.add("b6", "k", now=t + 0.001, rollout="b")
+    assert b.pop_ready(now=t + 0.001)[0] == ["a6", "b6"]
+    assert b.due_in(t + 0.002) is None  # both are in the batch: nobody is due until it is answered
+    b.batch_done(["a", "b"], now=t + 0.05)
+    assert b.due_in(t + 0.05) == pytest.approx(0.01)
+    assert b.due_in(t + 0.05 + 3 * 0.011 + 0.001) is None  # silent for 3 p90 think times: they left
+    assert MicroBatcher[str](8, 0.02).due_in(0.0) is None  # the deadline rule never predicts

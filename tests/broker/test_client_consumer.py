@@ -562,3 +562,92 @@ def test_a_request_can_ask_for_only_the_steps_it_executes(redis_url):
             await r.aclose()
 
     asyncio.run(main())
+
+
+async def _reads(r) -> int:
+    stats = await r.info("commandstats")
+    return int(stats.get("cmdstat_xreadgroup", {}).get("calls", 0))
+
+
+def test_a_polling_worker_reads_without_blocking_only_while_a_rollout_is_due(redis_url):
+    """`poll_ms`: while a closed-loop rollout steps its simulator the worker reads without blocking
+    (every ms, then back to back near the moment it is due; a blocking worker issues one read per
+    `block_ms` or request); not while the model runs; and once the rollout has left, polling stops
+    after `poll_ms` and the worker is back to one blocking read per `block_ms`."""
+
+    async def closed_loop(client: PolicyClient, cycles: int) -> None:
+        for i in range(cycles):
+            await client.act("r", {"x": np.full((2,), i, np.float32)})
+            await asyncio.sleep(0.03)  # the simulator's steps
+
+    async def main() -> dict[str, int]:
+        r = connect_async(RedisSettings(url=redis_url))
+        client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=10))
+        counts = {}
+        for name, poll_ms, infer_s in (("block", 0.0, 0.0), ("poll", 50.0, 0.0), ("poll_slow_model", 50.0, 0.1)):
+            async with serving(redis_url, EchoHandler(delay_s=infer_s), poll_ms=poll_ms) as consumer:
+                await closed_loop(client, 10)  # the batcher learns the think time
+                before = await _reads(r)
+                await closed_loop(client, 10)
+                counts[name] = await _reads(r) - before
+                await asyncio.sleep(0.3)  # the rollout has left: polling must stop
+                before = await _reads(r)
+                await asyncio.sleep(0.5)
+                counts[f"{name}_idle"] = await _reads(r) - before
+                assert consumer.stats.batched_items_total == 20
+        await r.aclose()
+        return counts
+
+    counts = asyncio.run(main())
+    assert counts["block"] <= 10 * 4, counts  # one read per 20 ms block or request
+    assert counts["poll"] >= 3 * counts["block"], counts  # ~one read per ms of the 30 ms steps
+    # a 100 ms inference per cycle adds no reads: polling through it would add ~100 a cycle
+    assert counts["poll_slow_model"] <= 1.5 * counts["poll"] + 20, counts
+    for name in ("block", "poll", "poll_slow_model"):
+        assert counts[f"{name}_idle"] <= 0.5 / 0.02 + 5, counts
+
+
+async def _xreads(r) -> int:
+    stats = await r.info("commandstats")
+    return int(stats.get("cmdstat_xread", {}).get("calls", 0))
+
+
+def test_a_polling_client_reads_near_the_expected_reply_and_follows_a_faster_policy(redis_url):
+    """`ClientSettings.poll_ms`: `act`, `act_many` and the sync `act` sleep through most of the
+    usual round trip and poll around its end (more XREADs than a blocking client, same replies);
+    when the policy gets faster the client's wait follows within a step, because it times round
+    trips by Redis's clock and not by when it happened to read the reply."""
+
+    async def main() -> None:
+        r = connect_async(RedisSettings(url=redis_url))
+        handler = EchoHandler(delay_s=0.05)
+        # deadline dispatch: each request is served when it comes, the client alone sets the pace
+        async with serving(redis_url, handler, batch=BatchSettings(dispatch="deadline", max_wait_ms=1)):
+            clients = {mode: PolicyClient(r, "p", settings=ClientSettings(deadline_s=10, poll_ms=poll))
+                       for mode, poll in (("block", 0.0), ("poll", 5.0))}
+            sync = SyncPolicyClient(connect_sync(RedisSettings(url=redis_url)), "p",
+                                    settings=ClientSettings(deadline_s=10, poll_ms=5.0))
+            calls = {}
+            for mode, client in clients.items():
+                before = await _xreads(r)
+                for i in range(12):
+                    got = await client.act(f"{mode}-one", {"x": np.full((2,), i, np.float32)})
+                    assert got.chunk["echo"].tolist() == [i, i]
+                    many = await client.act_many([(f"{mode}-a", {"x": np.full((2,), i, np.float32)}),
+                                                  (f"{mode}-b", {"x": np.full((2,), -i, np.float32)})])
+                    assert [m.chunk["echo"][0] for m in many] == [i, -i]
+                calls[mode] = await _xreads(r) - before
+            for i in range(12):
+                got = await asyncio.to_thread(sync.act, "sync", {"x": np.full((2,), i, np.float32)})
+                assert got.chunk["echo"].tolist() == [i, i]
+            assert calls["poll"] > 2 * calls["block"], calls
+            handler.delay_s = 0.0  # the policy gets faster
+            fast = [(await clients["poll"].act("poll-one", {"x": np.zeros(2, np.float32)})).round_trip_ms
+                    for _ in range(3)]
+            fast_sync = [(await asyncio.to_thread(sync.act, "sync", {"x": np.zeros(2, np.float32)})).round_trip_ms
+                         for _ in range(3)]
+            # the first fast reply waits out the old estimate (~48 ms); the next ones do not
+            assert max(fast[1:]) < 25 and max(fast_sync[1:]) < 25, (fast, fast_sync)
+        await r.aclose()
+
+    asyncio.run(main())
