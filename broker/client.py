@@ -233,7 +233,7 @@ class PolicyClient:
                 pipe.xadd(stream, fields)
                 pipe.xread({reply_key: state.last_id}, block=_read_block(poll, wait_until - time.perf_counter()))
                 sent, got = await pipe.execute()
-                if not sends:
+                if not sends and core.settings.poll_ms:
                     state.sent_ms = _id_ms(sent)
                 sends += 1
                 while True:
@@ -335,7 +335,7 @@ class PolicyClient:
                 await asyncio.sleep(core.backoff(errors))
                 continue
             for i, sent in zip(sending, sent_ids, strict=True):
-                if not sends[i]:
+                if not sends[i] and s.poll_ms:
                     begun[i][0].sent_ms = _id_ms(sent)
                 sends[i] += 1
                 sent_at[i] = now
@@ -434,7 +434,7 @@ class SyncPolicyClient:
                 pipe.xadd(stream, fields)
                 pipe.xread({reply_key: state.last_id}, block=_read_block(poll, wait_until - time.perf_counter()))
                 sent, got = pipe.execute()
-                if not sends:
+                if not sends and core.settings.poll_ms:
                     state.sent_ms = _id_ms(sent)
                 sends += 1
                 while True:

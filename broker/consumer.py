@@ -395,7 +395,7 @@ class StreamConsumer:
                 self._in_inference = 0
                 self._room.set()
                 if self._pacer is not None and self._pacer.client_id is not None:
-                    self._spawn(self.redis.client_unblock(self._pacer.client_id))  # start polling now
+                    self._spawn(self._wake_reader(self._pacer.client_id))
 
     async def _infer(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
         now_ms = self._server_ms()
@@ -456,6 +456,11 @@ class StreamConsumer:
 
     def _send(self, replies: list[tuple[str, bytes, str | None, Reply]]) -> None:
         self._spawn(self._write_replies(replies))
+
+    async def _wake_reader(self, client_id: int) -> None:
+        """End the polling reader's blocking read: the batch is answered, its rollouts are due back."""
+        with contextlib.suppress(*REDIS_DOWN, ResponseError):
+            await self.redis.client_unblock(client_id)
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.create_task(work)

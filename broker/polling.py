@@ -7,7 +7,8 @@ default `hz` 10) unless something else wakes it. So with polling on, the reader
 
 - blocks while nothing is expected: the model is busy, every rollout's request is in, or the
   batcher cannot tell when the next one comes (`MicroBatcher.due_in`);
-- is woken with CLIENT UNBLOCK when a batch has been answered (`wake_command`);
+- is woken with CLIENT UNBLOCK (the consumer's dispatcher sends it to the reader's own connection)
+  when a batch has been answered;
 - then reads without blocking every `COARSE_S` until `LEAD_S` before the batcher expects the first
   rollout back, and back to back from then until `poll_ms` after the last arrival, so a cohort's
   requests are read as they land; a rollout that does not come back costs `poll_ms` of spinning.
