@@ -216,10 +216,8 @@ class CohortBatcher(MicroBatcher[T]):
         if self._groups:
             return 0.0
         absent = self._absent_after()
-        answered = [t for t in self._served_at.values() if now - t <= absent]
-        if not answered:
-            return None
-        return max(0.0, min(answered) + self._think_quantiles()[0] - now)
+        first = min((t for t in self._served_at.values() if now - t <= absent), default=None)
+        return None if first is None else max(0.0, first + self._think_quantiles()[0] - now)
 
     def next_deadline(self) -> float | None:
         if not self._groups:

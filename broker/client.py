@@ -34,6 +34,7 @@ from broker.errors import (
 )
 from broker.frames import FrameArena
 from broker.keys import Keys, shard_of
+from broker.polling import LEAD_S
 from broker.schema import RETRYABLE, Reply, Request
 from broker.settings import ClientSettings
 
@@ -69,10 +70,6 @@ class ActResult:
     batch: int
     worker: str
     sends: int
-
-
-POLL_LEAD_S = 0.002
-"""With `ClientSettings.poll_ms`, polling starts this long before the shortest recent round trip."""
 
 
 @dataclass
@@ -154,10 +151,15 @@ class _Core:
         expected = min((min(s.round_trips) for s in states if s.round_trips), default=None)
         if expected is None:
             return False, 0.0
-        left = started + expected - POLL_LEAD_S - time.perf_counter()
+        left = started + expected - LEAD_S - time.perf_counter()
         if left > 0:
             return True, left
-        return -left < POLL_LEAD_S + self.settings.poll_ms / 1000, 0.0
+        return -left < LEAD_S + self.settings.poll_ms / 1000, 0.0
+
+    def sent(self, state: _Rollout, entry_id: bytes, sends: int) -> None:
+        """Note a request's entry id (Redis's clock) on its first send, for `poll_ms`'s round trips."""
+        if not sends and self.settings.poll_ms:
+            state.sent_ms = _id_ms(entry_id)
 
     def finish(self, state: _Rollout, reply: Reply, started: float, sends: int) -> ActResult:
         state.seq += 1
@@ -233,8 +235,7 @@ class PolicyClient:
                 pipe.xadd(stream, fields)
                 pipe.xread({reply_key: state.last_id}, block=_read_block(poll, wait_until - time.perf_counter()))
                 sent, got = await pipe.execute()
-                if not sends and core.settings.poll_ms:
-                    state.sent_ms = _id_ms(sent)
+                core.sent(state, sent, sends)
                 sends += 1
                 while True:
                     reply = core.match(state, got[0][1]) if got else None
@@ -335,8 +336,7 @@ class PolicyClient:
                 await asyncio.sleep(core.backoff(errors))
                 continue
             for i, sent in zip(sending, sent_ids, strict=True):
-                if not sends[i] and s.poll_ms:
-                    begun[i][0].sent_ms = _id_ms(sent)
+                core.sent(begun[i][0], sent, sends[i])
                 sends[i] += 1
                 sent_at[i] = now
             due.clear()
@@ -434,8 +434,7 @@ class SyncPolicyClient:
                 pipe.xadd(stream, fields)
                 pipe.xread({reply_key: state.last_id}, block=_read_block(poll, wait_until - time.perf_counter()))
                 sent, got = pipe.execute()
-                if not sends and core.settings.poll_ms:
-                    state.sent_ms = _id_ms(sent)
+                core.sent(state, sent, sends)
                 sends += 1
                 while True:
                     reply = core.match(state, got[0][1]) if got else None

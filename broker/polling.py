@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 LEAD_S = 0.002
-"""Polling starts this long before the batcher expects a request: its estimate is when requests
-were decoded, not when they reached Redis."""
+"""Polling starts this long before a message is expected: the estimates are taken where it was
+decoded (the batcher's) or to the ms (the client's, from entry ids), not when it reached Redis."""
 COARSE_S = 0.001
 """Between non-blocking reads before that: a request that comes early waits at most this long."""
 

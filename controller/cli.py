@@ -87,10 +87,10 @@ POLL_MS = typer.Option(0.0, "--poll-ms", min=0.0,
                        help="While the model waits for rollouts due back (cohort dispatch), read without blocking "
                             "for up to this long after the last arrival: one core spins a few ms a cycle, the requests "
                             "skip ~1 ms of wake-ups (0: always block).")
-CLIENT_POLL_MS = typer.Option(0.0, "--sim-poll-ms", min=0.0,
-                              help="Simulators wait for a reply by sleeping through most of the usual round "
-                                   "trip and polling around its end, for up to this long past it: a core spins a "
-                                   "few ms a step, replies skip ~1 ms of wake-ups (0: block).")
+_CLIENT_POLL_HELP = ("wait for a reply by sleeping through most of the usual round trip and polling around its "
+                     "end, for up to this long past it: a core spins a few ms a step, replies skip ~1 ms of "
+                     "wake-ups (0: block).")
+CLIENT_POLL_MS = typer.Option(0.0, "--sim-poll-ms", min=0.0, help="Simulators " + _CLIENT_POLL_HELP)
 PROM_URL = typer.Option(None, "--prometheus-url", envvar="ROLLOUTQ_PROMETHEUS_URL",
                         help="Prometheus the autoscaler reads (eval default: start a local exporter + Prometheus).")
 MIN_REPLICAS = typer.Option(1, "--min-replicas", min=0, help="Autoscale: fewest policy replicas.")
@@ -329,9 +329,7 @@ def sim_worker_cmd(
     sim_id: str = typer.Option("", "--sim-id", help="Name of this simulator (default host-pid)."),
     deadline_s: float = typer.Option(120.0, "--deadline-s"),
     shared_frames: bool = SHARED_FRAMES,
-    poll_ms: float = typer.Option(0.0, "--poll-ms", min=0.0,
-                                  help="Wait for a reply by sleeping through most of the usual round trip and "
-                                       "polling around its end, for up to this long past it (0: block)."),
+    poll_ms: float = typer.Option(0.0, "--poll-ms", min=0.0, help="This simulator's clients " + _CLIENT_POLL_HELP),
     stay: bool = typer.Option(False, "--stay", help="Keep waiting for episodes instead of leaving when drained."),
     wait_for_sweep_s: float = typer.Option(60.0, "--wait-for-sweep-s", min=0.0,
                                            help="How long to wait for the controller to create the sweep."),

@@ -564,9 +564,10 @@ def test_a_request_can_ask_for_only_the_steps_it_executes(redis_url):
     asyncio.run(main())
 
 
-async def _reads(r) -> int:
+async def _calls(r, command: str = "xreadgroup") -> int:
+    """How many times Redis has run `command` (INFO commandstats)."""
     stats = await r.info("commandstats")
-    return int(stats.get("cmdstat_xreadgroup", {}).get("calls", 0))
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 def test_a_polling_worker_reads_without_blocking_only_while_a_rollout_is_due(redis_url):
@@ -587,13 +588,13 @@ def test_a_polling_worker_reads_without_blocking_only_while_a_rollout_is_due(red
         for name, poll_ms, infer_s in (("block", 0.0, 0.0), ("poll", 50.0, 0.0), ("poll_slow_model", 50.0, 0.1)):
             async with serving(redis_url, EchoHandler(delay_s=infer_s), poll_ms=poll_ms) as consumer:
                 await closed_loop(client, 10)  # the batcher learns the think time
-                before = await _reads(r)
+                before = await _calls(r)
                 await closed_loop(client, 10)
-                counts[name] = await _reads(r) - before
+                counts[name] = await _calls(r) - before
                 await asyncio.sleep(0.3)  # the rollout has left: polling must stop
-                before = await _reads(r)
+                before = await _calls(r)
                 await asyncio.sleep(0.5)
-                counts[f"{name}_idle"] = await _reads(r) - before
+                counts[f"{name}_idle"] = await _calls(r) - before
                 assert consumer.stats.batched_items_total == 20
         await r.aclose()
         return counts
@@ -605,11 +606,6 @@ def test_a_polling_worker_reads_without_blocking_only_while_a_rollout_is_due(red
     assert counts["poll_slow_model"] <= 1.5 * counts["poll"] + 20, counts
     for name in ("block", "poll", "poll_slow_model"):
         assert counts[f"{name}_idle"] <= 0.5 / 0.02 + 5, counts
-
-
-async def _xreads(r) -> int:
-    stats = await r.info("commandstats")
-    return int(stats.get("cmdstat_xread", {}).get("calls", 0))
 
 
 def test_a_polling_client_reads_near_the_expected_reply_and_follows_a_faster_policy(redis_url):
@@ -629,14 +625,14 @@ def test_a_polling_client_reads_near_the_expected_reply_and_follows_a_faster_pol
                                     settings=ClientSettings(deadline_s=10, poll_ms=5.0))
             calls = {}
             for mode, client in clients.items():
-                before = await _xreads(r)
+                before = await _calls(r, "xread")
                 for i in range(12):
                     got = await client.act(f"{mode}-one", {"x": np.full((2,), i, np.float32)})
                     assert got.chunk["echo"].tolist() == [i, i]
                     many = await client.act_many([(f"{mode}-a", {"x": np.full((2,), i, np.float32)}),
                                                   (f"{mode}-b", {"x": np.full((2,), -i, np.float32)})])
                     assert [m.chunk["echo"][0] for m in many] == [i, -i]
-                calls[mode] = await _xreads(r) - before
+                calls[mode] = await _calls(r, "xread") - before
             for i in range(12):
                 got = await asyncio.to_thread(sync.act, "sync", {"x": np.full((2,), i, np.float32)})
                 assert got.chunk["echo"].tolist() == [i, i]
