@@ -5,4 +5,4 @@ the array codec (`codec`), the simulator-side client (`client`) and the worker-s
 (`consumer`, `batcher`). Nothing in this package imports the rest of rolloutq.
 """
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2

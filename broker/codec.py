@@ -363,3 +363,31 @@ def decode(data: bytes, limits: CodecLimits | None = None) -> Any:
     if limits is None:
         return _default_codec.decode(data)
     return MsgpackNumpyCodec(limits).decode(data)
+
+
+def first_non_finite(tree: Any, prefix: str = "") -> str | None:
+    """The key of the first float array (or float) in `tree` that holds NaN or infinity, else None.
+
+    Observations and action chunks are checked with this by default: a NaN that reaches a policy
+    comes back as NaN actions, and a NaN action would end a simulated episode as if the simulator
+    had failed, when it is the policy that did.
+    """
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            name = k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)
+            found = first_non_finite(v, f"{prefix}{name}" if not prefix else f"{prefix}.{name}")
+            if found is not None:
+                return found
+        return None
+    if isinstance(tree, np.ndarray):
+        if tree.dtype.kind == "f" and tree.size and not np.isfinite(tree).all():
+            return prefix or "<array>"
+        return None
+    if isinstance(tree, float) and not np.isfinite(tree):
+        return prefix or "<value>"
+    if isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            found = first_non_finite(v, f"{prefix}[{i}]")
+            if found is not None:
+                return found
+    return None

@@ -7,12 +7,15 @@ msgpack value each (see `broker.codec`). docs/PROTOCOL.md is the normative descr
 
 from __future__ import annotations
 
+import re
+import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from broker import PROTOCOL_VERSION
 from broker.errors import ProtocolError
+from broker.keys import check_name
 
 
 class Status(StrEnum):
@@ -25,18 +28,48 @@ class Status(StrEnum):
     SCHEMA_MISMATCH = "schema_mismatch"  # observation does not match the policy's published schema
     UNSUPPORTED_VERSION = "unsupported_version"  # protocol version this worker does not speak
     EXPIRED = "expired"  # deadline passed before inference; not retried by the worker
-    INFERENCE_FAILED = "inference_failed"  # the backend raised; the request may be retried
-    DEAD_LETTER = "dead_letter"  # gave up after the allowed number of deliveries
+    INFERENCE_FAILED = "inference_failed"  # the model raised on this observation (also alone); final
+    BAD_ACTION = "bad_action"  # the policy's output is non-finite or does not fit its action schema; final
+    DEAD_LETTER = "dead_letter"  # delivered the allowed number of times without an answer (worker crashes)
     SHUTTING_DOWN = "shutting_down"  # worker stopping; the request was released for another worker
 
 
-RETRYABLE = frozenset({Status.INFERENCE_FAILED, Status.SHUTTING_DOWN})
+RETRYABLE = frozenset({Status.SHUTTING_DOWN})
+"""Statuses after which a client resends the same request (same nonce) after a backoff."""
+
+POLICY_FAULTS = frozenset({Status.INFERENCE_FAILED, Status.BAD_ACTION})
+"""Statuses that are the policy's fault: an episode that gets one is scored as a policy error."""
+
+SENDER_FAULTS = frozenset({Status.BAD_REQUEST, Status.BAD_OBSERVATION, Status.FRAMES_UNAVAILABLE,
+                           Status.SCHEMA_MISMATCH, Status.UNSUPPORTED_VERSION})
+"""Statuses that say the simulator sent something the policy cannot take (its own fault or a setup error)."""
+
+MAX_SCALAR_FIELD = 20
+"""Bytes allowed in a numeric field (`v`, `seq`, `ttl_ms`, `steps`, `resend`)."""
+MAX_ENTRY_FIELDS = 16
+"""Fields allowed in one request entry; a worker refuses more before reading any of them."""
+
+_NONCE = re.compile(r"^[A-Za-z0-9_\-]{8,64}$")
 
 
-def _text(fields: dict[Any, Any], name: str) -> str:
+def new_nonce() -> str:
+    """A request's nonce: 16 random hex characters, chosen by the client, echoed by the worker."""
+    return secrets.token_hex(8)
+
+
+def check_nonce(value: str) -> str:
+    if not isinstance(value, str) or not _NONCE.match(value):
+        raise ProtocolError("field 'nonce' must be 8-64 characters from A-Z a-z 0-9 _ - (a fresh random value "
+                            "per request, reused by its resends)")
+    return value
+
+
+def _text(fields: dict[Any, Any], name: str, cap: int = MAX_SCALAR_FIELD) -> str:
     v = fields.get(name.encode(), fields.get(name))
     if v is None:
         raise ProtocolError(f"entry has no {name!r} field")
+    if len(v) > cap:
+        raise ProtocolError(f"field {name!r} is {len(v)} bytes long; at most {cap} are allowed")
     if isinstance(v, bytes):
         try:
             return v.decode()
@@ -50,7 +83,7 @@ def _int(fields: dict[Any, Any], name: str, default: int | None = None) -> int:
         return default
     raw = _text(fields, name)
     try:
-        return int(raw)
+        return int(raw, 10)
     except ValueError:
         raise ProtocolError(f"field {name!r} must be a decimal integer, got {raw[:40]!r}") from None
 
@@ -72,55 +105,95 @@ def _bytes(fields: dict[Any, Any], name: str) -> bytes:
 
 @dataclass
 class Request:
-    """One observation from one rollout, asking for one action chunk."""
+    """One observation from one rollout, asking for one action chunk.
+
+    There is no reply key on the wire: the worker derives the rollout's reply stream from the
+    request stream it read and the rollout id (docs/PROTOCOL.md §2), and echoes `nonce`, which
+    the client chose and checks, so a reply can never be taken for the answer to another request.
+    """
 
     rollout: str
     seq: int
-    reply_to: str
     obs: bytes
     ttl_ms: int
+    nonce: str = field(default_factory=new_nonce)
     version: int = PROTOCOL_VERSION
     steps: int = 0
     """Send back only the first `steps` steps of the chunk (the ones the simulator will execute);
     0 = the whole chunk. Optional on the wire (docs/PROTOCOL.md §4.2)."""
+    resend: int = 0
+    """0 on the first send; n on the n-th resend of the same request (same seq and nonce)."""
 
     def to_fields(self) -> dict[str, Any]:
         out = {
             "v": str(self.version),
             "rollout": self.rollout,
             "seq": str(self.seq),
-            "reply_to": self.reply_to,
+            "nonce": self.nonce,
             "ttl_ms": str(self.ttl_ms),
             "obs": self.obs,
         }
         if self.steps:
             out["steps"] = str(self.steps)
+        if self.resend:
+            out["resend"] = str(self.resend)
         return out
 
     @classmethod
-    def from_fields(cls, fields: dict[Any, Any]) -> Request:
+    def from_fields(cls, fields: dict[Any, Any], max_obs_bytes: int = 64 * 1024 * 1024) -> Request:
+        """Parse and check a request entry; every field's size is checked before it is decoded."""
+        if len(fields) > MAX_ENTRY_FIELDS:
+            raise ProtocolError(f"request has {len(fields)} fields; at most {MAX_ENTRY_FIELDS} are allowed")
         version = _int(fields, "v")
         if version != PROTOCOL_VERSION:
             raise ProtocolError(
                 f"protocol version {version} is not supported by this worker (it speaks "
                 f"{PROTOCOL_VERSION}); upgrade the client or the worker so that they match"
             )
+        rollout = check_name("rollout", _text(fields, "rollout", cap=128))
+        nonce = check_nonce(_text(fields, "nonce", cap=64))
         seq = _int(fields, "seq")
+        if seq < 0:
+            raise ProtocolError(f"field 'seq' must be >= 0, got {seq}")
         ttl = _int(fields, "ttl_ms")
-        if seq < 0 or ttl <= 0:
-            raise ProtocolError("seq must be >= 0 and ttl_ms > 0")
+        if ttl <= 0:
+            raise ProtocolError(f"field 'ttl_ms' must be > 0 (milliseconds after the entry id's time), got {ttl}")
         steps = _int(fields, "steps", default=0)
         if steps < 0:
-            raise ProtocolError(f"steps must be >= 0 (0 = the whole chunk), got {steps}")
-        return cls(
-            rollout=_text(fields, "rollout"),
-            seq=seq,
-            reply_to=_text(fields, "reply_to"),
-            obs=_bytes(fields, "obs"),
-            ttl_ms=ttl,
-            version=version,
-            steps=steps,
-        )
+            raise ProtocolError(f"field 'steps' must be >= 0 (0 = the whole chunk), got {steps}")
+        resend = _int(fields, "resend", default=0)
+        if resend < 0:
+            raise ProtocolError(f"field 'resend' must be >= 0, got {resend}")
+        obs = _bytes(fields, "obs")
+        if len(obs) > max_obs_bytes:
+            raise ProtocolError(f"field 'obs' is {len(obs)} bytes long; at most {max_obs_bytes} are allowed")
+        return cls(rollout=rollout, seq=seq, obs=obs, ttl_ms=ttl, nonce=nonce, version=version, steps=steps,
+                   resend=resend)
+
+
+def peek_reply_fields(fields: dict[Any, Any]) -> tuple[str | None, int, str]:
+    """What a worker can still answer a request it refused: (rollout or None when unusable, seq or
+    -1, nonce or ""). Each field is used only when it is well-formed and within its size cap."""
+    def get(name: str, cap: int) -> str | None:
+        v = fields.get(name.encode(), fields.get(name))
+        if v is None or len(v) > cap:
+            return None
+        try:
+            return v.decode() if isinstance(v, bytes) else str(v)
+        except UnicodeDecodeError:
+            return None
+
+    rollout = get("rollout", 128)
+    try:
+        rollout = check_name("rollout", rollout) if rollout is not None else None
+    except ProtocolError:
+        rollout = None
+    raw_seq = get("seq", MAX_SCALAR_FIELD)
+    seq = int(raw_seq) if raw_seq is not None and raw_seq.isdigit() else -1
+    nonce = get("nonce", 64) or ""
+    if nonce and not _NONCE.match(nonce):
+        nonce = ""
+    return rollout, seq, nonce
 
 
 @dataclass
@@ -129,6 +202,8 @@ class Reply:
 
     seq: int
     status: str
+    nonce: str = ""
+    """The request's nonce, echoed: a client accepts only the reply carrying the nonce it sent."""
     action: bytes = b""
     error: str = ""
     queue_ms: float = 0.0
@@ -145,6 +220,7 @@ class Reply:
         out: dict[str, Any] = {
             "v": str(PROTOCOL_VERSION),
             "seq": str(self.seq),
+            "nonce": self.nonce,
             "status": str(self.status),
             "queue_ms": f"{self.queue_ms:.3f}",
             "infer_ms": f"{self.infer_ms:.3f}",
@@ -159,17 +235,18 @@ class Reply:
 
     @classmethod
     def from_fields(cls, fields: dict[Any, Any]) -> Reply:
-        status = _text(fields, "status")
+        status = _text(fields, "status", cap=64)
         ok = status == Status.OK
         return cls(
             seq=_int(fields, "seq"),
             status=status,
+            nonce=_text(fields, "nonce", cap=64) if b"nonce" in fields or "nonce" in fields else "",
             action=_bytes(fields, "action") if ok else b"",
-            error="" if ok else _text(fields, "error"),
+            error="" if ok else _text(fields, "error", cap=4096),
             queue_ms=_float(fields, "queue_ms"),
             infer_ms=_float(fields, "infer_ms"),
             batch=_int(fields, "batch"),
-            worker=_text(fields, "worker"),
+            worker=_text(fields, "worker", cap=256),
         )
 
 
