@@ -98,7 +98,7 @@ def accept_side(reps: int, keys: Keys, arena: FrameArena) -> dict[str, float]:
     entries = []
     for i in range(B):
         payload = writer.encode(arena.externalize(f"r{i}", observation(i)))
-        fields = Request(f"r{i}", 1, keys.reply_prefix("p", 0) + f"r{i}", payload, 60_000).to_fields()
+        fields = Request(f"r{i}", 1, payload, 60_000).to_fields()
         entries.append({k.encode(): v.encode() if isinstance(v, str) else v for k, v in fields.items()})
     requests = [Request.from_fields(f) for f in entries]
     decoded = [reader_codec.decode(r.obs) for r in requests]
@@ -116,7 +116,7 @@ def accept_side(reps: int, keys: Keys, arena: FrameArena) -> dict[str, float]:
         consumer._held_ids.clear()
         now = int(time.time() * 1000)
         got = [(stream, [(b"%d-%d" % (now, i), f) for i, f in enumerate(entries)])]
-        asyncio.run(consumer._accept_all(got, 1))
+        asyncio.run(consumer._accept_all(consumer._hold(got), 1))
         if len(consumer.batcher) != B:
             raise RuntimeError(f"accept took {len(consumer.batcher)} of {B} requests: {consumer.stats.errors}")
 

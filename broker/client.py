@@ -1,16 +1,20 @@
 """The simulator's side of the wire: send an observation, get an action chunk back.
 
 `PolicyClient.act` XADDs a request to the policy's request stream and blocks on the rollout's own
-reply stream, both in one pipelined round trip (Redis runs the XADD, then the XREAD BLOCK). If no
-reply comes within `reply_timeout_s` it resends the same sequence number (a worker may then answer
-twice; the duplicate has the old sequence number and is skipped by the next call), and after
-`deadline_s` it raises `PolicyTimeout`. Replies whose sequence number is not the one awaited are
-stale and ignored. `SyncPolicyClient` is the same for code without an event loop.
+reply stream, both in one pipelined round trip (Redis runs the XADD, then the XREAD BLOCK). Every
+request carries a fresh random nonce that the worker echoes: only the reply with that nonce is
+taken, so a reply to another request (an earlier step's duplicate, or a request someone else sent
+under this rollout id) is never mistaken for this one. If no reply comes within
+`reply_timeout_s` it resends the request (same seq and nonce, the remaining deadline, and the
+first send's entry id, so a worker drops the resend while the original is still queued or held);
+after `deadline_s` it deletes its request entries (cancel) and raises `PolicyTimeout`.
+`SyncPolicyClient` is the same for code without an event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -22,7 +26,7 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
-from broker.codec import Codec, MsgpackNumpyCodec
+from broker.codec import Codec, MsgpackNumpyCodec, first_non_finite
 from broker.connection import REDIS_DOWN
 from broker.errors import (
     BrokerError,
@@ -33,9 +37,9 @@ from broker.errors import (
     SharedFramesUnavailable,
 )
 from broker.frames import FrameArena
-from broker.keys import Keys, shard_of
+from broker.keys import Keys, check_name, shard_of
 from broker.polling import LEAD_S
-from broker.schema import RETRYABLE, Reply, Request
+from broker.schema import RETRYABLE, Reply, Request, Status
 from broker.settings import ClientSettings
 
 _MAX_BLOCK_S = 2.0
@@ -85,6 +89,31 @@ class _Rollout:
     XADD; unlike the client's own, they do not grow when the client reads a reply late."""
 
 
+@dataclass
+class _Call:
+    """One request being answered: what a resend sends, and the entries of its sends (to cancel)."""
+
+    rollout: str
+    state: _Rollout
+    stream: str
+    reply_key: str
+    request: Request
+    deadline: float
+    """`time.perf_counter()` time after which the call gives up."""
+    sent_ids: list[bytes] = field(default_factory=list)
+
+    def fields(self) -> dict[str, Any]:
+        """The next send's fields: the first send with the whole deadline, a resend with what is left
+        of it (so no worker infers it after the caller gave up) and the first send's entry id."""
+        r = self.request
+        if self.sent_ids:
+            r.resend = len(self.sent_ids)
+            first = self.sent_ids[0]
+            r.orig = first.decode() if isinstance(first, bytes) else str(first)
+            r.ttl_ms = max(1, int((self.deadline - time.perf_counter()) * 1000))
+        return r.to_fields()
+
+
 class _Core:
     """What the async and sync clients share: keys, sequence numbers, request/reply handling."""
 
@@ -97,21 +126,22 @@ class _Core:
         self.rollouts: dict[str, _Rollout] = {}
         self.frames = FrameArena(settings.frames_dir) if settings.shared_frames else None
 
-    def begin(self, rollout: str, obs: Any, steps: int = 0) -> tuple[_Rollout, str, str, dict[str, Any]]:
+    def begin(self, rollout: str, obs: Any, steps: int = 0) -> _Call:
         if steps < 0:
             raise ValueError(f"steps must be >= 0 (0 = the whole chunk), got {steps}")
+        check_name("rollout", rollout)
         state = self.rollouts.setdefault(rollout, _Rollout())
         shard = shard_of(rollout, self.shards)
-        reply_key = self.keys.replies(self.policy, rollout, shard)
         request = Request(
             rollout=rollout,
             seq=state.seq,
-            reply_to=reply_key,
             obs=obs if isinstance(obs, bytes) else self.codec.encode(self._frames_out(rollout, obs)),
             ttl_ms=int(self.settings.deadline_s * 1000),
             steps=steps,
         )
-        return state, self.keys.requests(self.policy, shard), reply_key, request.to_fields()
+        return _Call(rollout, state, self.keys.requests(self.policy, shard),
+                     self.keys.replies(self.policy, rollout, shard), request,
+                     time.perf_counter() + self.settings.deadline_s)
 
     def frame_views(self, rollout: str, layout: dict[str, tuple[tuple[int, ...], Any]]) -> dict[str, Any]:
         if self.frames is None:
@@ -131,15 +161,17 @@ class _Core:
         if self.frames is not None:
             self.frames.close()
 
-    def match(self, state: _Rollout, entries: list) -> Reply | None:
-        """The reply to the awaited sequence number among `entries`, if any; stale ones are skipped."""
+    def match(self, call: _Call, entries: list) -> Reply | None:
+        """The reply to `call` among `entries`, if any: the one that echoes its nonce. Every other
+        entry (an earlier step's duplicate, an answer to someone else's request) is skipped."""
+        want = call.request.nonce
         for entry_id, fields in entries:
-            state.last_id = entry_id
+            call.state.last_id = entry_id
             try:
                 reply = Reply.from_fields(fields)
             except ProtocolError:
                 continue
-            if reply.seq == state.seq:
+            if reply.nonce == want and reply.seq in (call.request.seq, -1):
                 return reply
         return None
 
@@ -167,8 +199,11 @@ class _Core:
             raise PolicyErrorReply(reply.status, reply.error)
         if sends == 1 and state.sent_ms and state.last_id:
             state.round_trips.append(max(0, _id_ms(state.last_id) - state.sent_ms) / 1000)
+        chunk = self.codec.decode(reply.action)
+        if self.settings.check_finite and (key := first_non_finite(chunk)) is not None:
+            raise PolicyErrorReply(Status.BAD_ACTION, f"the policy's action {key!r} holds NaN or infinity")
         return ActResult(
-            chunk=self.codec.decode(reply.action),
+            chunk=chunk,
             seq=reply.seq,
             round_trip_ms=(time.perf_counter() - started) * 1000,
             queue_ms=reply.queue_ms,
@@ -181,6 +216,13 @@ class _Core:
     def backoff(self, attempt: int) -> float:
         base = self.settings.backoff_s * (2 ** min(attempt, 6))
         return base * (0.5 + random.random())
+
+
+def _cancel(pipe: Any, call: _Call) -> Any:
+    """Queue the deletion of a call's request entries: a worker that has not read them never will."""
+    if call.sent_ids:
+        pipe.xdel(call.stream, *call.sent_ids)
+    return pipe
 
 
 def _timeout(rollout: str, seq: int, policy: str, deadline_s: float, sends: int) -> PolicyTimeout:
@@ -213,52 +255,58 @@ class PolicyClient:
         """One action chunk for `obs`. `steps` > 0 asks for only the chunk's first `steps` steps
         (those the simulator will execute before asking again): a smaller reply."""
         core = self._core
-        state, stream, reply_key, fields = core.begin(rollout, obs, steps)
+        call = core.begin(rollout, obs, steps)
+        state, reply_key = call.state, call.reply_key
         started = time.perf_counter()
-        deadline = started + core.settings.deadline_s
+        deadline = call.deadline
         sends = 0
         errors = 0
-        while True:
-            now = time.perf_counter()
-            if now >= deadline:
-                state.seq += 1
-                if errors and not sends:
-                    raise RedisUnavailable("Redis unreachable: no request could be sent before the deadline")
-                raise _timeout(rollout, state.seq - 1, core.policy, core.settings.deadline_s, sends)
-            try:
-                if state.last_id is None:
-                    last = await self.redis.xrevrange(reply_key, count=1)
-                    state.last_id = last[0][0] if last else b"0-0"
-                wait_until = min(deadline, time.perf_counter() + core.settings.reply_timeout_s)
-                poll, _ = core.poll_plan((state,), started)
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.xadd(stream, fields)
-                pipe.xread({reply_key: state.last_id}, block=_read_block(poll, wait_until - time.perf_counter()))
-                sent, got = await pipe.execute()
-                core.sent(state, sent, sends)
-                sends += 1
-                while True:
-                    reply = core.match(state, got[0][1]) if got else None
-                    if reply is not None:
-                        if reply.status in RETRYABLE and sends <= core.settings.max_resends:
-                            await asyncio.sleep(core.backoff(sends))
+        try:
+            while True:
+                now = time.perf_counter()
+                if now >= deadline:
+                    if errors and not sends:
+                        raise RedisUnavailable("Redis unreachable: no request could be sent before the deadline")
+                    raise _timeout(rollout, state.seq, core.policy, core.settings.deadline_s, sends)
+                try:
+                    if state.last_id is None:
+                        last = await self.redis.xrevrange(reply_key, count=1)
+                        state.last_id = last[0][0] if last else b"0-0"
+                    wait_until = min(deadline, time.perf_counter() + core.settings.reply_timeout_s)
+                    poll, _ = core.poll_plan((state,), started)
+                    pipe = self.redis.pipeline(transaction=False)
+                    pipe.xadd(call.stream, call.fields())
+                    pipe.xread({reply_key: state.last_id}, block=_read_block(poll, wait_until - time.perf_counter()))
+                    sent, got = await pipe.execute()
+                    core.sent(state, sent, sends)
+                    call.sent_ids.append(sent)
+                    sends += 1
+                    while True:
+                        reply = core.match(call, got[0][1]) if got else None
+                        if reply is not None:
+                            if reply.status in RETRYABLE and sends <= core.settings.max_resends:
+                                await asyncio.sleep(core.backoff(sends))
+                                break
+                            return core.finish(state, reply, started, sends)
+                        if (left := wait_until - time.perf_counter()) <= 0:
                             break
-                        return core.finish(state, reply, started, sends)
-                    if (left := wait_until - time.perf_counter()) <= 0:
-                        break
-                    poll, nap = core.poll_plan((state,), started)
-                    if nap:
-                        await asyncio.sleep(min(nap, left))
-                    got = await self.redis.xread({reply_key: state.last_id}, block=_read_block(poll, left))
-            except REDIS_DOWN as e:
-                errors += 1
-                if time.perf_counter() + core.backoff(errors) >= deadline:
-                    state.seq += 1
-                    raise RedisUnavailable(f"Redis unreachable while waiting for a reply: {e}") from None
-                await asyncio.sleep(core.backoff(errors))
-            if sends > core.settings.max_resends:
+                        poll, nap = core.poll_plan((state,), started)
+                        if nap:
+                            await asyncio.sleep(min(nap, left))
+                        got = await self.redis.xread({reply_key: state.last_id}, block=_read_block(poll, left))
+                except REDIS_DOWN as e:
+                    errors += 1
+                    if time.perf_counter() + core.backoff(errors) >= deadline:
+                        raise RedisUnavailable(f"Redis unreachable while waiting for a reply: {e}") from None
+                    await asyncio.sleep(core.backoff(errors))
+                if sends > core.settings.max_resends:
+                    raise _timeout(rollout, state.seq, core.policy, core.settings.deadline_s, sends)
+        except BrokerError:
+            if state.seq == call.request.seq:  # gave up (finish() moved on already otherwise)
                 state.seq += 1
-                raise _timeout(rollout, state.seq - 1, core.policy, core.settings.deadline_s, sends)
+                with contextlib.suppress(*REDIS_DOWN):
+                    await _cancel(self.redis.pipeline(transaction=False), call).execute()
+            raise
 
     async def act_many(self, items: Sequence[tuple[str, Any]], steps: int = 0) -> list[ActResult | BrokerError]:
         """`act` for several rollouts at once: one chunk (or the error) per (rollout, observation).
@@ -272,26 +320,29 @@ class PolicyClient:
         """
         core = self._core
         s = core.settings
-        begun = [core.begin(rollout, obs, steps) for rollout, obs in items]
-        keys = [b[2].encode() for b in begun]
+        calls = [core.begin(rollout, obs, steps) for rollout, obs in items]
+        keys = [c.reply_key.encode() for c in calls]
         if len(set(keys)) != len(keys):
             raise ValueError("act_many takes each rollout at most once per call")
         by_key = {k: i for i, k in enumerate(keys)}
-        out: list[ActResult | BrokerError | None] = [None] * len(begun)
+        out: list[ActResult | BrokerError | None] = [None] * len(calls)
         started = time.perf_counter()
         deadline = started + s.deadline_s
-        sends = [0] * len(begun)
-        sent_at = [0.0] * len(begun)
+        sends = [0] * len(calls)
+        sent_at = [0.0] * len(calls)
         retry_at: dict[int, float] = {}
-        pending = set(range(len(begun)))
+        pending = set(range(len(calls)))
         due = set(pending)
         errors = 0
 
+        gave_up: list[_Call] = []
+
         def fail(i: int, error: BrokerError) -> None:
-            begun[i][0].seq += 1
+            calls[i].state.seq += 1
             out[i] = error
             pending.discard(i)
             due.discard(i)
+            gave_up.append(calls[i])
 
         while pending:
             now = time.perf_counter()
@@ -301,7 +352,7 @@ class PolicyClient:
                     if errors and not sends[i]:
                         fail(i, RedisUnavailable("Redis unreachable: no request could be sent before the deadline"))
                     else:
-                        fail(i, _timeout(items[i][0], begun[i][0].seq, core.policy, s.deadline_s, sends[i]))
+                        fail(i, _timeout(items[i][0], calls[i].state.seq, core.policy, s.deadline_s, sends[i]))
                 elif timed_out or retry_at.get(i, deadline) <= now:
                     retry_at.pop(i, None)
                     due.add(i)
@@ -309,22 +360,22 @@ class PolicyClient:
                 break
             wake = min([deadline, *retry_at.values(), *([now + s.reply_timeout_s] if due else []),
                         *(sent_at[i] + s.reply_timeout_s for i in pending if i not in due and i not in retry_at)])
-            poll, nap = core.poll_plan((begun[i][0] for i in pending), started)
+            poll, nap = core.poll_plan((calls[i].state for i in pending), started)
             if nap and not due:
                 await asyncio.sleep(min(nap, max(0.0, wake - time.perf_counter())))
             try:
-                fresh = [i for i in due if begun[i][0].last_id is None]
+                fresh = [i for i in due if calls[i].state.last_id is None]
                 if fresh:
                     pipe = self.redis.pipeline(transaction=False)
                     for i in fresh:
-                        pipe.xrevrange(begun[i][2], count=1)
+                        pipe.xrevrange(calls[i].reply_key, count=1)
                     for i, last in zip(fresh, await pipe.execute(), strict=True):
-                        begun[i][0].last_id = last[0][0] if last else b"0-0"
+                        calls[i].state.last_id = last[0][0] if last else b"0-0"
                 pipe = self.redis.pipeline(transaction=False)
                 sending = sorted(due)
                 for i in sending:
-                    pipe.xadd(begun[i][1], begun[i][3])
-                pipe.xread({begun[i][2]: begun[i][0].last_id for i in sorted(pending)},
+                    pipe.xadd(calls[i].stream, calls[i].fields())
+                pipe.xread({calls[i].reply_key: calls[i].state.last_id for i in sorted(pending)},
                            block=_read_block(poll, wake - time.perf_counter()))
                 *sent_ids, got = await pipe.execute()
             except REDIS_DOWN as e:
@@ -336,7 +387,8 @@ class PolicyClient:
                 await asyncio.sleep(core.backoff(errors))
                 continue
             for i, sent in zip(sending, sent_ids, strict=True):
-                core.sent(begun[i][0], sent, sends[i])
+                core.sent(calls[i].state, sent, sends[i])
+                calls[i].sent_ids.append(sent)
                 sends[i] += 1
                 sent_at[i] = now
             due.clear()
@@ -344,7 +396,7 @@ class PolicyClient:
                 i = by_key.get(key if isinstance(key, bytes) else key.encode())
                 if i is None or i not in pending:
                     continue
-                reply = core.match(begun[i][0], entries)
+                reply = core.match(calls[i], entries)
                 if reply is None:
                     continue
                 if reply.status in RETRYABLE and sends[i] <= s.max_resends:
@@ -353,9 +405,15 @@ class PolicyClient:
                 pending.discard(i)
                 retry_at.pop(i, None)
                 try:
-                    out[i] = core.finish(begun[i][0], reply, started, sends[i])
+                    out[i] = core.finish(calls[i].state, reply, started, sends[i])
                 except BrokerError as e:
                     out[i] = e
+        if gave_up:
+            pipe = self.redis.pipeline(transaction=False)
+            for call in gave_up:
+                _cancel(pipe, call)
+            with contextlib.suppress(*REDIS_DOWN):
+                await pipe.execute()
         return out  # type: ignore[return-value]
 
     def forget(self, rollout: str) -> None:
@@ -413,51 +471,57 @@ class SyncPolicyClient:
     def act(self, rollout: str, obs: Any, steps: int = 0) -> ActResult:
         """See `PolicyClient.act`."""
         core = self._core
-        state, stream, reply_key, fields = core.begin(rollout, obs, steps)
+        call = core.begin(rollout, obs, steps)
+        state, reply_key = call.state, call.reply_key
         started = time.perf_counter()
-        deadline = started + core.settings.deadline_s
+        deadline = call.deadline
         sends = 0
         errors = 0
-        while True:
-            if time.perf_counter() >= deadline:
-                state.seq += 1
-                if errors and not sends:
-                    raise RedisUnavailable("Redis unreachable: no request could be sent before the deadline")
-                raise _timeout(rollout, state.seq - 1, core.policy, core.settings.deadline_s, sends)
-            try:
-                if state.last_id is None:
-                    last = self.redis.xrevrange(reply_key, count=1)
-                    state.last_id = last[0][0] if last else b"0-0"
-                wait_until = min(deadline, time.perf_counter() + core.settings.reply_timeout_s)
-                poll, _ = core.poll_plan((state,), started)
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.xadd(stream, fields)
-                pipe.xread({reply_key: state.last_id}, block=_read_block(poll, wait_until - time.perf_counter()))
-                sent, got = pipe.execute()
-                core.sent(state, sent, sends)
-                sends += 1
-                while True:
-                    reply = core.match(state, got[0][1]) if got else None
-                    if reply is not None:
-                        if reply.status in RETRYABLE and sends <= core.settings.max_resends:
-                            time.sleep(core.backoff(sends))
+        try:
+            while True:
+                if time.perf_counter() >= deadline:
+                    if errors and not sends:
+                        raise RedisUnavailable("Redis unreachable: no request could be sent before the deadline")
+                    raise _timeout(rollout, state.seq, core.policy, core.settings.deadline_s, sends)
+                try:
+                    if state.last_id is None:
+                        last = self.redis.xrevrange(reply_key, count=1)
+                        state.last_id = last[0][0] if last else b"0-0"
+                    wait_until = min(deadline, time.perf_counter() + core.settings.reply_timeout_s)
+                    poll, _ = core.poll_plan((state,), started)
+                    pipe = self.redis.pipeline(transaction=False)
+                    pipe.xadd(call.stream, call.fields())
+                    pipe.xread({reply_key: state.last_id}, block=_read_block(poll, wait_until - time.perf_counter()))
+                    sent, got = pipe.execute()
+                    core.sent(state, sent, sends)
+                    call.sent_ids.append(sent)
+                    sends += 1
+                    while True:
+                        reply = core.match(call, got[0][1]) if got else None
+                        if reply is not None:
+                            if reply.status in RETRYABLE and sends <= core.settings.max_resends:
+                                time.sleep(core.backoff(sends))
+                                break
+                            return core.finish(state, reply, started, sends)
+                        if (left := wait_until - time.perf_counter()) <= 0:
                             break
-                        return core.finish(state, reply, started, sends)
-                    if (left := wait_until - time.perf_counter()) <= 0:
-                        break
-                    poll, nap = core.poll_plan((state,), started)
-                    if nap:
-                        time.sleep(min(nap, left))
-                    got = self.redis.xread({reply_key: state.last_id}, block=_read_block(poll, left))
-            except REDIS_DOWN as e:
-                errors += 1
-                if time.perf_counter() + core.backoff(errors) >= deadline:
-                    state.seq += 1
-                    raise RedisUnavailable(f"Redis unreachable while waiting for a reply: {e}") from None
-                time.sleep(core.backoff(errors))
-            if sends > core.settings.max_resends:
+                        poll, nap = core.poll_plan((state,), started)
+                        if nap:
+                            time.sleep(min(nap, left))
+                        got = self.redis.xread({reply_key: state.last_id}, block=_read_block(poll, left))
+                except REDIS_DOWN as e:
+                    errors += 1
+                    if time.perf_counter() + core.backoff(errors) >= deadline:
+                        raise RedisUnavailable(f"Redis unreachable while waiting for a reply: {e}") from None
+                    time.sleep(core.backoff(errors))
+                if sends > core.settings.max_resends:
+                    raise _timeout(rollout, state.seq, core.policy, core.settings.deadline_s, sends)
+        except BrokerError:
+            if state.seq == call.request.seq:
                 state.seq += 1
-                raise _timeout(rollout, state.seq - 1, core.policy, core.settings.deadline_s, sends)
+                with contextlib.suppress(*REDIS_DOWN):
+                    _cancel(self.redis.pipeline(transaction=False), call).execute()
+            raise
 
 
 async def fetch_metadata(r: aredis.Redis, keys: Keys, policy: str, wait_s: float = 0.0) -> dict[str, Any]:

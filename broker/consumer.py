@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,13 +34,13 @@ import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
 from broker.batcher import CohortBatcher, MicroBatcher, signature
-from broker.codec import Codec, MsgpackNumpyCodec
+from broker.codec import Codec, MsgpackNumpyCodec, first_non_finite
 from broker.connection import REDIS_DOWN
 from broker.errors import BrokerError, CodecError, ProtocolError, SharedFramesUnavailable
 from broker.frames import FrameReader
 from broker.keys import GROUP, Keys
 from broker.polling import ReadPacer
-from broker.schema import Reply, Request, Status, first_steps
+from broker.schema import Reply, Request, Status, first_steps, peek_reply_fields
 from broker.settings import WorkerSettings
 from broker.worker_stats import ConsumerMetrics, NoMetrics, WorkerStats, default_worker_id
 
@@ -78,6 +79,10 @@ class Job:
     rows: int = 1  # rollouts in the request: a vectorized simulator sends several
     staged: asyncio.Future | None = None  # the staging of the read this request came in
     staged_index: int = 0
+    reply_to: str = ""  # the rollout's reply stream, derived from the request stream and the rollout id
+
+    def reply(self, status: str, **kw: Any) -> Reply:
+        return Reply(self.request.seq, status, nonce=self.request.nonce, **kw)
 
 
 class StreamConsumer:
@@ -108,7 +113,8 @@ class StreamConsumer:
         batcher_class = CohortBatcher if b.dispatch == "cohort" else MicroBatcher
         self.batcher: MicroBatcher[Job] = batcher_class(b.max_batch_size, b.max_wait_ms / 1000)
         self.streams = [self.keys.requests(settings.policy, s) for s in range(settings.shards)]
-        self._prefix = {s: self.keys.reply_prefix(settings.policy, i) for i, s in enumerate(self.streams)}
+        self._shard = {s: i for i, s in enumerate(self.streams)}
+        self._max_obs = getattr(getattr(self.codec, "limits", None), "max_bytes", 64 * 1024 * 1024)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="rolloutq-infer")
         self._inline = bool(getattr(handler, "inline", False))
         self._stages = bool(getattr(handler, "stages", False)) and not self._inline
@@ -122,6 +128,11 @@ class StreamConsumer:
         self._dispatching = False
         self._quarantine = False
         self._held_ids: set[bytes] = set()
+        self._held_nonces: dict[bytes, str] = {}  # entry id -> its request's nonce, while held
+        self._recover = True  # read this consumer's own pending entries before new ones
+        # Held from a read's (or claim's) call to Redis until its entries are marked held, so a
+        # look at this consumer's pending list never sees entries that a read in flight delivered.
+        self._intake = asyncio.Lock()
         self._to_stage: list[Job] = []
         self._expired_at: dict[str, float] = {}
         self._feeders_done = 0
@@ -215,13 +226,20 @@ class StreamConsumer:
                     continue
                 block, pause = self.settings.block_ms, 0.0
                 try:
+                    if self._recover:
+                        await self.recover_own()
                     if pacer is not None:
                         if pacer.client_id is None:
                             pacer.client_id = await reader.client_id()
                         block, pause = pacer.plan(self._in_inference > 0)
-                    got = await reader.xreadgroup(GROUP, self.worker_id, streams, count=room, block=block)
+                    async with self._intake:
+                        got = self._hold(await reader.xreadgroup(GROUP, self.worker_id, streams, count=room,
+                                                                 block=block))
                     delay = 0.05
                 except REDIS_DOWN as e:
+                    # A read whose answer was lost (timeout, dropped connection) may still have delivered
+                    # entries to this consumer: they are read back from its pending list first.
+                    self._recover = True
                     log.warning("worker %s: Redis unreachable while reading (%s); retrying", self.worker_id, e)
                     if pacer is not None:
                         pacer.client_id = None
@@ -243,22 +261,34 @@ class StreamConsumer:
             if reader is not self.redis:
                 await reader.aclose()
 
-    async def _accept_all(self, got: list, deliveries: int | dict[bytes, int]) -> None:
+    def _hold(self, got: list | None) -> list[tuple[str, list]]:
+        """Mark the entries of a read or claim held (so no other path takes them up) and return
+        those that were not held already, by stream name."""
+        mine: list[tuple[str, list]] = []
+        for stream_name, entries in got or []:
+            fresh = [(i, f) for i, f in entries if f is not None and i not in self._held_ids]
+            self._held_ids.update(i for i, _ in fresh)
+            if fresh:
+                mine.append((stream_name.decode() if isinstance(stream_name, bytes) else stream_name, fresh))
+        return mine
+
+    async def _accept_all(self, mine: list[tuple[str, list]], deliveries: int | dict[bytes, int]) -> None:
+        """Accept the held entries `mine` (from `_hold`): queue each for batching or refuse it."""
         rejects: list[tuple[str, bytes, str | None, Reply]] = []
-        for stream_name, entries in got:
-            stream = stream_name.decode() if isinstance(stream_name, bytes) else stream_name
+        dropped: list[tuple[str, bytes]] = []
+        for stream, entries in mine:
             for entry_id, fields in entries:
-                if fields is None:  # deleted while pending
-                    continue
                 n = deliveries if isinstance(deliveries, int) else deliveries.get(entry_id, 1)
+                if fields.get(b"resend", b"0") != b"0" and await self._answered_elsewhere(stream, fields):
+                    dropped.append((stream, entry_id))
+                    continue
                 try:
                     bad = self._accept(stream, entry_id, fields, n)
                 except Exception as e:  # a bug in decoding or validation must not kill the reader
                     log.error("worker %s: rejecting request %s: %s", self.worker_id, entry_id.decode(),
                               _safe_message(e))
-                    bad = (stream, entry_id, None, Reply(-1, Status.BAD_REQUEST, error="request could not be "
-                           "read; it was moved to the dead-letter stream", worker=self.worker_id))
-                    bad = self._reject_unexpected(stream, entry_id, fields, bad)
+                    bad = self._refusal(stream, entry_id, fields, Status.BAD_REQUEST, "request could not be read; "
+                                        "it was moved to the dead-letter stream")
                 if bad is not None:
                     rejects.append(bad)
         if self._to_stage:  # one hand-over to the inference thread per read, not one per request
@@ -266,9 +296,48 @@ class StreamConsumer:
             staged = asyncio.get_running_loop().run_in_executor(self._executor, self._stage_all, [j.obs for j in jobs])
             for i, job in enumerate(jobs):
                 job.staged, job.staged_index = staged, i
+        if dropped:
+            await self._drop(dropped)
         if rejects:
             await self._write_replies(rejects)
         self._wake.set()
+
+    async def _answered_elsewhere(self, stream: str, fields: dict) -> bool:
+        """Whether a resend's request is already held or answered, so it must not be inferred again:
+        its original entry is still in the stream (queued, or held by a worker: answered entries are
+        deleted), or this worker holds it, or the rollout's reply stream already has its answer."""
+        rollout, _, nonce = peek_reply_fields(fields)
+        if rollout is None or not nonce:
+            return False  # refused with a reply by _accept
+        if nonce in self._held_nonces.values():
+            return True
+        orig = fields.get(b"orig", b"")
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            if orig and len(orig) <= 48:
+                pipe.xrange(stream, min=orig, max=orig, count=1)
+            pipe.xrevrange(self.keys.replies(self.settings.policy, rollout, self._shard[stream]),
+                           count=self.settings.reply_maxlen)
+            got = await pipe.execute()
+        except ResponseError:  # a malformed `orig`: judge by the reply stream alone
+            got = [await self.redis.xrevrange(self.keys.replies(self.settings.policy, rollout, self._shard[stream]),
+                                              count=self.settings.reply_maxlen)]
+        replies = got[-1]
+        if len(got) == 2 and got[0]:
+            return True
+        want = nonce.encode()
+        return any(f.get(b"nonce") == want for _, f in replies)
+
+    async def _drop(self, entries: list[tuple[str, bytes]]) -> None:
+        """Ack and delete duplicate requests without a reply (the original's reply answers them)."""
+        self.stats.duplicates_total += len(entries)
+        self._held_ids.difference_update(i for _, i in entries)
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, entry_id in entries:
+            pipe.xack(stream, GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+        with contextlib.suppress(*REDIS_DOWN, ResponseError):
+            await pipe.execute()
 
     def _stage_all(self, observations: list[Any]) -> list[tuple[bool, Any]]:
         """On the inference thread: stage each request (all at once where the handler has
@@ -287,67 +356,64 @@ class StreamConsumer:
                 out.append((False, e))
         return out
 
+    def _refusal(self, stream: str, entry_id: bytes, fields: dict, code: str, error: str):
+        """The answer to a request refused before it was parsed: on the rollout's own reply stream
+        when its rollout id is usable (else dead-lettered without a reply), echoing seq and nonce
+        where they are readable."""
+        rollout, seq, nonce = peek_reply_fields(fields)
+        reply_key = None if rollout is None else self.keys.replies(self.settings.policy, rollout, self._shard[stream])
+        return stream, entry_id, reply_key, Reply(seq, code, nonce=nonce, error=error, worker=self.worker_id)
+
     def _accept(self, stream: str, entry_id: bytes, fields: dict, deliveries: int):
-        """Queue a request for batching, or return (stream, id, reply_to, error reply) to reject it."""
+        """Queue a request for batching, or return (stream, id, reply key, error reply) to refuse it."""
         self.stats.requests_total += 1
-        raw_reply_to = fields.get(b"reply_to", b"")
-        reply_to = raw_reply_to.decode("utf-8", "replace") if isinstance(raw_reply_to, bytes) else ""
-        if not reply_to.startswith(self._prefix[stream]):
-            reply_to = None  # nowhere safe to answer; acked and dead-lettered
         try:
-            seq = int(fields.get(b"seq", b"-1"))
-        except ValueError:
-            seq = -1
-        try:
-            request = Request.from_fields(fields)
+            request = Request.from_fields(fields, max_obs_bytes=self._max_obs)
         except ProtocolError as e:
-            code = Status.UNSUPPORTED_VERSION if "version" in str(e) else Status.BAD_REQUEST
-            return stream, entry_id, reply_to, Reply(seq, code, error=str(e), worker=self.worker_id)
-        if reply_to is None:
-            return stream, entry_id, None, Reply(seq, Status.BAD_REQUEST, error="reply_to outside this policy's "
-                                                 "reply key space", worker=self.worker_id)
+            code = Status.UNSUPPORTED_VERSION if "protocol version" in str(e) else Status.BAD_REQUEST
+            return self._refusal(stream, entry_id, fields, code, str(e))
+        reply_to = self.keys.replies(self.settings.policy, request.rollout, self._shard[stream])
+        seq, nonce = request.seq, request.nonce
+
+        def refuse(code: str, error: str):
+            return stream, entry_id, reply_to, Reply(seq, code, nonce=nonce, error=error, worker=self.worker_id)
+
         id_ms = int(entry_id.split(b"-")[0])
         if self._server_ms() > id_ms + request.ttl_ms:
-            return stream, entry_id, reply_to, Reply(
-                seq, Status.EXPIRED, error=f"deadline of {request.ttl_ms} ms passed before inference; resend "
-                "with a longer deadline or add policy workers", worker=self.worker_id)
+            return refuse(Status.EXPIRED, f"deadline of {request.ttl_ms} ms passed before inference; resend with a "
+                          "longer deadline or add policy workers")
         if deliveries > self.settings.max_deliveries:
-            return stream, entry_id, reply_to, Reply(
-                seq, Status.DEAD_LETTER, error=f"request was delivered {deliveries - 1} times without an "
-                "answer (worker crashes or inference failures); it was moved to the dead-letter stream",
-                worker=self.worker_id)
+            return refuse(Status.DEAD_LETTER, f"request was delivered {deliveries - 1} times without an answer "
+                          "(worker crashes); it was moved to the dead-letter stream")
         t0 = time.perf_counter()
         try:
             obs = self.codec.decode(request.obs)
         except SharedFramesUnavailable as e:
-            return stream, entry_id, reply_to, Reply(seq, Status.FRAMES_UNAVAILABLE, error=str(e),
-                                                     worker=self.worker_id)
+            return refuse(Status.FRAMES_UNAVAILABLE, str(e))
         except CodecError as e:
-            return stream, entry_id, reply_to, Reply(seq, Status.BAD_OBSERVATION, error=str(e), worker=self.worker_id)
+            return refuse(Status.BAD_OBSERVATION, str(e))
         except Exception as e:  # the codec's own checks missed something: still the sender's bytes' fault
             log.warning("worker %s: codec raised %s on request %s", self.worker_id, _safe_message(e),
                         entry_id.decode())
-            return stream, entry_id, reply_to, Reply(seq, Status.BAD_OBSERVATION, error="observation bytes could "
-                                                     "not be decoded", worker=self.worker_id)
+            return refuse(Status.BAD_OBSERVATION, "observation bytes could not be decoded: send a msgpack map "
+                          "of arrays (docs/PROTOCOL.md §5)")
         decode_s = time.perf_counter() - t0
+        if self.settings.check_finite and (key := first_non_finite(obs)) is not None:
+            return refuse(Status.BAD_OBSERVATION, f"observation key {key!r} holds NaN or infinity: the simulator "
+                          "produced a non-finite value")
         if self.settings.validate_schema:
             try:
                 problem = self.handler.validate(obs)
             except Exception as e:
                 log.warning("worker %s: schema check raised %s", self.worker_id, _safe_message(e))
-                problem = "observation does not match the policy's schema"
+                problem = f"observation does not match the policy's schema ({_for_client(e)})"
             if problem:
-                problem = problem[:1000]
-            if problem:
-                return stream, entry_id, reply_to, Reply(seq, Status.SCHEMA_MISMATCH, error=problem,
-                                                         worker=self.worker_id)
+                return refuse(Status.SCHEMA_MISMATCH, problem[:1000])
         n_rows = self._rows(obs) if self._rows is not None else 1
         if n_rows > self.batcher.max_batch_size:
-            return stream, entry_id, reply_to, Reply(
-                seq, Status.SCHEMA_MISMATCH, error=f"observation carries {n_rows} rows; this worker runs batches "
-                f"of at most {self.batcher.max_batch_size} rows: send at most that many per request",
-                worker=self.worker_id)
-        job = Job(entry_id, stream, request, obs, id_ms, deliveries, decode_s, n_rows)
+            return refuse(Status.SCHEMA_MISMATCH, f"observation carries {n_rows} rows; this worker runs batches of "
+                          f"at most {self.batcher.max_batch_size} rows: send at most that many per request")
+        job = Job(entry_id, stream, request, obs, id_ms, deliveries, decode_s, n_rows, reply_to=reply_to)
         if self._stages:
             self._to_stage.append(job)
         # A request on its last allowed delivery runs in a batch of its own (see claim_once), so if it
@@ -355,17 +421,8 @@ class StreamConsumer:
         key = signature(obs) if deliveries < self.settings.max_deliveries else ("last-chance", entry_id)
         self.batcher.add(job, key, self.clock(), rollout=request.rollout, rows=n_rows)
         self._held_ids.add(entry_id)
+        self._held_nonces[entry_id] = nonce
         return None
-
-    def _reject_unexpected(self, stream: str, entry_id: bytes, fields: Any, bad: tuple) -> tuple:
-        """Answer a request whose reading raised unexpectedly, if its reply key is safe to write."""
-        with contextlib.suppress(Exception):
-            reply_to = fields.get(b"reply_to", b"").decode()
-            seq = int(fields.get(b"seq", b"-1"))
-            if reply_to.startswith(self._prefix[stream]):
-                return stream, entry_id, reply_to, Reply(seq, Status.BAD_REQUEST, error=bad[3].error,
-                                                         worker=self.worker_id)
-        return bad
 
     # -- batching and inference -------------------------------------------------------------
     async def _dispatcher(self, stop: asyncio.Event) -> None:
@@ -403,9 +460,9 @@ class StreamConsumer:
         replies: list[tuple[str, bytes, str | None, Reply]] = []
         for job in jobs:
             if now_ms > job.id_ms + job.request.ttl_ms:
-                replies.append((job.stream, job.entry_id, job.request.reply_to,
-                                Reply(job.request.seq, Status.EXPIRED, error="deadline passed while queued; "
-                                      "add policy workers or lengthen the deadline", worker=self.worker_id)))
+                replies.append((job.stream, job.entry_id, job.reply_to, job.reply(
+                    Status.EXPIRED, error="deadline passed while queued; add policy workers or lengthen the deadline",
+                    worker=self.worker_id)))
             else:
                 live.append(job)
         if live and self._stages:
@@ -431,16 +488,14 @@ class StreamConsumer:
                         encode_s += time.perf_counter() - t1
                         await asyncio.sleep(0)
                         t1 = time.perf_counter()
-                    try:
-                        payload = self.codec.encode(first_steps(chunk, job.request.steps))
-                    except CodecError as e:
-                        replies.append((job.stream, job.entry_id, job.request.reply_to,
-                                        Reply(job.request.seq, Status.INFERENCE_FAILED, error=f"policy output "
-                                              f"could not be encoded: {e}", worker=self.worker_id)))
+                    payload, problem = self._encode_chunk(chunk, job.request.steps)
+                    if problem is not None:
+                        replies.append((job.stream, job.entry_id, job.reply_to, job.reply(
+                            Status.BAD_ACTION, error=problem, worker=self.worker_id)))
                         continue
-                    replies.append((job.stream, job.entry_id, job.request.reply_to, Reply(
-                        job.request.seq, Status.OK, action=payload, queue_ms=q, infer_ms=infer_s * 1000,
-                        batch=batch_rows, worker=self.worker_id)))
+                    replies.append((job.stream, job.entry_id, job.reply_to, job.reply(
+                        Status.OK, action=payload, queue_ms=q, infer_ms=infer_s * 1000, batch=batch_rows,
+                        worker=self.worker_id)))
                 encode_s += time.perf_counter() - t1
                 if replies:  # on the wire before the bookkeeping: the simulators wait for them
                     self._send(replies)
@@ -453,6 +508,16 @@ class StreamConsumer:
                 self.metrics.on_batch(batch_rows, [q / 1000 for q in queue_ms], infer_s, decode_s, encode_s)
         if replies:
             self._send(replies)
+
+    def _encode_chunk(self, chunk: Any, steps: int) -> tuple[bytes, str | None]:
+        """A chunk's reply payload, or the reason it is not a valid action (the policy's fault)."""
+        chunk = first_steps(chunk, steps)
+        if self.settings.check_finite and (key := first_non_finite(chunk)) is not None:
+            return b"", f"the policy's action {key!r} holds NaN or infinity"
+        try:
+            return self.codec.encode(chunk), None
+        except CodecError as e:
+            return b"", f"the policy's output could not be encoded: {e}"
 
     def _send(self, replies: list[tuple[str, bytes, str | None, Reply]]) -> None:
         self._spawn(self._write_replies(replies))
@@ -480,9 +545,9 @@ class StreamConsumer:
             except Exception as e:
                 log.warning("worker %s: staging request %s failed: %s", self.worker_id, job.entry_id.decode(),
                             _safe_message(e))
-                replies.append((job.stream, job.entry_id, job.request.reply_to, Reply(
-                    job.request.seq, Status.INFERENCE_FAILED, error=f"preparing the observation failed "
-                    f"({type(e).__name__}); resend it", worker=self.worker_id)))
+                replies.append((job.stream, job.entry_id, job.reply_to, job.reply(
+                    Status.INFERENCE_FAILED, error=f"preparing the observation failed ({_for_client(e)})",
+                    worker=self.worker_id)))
             job.staged = None
         return ok
 
@@ -505,23 +570,26 @@ class StreamConsumer:
                 t0 = time.perf_counter()
                 try:
                     chunk = (await self._run_infer(loop, [job.obs]))[0]
-                    payload = self.codec.encode(first_steps(chunk, job.request.steps))
                 except Exception as e:
-                    error = type(e).__name__  # the client gets the type only; the detail goes to the log
+                    error = _for_client(e)  # the traceback stays in the log
                     log.warning("worker %s: inference failed on request %s alone: %s", self.worker_id,
                                 job.entry_id.decode(), _safe_message(e))
                     job.deliveries += 1
                     continue
                 infer_s = time.perf_counter() - t0
-                out.append((job.stream, job.entry_id, job.request.reply_to, Reply(
-                    job.request.seq, Status.OK, action=payload, infer_ms=infer_s * 1000,
-                    batch=self._account([job], [0.0], infer_s),
+                payload, problem = self._encode_chunk(chunk, job.request.steps)
+                if problem is not None:
+                    out.append((job.stream, job.entry_id, job.reply_to, job.reply(
+                        Status.BAD_ACTION, error=problem, worker=self.worker_id)))
+                    break
+                out.append((job.stream, job.entry_id, job.reply_to, job.reply(
+                    Status.OK, action=payload, infer_ms=infer_s * 1000, batch=self._account([job], [0.0], infer_s),
                     worker=self.worker_id)))
                 break
             else:
-                out.append((job.stream, job.entry_id, job.request.reply_to, Reply(
-                    job.request.seq, Status.DEAD_LETTER, error=f"inference failed {self.settings.max_deliveries} "
-                    f"times on this observation ({error}); it was moved to the dead-letter stream",
+                out.append((job.stream, job.entry_id, job.reply_to, job.reply(
+                    Status.INFERENCE_FAILED, error=f"the model raised on this observation, also alone, "
+                    f"{self.settings.max_deliveries} times ({error}); it was moved to the dead-letter stream",
                     worker=self.worker_id)))
         return out
 
@@ -539,36 +607,46 @@ class StreamConsumer:
 
     # -- replies ------------------------------------------------------------------------------
     async def _write_replies(self, replies: list[tuple[str, bytes, str | None, Reply]]) -> None:
-        """XADD every reply (and EXPIRE its stream), dead-letter what must be, then XACK all."""
+        """XADD every reply (and EXPIRE its stream), dead-letter what must be, then XACK and XDEL all."""
         s = self.settings
-        pipe = self.redis.pipeline(transaction=False)
         acks: dict[str, list[bytes]] = {}
+        expire = {reply_to for _, _, reply_to, _ in replies if reply_to is not None and self._needs_expire(reply_to)}
         for stream, entry_id, reply_to, reply in replies:
-            if reply_to is not None:
-                pipe.xadd(reply_to, reply.to_fields(), maxlen=s.reply_maxlen, approximate=True)
-                if self._needs_expire(reply_to):
-                    pipe.expire(reply_to, s.reply_ttl_s)
-            if reply.status in (Status.DEAD_LETTER, Status.BAD_REQUEST) or reply_to is None:
-                pipe.xadd(self.keys.dead_letters(s.policy, self.streams.index(stream)), {
-                    "request_id": entry_id, "stream": stream, "reason": str(reply.status),
-                    "error": reply.error[:500], "worker": self.worker_id})
-                self.stats.dead_letters_total += 1
             acks.setdefault(stream, []).append(entry_id)
             if reply.ok:
                 self.stats.replies_ok += 1
             else:
                 self.stats.errors[str(reply.status)] = self.stats.errors.get(str(reply.status), 0) + 1
+            if _dead_letters(reply, reply_to):
+                self.stats.dead_letters_total += 1
             self.metrics.on_reply(str(reply.status))
-        for stream, ids in acks.items():
-            pipe.xack(stream, GROUP, *ids)
-            # Answered requests leave the stream (it is the backlog, not a log): only acked entries are
-            # ever deleted, so nothing unanswered is trimmed however long the backlog grows.
-            pipe.xdel(stream, *ids)
+
+        def pipeline() -> Any:
+            # Built anew for every attempt: redis-py empties a pipeline whose execution failed.
+            pipe = self.redis.pipeline(transaction=False)
+            for stream, entry_id, reply_to, reply in replies:
+                if reply_to is not None:
+                    pipe.xadd(reply_to, reply.to_fields(), maxlen=s.reply_maxlen, approximate=True)
+                    if reply_to in expire:
+                        pipe.expire(reply_to, s.reply_ttl_s)
+                if _dead_letters(reply, reply_to):
+                    pipe.xadd(self.keys.dead_letters(s.policy, self._shard[stream]), {
+                        "request_id": entry_id, "stream": stream, "reason": str(reply.status),
+                        "error": reply.error[:500], "worker": self.worker_id}, maxlen=s.dlq_maxlen, approximate=True)
+            for stream, ids in acks.items():
+                pipe.xack(stream, GROUP, *ids)
+                # Answered requests leave the stream (it is the backlog, not a log): only acked entries are
+                # ever deleted, so nothing unanswered is trimmed however long the backlog grows.
+                pipe.xdel(stream, *ids)
+            return pipe
+
         try:
-            await self._execute_replies(pipe, len(replies))
+            await self._execute_replies(pipeline, len(replies))
         finally:
             for ids in acks.values():
                 self._held_ids.difference_update(ids)
+                for i in ids:
+                    self._held_nonces.pop(i, None)
 
     def _needs_expire(self, reply_to: str) -> bool:
         """Whether a reply stream's TTL is due a refresh: at most every half TTL per stream.
@@ -586,11 +664,11 @@ class StreamConsumer:
             self._expired_at = {k: t for k, t in self._expired_at.items() if t >= horizon}
         return True
 
-    async def _execute_replies(self, pipe: Any, n: int) -> None:
+    async def _execute_replies(self, pipeline: Callable[[], Any], n: int) -> None:
         delay = 0.05
         while True:
             try:
-                await pipe.execute()
+                await pipeline().execute()
                 return
             except ResponseError as e:
                 # e.g. NOGROUP after a Redis restart without persistence: the replies (earlier in the
@@ -621,7 +699,9 @@ class StreamConsumer:
             if stop.is_set():
                 return
             try:
+                await self.recover_own()
                 await self.claim_once()
+                await self.forget_dead()
             except REDIS_DOWN:
                 continue
             except ResponseError as e:
@@ -664,7 +744,9 @@ class StreamConsumer:
                     else:
                         ids = [p["message_id"] for p in stale[:room]]
                     before = {p["message_id"]: p["times_delivered"] for p in stale}
-                    got = await self.redis.xclaim(stream, GROUP, self.worker_id, idle, ids)
+                    async with self._intake:
+                        got = await self.redis.xclaim(stream, GROUP, self.worker_id, idle, ids)
+                        mine = self._hold([(stream, got)])
                     gone = [e[0] for e in got if e[1] is None]
                     if gone:  # deleted while pending (Redis < 7 keeps them listed): nothing left to answer
                         await self.redis.xack(stream, GROUP, *gone)
@@ -675,7 +757,7 @@ class StreamConsumer:
                         self.stats.reclaimed_total += len(entries)
                         log.info("worker %s: re-claimed %d stale request(s) from %s (deliveries %s)", self.worker_id,
                                  len(entries), stream, sorted(set(counts.values())))
-                        await self._accept_all([(stream, entries)], counts)
+                        await self._accept_all(mine, counts)
                     elif not gone:
                         break  # another worker claimed them first
                     if self._quarantine:
@@ -686,6 +768,58 @@ class StreamConsumer:
             self._quarantine = False
             self._room.set()
         return claimed
+
+    async def recover_own(self) -> int:
+        """Take up entries pending with this consumer that it does not hold: delivered by a read whose
+        answer was lost (a timeout after SIGSTOP, a dropped connection). Returns how many."""
+        self._recover = False
+        taken = 0
+        for stream in self.streams:
+            async with self._intake:
+                pending = await self.redis.xpending_range(stream, GROUP, min="-", max="+",
+                                                          count=4 * self.max_inflight, consumername=self.worker_id)
+                lost = {p["message_id"]: p["times_delivered"] for p in pending
+                        if p["message_id"] not in self._held_ids}
+                if not lost:
+                    continue
+                got = await self.redis.xclaim(stream, GROUP, self.worker_id, 0, list(lost))
+                mine = self._hold([(stream, got)])
+            gone = [e[0] for e in got if e[1] is None]
+            if gone:
+                await self.redis.xack(stream, GROUP, *gone)
+            if mine:
+                n = len(mine[0][1])
+                taken += n
+                self.stats.recovered_total += n
+                log.info("worker %s: took up %d request(s) it had read but not answered", self.worker_id, n)
+                await self._accept_all(mine, {i: lost.get(i, 1) + 1 for i, _ in mine[0][1]})
+        return taken
+
+    async def forget_dead(self) -> int:
+        """Remove consumers of the group that hold nothing and have not read for `forget_after_s`
+        (workers that died; a live one that is merely idle is re-added by its next read), and worker
+        stats records not refreshed for as long. Returns the consumers removed."""
+        horizon_ms = self.settings.forget_after_s * 1000
+        removed = 0
+        for stream in self.streams:
+            for c in await self.redis.xinfo_consumers(stream, GROUP):
+                name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                if name != self.worker_id and int(c["pending"]) == 0 and int(c["idle"]) > horizon_ms:
+                    removed += int(await self.redis.xgroup_delconsumer(stream, GROUP, name) == 0)
+        key = self.keys.worker_stats(self.settings.policy)
+        now = self._server_ms() / 1000
+        stale = []
+        for worker, raw in (await self.redis.hgetall(key)).items():
+            try:
+                ts = float(json.loads(raw)["ts"])
+            except (ValueError, KeyError, TypeError):
+                ts = 0.0
+            if now - ts > self.settings.forget_after_s and worker.decode(errors="replace") != self.worker_id:
+                stale.append(worker)
+        if stale:
+            await self.redis.hdel(key, *stale)
+        self.stats.consumers_forgotten_total += removed
+        return removed
 
     async def _until_idle(self) -> None:
         """Wait until nothing read by this worker is unanswered (batcher, inference, reply writes)."""
@@ -700,6 +834,21 @@ class StreamConsumer:
                 await self.redis.hset(key, self.worker_id, json.dumps(self.stats.snapshot()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.stats_every_s)
+
+
+def _dead_letters(reply: Reply, reply_to: str | None) -> bool:
+    """Whether a request goes to the dead-letter stream: refused as malformed, unanswerable, or given up on."""
+    return reply.status in (Status.DEAD_LETTER, Status.BAD_REQUEST, Status.INFERENCE_FAILED) or (
+        reply_to is None and not reply.ok)
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s/\\:'\"]+)+")
+
+
+def _for_client(e: BaseException) -> str:
+    """What a sender is told of an exception raised on its request: the type and the first line of
+    the message (a KeyError names the missing key), with file paths cut out; never a traceback."""
+    return _PATH.sub("<path>", _safe_message(e))
 
 
 def _safe_message(e: BaseException) -> str:

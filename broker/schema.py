@@ -50,6 +50,7 @@ MAX_ENTRY_FIELDS = 16
 """Fields allowed in one request entry; a worker refuses more before reading any of them."""
 
 _NONCE = re.compile(r"^[A-Za-z0-9_\-]{8,64}$")
+_ENTRY_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 
 
 def new_nonce() -> str:
@@ -123,6 +124,9 @@ class Request:
     0 = the whole chunk. Optional on the wire (docs/PROTOCOL.md §4.2)."""
     resend: int = 0
     """0 on the first send; n on the n-th resend of the same request (same seq and nonce)."""
+    orig: str = ""
+    """On a resend: the stream entry id of the first send, so a worker can tell whether the original
+    is still queued or held (then the resend is dropped) without inferring it twice."""
 
     def to_fields(self) -> dict[str, Any]:
         out = {
@@ -137,6 +141,8 @@ class Request:
             out["steps"] = str(self.steps)
         if self.resend:
             out["resend"] = str(self.resend)
+            if self.orig:
+                out["orig"] = self.orig
         return out
 
     @classmethod
@@ -164,11 +170,14 @@ class Request:
         resend = _int(fields, "resend", default=0)
         if resend < 0:
             raise ProtocolError(f"field 'resend' must be >= 0, got {resend}")
+        orig = _text(fields, "orig", cap=48) if resend and (b"orig" in fields or "orig" in fields) else ""
+        if orig and not _ENTRY_ID.match(orig):
+            raise ProtocolError(f"field 'orig' must be a stream entry id like 1700000000000-0, got {orig!r}")
         obs = _bytes(fields, "obs")
         if len(obs) > max_obs_bytes:
             raise ProtocolError(f"field 'obs' is {len(obs)} bytes long; at most {max_obs_bytes} are allowed")
         return cls(rollout=rollout, seq=seq, obs=obs, ttl_ms=ttl, nonce=nonce, version=version, steps=steps,
-                   resend=resend)
+                   resend=resend, orig=orig)
 
 
 def peek_reply_fields(fields: dict[Any, Any]) -> tuple[str | None, int, str]:

@@ -36,6 +36,9 @@ class ClientSettings:
     (`broker.frames`). Only for simulators on the policy workers' host (same /dev/shm, same user);
     a worker that cannot reach the segment answers `frames_unavailable`."""
     frames_dir: str = "/dev/shm"
+    check_finite: bool = True
+    """Refuse an action chunk holding NaN or infinity (`PolicyErrorReply` with `bad_action`) before
+    the simulator executes it."""
     poll_ms: float = 0.0
     """Wait for a reply by polling: sleep until shortly before the shortest of the rollout's last
     round trips, then read without blocking for up to this long past it, then block as usual. The
@@ -87,6 +90,14 @@ class WorkerSettings:
     max_deliveries: int = 3
     """After this many deliveries a request goes to the dead-letter stream with an error reply."""
     stats_every_s: float = 1.0
+    forget_after_s: float = 120.0
+    """Consumers of the group that hold no request and have not read for this long (dead workers)
+    are removed from it, and worker stats records not refreshed for this long are deleted."""
+    dlq_maxlen: int = 10_000
+    """The dead-letter stream keeps about this many of the newest entries (XADD MAXLEN ~)."""
+    check_finite: bool = True
+    """Refuse observations with NaN or infinity in a float array (`bad_observation`), and answer
+    policy outputs with them `bad_action` instead of sending them."""
     validate_schema: bool = True
     shared_frames: bool = True
     """Accept observations whose large arrays are in shared memory (`broker.frames`); simulators

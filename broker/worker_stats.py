@@ -51,6 +51,11 @@ class WorkerStats:
     encode_s_total: float = 0.0
     dead_letters_total: int = 0
     reclaimed_total: int = 0
+    duplicates_total: int = 0
+    """Resends dropped because their original was still queued, held or already answered."""
+    recovered_total: int = 0
+    """Entries this worker had read but lost track of (a read whose answer was lost) and took up again."""
+    consumers_forgotten_total: int = 0
     infer_ms: deque = field(default_factory=lambda: deque(maxlen=2048))
     queue_ms: deque = field(default_factory=lambda: deque(maxlen=2048))
     batch_sizes: deque = field(default_factory=lambda: deque(maxlen=2048))
@@ -77,6 +82,9 @@ class WorkerStats:
             "encode_s_total": round(self.encode_s_total, 4),
             "dead_letters_total": self.dead_letters_total,
             "reclaimed_total": self.reclaimed_total,
+            "duplicates_total": self.duplicates_total,
+            "recovered_total": self.recovered_total,
+            "consumers_forgotten_total": self.consumers_forgotten_total,
             "infer_ms": {q: pct(self.infer_ms, f) for q, f in _PCTS},
             "queue_ms": {q: pct(self.queue_ms, f) for q, f in _PCTS},
             "recent_mean_batch_size": round(sum(self.batch_sizes) / max(1, len(self.batch_sizes)), 3),

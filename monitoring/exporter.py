@@ -16,6 +16,7 @@ from typing import Any
 
 from broker.keys import Keys
 from monitoring.queue import QueueProbe, Snapshot
+from monitoring.worker_records import STALE_AFTER_S
 
 log = logging.getLogger("rolloutq.exporter")
 
@@ -29,7 +30,7 @@ class ExporterSettings:
     port: int = 9108
     addr: str = "0.0.0.0"
     interval_s: float = 2.0
-    stale_after_s: float = 10.0
+    stale_after_s: float = STALE_AFTER_S
     """A worker whose stats are older than this counts as down."""
     shards: int = 1
     """Shards per policy when the policy's metadata hash does not say."""

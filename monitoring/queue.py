@@ -11,10 +11,20 @@ Redis 6.2 has no `lag` and no `entries-added`: the probe then counts the entries
 group's last-delivered id (and after the previous poll's last id) with a server-side script
 that pages through XRANGE, capped at `scan_cap` entries per poll. Only ids cross the wire.
 
+XINFO's `lag` (entries-added minus the group's entries-read) is not trusted blindly: Redis 7.0
+keeps entries-read in the AOF's base but the XCLAIM ... LASTID commands replayed after it move
+the last-delivered id without it, so after a restart `lag` also counts every entry added since
+the last AOF rewrite; undelivered entries that are deleted (a client that cancels) stay in it
+too. Workers delete every entry they answer, so the stream holds only unanswered entries and the
+lag can never exceed `length - pending`; a larger (or missing) `lag` is replaced by the count of
+entries after the last-delivered id (`lag_source` "recount", or "scan" when XINFO had none).
+
 Worker stats JSON (one field per worker id in `{ns}:workers:{policy}`, rewritten every second or
 so by each live worker): `served_total` (rows answered: a request of R rows counts R),
 `batches_total`, `busy_s_total` (seconds spent in inference), `ts` (unix seconds of the write);
 optional `errors_total` (an int or a map of error code -> count). Other fields are ignored.
+Records older than `stale_after_s` (`monitoring.worker_records`) are listed as stale and never
+counted in `replicas_up` or μ.
 """
 
 from __future__ import annotations
@@ -24,7 +34,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import NoPermissionError
+
 from broker.keys import GROUP, Keys
+from monitoring.worker_records import STALE_AFTER_S, read_records
 
 # Count entries strictly after ARGV[1] (an id), ARGV[2] at most, paging by ARGV[3].
 _COUNT_AFTER = """
@@ -81,6 +94,9 @@ class StreamStats:
     entries_added: int = 0
     """Monotonic count of entries ever added (Redis 7 `entries-added`; counted on 6.2)."""
     lag_source: str = "xinfo"
+    """Where `lag` came from: "xinfo"; "scan" (counted: Redis 6.2, or XINFO gave none); "recount"
+    (XINFO's exceeded what the stream holds, counted instead); "bound" (`length - pending`, for a
+    user refused EVALSHA on the stream); "no-group"."""
     last_id: str = "0-0"
 
 
@@ -151,7 +167,7 @@ class QueueProbe:
         *,
         policies: tuple[str, ...] = (),
         shards: int = 1,
-        stale_after_s: float = 10.0,
+        stale_after_s: float = STALE_AFTER_S,
         use_xinfo_lag: bool | None = None,
         scan_cap: int = 100_000,
     ):
@@ -235,52 +251,71 @@ class QueueProbe:
             delivered = _s(group.get("last-delivered-id", "0-0"))
             st.pending = int(group.get("pending", 0))
             lag = group.get("lag") if modern else None
-            if lag is not None:
+            if lag is not None and int(lag) <= max(0, st.length - st.pending):
                 st.lag, st.lag_source = int(lag), "xinfo"
             else:
-                st.lag_source = "scan"
-                if id_tuple(delivered) >= id_tuple(st.last_id):
-                    st.lag = 0
-                elif delivered == "0-0":
-                    st.lag = st.length
-                else:
-                    st.lag = int(self._count_after(keys=[key], args=[delivered, self.scan_cap, 100]))
+                self._count_lag(key, st, delivered, "scan" if lag is None else "recount")
             if st.pending:
                 summary = _norm(self.r.xpending(key, GROUP))
                 if summary.get("min"):
                     st.oldest_pending_age_s = max(0.0, (now_ms - id_ms(summary["min"])) / 1000.0)
         if st.lag:
-            nxt = self._next_id(keys=[key], args=[delivered])
+            nxt = self._next_undelivered(key, delivered)
             if nxt:
                 st.oldest_undelivered_age_s = max(0.0, (now_ms - id_ms(nxt)) / 1000.0)
         return st
 
+    def _count_lag(self, key: str, st: StreamStats, delivered: str, source: str) -> None:
+        """Set `st.lag` to the entries after the group's last-delivered id, counted in the stream."""
+        st.lag_source = source
+        if st.length == 0 or id_tuple(delivered) >= id_tuple(st.last_id):
+            st.lag = 0
+        elif delivered == "0-0":
+            st.lag = st.length
+        else:
+            try:
+                st.lag = int(self._count_after(keys=[key], args=[delivered, self.scan_cap, 100]))
+            except NoPermissionError:
+                # A user refused EVALSHA on request streams (the `controller` ACL role): entries neither
+                # pending nor acked bound the lag from above, exactly while workers delete what they answer.
+                st.lag, st.lag_source = max(0, st.length - st.pending), "bound"
+
+    def _next_undelivered(self, key: str, delivered: str) -> str | None:
+        try:
+            nxt = self._next_id(keys=[key], args=[delivered])
+        except NoPermissionError:  # as in _count_lag; XRANGE brings one whole entry instead of its id
+            got = self.r.xrange(key, min="(" + delivered, count=1)
+            nxt = got[0][0] if got else None
+        return _s(nxt) if nxt else None
+
     # -- workers ---------------------------------------------------------------------------
     def _workers(self, policy: str, now_s: float) -> list[WorkerStat]:
+        records = read_records(self.r, self.keys.worker_stats(policy), stale_after_s=self.stale_after_s, now_s=now_s)
         out = []
-        for wid, raw in sorted((self.r.hgetall(self.keys.worker_stats(policy)) or {}).items()):
-            wid = _s(wid)
+        seen: dict[str, tuple[int, float]] = {}
+        for rec, fresh in [(w, True) for w in records.fresh] + [(w, False) for w in records.stale]:
+            d = rec.stats
             try:
-                d = json.loads(_s(raw))
                 served = int(d.get("served_total", 0))
                 batches = int(d.get("batches_total", 0))
                 busy = float(d.get("busy_s_total", 0.0))
                 errors = d.get("errors_total", 0)
                 # an int, or a map of error code -> count (the core's consumer writes the latter)
                 errors = sum(int(v) for v in errors.values()) if isinstance(errors, dict) else int(errors)
-                ts = float(d.get("ts", 0.0))
             except (ValueError, TypeError, AttributeError):
                 continue
-            age = max(0.0, now_s - ts)
-            prev = self._prev_worker.get((policy, wid))
+            prev = self._prev_worker.get((policy, rec.worker))
             rate = None
             if prev is not None and busy - prev[1] > 1e-9 and served >= prev[0]:
                 rate = (served - prev[0]) / (busy - prev[1])
             elif busy > 0:
                 rate = served / busy
-            self._prev_worker[(policy, wid)] = (served, busy)
-            out.append(WorkerStat(wid, served, batches, busy, errors, age, age <= self.stale_after_s, rate))
-        return out
+            seen[rec.worker] = (served, busy)
+            out.append(WorkerStat(rec.worker, served, batches, busy, errors, max(0.0, rec.age_s), fresh, rate))
+        # forget workers whose records are gone, so the map does not grow with every worker ever seen
+        self._prev_worker = {k: v for k, v in self._prev_worker.items() if k[0] != policy}
+        self._prev_worker.update({(policy, wid): v for wid, v in seen.items()})
+        return sorted(out, key=lambda w: w.id)
 
     # -- everything ------------------------------------------------------------------------
     def poll(self) -> Snapshot:

@@ -42,8 +42,10 @@ def with_arm(arm_map) -> bytes:
 
 
 def envelope(payload: bytes, reply_to: str, seq: int = 0, **over) -> dict:
-    fields = {"v": str(PROTOCOL_VERSION), "rollout": "fuzz", "seq": str(seq), "reply_to": reply_to,
-              "ttl_ms": "30000", "obs": payload}
+    """A request of rollout `fuzz`; `reply_to` is sent as protocol v1 did and workers ignore it (they
+    derive the reply stream from the rollout id)."""
+    fields = {"v": str(PROTOCOL_VERSION), "rollout": "fuzz", "seq": str(seq), "nonce": f"fuzz-nonce-{seq}",
+              "reply_to": reply_to, "ttl_ms": "30000", "obs": payload}
     fields.update(over)
     return {k: v for k, v in fields.items() if v is not None}
 

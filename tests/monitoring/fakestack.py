@@ -61,13 +61,13 @@ class FakeWorker(threading.Thread):
             time.sleep(self.infer_s)  # the "forward pass"
             infer_s = time.perf_counter() - t1
             t2 = time.perf_counter()
-            replies = [Reply(seq=q.seq, status="ok", action=b"a" * 16, queue_ms=queue_s[i] * 1e3,
+            replies = [Reply(seq=q.seq, status="ok", nonce=q.nonce, action=b"a" * 16, queue_ms=queue_s[i] * 1e3,
                              infer_ms=infer_s * 1e3, batch=len(reqs), worker=self.wid).to_fields()
                        for i, (_, q) in enumerate(reqs)]
             encode_s = time.perf_counter() - t2
             pipe = self.r.pipeline(transaction=False)
             for (eid, q), fields in zip(reqs, replies, strict=True):
-                pipe.xadd(q.reply_to, fields, maxlen=64)
+                pipe.xadd(self.keys.replies(self.policy, q.rollout), fields, maxlen=64)
                 pipe.xack(stream, GROUP, eid)
             pipe.execute()
             self.served += len(reqs)
@@ -99,7 +99,7 @@ class FakeSim(threading.Thread):
             for seq in range(self.qpe):
                 self.m.tick()
                 t0 = time.perf_counter()
-                self.r.xadd(stream, Request(rollout, seq, reply_key, b"obs", 5000).to_fields())
+                self.r.xadd(stream, Request(rollout, seq, b"obs", 5000).to_fields())
                 got = self.r.xread({reply_key: last}, count=1, block=5000)
                 if not got:
                     infra = True
@@ -111,6 +111,6 @@ class FakeSim(threading.Thread):
                 if self.stop_ev.is_set():
                     break
             self.r.delete(reply_key)
-            self.m.episode(success=self.rng.random() < 0.6, infra_failure=infra)
+            self.m.episode("infra" if infra else "success" if self.rng.random() < 0.6 else "failure")
             episode += 1
         self.m.close()

@@ -64,7 +64,7 @@ def test_prometheus_sees_the_whole_stack(mon_redis, mon_prometheus, tmp_path):
         r.sadd(keys.policies(), "pol")
         ensure_group(r, keys, "pol")
         for i in range(M):
-            r.xadd(keys.requests("pol"), Request("r0", i, keys.replies("pol", "r0"), b"o", 60000).to_fields())
+            r.xadd(keys.requests("pol"), Request("r0", i, b"o", 60000).to_fields())
         wait_for(lambda: exporter.snapshot and exporter.snapshot.policy("pol").total("lag") == M,
                  10, what="exporter lag == M")
         wait_for(lambda: prom.value('sum(rolloutq_queue_lag{policy="pol"})') == M, 20,
@@ -94,7 +94,7 @@ def test_prometheus_sees_the_whole_stack(mon_redis, mon_prometheus, tmp_path):
         r.sadd(keys.policies(), "stuck")
         ensure_group(r, keys, "stuck")
         now_ms = int(r.time()[0] * 1000)
-        req = Request("r1", 0, keys.replies("stuck", "r1"), b"o", 60000).to_fields()
+        req = Request("r1", 0, b"o", 60000).to_fields()
         r.xadd(keys.requests("stuck"), req, id=f"{now_ms - 300_000}-0")
         r.xreadgroup(GROUP, "gone", {keys.requests("stuck"): ">"}, count=1)
         r.xadd(keys.requests("stuck"), req, id=f"{now_ms - 200_000}-0")

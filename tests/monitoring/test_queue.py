@@ -20,9 +20,7 @@ M = 30
 
 def push(r, keys, policy, n, rollout="r1"):
     for i in range(n):
-        r.xadd(
-            keys.requests(policy), Request(rollout, i, keys.replies(policy, rollout), b"o", 1000).to_fields()
-        )
+        r.xadd(keys.requests(policy), Request(rollout, i, b"o", 1000).to_fields())
 
 
 def scrape(port: int) -> dict[str, float]:
