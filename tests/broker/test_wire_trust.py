@@ -55,6 +55,7 @@ def test_a_forged_request_under_a_victims_rollout_id_never_answers_the_victim(re
                 res = await victim.act("victim", _obs(float(step)))
                 accepted += res.chunk["echo"][0, 0] == 999.0
                 assert res.chunk["echo"].tolist() == [[step, 0]]
+            print(f"FIGURE forgery: 19 attempts, {accepted} accepted by the victim")
             assert accepted == 0
             forged = [f for _, f in await r.xrange(KEYS.replies("p", "victim", 0)) if f[b"status"] == b"ok"]
             assert len(forged) == 2 * 20 - 1  # the attacker's requests were answered, to nobody's use
@@ -297,6 +298,44 @@ def test_a_read_whose_answer_was_lost_is_taken_up_by_the_same_worker(redis_url):
             reply = Reply.from_fields((await r.xrange(KEYS.replies("p", "lost", 0)))[0][1])
             assert reply.ok and reply.nonce == request.nonce and consumer.stats.recovered_total == 1
             assert (await r.xpending(KEYS.requests("p", 0), GROUP))["pending"] == 0
+            await r.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_retry_storm_infers_every_request_once(redis_url):
+    """32 rollouts against a policy slower than their reply timeout, so every request is resent
+    several times: each (rollout, step) still reaches the model exactly once."""
+    class Tally(EchoHandler):
+        def __init__(self) -> None:
+            super().__init__(delay_s=0.4)
+            self.seen: list[tuple[float, float]] = []
+
+        def infer(self, batch):
+            self.seen.extend((float(o["x"][0, 0]), float(o["x"][0, 1])) for o in batch)
+            return super().infer(batch)
+
+    async def main():
+        handler = Tally()
+        async with serving(redis_url, handler, batch=BatchSettings(max_batch_size=8, max_wait_ms=2)) as consumer:
+            r = connect_async(RedisSettings(url=redis_url))
+            client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=60, reply_timeout_s=0.25,
+                                                                  max_resends=100))
+
+            async def rollout(i: int) -> int:
+                sends = 0
+                for step in range(3):
+                    res = await client.act(f"storm{i}", {"x": np.array([[i, step]], np.float32)})
+                    assert res.chunk["echo"].tolist() == [[i, step]]
+                    sends += res.sends
+                return sends
+
+            sends = sum(await asyncio.gather(*[rollout(i) for i in range(32)]))
+            await asyncio.sleep(1.0)  # resends still queued are read and dropped
+            inferred_twice = len(handler.seen) - len(set(handler.seen))
+            print(f"FIGURE retry storm: {sends} sends for 96 requests, {consumer.stats.duplicates_total} dropped, "
+                  f"{inferred_twice} inferred twice")
+            assert sends > 2 * 96 and inferred_twice == 0 and len(handler.seen) == 96
             await r.aclose()
 
     asyncio.run(main())

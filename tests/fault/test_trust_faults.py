@@ -71,6 +71,8 @@ def test_a_worker_frozen_past_its_socket_timeout_answers_what_it_had_read(aof_re
     sends = asyncio.run(run())
     assert all(s == 1 for per in sends for s in per), sends
     wait_for(lambda: r.xpending(STREAM, GROUP)["pending"] == 0, 10, "no pending entries")
+    print(f"FIGURE SIGSTOP 15 s + SIGCONT: {sum(map(len, sends))} requests, all answered by their first send, "
+          f"{r.xpending(STREAM, GROUP)['pending']} left pending")
     assert r.xlen(STREAM) == 0
     worker.signal(signal.SIGTERM)
     assert worker.wait(20) == 0
@@ -102,6 +104,8 @@ def test_ten_killed_workers_leave_no_consumer_and_no_stats_record(aof_redis, spa
         return consumers == {"w-live"} and set(r.hkeys(KEYS.worker_stats("p"))) == {b"w-live"}
 
     wait_for(clean, 30, "dead consumers and stale stats records to be removed")
+    stale = len(r.xinfo_consumers(STREAM, GROUP)) - 1 + r.hlen(KEYS.worker_stats("p")) - 1
+    print(f"FIGURE 10 worker kills: {stale} stale consumers or worker records left")
     assert r.xpending(STREAM, GROUP)["pending"] == 0
     r.close()
 
@@ -152,6 +156,7 @@ def test_a_flood_of_maximal_fields_leaves_a_workers_memory_flat(aof_redis, spawn
     time.sleep(1)
     after = _rss_mb(worker.pid)
     stats = json.loads(r.hget(KEYS.worker_stats("p"), "w-rss"))
+    print(f"FIGURE flood: worker RSS {before:.0f} MB before, {after:.0f} MB after 1,000 maximal requests")
     counts = (stats["replies_ok_total"], stats["requests_total"])
     assert counts == (2000 + 250, 3000), counts  # only the 10 MB reply_to ones are answered: it is ignored
     assert after - before < 40, (before, after)
