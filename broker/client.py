@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+from redis.exceptions import ResponseError
 
 from broker.codec import Codec, MsgpackNumpyCodec, first_non_finite
 from broker.connection import REDIS_DOWN
@@ -304,7 +305,7 @@ class PolicyClient:
         except BrokerError:
             if state.seq == call.request.seq:  # gave up (finish() moved on already otherwise)
                 state.seq += 1
-                with contextlib.suppress(*REDIS_DOWN):
+                with contextlib.suppress(*REDIS_DOWN, ResponseError):  # a refused XDEL: the TTL ends it
                     await _cancel(self.redis.pipeline(transaction=False), call).execute()
             raise
 
@@ -412,7 +413,7 @@ class PolicyClient:
             pipe = self.redis.pipeline(transaction=False)
             for call in gave_up:
                 _cancel(pipe, call)
-            with contextlib.suppress(*REDIS_DOWN):
+            with contextlib.suppress(*REDIS_DOWN, ResponseError):  # a refused XDEL: the TTL ends it
                 await pipe.execute()
         return out  # type: ignore[return-value]
 
@@ -519,7 +520,7 @@ class SyncPolicyClient:
         except BrokerError:
             if state.seq == call.request.seq:
                 state.seq += 1
-                with contextlib.suppress(*REDIS_DOWN):
+                with contextlib.suppress(*REDIS_DOWN, ResponseError):  # a refused XDEL: the TTL ends it
                     _cancel(self.redis.pipeline(transaction=False), call).execute()
             raise
 

@@ -15,6 +15,7 @@ only a decoder given a `FrameReader` resolves.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -70,7 +71,8 @@ def _get(obj: dict, name: str) -> Any:
         return obj[b]
     if name in obj:
         return obj[name]
-    raise CodecError(f"array map is missing its {name!r} field")
+    raise CodecError(f"array map has no {name!r} field: an array is a map with the keys nd, type, kind, shape, data "
+                     "(msgpack-numpy) or __ndarray__, dtype, shape, data (openpi), docs/PROTOCOL.md §5")
 
 
 _DTYPE_CACHE: dict[Any, np.dtype] = {}
@@ -90,24 +92,26 @@ def _check_dtype(spec: Any) -> np.dtype:
     if isinstance(spec, bytes):
         spec = spec.decode("ascii", "replace")
     if not isinstance(spec, str):
-        raise CodecError(f"array dtype must be a string such as '<f4', got {type(spec).__name__}")
+        raise CodecError(f"array dtype must be a string such as '<f4' or 'float32', got {type(spec).__name__}")
     spec = _DTYPE_NAMES.get(spec, spec)
     if not _DTYPE.match(spec):
         raise CodecError(
-            f"array dtype {spec!r} is not allowed: send little-endian bool, int, uint or float arrays "
-            "(object, string, void, structured, complex and big-endian arrays are refused)"
+            f"array dtype {spec[:40]!r} is not allowed: send little-endian bool, int, uint or float arrays such as "
+            "'<f4' or '|u1' (object, string, void, structured, complex and big-endian arrays are refused)"
         )
     return np.dtype(spec)
 
 
 def _shape(obj: dict) -> tuple[list[int], int]:
     shape = _get(obj, "shape")
-    if not isinstance(shape, (list, tuple)) or len(shape) > _MAX_NDIM:
-        raise CodecError(f"array shape must be a list of at most {_MAX_NDIM} dimensions")
+    if not isinstance(shape, (list, tuple)):
+        raise CodecError(f"array shape must be a list of integers, got {type(shape).__name__}")
+    if len(shape) > _MAX_NDIM:
+        raise CodecError(f"array shape has {len(shape)} dimensions; at most {_MAX_NDIM} are allowed")
     count = 1
     for d in shape:
         if type(d) is not int or d < 0:  # bool (a subclass of int) is refused too
-            raise CodecError(f"array shape {list(shape)!r} must hold non-negative integers")
+            raise CodecError(f"array shape {list(shape)!r:.80} must hold non-negative integers only")
         count *= d
     return list(shape), count
 
@@ -118,20 +122,23 @@ def _array(obj: dict) -> np.ndarray:
     if not openpi:
         kind = obj.get(b"kind", obj.get("kind", b""))
         if kind not in (b"", ""):
-            raise CodecError("array kind must be empty: object and void arrays are refused")
+            raise CodecError(f"array field 'kind' must be the empty bin b\"\", got {kind!r:.40}: object and void "
+                             "arrays are refused")
         if _get(obj, "nd") is not True:
             scalar = _get(obj, "data")
             if not isinstance(scalar, bytes) or len(scalar) != dtype.itemsize:
-                raise CodecError(f"numpy scalar of dtype {dtype.str} needs {dtype.itemsize} data bytes")
+                got = f"{len(scalar)} bytes" if isinstance(scalar, bytes) else type(scalar).__name__
+                raise CodecError(f"numpy scalar (nd false) of dtype {dtype.str} needs 'data' as bin of "
+                                 f"{dtype.itemsize} bytes, got {got}")
             return np.frombuffer(scalar, dtype=dtype)[0]
     shape, count = _shape(obj)
     data = _get(obj, "data")
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise CodecError("array data must be a msgpack bin value")
+        raise CodecError(f"array data must be a msgpack bin value (the raw bytes, C order), got {type(data).__name__}")
     if count * dtype.itemsize != len(data):
         raise CodecError(
-            f"array of shape {tuple(shape)} and dtype {dtype.str} needs {count * dtype.itemsize} bytes, "
-            f"got {len(data)}"
+            f"array of shape {tuple(shape)} and dtype {dtype.str} needs {count * dtype.itemsize} bytes "
+            f"(product of the shape x {dtype.itemsize}), got {len(data)}: shape, type and data disagree"
         )
     arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     arr.flags.writeable = False
@@ -160,10 +167,29 @@ def _np_array(obj: dict) -> Any:
     return arr
 
 
-class _Decoder:
-    """One decode's state: counts containers and arrays as msgpack builds them."""
+class _Bad:
+    """A map that failed its checks, carried up through its parents so the error names its key."""
 
-    __slots__ = ("limits", "containers", "arrays", "kept", "frames")
+    __slots__ = ("path", "message")
+    __hash__ = None  # type: ignore[assignment]  # as a map key it is refused like any map
+
+    def __init__(self, message: str) -> None:
+        self.path: list[str] = []
+        self.message = message
+
+    def describe(self) -> str:
+        where = "".join(reversed(self.path)).lstrip(".")
+        return f"key {where!r}: {self.message}" if where else self.message
+
+
+class _Decoder:
+    """One decode's state: counts containers and arrays as msgpack builds them.
+
+    A map that fails its checks becomes a `_Bad` that each parent hands up with its own key, so the
+    error names the key at fault; after the first, nothing more is built, and `decode` raises.
+    """
+
+    __slots__ = ("limits", "containers", "arrays", "kept", "frames", "bad")
 
     def __init__(self, limits: CodecLimits, frames: FrameReader | None) -> None:
         self.limits = limits
@@ -171,49 +197,82 @@ class _Decoder:
         self.arrays = 0
         self.kept = 0  # maps and lists that stay maps and lists: nesting can be no deeper than this
         self.frames = frames
+        self.bad: _Bad | None = None
 
     def _count(self) -> None:
         self.containers += 1
         if self.containers > self.limits.max_containers:
-            raise CodecError(f"message holds more than {self.limits.max_containers} maps/lists")
+            raise CodecError(f"message holds more than {self.limits.max_containers} maps/lists (the receiver's "
+                             "limit): send numbers as arrays (msgpack-numpy array maps), not as lists")
 
     def _leaf(self, obj: dict) -> None:
         """An array map is about to become an array: count it, and its shape list no longer nests."""
         self.arrays += 1
         if self.arrays > self.limits.max_arrays:
-            raise CodecError(f"message holds more than {self.limits.max_arrays} arrays")
+            raise CodecError(f"message holds more than {self.limits.max_arrays} arrays (the receiver's limit): "
+                             "send fewer keys, or stack arrays that belong together into one")
         shape = obj.get(b"shape")
         if shape is None:
             shape = obj.get("shape")
         if type(shape) is list:
             self.kept -= 1
 
+    def _refuse(self, message: str) -> _Bad:
+        bad = _Bad(message)
+        if self.bad is None:
+            self.bad = bad
+        return bad
+
+    def _leaf_value(self, make: Callable[[dict], Any], obj: dict) -> Any:
+        if self.bad is not None:
+            return None  # the message is refused already: build nothing more
+        try:
+            return make(obj)
+        except SharedFramesUnavailable:
+            raise
+        except CodecError as e:
+            return self._refuse(str(e))
+
+    def _frame(self, obj: dict) -> Any:
+        if self.frames is None:
+            raise SharedFramesUnavailable("message refers to shared-memory frames, which this side does not "
+                                          "read: send arrays inline (turn shared frames off)")
+        shape, count = _shape(obj)
+        return self.frames.read(_get(obj, "shm"), _get(obj, "offset"), _get(obj, "token"), _get(obj, "gen"),
+                                _dtype(_get(obj, "type")), shape, count)
+
     def object_hook(self, obj: dict) -> Any:
         self._count()
         if len(obj) == 5 and b"nd" in obj:  # msgpack-numpy's own layout: the hot path, checked in full
             self._leaf(obj)
-            return _np_array(obj)
+            return self._leaf_value(_np_array, obj)
         if _is_ndarray_map(obj):
             self._leaf(obj)
-            return _array(obj)
+            return self._leaf_value(_array, obj)
         if is_frame_map(obj):
             self._leaf(obj)
-            if self.frames is None:
-                raise SharedFramesUnavailable("message refers to shared-memory frames, which this side does not "
-                                              "read: send arrays inline (turn shared frames off)")
-            shape, count = _shape(obj)
-            return self.frames.read(_get(obj, "shm"), _get(obj, "offset"), _get(obj, "token"), _get(obj, "gen"),
-                                    _dtype(_get(obj, "type")), shape, count)
+            return self._leaf_value(self._frame, obj)
         if b"__npgeneric__" in obj or ("__npgeneric__" in obj and "dtype" in obj):
             return np.asarray(_get(obj, "data"), dtype=_dtype(_get(obj, "dtype")))[()]
         for k in obj:
             if not isinstance(k, str):
-                raise CodecError(f"map keys must be strings, got {type(k).__name__} {k!r:.40}")
+                return self._refuse(f"map key {k!r:.40} has type {type(k).__name__}: map keys must be msgpack str "
+                                    "(bin keys are read only inside an array map)")
+        if self.bad is not None:
+            for k, v in obj.items():
+                if type(v) is _Bad:
+                    v.path.append(f".{k}")
+                    return v
         self.kept += 1
         return obj
 
-    def list_hook(self, obj: list) -> list:
+    def list_hook(self, obj: list) -> Any:
         self._count()
+        if self.bad is not None:
+            for i, v in enumerate(obj):
+                if type(v) is _Bad:
+                    v.path.append(f"[{i}]")
+                    return v
         self.kept += 1
         return obj
 
@@ -233,14 +292,14 @@ def _depth_ok(obj: Any, limit: int, depth: int = 0) -> bool:
 def _default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind not in "biuf" or obj.dtype.byteorder == ">":
-            raise CodecError(f"cannot send arrays of dtype {obj.dtype}: use bool, int, uint or float")
+            raise CodecError(f"cannot send arrays of dtype {obj.dtype}: use little-endian bool, int, uint or float")
         if not obj.flags.c_contiguous:
             obj = np.ascontiguousarray(obj)
         return {b"nd": True, b"type": obj.dtype.str, b"kind": b"", b"shape": list(obj.shape),
                 b"data": obj.data if obj.ndim else obj.tobytes()}
     if isinstance(obj, np.generic):
         if obj.dtype.kind not in "biuf":
-            raise CodecError(f"cannot send numpy scalars of dtype {obj.dtype}")
+            raise CodecError(f"cannot send numpy scalars of dtype {obj.dtype}: use bool, int, uint or float")
         return {b"nd": False, b"type": obj.dtype.str, b"kind": b"", b"data": obj.tobytes()}
     if isinstance(obj, SharedFrame):
         return obj.to_wire()
@@ -312,14 +371,16 @@ class MsgpackNumpyCodec:
         except CodecError:
             raise
         except (TypeError, ValueError, OverflowError) as e:
-            raise CodecError(f"cannot encode message: {e}") from None
+            raise CodecError(f"cannot encode message: {_short(e)}: send maps with str keys, lists, strings, "
+                             "numbers and arrays") from None
 
     def decode(self, data: bytes) -> Any:
         lim = self.limits
         if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise CodecError("message must be bytes")
+            raise CodecError(f"message must be bytes, got {type(data).__name__}")
         if len(data) > lim.max_bytes:
-            raise CodecError(f"message of {len(data)} bytes exceeds the {lim.max_bytes}-byte limit")
+            raise CodecError(f"message of {len(data)} bytes exceeds the {lim.max_bytes}-byte limit: send smaller "
+                             "arrays (or, on the policy workers' host, shared-memory frames, docs/PROTOCOL.md §5.1)")
         state = _Decoder(lim, self.frames)
         try:
             obj = msgpack.unpackb(
@@ -336,13 +397,49 @@ class MsgpackNumpyCodec:
             )
         except CodecError:
             raise
-        except msgpack.ExtraData:
-            raise CodecError("message has trailing bytes after the msgpack value") from None
         except (ValueError, msgpack.UnpackException, TypeError, RecursionError, OverflowError) as e:
-            raise CodecError(f"message is not valid msgpack: {_short(e)}") from None
+            if state.bad is not None:  # what failed after the first bad map is not the news
+                raise CodecError(state.bad.describe()) from None
+            if isinstance(e, msgpack.ExtraData):
+                raise CodecError(f"message has {len(e.extra)} trailing bytes after the msgpack value: send exactly "
+                                 "one msgpack value") from None
+            raise CodecError(f"message is not a valid msgpack value ({_explain(e)}): send the observation or action "
+                             "chunk as one msgpack map of named arrays (docs/PROTOCOL.md §5)") from None
+        if state.bad is not None:
+            raise CodecError(state.bad.describe())
         if state.kept > lim.max_depth and not _depth_ok(obj, lim.max_depth):
-            raise CodecError(f"message nests maps/lists deeper than {lim.max_depth} levels")
+            raise CodecError(f"message nests maps/lists deeper than {lim.max_depth} levels: use flat dotted keys "
+                             "(docs/PROTOCOL.md §4)")
         return obj
+
+
+_TOO_LONG = re.compile(r"(\d+) exceeds max_(array|map|str|bin|ext)_len\((\d+)\)")
+_UNITS = {"array": "list of {n} items", "map": "map of {n} entries", "str": "string of {n} bytes",
+          "bin": "bin value of {n} bytes"}
+
+
+def _explain(e: Exception) -> str:
+    """What msgpack's parser objected to, in words a sender can act on (its own text is often empty)."""
+    if isinstance(e, msgpack.FormatError):
+        return "a byte that starts no msgpack value, such as the reserved 0xc1"
+    if isinstance(e, msgpack.StackError | RecursionError):
+        return "maps/lists nested deeper than the parser allows"
+    if isinstance(e, UnicodeDecodeError):
+        return "a str value is not UTF-8; send raw bytes as bin"
+    if isinstance(e, OverflowError):
+        return "an integer does not fit in 64 bits"
+    text = str(e)
+    if "incomplete input" in text:
+        return "the bytes end in the middle of the value: truncated"
+    m = _TOO_LONG.search(text)
+    if m:
+        n, kind, cap = m.groups()
+        if kind == "ext":
+            return "a msgpack extension type, which is not allowed"
+        return f"a {_UNITS[kind].format(n=n)} exceeds the limit of {cap}"
+    if isinstance(e, TypeError) and "unhashable" in text:
+        return "a map key is a map or a list; map keys must be str"
+    return _short(e)
 
 
 def _short(e: Exception) -> str:

@@ -114,7 +114,6 @@ class StreamConsumer:
         self.batcher: MicroBatcher[Job] = batcher_class(b.max_batch_size, b.max_wait_ms / 1000)
         self.streams = [self.keys.requests(settings.policy, s) for s in range(settings.shards)]
         self._shard = {s: i for i, s in enumerate(self.streams)}
-        self._max_obs = getattr(getattr(self.codec, "limits", None), "max_bytes", 64 * 1024 * 1024)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="rolloutq-infer")
         self._inline = bool(getattr(handler, "inline", False))
         self._stages = bool(getattr(handler, "stages", False)) and not self._inline
@@ -368,7 +367,7 @@ class StreamConsumer:
         """Queue a request for batching, or return (stream, id, reply key, error reply) to refuse it."""
         self.stats.requests_total += 1
         try:
-            request = Request.from_fields(fields, max_obs_bytes=self._max_obs)
+            request = Request.from_fields(fields)
         except ProtocolError as e:
             code = Status.UNSUPPORTED_VERSION if "protocol version" in str(e) else Status.BAD_REQUEST
             return self._refusal(stream, entry_id, fields, code, str(e))

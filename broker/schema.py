@@ -29,7 +29,7 @@ class Status(StrEnum):
     UNSUPPORTED_VERSION = "unsupported_version"  # protocol version this worker does not speak
     EXPIRED = "expired"  # deadline passed before inference; not retried by the worker
     INFERENCE_FAILED = "inference_failed"  # the model raised on this observation (also alone); final
-    BAD_ACTION = "bad_action"  # the policy's output is non-finite or does not fit its action schema; final
+    BAD_ACTION = "bad_action"  # the policy's output holds NaN/inf or cannot be encoded; final
     DEAD_LETTER = "dead_letter"  # delivered the allowed number of times without an answer (worker crashes)
     SHUTTING_DOWN = "shutting_down"  # worker stopping; the request was released for another worker
 
@@ -146,8 +146,9 @@ class Request:
         return out
 
     @classmethod
-    def from_fields(cls, fields: dict[Any, Any], max_obs_bytes: int = 64 * 1024 * 1024) -> Request:
-        """Parse and check a request entry; every field's size is checked before it is decoded."""
+    def from_fields(cls, fields: dict[Any, Any]) -> Request:
+        """Parse and check a request entry; every field's size is checked before it is decoded
+        (`obs` by the codec, which refuses it on its length before parsing it)."""
         if len(fields) > MAX_ENTRY_FIELDS:
             raise ProtocolError(f"request has {len(fields)} fields; at most {MAX_ENTRY_FIELDS} are allowed")
         version = _int(fields, "v")
@@ -174,8 +175,6 @@ class Request:
         if orig and not _ENTRY_ID.match(orig):
             raise ProtocolError(f"field 'orig' must be a stream entry id like 1700000000000-0, got {orig!r}")
         obs = _bytes(fields, "obs")
-        if len(obs) > max_obs_bytes:
-            raise ProtocolError(f"field 'obs' is {len(obs)} bytes long; at most {max_obs_bytes} are allowed")
         return cls(rollout=rollout, seq=seq, obs=obs, ttl_ms=ttl, nonce=nonce, version=version, steps=steps,
                    resend=resend, orig=orig)
 

@@ -7,14 +7,20 @@
 //
 //   node sim.js --redis-url redis://127.0.0.1:6379/0 --policy default --episodes 4 --envs 2
 //
+// Each request carries a fresh random nonce; the worker echoes it, and only the reply with that
+// nonce is taken. With no reply within --reply-timeout-ms the request is resent (same seq and nonce,
+// `resend` = n, `ttl_ms` = what is left of the deadline); a rollout that gives up deletes its
+// request entries.
+//
 // Exit codes: 0 all episodes completed; 1 usage or unexpected error; 2 Redis unreachable or the
 // policy published no metadata in time; 3 protocol version mismatch; 4 an error reply or no reply.
 
 import { createClient, RESP_TYPES } from "redis";
 import { decode, encode } from "@msgpack/msgpack";
+import { randomBytes } from "node:crypto";
 import process from "node:process";
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 // ----------------------------------------------------------------------------------------------
 // command line
@@ -27,6 +33,8 @@ const DEFAULTS = {
   "max-steps": 60,
   seed: 0,
   "deadline-ms": 30000,
+  "reply-timeout-ms": 10000,
+  "max-resends": 3,
   "wait-s": 30,
   "protocol-version": PROTOCOL_VERSION,
   "no-version-check": false,
@@ -40,7 +48,8 @@ function parseArgs(argv) {
     const a = argv[i];
     if (a === "--help" || a === "-h") {
       console.log(`usage: node sim.js [--redis-url URL] [--namespace NS] [--policy NAME] [--episodes N]
-                   [--envs K] [--max-steps T] [--seed S] [--deadline-ms MS] [--wait-s S]
+                   [--envs K] [--max-steps T] [--seed S] [--deadline-ms MS] [--reply-timeout-ms MS]
+                   [--max-resends N] [--wait-s S]
                    [--protocol-version V] [--no-version-check] [--sim-id ID] [--json]`);
       process.exit(0);
     }
@@ -319,13 +328,15 @@ async function discover(r, o) {
   for (;;) {
     const h = await r.hGetAll(key);
     if (h && h.metadata) {
-      const speaks = Number(String(h.protocol ?? "1"));
-      if (!o["no-version-check"] && speaks !== o["protocol-version"]) {
+      // `protocol`: the versions the policy's workers speak, comma-separated ("2", or "2,3")
+      const speaks = String(h.protocol ?? "1").split(",").map((v) => Number(v.trim()));
+      if (!o["no-version-check"] && !speaks.includes(o["protocol-version"])) {
         throw new SimError(
-          `protocol version mismatch: policy ${o.policy} speaks v${speaks} (from ${key} field "protocol"), ` +
-            `this simulator speaks v${o["protocol-version"]}; upgrade whichever side is older`, 3);
+          `protocol version mismatch: policy ${o.policy} speaks v${speaks.join(",v")} (from ${key} field ` +
+            `"protocol"), this simulator speaks v${o["protocol-version"]}; upgrade whichever side is older`, 3);
       }
-      return { meta: JSON.parse(String(h.metadata)), shards: Number(String(h.shards ?? "1")) || 1, protocol: speaks };
+      return { meta: JSON.parse(String(h.metadata)), shards: Number(String(h.shards ?? "1")) || 1,
+        protocol: o["protocol-version"] };
     }
     if (Date.now() > until) {
       throw new SimError(`policy ${o.policy} published no metadata at ${key} within ${o["wait-s"]}s: ` +
@@ -341,53 +352,86 @@ function fieldsToObject(flat) {
   return out;
 }
 
+const RETRYABLE = new Set(["shutting_down"]);
+
 class Rollout {
-  constructor(conn, o, shards, rollout) {
+  constructor(conn, o, shards, rollout, steps) {
     this.conn = conn;
     this.o = o;
     this.rollout = rollout;
+    this.steps = steps;
     const shard = shardOf(rollout, shards);
     this.stream = keys.requests(o.namespace, o.policy, shard);
     this.replyKey = keys.replies(o.namespace, o.policy, rollout, shard);
     this.seq = 0;
-    this.lastId = "0-0";
+    this.lastId = null; // set before the first request: after whatever the reply stream holds already
   }
 
-  /** Send one observation; wait for the reply with our sequence number; return the action chunk. */
+  async send(fields) {
+    return Buffer.from(await this.conn.sendCommand(["XADD", this.stream, "*", ...fields])).toString("utf8");
+  }
+
+  /**
+   * Send one observation and return the action chunk of the reply that echoes this request's nonce.
+   * Resends (same seq and nonce, the remaining deadline) when no reply came within the reply timeout;
+   * on giving up, deletes the request's entries so that no worker infers them after all.
+   */
   async act(obs) {
     const o = this.o;
     const seq = this.seq++;
+    const nonce = randomBytes(8).toString("hex");
     const started = Date.now();
-    await this.conn.sendCommand([
-      "XADD", this.stream, "*",
-      "v", String(o["protocol-version"]),
-      "rollout", this.rollout,
-      "seq", String(seq),
-      "reply_to", this.replyKey,
-      "ttl_ms", String(o["deadline-ms"]),
-      "obs", encodeMessage(obs),
-    ]);
-    for (;;) {
-      const left = started + o["deadline-ms"] - Date.now();
-      if (left <= 0) {
-        throw new SimError(`no reply for rollout ${this.rollout} step ${seq} within ${o["deadline-ms"]} ms: ` +
-          "are policy workers running on this Redis and namespace?", 4);
-      }
-      const got = await this.conn.sendCommand(["XREAD", "BLOCK", String(Math.min(left, 1000)), "STREAMS", this.replyKey, this.lastId]);
-      if (!got) continue;
-      // RESP2: [[key, [[id, [f1, v1, ...]], ...]]]; RESP3 maps are normalised by the client to the same shape
-      const entries = Array.isArray(got) ? got[0][1] : Object.values(got)[0];
-      for (const [id, flat] of entries) {
-        this.lastId = Buffer.from(id).toString("utf8");
-        const f = fieldsToObject(flat);
-        if (Number(String(f.seq)) !== seq) continue; // a stale duplicate of an earlier step
-        const status = String(f.status);
-        if (status !== "ok") {
-          throw new SimError(`policy replied ${status} to rollout ${this.rollout} step ${seq}: ${String(f.error ?? "")}`, 4);
+    const deadline = started + o["deadline-ms"];
+    if (this.lastId === null) {
+      const last = await this.conn.sendCommand(["XREVRANGE", this.replyKey, "+", "-", "COUNT", "1"]);
+      this.lastId = last.length ? Buffer.from(last[0][0]).toString("utf8") : "0-0";
+    }
+    const payload = encodeMessage(obs);
+    const sent = [];
+    const fields = (ttl) => {
+      const f = ["v", String(o["protocol-version"]), "rollout", this.rollout, "seq", String(seq), "nonce", nonce,
+        "ttl_ms", String(ttl), "obs", payload];
+      if (this.steps) f.push("steps", String(this.steps));
+      if (sent.length) f.push("resend", String(sent.length), "orig", sent[0]);
+      return f;
+    };
+    let resendAt = 0; // send at once
+    try {
+      for (;;) {
+        const now = Date.now();
+        const left = deadline - now;
+        if (left <= 0) {
+          throw new SimError(`no reply for rollout ${this.rollout} step ${seq} within ${o["deadline-ms"]} ms ` +
+            `(${sent.length} sends): are policy workers running on this Redis and namespace?`, 4);
         }
-        const chunk = decode(f.action, DECODE_OPTS);
-        return { chunk, roundTripMs: Date.now() - started, batch: Number(String(f.batch)) };
+        if (now >= resendAt && sent.length <= o["max-resends"]) {
+          sent.push(await this.send(fields(sent.length ? left : o["deadline-ms"])));
+          resendAt = now + o["reply-timeout-ms"];
+        }
+        const wait = Math.max(1, Math.min(left, resendAt - now, 1000));
+        const got = await this.conn.sendCommand(["XREAD", "BLOCK", String(wait), "STREAMS", this.replyKey, this.lastId]);
+        if (!got) continue;
+        // RESP2: [[key, [[id, [f1, v1, ...]], ...]]]; RESP3 maps are normalised by the client to the same shape
+        const entries = Array.isArray(got) ? got[0][1] : Object.values(got)[0];
+        for (const [id, flat] of entries) {
+          this.lastId = Buffer.from(id).toString("utf8");
+          const f = fieldsToObject(flat);
+          if (String(f.nonce ?? "") !== nonce) continue; // not the answer to this request
+          const status = String(f.status);
+          if (RETRYABLE.has(status) && sent.length <= o["max-resends"]) {
+            resendAt = Date.now() + 200 * 2 ** sent.length; // back off, then resend
+            continue;
+          }
+          sent.length = 0; // answered: nothing to cancel
+          if (status !== "ok") {
+            throw new SimError(`policy replied ${status} to rollout ${this.rollout} step ${seq}: ${String(f.error ?? "")}`, 4);
+          }
+          const chunk = decode(f.action, DECODE_OPTS);
+          return { chunk, roundTripMs: Date.now() - started, batch: Number(String(f.batch)) };
+        }
       }
+    } finally {
+      if (sent.length) await this.conn.sendCommand(["XDEL", this.stream, ...sent]).catch(() => {});
     }
   }
 }
@@ -408,8 +452,8 @@ function forces(chunk, actionSchema) {
 async function runEpisode(conn, o, info, episode) {
   const env = new PointMass(o["max-steps"]);
   env.reset(o.seed + episode);
-  const rollout = new Rollout(conn, o, info.shards, `${o["sim-id"]}.e${episode}`);
   const horizon = Math.max(1, Number(info.meta.action_horizon) || 8);
+  const rollout = new Rollout(conn, o, info.shards, `${o["sim-id"]}.e${episode}`, horizon);
   let ret = 0;
   let calls = 0;
   const rtts = [];

@@ -22,6 +22,7 @@ import numpy as np
 from broker.real_g1 import ACTION_DIMS, FRAMES, IMAGE_SIZE, STATE_DIMS, TEXT_KEY, VIDEO_KEY
 from policy_workers.backends._g1_assets import g1_xml_path
 from policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
+from policy_workers.batching import flatten
 
 CHUNK = 40
 HORIZON = 8
@@ -239,6 +240,7 @@ class Backend(PolicyBackend):
         if self.planner is None:
             self.load()
         assert self.planner is not None
+        batch = [flatten(o) for o in batch]  # a nested observation passed the schema check flattened
         for obs in batch:
             if "privileged.object_poses" not in obs:
                 raise KeyError("g1-expert needs privileged.object_poses: run the task with privileged=True")

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from broker.real_g1 import ACTION_DIMS
 from policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
+from policy_workers.batching import flatten
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "g1_bc"  # package data: ships with it
 STATE_KEYS = [
@@ -183,6 +184,7 @@ class Backend(PolicyBackend):
         if self.net is None:
             self.load()
         assert self.net is not None
+        batch = [flatten(o) for o in batch]  # a nested observation passed the schema check flattened
         if self.exact_batch_invariance and len(batch) > 1:
             return [c for o in batch for c in self._forward([o])]
         return self._forward(batch)

@@ -81,9 +81,9 @@ def _nd(dtype: str, shape, data: bytes) -> dict:
 
 GOOD = encode({"a": np.zeros((2, 3), np.float32)})
 MALFORMED = {
-    "truncated": (GOOD[:-3], "not valid msgpack"),
+    "truncated": (GOOD[:-3], "truncated"),
     "trailing bytes": (GOOD + b"\x00", "trailing bytes"),
-    "not msgpack at all": (b"\xc1\xc1\xc1", "not valid msgpack"),
+    "not msgpack at all": (b"\xc1\xc1\xc1", "reserved 0xc1"),
     "object dtype": (msgpack.packb({"a": _nd("|O", [1], b"\x00" * 8)}), "not allowed"),
     "pickled object via kind": (msgpack.packb({"a": {b"nd": True, b"type": "|O", b"kind": b"O", b"shape": [1],
                                                      b"data": b"cos\nsystem\n."}}), "not allowed"),
@@ -102,11 +102,12 @@ MALFORMED = {
     "missing shape": (msgpack.packb({"a": {b"nd": True, b"type": "<f4", b"kind": b"", b"data": b"\x00" * 4}}),
                       "shape"),
     "dtype not a string": (msgpack.packb({"a": _nd(7, [1], b"\x00")}), "dtype"),
-    "non-string map key": (msgpack.packb({1: 2}), "keys must be strings"),
-    "ext type": (msgpack.packb(msgpack.ExtType(1, b"xx")), "not valid msgpack"),
+    "non-string map key": (msgpack.packb({1: 2}), "map keys must be msgpack str"),
+    "ext type": (msgpack.packb(msgpack.ExtType(1, b"xx")), "extension type"),
     "deep nesting": (msgpack.packb(_deep := {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}}),
                      "deeper"),
-    "long array header": (b"\xdd" + (100_000).to_bytes(4, "big") + b"\x80" * 100_000, "exceeds max_array_len"),
+    "long array header": (b"\xdd" + (100_000).to_bytes(4, "big") + b"\x80" * 100_000,
+                          "list of 100000 items exceeds the limit of 4096"),
     "empty-map amplification": (b"\xdc" + (1000).to_bytes(2, "big") + (b"\x9a" + b"\x80" * 10) * 1000, "maps/lists"),
 }
 
@@ -118,6 +119,52 @@ def test_malformed_input_is_rejected_with_codec_error(name):
         decode(payload)
     assert needle in str(err.value), str(err.value)
     assert "Traceback" not in str(err.value)
+
+
+ARRAY_FAULTS = ["object dtype", "pickled object via kind", "void dtype", "structured dtype", "complex dtype",
+                "big endian", "unicode dtype", "shape x itemsize != bytes", "negative dimension", "huge dimensions",
+                "float dimension", "too many dimensions", "data not bytes", "missing shape", "dtype not a string"]
+
+
+@pytest.mark.parametrize("name", ARRAY_FAULTS)
+def test_a_bad_array_is_named_by_its_key(name):
+    """However deep the array sits (maps, lists), the message names the key at fault, and the
+    message is the array's own problem, not what broke after it."""
+    bad = msgpack.unpackb(MALFORMED[name][0], raw=False, strict_map_key=False)["a"]
+    good = {b"nd": True, b"type": "<f4", b"kind": b"", b"shape": [1], b"data": b"\x00" * 4}
+    payload = msgpack.packb({"video": {"top": good}, "state": {"rows": [good, bad], "after": good}}, use_bin_type=True)
+    with pytest.raises(CodecError) as err:
+        decode(payload)
+    assert str(err.value).startswith("key 'state.rows[1]': "), str(err.value)
+    assert MALFORMED[name][1] in str(err.value)
+
+
+def test_a_bad_map_inside_an_array_field_still_fails():
+    """A bad array map used as another array map's field is refused even though its parent cannot
+    hand it up."""
+    bad = {b"nd": True, b"type": "|O", b"kind": b"", b"shape": [1], b"data": b"\x00" * 8}
+    outer = {b"nd": True, b"type": "<f4", b"kind": b"", b"shape": [1], b"data": bad}
+    with pytest.raises(CodecError, match="not allowed"):
+        decode(msgpack.packb({"a": outer}, use_bin_type=True))
+
+
+def test_messages_tell_the_sender_what_to_send():
+    for payload, fix in [(b"\xc1", "send the observation or action chunk as one msgpack map of named arrays"),
+                         (GOOD + b"\x00\x00", "2 trailing bytes"),
+                         (msgpack.packb({"a": {b"k": 1}}), "key 'a': map key b'k' has type bytes"),
+                         (msgpack.packb({"a": "\xff"}, use_bin_type=False)[:-2] + b"\xa1\xff", "not UTF-8")]:
+        with pytest.raises(CodecError) as err:
+            decode(payload)
+        assert fix in str(err.value), str(err.value)
+
+
+def test_array_maps_take_str_or_bin_keys():
+    """docs/PROTOCOL.md §5: array maps may have str keys (what most msgpack libraries write) or bin keys."""
+    arr = np.arange(3, dtype=np.float32)
+    for make in (lambda k: k, lambda k: k.encode()):
+        layout = {make("nd"): True, make("type"): "<f4", make("kind"): b"", make("shape"): [3],
+                  make("data"): arr.tobytes()}
+        _same(arr, decode(msgpack.packb({"a": layout}, use_bin_type=True))["a"])
 
 
 def _nested(depth: int, width: int, seed: int) -> object:

@@ -1,6 +1,8 @@
 """A simulator in another language: examples/node-sim (Node.js, npm `redis` + `@msgpack/msgpack`)
-discovers the policy's schema from Redis and completes episodes against live policy workers; a
-protocol version mismatch is refused with a clear error on either side."""
+discovers the policy's schema from Redis and completes episodes against live policy workers (one
+shard and several); a protocol version mismatch is refused with a clear error on either side; its
+resends follow docs/PROTOCOL.md (same seq and nonce, the remaining deadline) and it deletes its
+requests when it gives up."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import zlib
 
 import pytest
 import redis
@@ -45,8 +49,8 @@ def module_redis():
 
 @pytest.fixture(scope="module")
 def workers(module_redis, tmp_path_factory):
-    """Two live policy workers: `cnn` (a real network; image + state + text schema) and `null`
-    (accepts any observation)."""
+    """Three live policy workers: `cnn` (a real network; image + state + text schema), `null`
+    (accepts any observation) and `null` on three shards (`policy-worker --shards 3`)."""
     redis_url = module_redis
     tmp_path = tmp_path_factory.mktemp("workers")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -56,6 +60,8 @@ def workers(module_redis, tmp_path_factory):
                 "-o", 'action_dims={"arm":2}', "--max-wait-ms", "2"],
         "null": ["policy-worker", "--backend", "null", "--policy", "nullp", "--redis-url", redis_url,
                  "-o", 'action_dims={"force":2}'],
+        "sharded": ["policy-worker", "--backend", "null", "--policy", "shardp", "--redis-url", redis_url,
+                    "--shards", "3", "-o", 'action_dims={"force":2}'],
     }
     procs = {}
     for name, cmd in cmds.items():
@@ -64,7 +70,7 @@ def workers(module_redis, tmp_path_factory):
                                        stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
     r = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + 60
-    while not all(r.hexists(f"rq:policy:{p}", "metadata") for p in ("cnnp", "nullp")):
+    while not all(r.hexists(f"rq:policy:{p}", "metadata") for p in ("cnnp", "nullp", "shardp")):
         assert time.monotonic() < deadline, "policy workers did not publish metadata in 60 s"
         assert all(p.poll() is None for p in procs.values()), [
             (tmp_path / f"{n}.log").read_text() for n in procs]
@@ -114,27 +120,92 @@ def test_node_simulator_completes_episodes_against_live_workers(module_redis, wo
 
 
 @pytest.mark.timeout(120)
+def test_sharded_policy_worker_serves_every_shard(module_redis, workers):
+    """`policy-worker --shards 3` publishes the count; a simulator maps each rollout to
+    crc32(rollout) mod 3, and the worker answers on the reply stream of the request's own shard."""
+    _need_node()
+    r = workers
+    assert r.hget("rq:policy:shardp", "shards") == b"3"
+    rollouts = [f"shardsim.e{i}" for i in range(6)]
+    shards = {zlib.crc32(x.encode()) % 3 for x in rollouts}
+    assert len(shards) > 1  # the test means something only when rollouts land on several shards
+    got = node_sim(module_redis, "--policy", "shardp", "--episodes", "6", "--envs", "3", "--max-steps", "16",
+                   "--sim-id", "shardsim", "--json")
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["episodes"] == 6
+    for x in rollouts:
+        assert r.xlen(f"rq:rep:{{shardp#{zlib.crc32(x.encode()) % 3}}}:{x}") >= 1, x
+
+
+@pytest.mark.timeout(120)
 def test_protocol_version_mismatch_is_refused_clearly(module_redis, workers):
     _need_node()
     redis_url = module_redis
     r = workers
+    assert r.hget("rq:policy:nullp", "protocol") == b"2"
     # the client checks the version the policy publishes before sending anything
-    got = node_sim(redis_url, "--policy", "nullp", "--episodes", "1", "--protocol-version", "2")
+    got = node_sim(redis_url, "--policy", "nullp", "--episodes", "1", "--protocol-version", "1")
     assert got.returncode == 3
-    assert "protocol version mismatch" in got.stderr and "speaks v1" in got.stderr
+    assert "protocol version mismatch" in got.stderr and "speaks v2" in got.stderr
 
-    # sent anyway, the worker answers unsupported_version and the client surfaces the worker's message
-    got = node_sim(redis_url, "--policy", "nullp", "--episodes", "1", "--protocol-version", "2", "--no-version-check")
+    # sent anyway, the worker answers unsupported_version on the rollout's reply stream, echoing the
+    # nonce, and the client surfaces the worker's message
+    got = node_sim(redis_url, "--policy", "nullp", "--episodes", "1", "--protocol-version", "1", "--no-version-check")
     assert got.returncode == 4
     assert "unsupported_version" in got.stderr and "not supported by this worker" in got.stderr
 
-    # a policy that speaks a newer protocol than the client
-    r.hset("rq:policy:nullp", "protocol", "2")
+    # a policy that speaks a newer protocol than the client; then one whose workers speak both
+    r.hset("rq:policy:nullp", "protocol", "3")
     try:
         got = node_sim(redis_url, "--policy", "nullp", "--episodes", "1")
+        assert got.returncode == 3 and "policy nullp speaks v3" in got.stderr
+        r.hset("rq:policy:nullp", "protocol", "2,3")
+        got = node_sim(redis_url, "--policy", "nullp", "--episodes", "1", "--max-steps", "8")
+        assert got.returncode == 0, got.stderr
     finally:
-        r.hset("rq:policy:nullp", "protocol", "1")
-    assert got.returncode == 3 and "policy nullp speaks v2" in got.stderr
+        r.hset("rq:policy:nullp", "protocol", "2")
+
+
+@pytest.mark.timeout(120)
+def test_resends_carry_the_same_nonce_and_the_remaining_deadline_and_are_cancelled(module_redis, workers):
+    """No worker serves policy `ghostp`: the simulator resends after each reply timeout (same seq
+    and nonce, `resend` = n, `orig` = the first entry, `ttl_ms` = what is left of the deadline),
+    gives up at the deadline, and deletes its request entries (cancel)."""
+    _need_node()
+    r = workers
+    r.hset("rq:policy:ghostp", mapping={"metadata": json.dumps({"observation_schema": {}, "action_schema": {},
+                                                                 "action_horizon": 8}),
+                                        "protocol": "2", "shards": "1"})
+    stream = "rq:req:{ghostp#0}"
+    seen: dict[bytes, dict[bytes, bytes]] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for entry_id, fields in r.xrange(stream):
+                seen.setdefault(entry_id, fields)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        got = node_sim(module_redis, "--policy", "ghostp", "--episodes", "1", "--deadline-ms", "2400",
+                       "--reply-timeout-ms", "500", "--max-resends", "2")
+    finally:
+        done.set()
+        watcher.join(5)
+    assert got.returncode == 4 and "no reply" in got.stderr and "3 sends" in got.stderr
+    sends = [seen[i] for i in sorted(seen, key=lambda i: tuple(map(int, i.split(b"-"))))]
+    assert len(sends) == 3
+    first = min(seen, key=lambda i: tuple(map(int, i.split(b"-"))))
+    assert {(f[b"seq"], f[b"nonce"]) for f in sends} == {(b"0", sends[0][b"nonce"])}
+    assert 8 <= len(sends[0][b"nonce"]) <= 64
+    assert b"reply_to" not in sends[0] and b"resend" not in sends[0] and sends[0][b"v"] == b"2"
+    assert [f.get(b"resend") for f in sends[1:]] == [b"1", b"2"]
+    assert all(f[b"orig"] == first for f in sends[1:])
+    ttls = [int(f[b"ttl_ms"]) for f in sends]
+    assert ttls[0] == 2400 and ttls[0] > ttls[1] > ttls[2] > 0
+    assert r.xlen(stream) == 0  # cancelled: nothing left for a worker to infer
 
 
 def test_unreachable_redis_and_missing_policy_are_reported(redis_url):

@@ -76,9 +76,10 @@ def cases(reply_to: str, limits: CodecLimits | None = None) -> list[tuple[str, d
         ("wrong dtype vs schema", encode(valid_obs(**{"state.arm": np.zeros((1, 1, 2), np.float64)})), SCHEMA),
         ("wrong shape vs schema", encode(valid_obs(**{"video.top": np.zeros((1, 1, 16, 16, 3), np.uint8)})),
          SCHEMA),
-        ("NaN in finite state", encode(valid_obs(arm=(np.nan, 0.0))), SCHEMA),
-        ("Inf in finite state", encode(valid_obs(arm=(np.inf, 0.0))), SCHEMA),
-        ("-Inf in finite state", encode(valid_obs(arm=(0.0, -np.inf))), SCHEMA),
+        # non-finite floats are refused before the schema check (WorkerSettings.check_finite)
+        ("NaN in finite state", encode(valid_obs(arm=(np.nan, 0.0))), BAD_OBS),
+        ("Inf in finite state", encode(valid_obs(arm=(np.inf, 0.0))), BAD_OBS),
+        ("-Inf in finite state", encode(valid_obs(arm=(0.0, -np.inf))), BAD_OBS),
         ("object dtype", with_arm(arr("|O", [1, 1, 2], bytes(16))), BAD_OBS),
         ("void dtype", with_arm(arr("|V8", [1, 1, 1], bytes(8))), BAD_OBS),
         ("structured dtype", with_arm(arr("[('a', '<f4'), ('b', '<f4')]", [1, 1, 1], f4)), BAD_OBS),

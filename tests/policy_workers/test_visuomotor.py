@@ -108,3 +108,23 @@ def test_the_shipped_checkpoint_is_package_data():
     files = sorted(p.relative_to(package).as_posix() for p in Path(DEFAULT_CHECKPOINT).iterdir())
     assert files == ["checkpoints/g1_bc/config.json", "checkpoints/g1_bc/model.safetensors"]
     assert all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files)
+
+
+def test_nested_observations_are_served_like_flat_ones(random_checkpoint):
+    """docs/PROTOCOL.md §4: a nested observation (the GR00T modality dict: `video`, `state`, and a
+    `language` map that adds no prefix) passes the worker's schema check flattened, and the backend
+    answers it exactly as the flat one, instead of failing on the nested keys."""
+    from policy_workers.batching import check_schema
+
+    backend = make_backend("visuomotor", checkpoint=str(random_checkpoint))
+    backend.load()
+    flat = random_obs(np.random.default_rng(3), 2)
+    nested = [{"video": {k.split(".", 1)[1]: v for k, v in o.items() if k.startswith("video.")},
+               "state": {k.split(".", 1)[1]: v for k, v in o.items() if k.startswith("state.")},
+               "language": {real_g1.TEXT_KEY: o[real_g1.TEXT_KEY]}} for o in flat]
+    schema = backend.metadata().observation_schema
+    assert all(check_schema(o, schema) is None for o in nested)
+    for a, b in zip(backend.infer(flat), backend.infer(nested), strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
