@@ -132,6 +132,7 @@ class StreamConsumer:
         # Held from a read's (or claim's) call to Redis until its entries are marked held, so a
         # look at this consumer's pending list never sees entries that a read in flight delivered.
         self._intake = asyncio.Lock()
+        self._forget_consumer = redis_client.register_script(_FORGET_CONSUMER) if redis_client is not None else None
         self._to_stage: list[Job] = []
         self._expired_at: dict[str, float] = {}
         self._feeders_done = 0
@@ -798,13 +799,14 @@ class StreamConsumer:
         """Remove consumers of the group that hold nothing and have not read for `forget_after_s`
         (workers that died; a live one that is merely idle is re-added by its next read), and worker
         stats records not refreshed for as long. Returns the consumers removed."""
-        horizon_ms = self.settings.forget_after_s * 1000
+        horizon_ms = int(self.settings.forget_after_s * 1000)
         removed = 0
         for stream in self.streams:
             for c in await self.redis.xinfo_consumers(stream, GROUP):
                 name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
                 if name != self.worker_id and int(c["pending"]) == 0 and int(c["idle"]) > horizon_ms:
-                    removed += int(await self.redis.xgroup_delconsumer(stream, GROUP, name) == 0)
+                    # checked again inside the script: a consumer that read meanwhile keeps its entries
+                    removed += int(await self._forget_consumer(keys=[stream], args=[GROUP, name, horizon_ms]))
         key = self.keys.worker_stats(self.settings.policy)
         now = self._server_ms() / 1000
         stale = []
@@ -833,6 +835,24 @@ class StreamConsumer:
                 await self.redis.hset(key, self.worker_id, json.dumps(self.stats.snapshot()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.stats_every_s)
+
+
+_FORGET_CONSUMER = """
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] == ARGV[2] then
+    if tonumber(f['pending']) == 0 and tonumber(f['idle']) > tonumber(ARGV[3]) then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+      return 1
+    end
+    return 0
+  end
+end
+return 0
+"""
+"""Delete one consumer only if it still holds nothing and is still idle (atomic: a consumer that
+read entries between the look and the delete would lose them from the pending list)."""
 
 
 def _dead_letters(reply: Reply, reply_to: str | None) -> bool:
