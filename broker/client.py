@@ -27,6 +27,7 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
+from broker import PROTOCOL_VERSION
 from broker.codec import Codec, MsgpackNumpyCodec, first_non_finite
 from broker.connection import REDIS_DOWN
 from broker.errors import (
@@ -464,7 +465,9 @@ class SyncPolicyClient:
         self._core.close()
 
     def metadata(self) -> dict[str, Any]:
-        raw = self.redis.hget(self._core.keys.policy_meta(self._core.policy), "metadata")
+        raw, spoken = self.redis.hmget(self._core.keys.policy_meta(self._core.policy), ["metadata", "protocol"])
+        if raw is not None:
+            check_protocol(self._core.policy, spoken)
         if raw is None:
             raise PolicyTimeout(f"policy {self._core.policy!r} has published no metadata: is a worker running?")
         return json.loads(raw)
@@ -525,12 +528,24 @@ class SyncPolicyClient:
             raise
 
 
+def check_protocol(policy: str, spoken: bytes | str | None) -> None:
+    """Refuse a policy whose workers do not speak this client's protocol version (the hash's
+    `protocol` field lists the versions they speak, comma-separated): every request would go
+    unanswered, so say so now rather than time out later."""
+    text = spoken.decode() if isinstance(spoken, bytes) else (spoken or "")
+    versions = {v.strip() for v in text.split(",") if v.strip()}
+    if versions and str(PROTOCOL_VERSION) not in versions:
+        raise ProtocolError(f"policy {policy!r} is served by workers that speak protocol {text}, this client speaks "
+                            f"{PROTOCOL_VERSION}: upgrade the older side so that they match (docs/PROTOCOL.md §8)")
+
+
 async def fetch_metadata(r: aredis.Redis, keys: Keys, policy: str, wait_s: float = 0.0) -> dict[str, Any]:
     """Read a policy's metadata hash, waiting up to `wait_s` for a worker to publish it."""
     deadline = time.monotonic() + wait_s
     while True:
-        raw = await r.hget(keys.policy_meta(policy), "metadata")
+        raw, spoken = await r.hmget(keys.policy_meta(policy), ["metadata", "protocol"])
         if raw is not None:
+            check_protocol(policy, spoken)
             return json.loads(raw)
         if time.monotonic() >= deadline:
             raise PolicyTimeout(

@@ -8,7 +8,7 @@ One `StreamConsumer` per worker process (or Ray Serve replica). Its tasks share 
 - the dispatcher takes ready batches and runs the handler's `infer` in a one-thread executor, so
   the loop keeps reading and decoding the next batch while the model runs;
 - reply writers pipeline XADD + EXPIRE of every reply, then XACK: a request is acked only after
-  its reply was written (at-least-once; the client drops duplicates by sequence number);
+  its reply was written (at-least-once; the client takes only the reply echoing its nonce);
 - the claimer re-claims (XPENDING IDLE + XCLAIM) entries left pending by dead workers, and dead-letters those delivered
   `max_deliveries` times;
 - the stats task publishes a JSON snapshot to the worker-stats hash for `rolloutq top`, the

@@ -98,3 +98,7 @@ class Keys:
     def sweep_stop(self, run: str) -> str:
         """String key: present once the controller wants the simulators of a run to stop."""
         return f"{self.ns}:sweep:{check_name('run', run)}:stop"
+
+    def sweep_rejected(self, run: str) -> str:
+        """Counter of finish calls the sweep refused (no lease for the episode, or not its token)."""
+        return f"{self.ns}:sweep:{check_name('run', run)}:rejected"

@@ -177,6 +177,13 @@ def eval_cmd(
     shared_frames: bool = SHARED_FRAMES,
     video_episodes: int = typer.Option(4, "--video-episodes", min=0, help="Episodes recorded as GIFs."),
     timeout_s: float = typer.Option(0.0, "--timeout-s", help="Fail the run after this long (0: never)."),
+    sweep_ttl_s: int = typer.Option(86400, "--sweep-ttl-s", min=0,
+                                    help="Seconds the sweep's keys (config, queue, results) stay in Redis once the "
+                                         "run is over (0: deleted at once)."),
+    max_sim_errors: int = typer.Option(0, "--max-sim-errors", min=0,
+                                       help="Episodes allowed to end in sim_error (the simulator or its adapter "
+                                            "failed on every attempt; not scored). More: exit status 3 after the "
+                                            "results are written."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress display."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show worker and Ray logs."),
     mujoco_gl: str = typer.Option("egl", "--mujoco-gl", envvar="MUJOCO_GL", help="egl or osmesa."),
@@ -195,19 +202,25 @@ def eval_cmd(
     rate_window: str = WINDOW,
     controller_metrics_port: int = CTL_PORT,
 ) -> None:
-    """Run an evaluation: policy on Ray Serve, S sims x K envs, N episodes; writes OUT/summary.json."""
+    """Run an evaluation: policy on Ray Serve, S sims x K envs, N episodes; writes OUT/summary.json.
+
+    Exit status: 0 done, 1 the run failed, 130 interrupted;
+    2 episodes lost to infrastructure after every attempt;
+    3 more episodes ended in sim_error than --max-sim-errors (results are written for 2 and 3).
+    """
     _setup(verbose, mujoco_gl)
     from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
     from controller.errors import ControllerError
     from controller.eval import EvalSettings, run_eval
-    from controller.results import human_summary
+    from controller.results import human_summary, verdict
     from policy_workers.serve import ServeSettings
 
     settings = EvalSettings(
         episodes=episodes, out=out, task=task, task_options=_parse_options(task_option, "--task-option"),
         backend=backend, backend_options=_parse_options(option, "--option"), policy=policy, sims=sims,
         envs_per_sim=envs_per_sim, action_horizon=action_horizon, seed_offset=seed_offset, address=address,
-        video_episodes=video_episodes, timeout_s=timeout_s, progress=not no_progress, verbose=verbose,
+        video_episodes=video_episodes, timeout_s=timeout_s, max_sim_errors=max_sim_errors, sweep_ttl_s=sweep_ttl_s,
+        progress=not no_progress, verbose=verbose,
         mujoco_gl=mujoco_gl, sim_num_cpus=sim_cpus, sim_num_gpus=sim_gpus,
         sim_resources=_parse_resources(sim_resources, "--sim-resources"), external=external, run_id=run_id,
         deploy_policy=not no_deploy,
@@ -235,9 +248,13 @@ def eval_cmd(
         console.print("[red]interrupted[/red]")
         raise typer.Exit(130) from None
     console.print(human_summary(summary, out))
-    if summary["episodes"] < episodes:
-        console.print(f"[red]only {summary['episodes']} of {episodes} episodes completed[/red]")
-        raise typer.Exit(2)
+    if summary.get("rejected_results"):
+        why = ", ".join(f"{k} {n}" for k, n in sorted(summary["rejected_results"].items()))
+        console.print(f"[yellow]results rejected (not counted): {why}[/yellow]", highlight=False)
+    ending = verdict(summary, episodes, max_sim_errors)
+    if ending.exit_code:
+        console.print(f"[red]{ending.message}[/red]", highlight=False)
+        raise typer.Exit(ending.exit_code)
 
 
 def _run_until_signal(main: Any) -> Any:
@@ -271,6 +288,10 @@ def policy_worker_cmd(
     poll_ms: float = POLL_MS,
     claim_idle_ms: int = typer.Option(60_000, "--claim-idle-ms", help="Re-claim requests idle this long."),
     max_deliveries: int = typer.Option(3, "--max-deliveries", help="Dead-letter after this many deliveries."),
+    shards: int = typer.Option(1, "--shards", min=1, envvar="ROLLOUTQ_SHARDS",
+                               help="Request streams of this policy (docs/PROTOCOL.md §1): the worker reads all of "
+                                    "them and publishes the count in the policy's metadata hash, where simulators "
+                                    "read it. Every worker of a policy must use the same count."),
     heartbeat_file: Path = typer.Option(None, "--heartbeat-file", envvar="ROLLOUTQ_HEARTBEAT_FILE",
                                         help="Touch this file every 2 s while serving (for `rolloutq health`)."),
     metrics_port: int = typer.Option(0, "--metrics-port", envvar="ROLLOUTQ_METRICS_PORT",
@@ -292,7 +313,7 @@ def policy_worker_cmd(
         backend=backend, backend_options=options,
         redis=RedisSettings(url=redis_url, namespace=namespace),
         worker=WorkerSettings(policy=policy, worker_id=worker_id, claim_idle_ms=claim_idle_ms,
-                              max_deliveries=max_deliveries, poll_ms=poll_ms,
+                              max_deliveries=max_deliveries, poll_ms=poll_ms, shards=shards,
                               batch=BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                                                   dispatch=dispatch)),
     )

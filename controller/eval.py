@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from broker.client import fetch_metadata
@@ -28,13 +28,15 @@ from broker.connection import REDIS_DOWN, connect_async
 from broker.embedded import EmbeddedRedis, free_port
 from broker.keys import Keys
 from broker.settings import ClientSettings, RedisSettings, WorkerSettings
-from broker.sweep import EpisodeSpec, SweepQueue
+from broker.sweep import SweepQueue
 from controller.autoscale import AutoscaleSettings
 from controller.errors import EvalFailed
+from controller.intake import ResultIntake
 from controller.report import write_report
-from controller.results import percentile, summarize, write_results
+from controller.results import count_outcomes, percentile, summarize, write_results
 from policy_workers.loop import PolicyWorkerSettings
 from policy_workers.serve import ServeSettings
+from sim_workers.outcomes import INFRA, POLICY_ERROR, RERUN, SCORED, SIM_ERROR, SUCCESS, outcome_of
 from sim_workers.tasks import task_class
 from sim_workers.worker import SimWorkerSettings
 
@@ -73,8 +75,13 @@ class EvalSettings:
     run_id: str = ""
     lease_s: float = 30.0
     max_attempts: int = 3
+    """Runs of an episode that ends in sim_error or infra before its last outcome stands."""
+    max_sim_errors: int = 0
+    """More than this many episodes ending in sim_error (after every attempt): `rolloutq eval` exits non-zero."""
     video_episodes: int = 4
     timeout_s: float = 0.0
+    sweep_ttl_s: int = 86400
+    """Once the run is over its sweep's keys expire after this long (0: deleted at once)."""
     progress: bool = True
     verbose: bool = False
     ray_metrics: bool = True
@@ -136,22 +143,28 @@ class _Live:
         self.calls_rate = 0.0
 
     def line(self, live_steps: int) -> str:
-        done = [r for r in self.records.values() if r["status"] == "ok"]
-        wins = sum(r["success"] for r in done)
+        outcomes, _ = count_outcomes(list(self.records.values()))
+        scored = sum(outcomes[o] for o in SCORED)
         elapsed = max(1e-6, time.perf_counter() - self.started)
         rts = [x for r in self.records.values() for x in r["round_trip_ms"][-50:]]
         p50 = percentile(rts, 50)
-        rate = f"{wins / len(done):.0%}" if done else "-"
-        return (f"success {rate} | {live_steps / elapsed:.1f} env steps/s | {self.calls_rate:.1f} policy calls/s | "
-                f"rt p50 {p50 if p50 is not None else '-'} ms")
+        rate = f"{outcomes[SUCCESS] / scored:.0%} of {scored} scored" if scored else "-"
+        errors = ", ".join(f"{o} {outcomes[o]}" for o in (POLICY_ERROR, SIM_ERROR, INFRA) if outcomes[o])
+        return (f"success {rate}{f' ({errors})' if errors else ''} | {live_steps / elapsed:.1f} env steps/s | "
+                f"{self.calls_rate:.1f} policy calls/s | rt p50 {p50 if p50 is not None else '-'} ms")
 
 
 async def _worker_stats(r: Any, keys: Keys, policy: str) -> dict[str, Any]:
-    raw = await r.hgetall(keys.worker_stats(policy))
-    snaps = [json.loads(v) for v in raw.values()]
+    """Totals over the workers that wrote their stats recently; records of dead workers are
+    deleted where this user may (monitoring.worker_records)."""
+    from monitoring.worker_records import read_records_async
+
+    records = await read_records_async(r, keys.worker_stats(policy), prune=True)
+    snaps = [w.stats for w in (*records.fresh, *records.stale)]  # a worker that died still served
     served = sum(s.get("served_total", 0) for s in snaps)
     batches = sum(s.get("batches_total", 0) for s in snaps)
-    return {"replicas_reporting": len(snaps), "served_total": served, "batches_total": batches,
+    return {"replicas_reporting": len(records.fresh), "replicas_stale": len(records.stale),
+            "served_total": served, "batches_total": batches,
             "mean_batch_size": round(served / batches, 3) if batches else 0.0,
             "busy_s_total": round(sum(s.get("busy_s_total", 0.0) for s in snaps), 3),
             "errors_total": _merge([s.get("errors_total", {}) for s in snaps])}
@@ -251,6 +264,7 @@ async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) ->
     keys = Keys(s.redis.namespace)
     r = connect_async(s.redis)
     actors: list[Any] = []
+    queue: SweepQueue | None = None
     try:
         meta = await fetch_metadata(r, keys, s.policy, wait_s=s.serve.health_check_timeout_s)
         horizon = s.action_horizon or int(meta.get("action_horizon", 8))
@@ -261,7 +275,9 @@ async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) ->
                   "shards": s.worker.shards, "video_episodes": s.video_episodes, "episodes": s.episodes,
                   "model_id": meta.get("model_id")}
         queue = SweepQueue(r, s.run_id, keys)
-        specs = [EpisodeSpec(i, s.seed_offset + i) for i in range(s.episodes)]
+        intake = ResultIntake(s.run_id, report=lambda m: console.print(f"[yellow]{escape(m)}[/yellow]",
+                                                                        highlight=False))
+        specs = [intake.spec(i, s.seed_offset + i) for i in range(s.episodes)]
         await queue.create(config, specs, s.lease_s)
         sim_settings = [SimWorkerSettings(run=s.run_id, redis=s.redis, client=s.client, envs=s.envs_per_sim,
                                           sim_id=f"sim{i}") for i in range(s.sims)]
@@ -284,7 +300,7 @@ async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) ->
                           f"{s.run_id}`) and policy workers on this Redis[/dim]")
         try:
             records, videos = await _follow(s, console, r, keys, queue, actors, runs, ray,
-                                            tick=auto.tick if auto else None)
+                                            tick=auto.tick if auto else None, intake=intake)
         finally:
             if auto is not None:
                 auto.close()
@@ -296,6 +312,8 @@ async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) ->
         wall = max((r_["started_at"] + r_["wall_s"] for r_ in records), default=0) - min(
             (r_["started_at"] for r_ in records), default=0)
         summary = summarize(records, wall, stats, {**s.public(), "run_id": s.run_id, "sweep": config})
+        summary["rejected_results"] = dict(intake.rejected)
+        summary["rejected_finish"] = await queue.rejected_finishes()
         if auto is not None:
             summary["autoscale"] = auto.summary()
         write_results(s.out, records, summary)
@@ -307,6 +325,9 @@ async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) ->
         summary["report"] = str(write_report(s.out, records, summary))
         return summary
     finally:
+        if queue is not None:
+            with contextlib.suppress(*REDIS_DOWN):
+                await queue.expire(s.sweep_ttl_s)
         for a in list(actors):
             with contextlib.suppress(Exception):
                 ray.kill(a)
@@ -314,7 +335,10 @@ async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) ->
 
 
 async def _follow(s: EvalSettings, console: Console, r: Any, keys: Keys, queue: SweepQueue, actors: list,
-                  runs: dict, ray: Any, tick: Any = None) -> tuple[list[dict[str, Any]], dict[int, bytes]]:
+                  runs: dict, ray: Any, tick: Any = None, *,
+                  intake: ResultIntake) -> tuple[list[dict[str, Any]], dict[int, bytes]]:
+    """Follow the sweep's results until every episode has its last one. Only results `intake` takes
+    are seen here: a result that is malformed, forged, late or a duplicate is counted and dropped."""
     live = _Live(s.episodes)
     final: dict[int, dict[str, Any]] = {}
     videos: dict[int, bytes] = {}
@@ -332,16 +356,24 @@ async def _follow(s: EvalSettings, console: Console, r: Any, keys: Keys, queue: 
         backoff = 0.2
         while len(final) < s.episodes:
             try:
-                for entry_id, record, video in await queue.read_results(last_id, block_ms=500):
-                    last_id = entry_id
-                    ep = int(record["episode"])
+                for entry in await queue.read_results(last_id, block_ms=500):
+                    last_id, video = entry.entry_id, entry.video
+                    record = intake.accept(entry)
+                    if record is None:
+                        continue
+                    ep = record["episode"]
                     if ep in final:
                         continue  # a duplicate from a simulator whose lease had expired
-                    if record["status"] != "ok" and record["attempt"] < s.max_attempts:
-                        log.warning("episode %d attempt %d failed (%s); re-running", ep, record["attempt"],
-                                    record["error"])
-                        await queue.requeue(EpisodeSpec(ep, record["seed"], record["attempt"] + 1))
+                    outcome = outcome_of(record)
+                    if outcome in RERUN and record["attempt"] < s.max_attempts:
+                        log.warning("episode %d attempt %d ended %s (%s: %s); re-running", ep, record["attempt"],
+                                    outcome, record.get("reason"), record.get("error"))
+                        await queue.requeue(intake.spec(ep, record["seed"], record["attempt"] + 1))
                         continue
+                    if outcome in RERUN:
+                        console.print(f"[red]episode {ep} ended {outcome} ({escape(str(record.get('reason')))}) "
+                                      f"after {record['attempt']} attempts, not scored: "
+                                      f"{escape(str(record.get('error')))}[/red]", highlight=False)
                     final[ep] = record
                     live.records[ep] = record
                     if video:
@@ -349,7 +381,7 @@ async def _follow(s: EvalSettings, console: Console, r: Any, keys: Keys, queue: 
                 now = time.perf_counter()
                 if now - last_expire > 1.0:
                     last_expire = now
-                    back = await queue.expire_leases()
+                    back = await queue.expire_leases(intake.hand_back)
                     if back:
                         console.print(f"[yellow]{back} episode(s) handed back from simulators that stopped "
                                       "answering; re-running them[/yellow]")

@@ -17,18 +17,31 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from controller.results import outcomes_line  # noqa: E402
+from sim_workers.outcomes import OUTCOMES, outcome_of  # noqa: E402
+
+COLORS = {"success": "#2a9d8f", "failure": "#e76f51", "policy_error": "#9b2226", "sim_error": "#7b6cb0",
+          "infra": "#e9c46a"}
+"""Per outcome: green success; reds for what counts as failure (policy_error the darker); violet for
+simulator errors and yellow for infrastructure (neither scored)."""
+_MEANING = {"success": "the task succeeded", "failure": "the task ended without success",
+            "policy_error": "the policy broke the episode; scored as a failure",
+            "sim_error": "the simulator or its adapter failed; not scored",
+            "infra": "lost to infrastructure after every attempt; not scored"}
+
 
 def _plot_success(records: list[dict[str, Any]], path: Path) -> None:
     recs = sorted(records, key=lambda r: r["seed"])
     seeds = [r["seed"] for r in recs]
-    colors = ["#2a9d8f" if r["success"] else ("#e9c46a" if r["status"] != "ok" else "#e76f51") for r in recs]
+    colors = [COLORS[outcome_of(r)] for r in recs]
     fig, ax = plt.subplots(figsize=(max(6, len(recs) * 0.12), 2.6))
     ax.bar(range(len(recs)), [1] * len(recs), color=colors, width=0.9)
     ax.set_yticks([])
     step = max(1, len(recs) // 25)
     ax.set_xticks(range(0, len(recs), step), [str(s) for s in seeds[::step]], fontsize=7)
     ax.set_xlabel("seed")
-    ax.set_title("outcome per seed (green success, red failure, yellow infrastructure failure)", fontsize=9)
+    ax.set_title("outcome per seed (green success, red failure, dark red policy error, violet simulator error, "
+                 "yellow infrastructure)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -87,15 +100,28 @@ def write_report(out: Path, records: list[dict[str, Any]], summary: dict[str, An
         "",
         "| | |",
         "| --- | --- |",
-        f"| episodes | {summary['episodes']} (requested {summary.get('episodes_requested')}) |",
+        f"| scored episodes | {summary['episodes']} of {summary.get('episodes_requested')} requested "
+        "(success + failure + policy error) |",
         f"| successes | {summary['successes']} |",
         f"| success rate | {summary['success_rate']:.1%} (Wilson 95 % CI {lo:.1%} – {hi:.1%}) |",
-        f"| infrastructure failures | {summary['infra_failures']} |",
+        f"| policy errors (scored as failures) | {summary['policy_errors']} |",
+        f"| simulator errors (not scored) | {summary['sim_errors']} |",
+        f"| infrastructure failures (not scored) | {summary['infra_failures']} |",
         f"| env steps/s | {summary['env_steps_per_s']} |",
         f"| policy calls/s | {summary['policy_calls_per_s']} |",
         f"| round trip p50 / p90 / p99 | {rt['p50']} / {rt.get('p90')} / {rt['p99']} ms |",
         f"| mean batch size | {summary['mean_batch_size']} |",
         f"| wall time | {summary['wall_s']} s |",
+        "",
+        "## Outcomes",
+        "",
+        outcomes_line(summary),
+        "",
+        "| outcome | episodes | reasons | meaning |",
+        "| --- | --- | --- | --- |",
+        *[f"| {o} | {summary['outcomes'].get(o, 0)} | "
+          + (", ".join(f"{r} {n}" for r, n in sorted(summary["reasons"].get(o, {}).items())) or "-")
+          + f" | {_MEANING[o]} |" for o in OUTCOMES],
         "",
         "## Outcome per seed",
         "",

@@ -1,13 +1,28 @@
-"""Turning episode records into the run's results: episodes.jsonl, summary.json, a human summary."""
+"""Turning episode records into the run's results: episodes.jsonl, summary.json, a human summary,
+and the run's exit status.
+
+Every episode has an outcome (`sim_workers.outcomes`). The success rate and its interval are over
+the scored ones: success + failure + policy_error (a policy that breaks an episode fails it).
+`sim_error` and `infra` episodes were re-run by the controller; those still there after the last
+attempt are counted apart, and sim errors above `--max-sim-errors` make the run exit non-zero.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sim_workers.outcomes import INFRA, OUTCOMES, POLICY_ERROR, SCORED, SIM_ERROR, SUCCESS, outcome_of
+
+EXIT_INCOMPLETE = 2
+"""Exit status of `rolloutq eval` when episodes are missing (lost to infrastructure after every attempt)."""
+EXIT_SIM_ERRORS = 3
+"""Exit status of `rolloutq eval` when more episodes than `--max-sim-errors` ended in `sim_error`."""
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -25,23 +40,41 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 3) if values else None
 
 
+def count_outcomes(records: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Episodes per outcome (every outcome present, 0 included) and per (outcome, reason)."""
+    outcomes = dict.fromkeys(OUTCOMES, 0)
+    reasons: dict[str, dict[str, int]] = {}
+    for r in records:
+        outcome = outcome_of(r)
+        outcomes[outcome] += 1
+        if reason := r.get("reason"):
+            per = reasons.setdefault(outcome, {})
+            per[str(reason)] = per.get(str(reason), 0) + 1
+    return outcomes, reasons
+
+
 def summarize(records: list[dict[str, Any]], wall_s: float, worker_stats: dict[str, Any],
               config: dict[str, Any]) -> dict[str, Any]:
-    """The run's summary.json. Episodes that ended for infrastructure reasons are counted apart and
-    never as policy failures: success_rate is over completed episodes."""
-    done = [r for r in records if r["status"] == "ok"]
-    infra = [r for r in records if r["status"] != "ok"]
-    successes = sum(1 for r in done if r["success"])
-    lo, hi = wilson_interval(successes, len(done))
+    """The run's summary.json. `episodes`, `successes`, `success_rate` and `success_ci95` are over
+    the scored episodes (success + failure + policy_error); sim errors and infrastructure losses
+    are counted apart (`outcomes`, `reasons`, `sim_errors`, `infra_failures`)."""
+    outcomes, reasons = count_outcomes(records)
+    scored = sum(outcomes[o] for o in SCORED)
+    successes = outcomes[SUCCESS]
+    lo, hi = wilson_interval(successes, scored)
     steps = sum(r["steps"] for r in records)
     calls = sum(r["policy_calls"] for r in records)
     rts = [x for r in records for x in r["round_trip_ms"]]
     return {
-        "episodes": len(done),
+        "episodes": scored,
         "episodes_requested": config.get("episodes"),
-        "infra_failures": len(infra),
+        "outcomes": outcomes,
+        "reasons": reasons,
+        "infra_failures": outcomes[INFRA],
+        "policy_errors": outcomes[POLICY_ERROR],
+        "sim_errors": outcomes[SIM_ERROR],
         "successes": successes,
-        "success_rate": round(successes / len(done), 4) if done else 0.0,
+        "success_rate": round(successes / scored, 4) if scored else 0.0,
         "success_ci95": [round(lo, 4), round(hi, 4)],
         "wall_s": round(wall_s, 3),
         "env_steps": steps,
@@ -63,13 +96,31 @@ def write_results(out: Path, records: list[dict[str, Any]], summary: dict[str, A
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
+_NOTES = {POLICY_ERROR: "scored as failures", SIM_ERROR: "not scored", INFRA: "not scored"}
+
+
+def outcomes_line(summary: dict[str, Any]) -> str:
+    """The non-zero outcome counts with their reasons, e.g. `outcomes: failure 3, policy_error 2
+    (scored as failures: bad_action 2)`."""
+    parts = []
+    for outcome in OUTCOMES:
+        n = summary["outcomes"].get(outcome, 0)
+        if not n:
+            continue
+        why = ", ".join(f"{reason} {k}" for reason, k in sorted(summary["reasons"].get(outcome, {}).items(),
+                                                                 key=lambda kv: -kv[1]))
+        note = "; ".join(x for x in (_NOTES.get(outcome, ""), why) if x)
+        parts.append(f"{outcome} {n}" + (f" ({note})" if note else ""))
+    return "outcomes: " + (", ".join(parts) if parts else "none")
+
+
 def human_summary(summary: dict[str, Any], out: Path) -> str:
     lo, hi = summary["success_ci95"]
     rt = summary["round_trip_ms"]
     lines = [
-        f"{summary['episodes']} episodes: {summary['successes']} successes, success rate "
-        f"{summary['success_rate']:.1%} (95% CI {lo:.1%}-{hi:.1%})"
-        + (f"; {summary['infra_failures']} infrastructure failures" if summary["infra_failures"] else ""),
+        f"{summary['episodes']} scored episodes: {summary['successes']} successes, success rate "
+        f"{summary['success_rate']:.1%} (95% CI {lo:.1%}-{hi:.1%})",
+        outcomes_line(summary),
         f"{summary['env_steps_per_s']:.1f} env steps/s, {summary['policy_calls_per_s']:.1f} policy calls/s, "
         f"mean batch {summary['mean_batch_size']:.2f}, round trip p50 {rt['p50']} ms / p99 {rt['p99']} ms, "
         f"wall {summary['wall_s']:.1f}s",
@@ -77,3 +128,27 @@ def human_summary(summary: dict[str, Any], out: Path) -> str:
         + (f"\nreport: {summary['report']}" if summary.get("report") else ""),
     ]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RunVerdict:
+    """How `rolloutq eval` exits after writing its results: 0, or a code and the one line saying why."""
+
+    exit_code: int
+    message: str = ""
+
+
+def verdict(summary: dict[str, Any], requested: int, max_sim_errors: int) -> RunVerdict:
+    """Sim errors above `max_sim_errors` (after every re-run) first: the simulator is failing, and the
+    success rate leaves those episodes out. Then episodes neither scored nor allowed as sim errors."""
+    sim_errors = summary["sim_errors"]
+    if sim_errors > max_sim_errors:
+        why = ", ".join(f"{r} {n}" for r, n in sorted(summary["reasons"].get(SIM_ERROR, {}).items()))
+        return RunVerdict(EXIT_SIM_ERRORS, f"{sim_errors} episode(s) ended in sim_error after every attempt ({why}), "
+                                           f"more than --max-sim-errors {max_sim_errors}: the simulator or its "
+                                           "adapter is failing; see 'error' in episodes.jsonl")
+    if summary["episodes"] + sim_errors < requested:
+        return RunVerdict(EXIT_INCOMPLETE, f"only {summary['episodes']} of {requested} episodes were scored "
+                                           f"({summary['infra_failures']} lost to infrastructure after every "
+                                           f"attempt, {sim_errors} sim errors)")
+    return RunVerdict(0)

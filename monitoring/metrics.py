@@ -11,7 +11,8 @@ One interface, two implementations behind a flag:
 - `backend="off"`: `NullWorkerMetrics` / `NullSimMetrics`, methods that do nothing.
 
 Every label is bounded: policy, worker (one per replica process), sim (one per simulator
-process or actor), status (the reply codes of broker.schema.Status), gpu (device index). Never a
+process or actor), status (the reply codes of broker.schema.Status), outcome (the five episode
+outcomes of sim_workers.outcomes), gpu (device index). Never a
 rollout id, a sequence number or an episode id. Units are base units: seconds, bytes, ratios.
 
 Recorders bind their label values once at construction, so a hot-path call is a few attribute
@@ -100,8 +101,14 @@ SIM_SUCCESSES = MetricDef("rolloutq_sim_successes_total", "counter", "Episodes f
 SIM_INFRA_FAILURES = MetricDef(
     "rolloutq_sim_infra_failures_total",
     "counter",
-    "Episodes lost to infrastructure (policy timeout, error reply, simulator crash), not task failure.",
+    "Episodes not scored: lost to infrastructure (timeout, lost worker, Redis) or a simulator error; re-run.",
     S,
+)
+SIM_OUTCOMES = MetricDef(
+    "rolloutq_sim_episode_outcomes_total",
+    "counter",
+    "Episodes finished, by outcome (success, failure, policy_error, sim_error, infra).",
+    S + ("outcome",),
 )
 SIM_UP = MetricDef("rolloutq_sim_up", "gauge", "1 while the simulator process runs.", S)
 
@@ -117,7 +124,12 @@ WORKER_METRICS = (
     GPU_MEM_USED,
     GPU_MEM_TOTAL,
 )
-SIM_METRICS = (SIM_ENV_STEPS, SIM_ROUND_TRIP, SIM_EPISODES, SIM_SUCCESSES, SIM_INFRA_FAILURES, SIM_UP)
+SIM_METRICS = (SIM_ENV_STEPS, SIM_ROUND_TRIP, SIM_EPISODES, SIM_SUCCESSES, SIM_INFRA_FAILURES, SIM_OUTCOMES,
+               SIM_UP)
+EPISODE_OUTCOMES = ("success", "failure", "policy_error", "sim_error", "infra")
+"""The values of the `outcome` label (sim_workers.outcomes.OUTCOMES; not imported, so that monitoring
+needs no simulator code)."""
+UNSCORED_OUTCOMES = ("sim_error", "infra")
 
 
 # -- backends: a metric bound to its label values has inc / set / observe ----------------------
@@ -382,6 +394,7 @@ class SimMetrics:
         self._episodes = _bind(b, SIM_EPISODES, **lab)
         self._successes = _bind(b, SIM_SUCCESSES, **lab)
         self._infra = _bind(b, SIM_INFRA_FAILURES, **lab)
+        self._outcomes = {o: _bind(b, SIM_OUTCOMES, outcome=o, **lab) for o in EPISODE_OUTCOMES}
         self._up = _bind(b, SIM_UP, **lab)
         self._up.set(1)
 
@@ -394,10 +407,12 @@ class SimMetrics:
         old = self.policy
         if self.backend == "prometheus":
             for d in SIM_METRICS:
-                try:
-                    _prom_family(d).remove(old, self.sim)
-                except KeyError:
-                    pass
+                for values in ([(old, self.sim, o) for o in EPISODE_OUTCOMES] if "outcome" in d.labels
+                               else [(old, self.sim)]):
+                    try:
+                        _prom_family(d).remove(*values)
+                    except KeyError:
+                        pass
         else:
             self._up.set(0)
         self.policy = policy
@@ -411,12 +426,16 @@ class SimMetrics:
         """`n` environment steps executed (count each env of a vectorised env)."""
         self._steps.inc(n)
 
-    def episode(self, success: bool, infra_failure: bool = False) -> None:
-        """One episode finished. An infrastructure failure is counted as such, never as a success."""
+    def episode(self, outcome: str) -> None:
+        """One episode finished with `outcome` (sim_workers.outcomes). Only `success` counts as a
+        success; `sim_error` and `infra` (not scored) also count in `rolloutq_sim_infra_failures_total`."""
+        if outcome not in self._outcomes:
+            outcome = "infra"  # unknown: never scored
         self._episodes.inc(1)
-        if infra_failure:
+        self._outcomes[outcome].inc(1)
+        if outcome in UNSCORED_OUTCOMES:
             self._infra.inc(1)
-        elif success:
+        elif outcome == "success":
             self._successes.inc(1)
 
     # sim_workers.worker.SimMetrics: pass a SimMetrics as the sim worker's `metrics`.
@@ -426,8 +445,8 @@ class SimMetrics:
     def on_steps(self, n: int) -> None:
         self.env_steps(n)
 
-    def on_episode(self, success: bool, infra_failure: bool) -> None:
-        self.episode(success, infra_failure)
+    def on_episode(self, outcome: str) -> None:
+        self.episode(outcome)
 
     def tick(self, force: bool = False) -> None:
         """Refresh `rolloutq_sim_up`. A background thread does it every REFRESH_S; calling it
@@ -455,7 +474,7 @@ class NullSimMetrics(SimMetrics):
     def env_steps(self, n: int = 1) -> None:
         pass
 
-    def episode(self, success: bool, infra_failure: bool = False) -> None:
+    def episode(self, outcome: str) -> None:
         pass
 
     def set_policy(self, policy: str) -> None:

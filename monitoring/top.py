@@ -13,6 +13,7 @@ from typing import Any
 
 from broker.keys import Keys
 from monitoring.queue import QueueProbe, Snapshot
+from monitoring.worker_records import STALE_AFTER_S
 
 
 @dataclass
@@ -21,7 +22,7 @@ class TopSettings:
     namespace: str = "rq"
     interval_s: float = 1.0
     once: bool = False
-    stale_after_s: float = 10.0
+    stale_after_s: float = STALE_AFTER_S
     shards: int = 1
 
 

@@ -2,8 +2,9 @@
 
 Simulator work (reset, render, step) runs on the environment's own thread (MuJoCo renderers are
 bound to the thread that made them), so one process keeps many environments' requests in flight.
-Infrastructure problems (no reply in time, Redis gone, an error reply) end the episode with
-status `infra_error`: they are never counted as policy failures.
+Every episode ends with an outcome (`sim_workers.outcomes`): the task's own success or failure, a
+policy error (scored as a failure: the chunk is checked for NaN and against the policy's published
+action schema before the simulator sees it), a simulator error, or an infrastructure problem.
 """
 
 from __future__ import annotations
@@ -18,15 +19,19 @@ from typing import Any
 import numpy as np
 
 from broker.client import ActionChunker, PolicyClient
-from broker.errors import BrokerError
 from sim_workers.base import SimAdapter, StepResult
+from sim_workers.errors import SimulatorFailed
+from sim_workers.outcomes import SUCCESS, Outcome, check_chunk, classify, task_end
 
 
 @dataclass
 class EpisodeRecord:
     episode: int
     seed: int
-    status: str  # "ok" or "infra_error"
+    outcome: str = ""
+    """One of `sim_workers.outcomes.OUTCOMES`, set when the episode ends."""
+    reason: str = ""
+    """Machine-readable why for the error outcomes (`bad_action`, `sim_raised`, ...); "" otherwise."""
     success: bool = False
     episode_return: float = 0.0
     steps: int = 0
@@ -38,6 +43,12 @@ class EpisodeRecord:
     attempt: int = 1
     error: str = ""
     started_at: float = 0.0
+
+    def end(self, outcome: Outcome) -> None:
+        self.outcome, self.reason = outcome.outcome, outcome.reason
+        self.success = outcome.outcome == SUCCESS
+        if outcome.error:
+            self.error = outcome.error[:500]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -64,6 +75,14 @@ def _step(env: SimAdapter, chunk: dict, t: int) -> StepResult:
     return env.step(env.action_from_chunk(chunk, t))
 
 
+async def _sim(slot: EnvSlot, fn: Callable[..., Any], *args: Any) -> Any:
+    """A simulator call on the env's thread; whatever it raises is the simulator's failure."""
+    try:
+        return await slot.call(fn, *args)
+    except Exception as e:
+        raise SimulatorFailed(f"{type(e).__name__}: {e}") from e
+
+
 async def run_episode(
     slot: EnvSlot,
     client: PolicyClient,
@@ -73,38 +92,44 @@ async def run_episode(
     action_horizon: int,
     on_frame: Callable[[np.ndarray], None] | None = None,
     on_steps: Callable[[int], None] | None = None,
+    action_schema: dict[str, dict[str, Any]] | None = None,
 ) -> EpisodeRecord:
+    """One episode; never raises for a failure of the policy, the simulator or the broker (the
+    record's outcome says which). `action_schema`: the policy's published one (its metadata), which
+    every chunk must fit; None checks for non-finite values only."""
     env = slot.env
-    record = EpisodeRecord(episode=episode, seed=seed, status="ok", started_at=time.time())
+    record = EpisodeRecord(episode=episode, seed=seed, started_at=time.time())
     t0 = time.perf_counter()
     chunker = ActionChunker(action_horizon)
     try:
-        await slot.call(env.reset, seed)
+        await _sim(slot, env.reset, seed)
         while True:
             if chunker.needs_query():
-                obs = await slot.call(env.observe)
-                if on_frame is not None and (frame := env.frame()) is not None:
-                    on_frame(frame)
+                obs = await _sim(slot, env.observe)
+                if on_frame is not None:
+                    try:
+                        frame = env.frame()
+                    except Exception as e:
+                        raise SimulatorFailed(f"{type(e).__name__}: {e}") from e
+                    if frame is not None:
+                        on_frame(frame)
                 res = await client.act(rollout_id, obs, steps=action_horizon)  # only the steps it will execute
-                chunker.set_chunk(res.chunk)
                 record.policy_calls += 1
                 record.round_trip_ms.append(res.round_trip_ms)
                 record.batch_sizes.append(res.batch)
+                check_chunk(res.chunk, action_schema)
+                chunker.set_chunk(res.chunk)
             chunk, t = chunker.next()
-            result: StepResult = await slot.call(_step, env, chunk, t)
+            result: StepResult = await _sim(slot, _step, env, chunk, t)
             record.steps += 1
             record.episode_return += float(result.reward)
             if on_steps is not None:
                 on_steps(1)
             if result.done:
-                record.success = bool(result.success)
+                record.end(task_end(bool(result.success)))
                 break
-    except BrokerError as e:
-        record.status = "infra_error"
-        record.error = str(e)[:500]
-    except Exception as e:  # a simulator or adapter bug: record it, keep the worker alive
-        record.status = "infra_error"
-        record.error = f"simulator error: {type(e).__name__}: {e}"[:500]
+    except Exception as e:  # the record says whose fault it was; the worker stays alive
+        record.end(classify(e))
     finally:
         client.forget(rollout_id)
     record.wall_s = time.perf_counter() - t0

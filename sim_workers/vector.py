@@ -38,6 +38,8 @@ from broker.errors import BrokerError, ProtocolError
 from broker.schema import row_keys
 from broker.sweep import EpisodeSpec
 from sim_workers.base import Chunk, Obs, SimAdapter, StepResult, TaskInfo
+from sim_workers.errors import BadActionChunk, SimulatorFailed
+from sim_workers.outcomes import ACTION_SCHEMA_MISMATCH, Outcome, check_chunk, classify, task_end
 from sim_workers.runner import EpisodeRecord
 
 
@@ -130,16 +132,24 @@ def split_rows(chunk: Chunk, n: int) -> list[Chunk]:
 
 async def _act_rows(client: PolicyClient, rollout: str, observations: list[Obs], rows: int,
                     steps: int = 0) -> list[Any]:
-    """`act_many`'s results (a result or a BrokerError per env), asked as requests of <= `rows` rows
-    under one rollout id (one request in flight per group at a time, groups concurrently)."""
+    """`act_many`'s results (a result or an exception per env: a BrokerError, or BadActionChunk when
+    the reply's rows do not fit), asked as requests of <= `rows` rows under one rollout id (one
+    request in flight per group at a time, groups concurrently)."""
     groups = [observations[i:i + rows] for i in range(0, len(observations), rows)]
 
     async def one(g: int) -> list[Any]:
         try:
-            res = await client.act(f"{rollout}.g{g}", stack_rows(groups[g]), steps=steps)
-            chunks = split_rows(res.chunk, len(groups[g]))
+            obs = stack_rows(groups[g])
+        except ProtocolError as e:  # the simulator's observations cannot go as rows
+            raise SimulatorFailed(str(e)) from e
+        try:
+            res = await client.act(f"{rollout}.g{g}", obs, steps=steps)
         except BrokerError as e:
             return [e] * len(groups[g])
+        try:
+            chunks = split_rows(res.chunk, len(groups[g]))
+        except ProtocolError as e:  # the policy answered a different number of rows
+            return [BadActionChunk(ACTION_SCHEMA_MISMATCH, str(e))] * len(groups[g])
         return [dataclasses.replace(res, chunk=chunk) for chunk in chunks]
 
     return [r for part in await asyncio.gather(*[one(g) for g in range(len(groups))]) for r in part]
@@ -166,6 +176,7 @@ async def run_vector(
     close: bool = True,
     executor: ThreadPoolExecutor | None = None,
     rows_per_request: int = 0,
+    action_schema: dict[str, dict[str, Any]] | None = None,
 ) -> list[EpisodeRecord]:
     """Run episodes on the N envs of `venv`, N requests in flight at once; records in finish order.
 
@@ -173,7 +184,9 @@ async def run_vector(
     sweep: `SweepQueue.take`); after the first None no more episodes are taken, and the run ends
     when the busy envs finish (call again to pick up episodes re-queued later).
     `on_episode` may be async (e.g. `SweepQueue.finish`). A simulator exception ends every running
-    episode as `infra_error` (never a policy failure) and the run. Simulator calls run on one thread of their
+    episode as `sim_error` (never a policy failure) and the run; a policy error (an error reply, or a
+    chunk with NaN or not fitting `action_schema`, the policy's published one) ends only its env's
+    episode (`sim_workers.outcomes`). Simulator calls run on one thread of their
     own (renderers and GPU contexts are thread-bound). `max_vector_steps` stops early (tests);
     unfinished episodes are then dropped. `close` closes `venv` at the end, on its own thread.
     `executor`: the one-thread pool `venv` was built on (kept open); by default a new one.
@@ -197,12 +210,14 @@ async def run_vector(
     loop = asyncio.get_running_loop()
 
     async def call(fn: Callable[..., Any], *args: Any) -> Any:
-        return await loop.run_in_executor(pool, fn, *args)
+        try:
+            return await loop.run_in_executor(pool, fn, *args)
+        except Exception as e:
+            raise SimulatorFailed(f"{type(e).__name__}: {e}") from e
 
-    async def finish(i: int, status: str = "ok", error: str = "") -> None:
+    async def finish(i: int, outcome: Outcome) -> None:
         run = running.pop(i)
-        run.record.status = status
-        run.record.error = error[:500]
+        run.record.end(outcome)
         run.record.wall_s = time.perf_counter() - run.t0
         client.forget(run.rollout)
         done.append(run.record)
@@ -228,9 +243,9 @@ async def run_vector(
                 for i, s in zip(starting, specs, strict=True):
                     running[i] = _Running(
                         spec=s, chunker=ActionChunker(action_horizon), t0=time.perf_counter(),
-                        rollout=f"{rollout_prefix}.e{s.episode}.a{s.attempt}",
-                        record=EpisodeRecord(episode=s.episode, seed=s.seed, status="ok",
-                                             attempt=s.attempt, started_at=time.time()))
+                        rollout=f"{rollout_prefix}.e{s.episode}.a{s.attempt}" + (f".g{s.gen}" if s.gen else ""),
+                        record=EpisodeRecord(episode=s.episode, seed=s.seed, attempt=s.attempt,
+                                             started_at=time.time()))
             if not running or (max_vector_steps is not None and vector_steps >= max_vector_steps):
                 break
             need = [i for i, r in running.items() if r.chunker.needs_query()]
@@ -243,21 +258,29 @@ async def run_vector(
                         [(running[i].rollout, o) for i, o in zip(need, observations, strict=True)],
                         steps=action_horizon)
                 for i, res in zip(need, replies, strict=True):
-                    if isinstance(res, BrokerError):
-                        await finish(i, "infra_error", str(res))
+                    if isinstance(res, Exception):
+                        await finish(i, classify(res))
+                        continue
+                    run = running[i]
+                    run.record.policy_calls += 1
+                    run.record.round_trip_ms.append(res.round_trip_ms)
+                    run.record.batch_sizes.append(res.batch)
+                    try:
+                        check_chunk(res.chunk, action_schema)
+                    except BadActionChunk as e:
+                        await finish(i, classify(e))
+                        continue
+                    run.chunker.set_chunk(res.chunk)
+            try:
+                actions = []
+                for i in range(venv.num_envs):
+                    if i in running:
+                        chunk, t = running[i].chunker.next()
+                        actions.append(np.asarray(venv.action_from_chunk(i, chunk, t), np.float32).reshape(-1))
                     else:
-                        run = running[i]
-                        run.chunker.set_chunk(res.chunk)
-                        run.record.policy_calls += 1
-                        run.record.round_trip_ms.append(res.round_trip_ms)
-                        run.record.batch_sizes.append(res.batch)
-            actions = []
-            for i in range(venv.num_envs):
-                if i in running:
-                    chunk, t = running[i].chunker.next()
-                    actions.append(np.asarray(venv.action_from_chunk(i, chunk, t), np.float32).reshape(-1))
-                else:
-                    actions.append(np.asarray(venv.idle_action(i), np.float32).reshape(-1))
+                        actions.append(np.asarray(venv.idle_action(i), np.float32).reshape(-1))
+            except Exception as e:
+                raise SimulatorFailed(f"{type(e).__name__}: {e}") from e
             results: list[StepResult] = await call(venv.step, np.stack(actions))
             vector_steps += 1
             if on_steps is not None:
@@ -267,11 +290,11 @@ async def run_vector(
                 run.record.steps += 1
                 run.record.episode_return += float(res.reward)
                 if res.done:
-                    run.record.success = bool(res.success)
-                    await finish(i)
+                    await finish(i, task_end(bool(res.success)))
     except Exception as e:  # a simulator or adapter bug breaks all N envs: record it on every episode
+        outcome = classify(e)
         for i in list(running):
-            await finish(i, "infra_error", f"simulator error: {type(e).__name__}: {e}")
+            await finish(i, outcome)
     finally:
         for run in running.values():
             client.forget(run.rollout)

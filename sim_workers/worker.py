@@ -43,7 +43,7 @@ class SimMetrics(Protocol):
 
     def on_steps(self, n: int) -> None: ...
 
-    def on_episode(self, success: bool, infra_failure: bool) -> None: ...
+    def on_episode(self, outcome: str) -> None: ...
 
 
 class _NoMetrics:
@@ -53,7 +53,7 @@ class _NoMetrics:
     def on_steps(self, n: int) -> None:
         pass
 
-    def on_episode(self, success: bool, infra_failure: bool) -> None:
+    def on_episode(self, outcome: str) -> None:
         pass
 
 
@@ -104,10 +104,13 @@ class SimWorker:
         self.sim_id = settings.sim_id or f"sim-{socket.gethostname()}-{os.getpid()}"
         self.keys = Keys(settings.redis.namespace)
         self.running: dict[int, int] = {}  # slot -> episode
+        self.tokens: dict[int, str] = {}  # episode -> the lease token its spec carried (finish and release need it)
         self.done: list[EpisodeRecord] = []
         self.steps = 0
         self.released = 0
         self._slots_task: asyncio.Task | None = None
+        self.action_schema: dict[str, Any] | None = None
+        """The policy's published action schema: every chunk is checked against it before a step."""
         self._release = False
 
     async def run(self, stop: asyncio.Event | None = None) -> dict[str, Any]:
@@ -121,7 +124,8 @@ class SimWorker:
             if config is None:
                 return self.summary()
             client = PolicyClient(r, config["policy"], self.keys, s.client, shards=int(config.get("shards", 1)))
-            await fetch_metadata(r, self.keys, config["policy"], wait_s=s.wait_for_sweep_s)
+            meta = await fetch_metadata(r, self.keys, config["policy"], wait_s=s.wait_for_sweep_s)
+            self.action_schema = meta.get("action_schema")
             lease_ms = await queue.lease_ms()
             vector_cls = vector_adapter_class(config["task"], config.get("task_options", {}))
             if vector_cls is not None:
@@ -144,7 +148,7 @@ class SimWorker:
                 if not self._release:
                     raise
                 # Scaled down: hand the unfinished episodes back now instead of letting leases expire.
-                self.released = await queue.release(self.sim_id, list(self.running.values()))
+                self.released = await queue.release(self.sim_id, list(self.running.values()), self.tokens)
                 log.info("sim %s: released %d unfinished episode(s)", self.sim_id, self.released)
                 self.running.clear()
             renew.cancel()
@@ -200,6 +204,7 @@ class SimWorker:
                 await asyncio.sleep(0.2)
                 continue
             self.running[i] = spec.episode
+            self.tokens[spec.episode] = spec.token
             frames: list[np.ndarray] = []
             gen = f".g{spec.gen}" if spec.gen else ""
             episode = asyncio.create_task(run_episode(
@@ -208,6 +213,7 @@ class SimWorker:
                 action_horizon=int(config.get("action_horizon", 8)),
                 on_frame=frames.append if spec.episode < video_episodes else None,
                 on_steps=self._count_steps,
+                action_schema=self.action_schema,
             ))
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({episode, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -220,7 +226,7 @@ class SimWorker:
                     await episode
                 self.running.pop(i, None)
                 with contextlib.suppress(*REDIS_DOWN):
-                    await queue.release(self.sim_id, [spec.episode])
+                    await queue.release(self.sim_id, [spec.episode], {spec.episode: spec.token})
                 log.info("sim %s: stopping; episode %d abandoned and handed back", self.sim_id, spec.episode)
                 return
             record = episode.result()
@@ -228,10 +234,13 @@ class SimWorker:
             record.attempt = spec.attempt
             for rt in record.round_trip_ms:
                 self.metrics.on_round_trip(rt / 1000)
-            self.metrics.on_episode(record.success, record.status != "ok")
+            self.metrics.on_episode(record.outcome)
             video = encode_gif(frames) if frames else b""
-            await self._retry(lambda: queue.finish(spec.episode, record.to_dict(), video), stop)  # noqa: B023
+            accepted = await self._retry(
+                lambda: queue.finish(spec.episode, spec.token, record.to_dict(), video), stop)  # noqa: B023
+            self._not_accepted(record, accepted)
             self.running.pop(i, None)
+            self.tokens.pop(spec.episode, None)
             self.done.append(record)
 
     async def _run_vector(self, vector_cls: type, queue: SweepQueue, client: PolicyClient, config: dict[str, Any],
@@ -250,22 +259,26 @@ class SimWorker:
             spec = await queue.take(self.sim_id, lease_ms)
             if spec is not None:
                 self.running[spec.episode] = spec.episode
+                self.tokens[spec.episode] = spec.token
             return spec
 
         async def finish(record: EpisodeRecord) -> None:
             record.sim = self.sim_id
             for rt in record.round_trip_ms:
                 self.metrics.on_round_trip(rt / 1000)
-            self.metrics.on_episode(record.success, record.status != "ok")
-            await queue.finish(record.episode, record.to_dict(), b"")
+            self.metrics.on_episode(record.outcome)
+            accepted = await queue.finish(record.episode, self.tokens.get(record.episode, ""), record.to_dict(), b"")
+            self._not_accepted(record, accepted)
             self.running.pop(record.episode, None)
+            self.tokens.pop(record.episode, None)
             self.done.append(record)
 
         try:
             while not stop.is_set() and not await queue.stopped():
                 records = await run_vector(venv, client, take, int(config.get("action_horizon", 8)),
                                            rollout_prefix=s.run, on_steps=self._count_steps, on_episode=finish,
-                                           close=False, executor=pool, rows_per_request=rows)
+                                           close=False, executor=pool, rows_per_request=rows,
+                                           action_schema=self.action_schema)
                 if not records:
                     if s.exit_when_drained and await self._drained(queue, stop):
                         return
@@ -274,6 +287,12 @@ class SimWorker:
             with contextlib.suppress(Exception):
                 await loop.run_in_executor(pool, venv.close)
             pool.shutdown(wait=True)
+
+    def _not_accepted(self, record: EpisodeRecord, accepted: bool) -> None:
+        if not accepted:
+            log.warning("sim %s: the sweep did not take the result of episode %d attempt %d: its lease was lost "
+                        "(it expired and the episode went to another simulator); moving on", self.sim_id,
+                        record.episode, record.attempt)
 
     async def _drained(self, queue: SweepQueue, stop: asyncio.Event) -> bool:
         """Nothing left to take and no episode leased by anyone. While another simulator holds a

@@ -339,3 +339,17 @@ def test_a_retry_storm_infers_every_request_once(redis_url):
             await r.aclose()
 
     asyncio.run(main())
+
+
+def test_a_client_refuses_a_policy_that_speaks_another_protocol(redis_url):
+    async def main():
+        r = connect_async(RedisSettings(url=redis_url))
+        await r.hset(KEYS.policy_meta("old"), mapping={"metadata": "{}", "protocol": "1"})
+        client = PolicyClient(r, "old")
+        with pytest.raises(ProtocolError, match="speak protocol 1, this client speaks 2"):
+            await client.metadata()
+        await r.hset(KEYS.policy_meta("both"), mapping={"metadata": "{}", "protocol": "1,2"})
+        assert await PolicyClient(r, "both").metadata() == {}
+        await r.aclose()
+
+    asyncio.run(main())

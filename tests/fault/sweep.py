@@ -1,5 +1,6 @@
 """A minimal controller for fault tests: fill a sweep, follow its results, re-queue infrastructure
-failures and expired leases (as `controller.eval._follow` does), riding out Redis restarts."""
+failures and expired leases (as `controller.eval._follow` does), riding out Redis restarts. With the
+`ResultIntake` that `create_sweep` returns, results are checked as the real controller checks them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from broker.connection import connect_async
 from broker.settings import RedisSettings
 from broker.sweep import EpisodeSpec, SweepQueue
+from controller.intake import ResultIntake
+from sim_workers.outcomes import RERUN, outcome_of
 
 DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
@@ -22,18 +25,22 @@ def sweep_config(policy: str = "p", max_steps: int = 40) -> dict[str, Any]:
             "action_horizon": 8, "shards": 1, "video_episodes": 0}
 
 
-async def create_sweep(url: str, run: str, episodes: int, lease_s: float = 2.0, max_steps: int = 40) -> None:
+async def create_sweep(url: str, run: str, episodes: int, lease_s: float = 2.0, max_steps: int = 40) -> ResultIntake:
+    """Fill the sweep with specs carrying lease tokens; returns the intake that minted them."""
+    intake = ResultIntake(run)
     r = connect_async(RedisSettings(url=url))
     try:
         await SweepQueue(r, run).create(sweep_config(max_steps=max_steps),
-                                        [EpisodeSpec(i, 1000 + i) for i in range(episodes)], lease_s)
+                                        [intake.spec(i, 1000 + i) for i in range(episodes)], lease_s)
     finally:
         await r.aclose()
+    return intake
 
 
 async def follow_sweep(url: str, run: str, episodes: int, timeout_s: float, max_attempts: int = 3,
-                       tick=None) -> dict[str, Any]:
-    """Follow until every episode has a final record; returns final records and every record seen."""
+                       tick=None, intake: ResultIntake | None = None) -> dict[str, Any]:
+    """Follow until every episode has a final record; returns final records and every record seen.
+    With `intake` only the results it takes are seen (`rejected`: its counts); without, every record."""
     r = connect_async(RedisSettings(url=url))
     q = SweepQueue(r, run)
     final: dict[int, dict] = {}
@@ -46,17 +53,23 @@ async def follow_sweep(url: str, run: str, episodes: int, timeout_s: float, max_
             if time.monotonic() > deadline:
                 raise AssertionError(f"sweep {run}: {len(final)}/{episodes} episodes after {timeout_s}s")
             try:
-                for entry_id, record, _ in await q.read_results(last_id, block_ms=200):
-                    last_id = entry_id
+                for entry in await q.read_results(last_id, block_ms=200):
+                    last_id = entry.entry_id
+                    record = intake.accept(entry) if intake is not None else entry.record
+                    if record is None:
+                        continue
                     seen.append(record)
                     ep = int(record["episode"])
                     if ep in final:
                         continue
-                    if record["status"] != "ok" and record["attempt"] < max_attempts:
-                        await q.requeue(EpisodeSpec(ep, record["seed"], record["attempt"] + 1))
+                    if outcome_of(record) in RERUN and record["attempt"] < max_attempts:
+                        spec = EpisodeSpec(ep, record["seed"], record["attempt"] + 1)
+                        if intake is not None:
+                            spec = intake.spec(ep, record["seed"], record["attempt"] + 1)
+                        await q.requeue(spec)
                         continue
                     final[ep] = record
-                handed_back += await q.expire_leases()
+                handed_back += await q.expire_leases(intake.hand_back if intake is not None else None)
             except DOWN:
                 await asyncio.sleep(0.2)
                 continue
@@ -65,4 +78,5 @@ async def follow_sweep(url: str, run: str, episodes: int, timeout_s: float, max_
         await q.stop()
     finally:
         await r.aclose()
-    return {"final": final, "seen": seen, "handed_back": handed_back}
+    return {"final": final, "seen": seen, "handed_back": handed_back,
+            "rejected": dict(intake.rejected) if intake is not None else {}}

@@ -82,7 +82,7 @@ def test_client_with_redis_gone_gives_up_before_deadline():
 
 
 @pytest.mark.timeout(60)
-def test_episode_without_policy_is_infra_error_not_failure(redis_url):
+def test_episode_without_policy_is_infra_not_failure(redis_url):
     async def main():
         r = connect_async(RedisSettings(url=redis_url))
         client = PolicyClient(r, "nobody", settings=ClientSettings(reply_timeout_s=0.2, deadline_s=5,
@@ -95,7 +95,7 @@ def test_episode_without_policy_is_infra_error_not_failure(redis_url):
             await r.aclose()
 
     record = asyncio.run(main())
-    assert record.status == "infra_error" and not record.success
+    assert record.outcome == "infra" and record.reason == "policy_timeout" and not record.success
     assert "no reply" in record.error
 
 

@@ -30,8 +30,9 @@ def test_prometheus_backend_exposes_the_recorded_values():
     s = sim_metrics("s7", "pm")
     s.observe_round_trip(0.25)
     s.env_steps(8)
-    s.episode(success=True)
-    s.episode(success=True, infra_failure=True)  # an infra failure never counts as a success
+    s.episode("success")
+    s.episode("infra")  # an unscored outcome never counts as a success
+    s.episode("policy_error")  # scored, a failure of the policy
     server = serve_metrics(0, "127.0.0.1")
     try:
         m = scrape(server.server_port)
@@ -46,9 +47,12 @@ def test_prometheus_backend_exposes_the_recorded_values():
     assert m[f"rolloutq_worker_up{w_}"] == 1
     s_ = '{policy="pm",sim="s7"}'
     assert m[f"rolloutq_sim_env_steps_total{s_}"] == 8
-    assert m[f"rolloutq_sim_episodes_total{s_}"] == 2
+    assert m[f"rolloutq_sim_episodes_total{s_}"] == 3
     assert m[f"rolloutq_sim_successes_total{s_}"] == 1
     assert m[f"rolloutq_sim_infra_failures_total{s_}"] == 1
+    by_outcome = {o: m[f'rolloutq_sim_episode_outcomes_total{{outcome="{o}",policy="pm",sim="s7"}}']
+                  for o in ("success", "failure", "policy_error", "sim_error", "infra")}
+    assert by_outcome == {"success": 1, "failure": 0, "policy_error": 1, "sim_error": 0, "infra": 1}
     assert m[f"rolloutq_sim_round_trip_seconds_count{s_}"] == 1
     assert not any(k.startswith("rolloutq_gpu_") for k in m)
     w.close()
@@ -85,7 +89,7 @@ def test_core_protocol_names_record_the_same_things():
     s = sim_metrics("s1", "proto")
     s.on_round_trip(0.3)
     s.on_steps(8)
-    s.on_episode(False, True)
+    s.on_episode("sim_error")
     w.tick(force=True)
     s.tick(force=True)
     server = serve_metrics(0, "127.0.0.1")

@@ -51,7 +51,7 @@ def test_ray_backend_reaches_prometheus(ray_metrics_port, mon_prometheus):
                 self.w.on_reply("ok")
             self.s.on_round_trip(0.06)
             self.s.on_steps(8)
-            self.s.on_episode(True, False)
+            self.s.on_episode("success")
             return True
 
     rep = Replica.remote()

@@ -96,7 +96,7 @@ def test_single_mujoco_env_with_render(redis_url):
 
     record = asyncio.run(_serve(redis_url, backend, run))
     env.close()
-    assert record.status == "ok", record.error
+    assert record.outcome in ("success", "failure"), record.error
     assert record.steps == 12 and record.policy_calls == 3
     assert set(lengths) == {4}  # the runner asked for its 4 steps of each 10-step chunk (PROTOCOL §4.2)
     obs = backend.seen[0]
@@ -121,7 +121,7 @@ def test_vector_env_keeps_all_envs_in_flight(redis_url):
     records = asyncio.run(_serve(redis_url, backend, run))
     assert set(lengths) == {4}  # 4 steps of each 10-step chunk came back
     assert sorted(r.episode for r in records) == list(range(5))
-    assert all(r.status == "ok" and r.steps == 10 and r.policy_calls == 3 for r in records)
+    assert all(r.outcome in ("success", "failure") and r.steps == 10 and r.policy_calls == 3 for r in records)
     assert max(backend.batches) == 3, backend.batches  # the 3 envs' requests were served as one batch
     # same seed, same start: episode 0 alone in a 1-env vector gives the same return
     solo = VectorAdapter(env_id="Pendulum-v1", num_envs=1, max_steps=10)
@@ -152,7 +152,7 @@ def test_vector_env_asks_for_its_envs_as_rows_and_gets_the_same_episodes(redis_u
     rows_backend = RowsRecorder(dim=1)
     by_rows = {r.episode: r for r in run_with(2, rows_backend)}
     per_env = {r.episode: r for r in run_with(0, RowsRecorder(dim=1))}
-    assert sorted(by_rows) == list(range(4)) and all(r.status == "ok" for r in by_rows.values())
+    assert sorted(by_rows) == list(range(4)) and all(r.outcome in ("success", "failure") for r in by_rows.values())
     assert max(o["state.obs"].shape[0] for o in rows_backend.seen) == 2  # requests of up to 2 rows
     assert max(rows_backend.batches) == 3  # both requests of a query round in one forward pass
     for ep, r in per_env.items():
@@ -207,10 +207,11 @@ def test_run_vector_takes_episodes_from_an_async_source(redis_url):
                                 action_horizon=4, rollout_prefix="ga", on_episode=on_episode)
 
     records = asyncio.run(_serve(redis_url, Recorder(dim=1), run))
-    assert sorted(finished) == [0, 1, 2, 3] and all(r.steps == 6 and r.status == "ok" for r in records)
+    assert sorted(finished) == [0, 1, 2, 3]
+    assert all(r.steps == 6 and r.outcome in ("success", "failure") for r in records)
 
 
-def test_simulator_error_ends_running_episodes_as_infra_error(redis_url):
+def test_simulator_error_ends_running_episodes_as_sim_error(redis_url):
     from sim_workers.adapters.gym import VectorAdapter
 
     class Broken(VectorAdapter):
@@ -224,7 +225,33 @@ def test_simulator_error_ends_running_episodes_as_infra_error(redis_url):
                                 [EpisodeSpec(episode=i, seed=i) for i in range(3)], action_horizon=4)
 
     records = asyncio.run(_serve(redis_url, Recorder(dim=1), run))
-    assert len(records) == 2 and all(r.status == "infra_error" and "physics exploded" in r.error for r in records)
+    assert len(records) == 2
+    assert all(r.outcome == "sim_error" and r.reason == "sim_raised" and "RuntimeError: physics exploded" in r.error
+               for r in records)
+
+
+def test_policy_errors_end_only_their_env_and_the_vector_run_goes_on(redis_url):
+    """Each env whose chunk the worker refuses (NaN: `bad_action`) ends its episode as a policy
+    error and takes the next episode; the other envs keep stepping."""
+    from sim_workers.adapters.gym import VectorAdapter
+
+    class NanForNegativeSeeds(Recorder):
+        def infer(self, batch):
+            chunks = super().infer(batch)
+            return [{"action": np.full_like(c["action"], np.nan)} if float(o["state.obs"].reshape(-1)[2]) < 0 else c
+                    for c, o in zip(chunks, batch, strict=True)]
+
+    async def run(client):
+        return await run_vector(VectorAdapter(env_id="Pendulum-v1", num_envs=2, max_steps=6), client,
+                                [EpisodeSpec(episode=i, seed=i) for i in range(6)], action_horizon=4)
+
+    records = asyncio.run(_serve(redis_url, NanForNegativeSeeds(dim=1), run))
+    assert sorted(r.episode for r in records) == list(range(6))
+    errors = [r for r in records if r.outcome == "policy_error"]
+    others = [r for r in records if r.outcome != "policy_error"]
+    assert errors and others, [(r.episode, r.outcome) for r in records]  # fixed seeds: both kinds occur
+    assert all(r.reason == "bad_action" and r.steps in (0, 4) for r in errors)  # ended where it asked
+    assert all(r.outcome in ("success", "failure") and r.steps == 6 for r in others)
 
 
 @pytest.mark.parametrize("rows", [0, 3])
@@ -262,7 +289,7 @@ def test_sim_worker_runs_a_sweep_vectorised(redis_url, rows):
 
     summary, results = asyncio.run(main())
     assert summary["episodes"] == 5 and summary["steps"] == 30, summary
-    assert sorted(rec["episode"] for _, rec, _ in results) == list(range(5))
-    assert all(rec["status"] == "ok" and rec["steps"] == 6 for _, rec, _ in results)
+    assert sorted(rec["episode"] for rec in (e.record for e in results)) == list(range(5))
+    assert all(rec["outcome"] in ("success", "failure") and rec["steps"] == 6 for rec in (e.record for e in results))
     assert max(backend.batches) == 3, backend.batches
     assert max(o["state.obs"].shape[0] for o in backend.seen) == (3 if rows else 1)

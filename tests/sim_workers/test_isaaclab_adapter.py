@@ -100,7 +100,8 @@ def test_vectorised_mjlab_g1_through_redis(redis_url):
     records = asyncio.run(main())
     try:
         assert sorted(r.episode for r in records) == [0, 1, 2]
-        assert all(r.status == "ok" and r.steps == 16 and r.policy_calls == 2 for r in records), records
+        assert all(r.outcome in ("success", "failure") and r.steps == 16 and r.policy_calls == 2
+                   for r in records), records
         assert max(backend.batches) == 2, backend.batches  # both envs' requests in one forward pass
         elbow = venv.robot.joint_names.index("left_elbow_joint")
         q = venv.robot.data.joint_pos[0, elbow].item()
