@@ -11,8 +11,8 @@ are scraped every second by Prometheus, and the controller decides every second.
   sweep: the same reach sweep (N episodes) run with fixed (replicas, sims) sizes and with
          --autoscale; wall time and episodes/s for each.
 
-    PYTHONPATH=. python benchmarks/autoscale.py step --rate 200 --out benchmarks/results/autoscale-step.json
-    PYTHONPATH=. python benchmarks/autoscale.py sweep --episodes 32 --out benchmarks/results/autoscale-sweep.json
+    PYTHONPATH=. python benchmarks/autoscale.py step --rate 200 --out benchmarks/out/autoscale-step.json
+    PYTHONPATH=. python benchmarks/autoscale.py sweep --episodes 32 --out benchmarks/out/autoscale-sweep.json
 """
 
 from __future__ import annotations
@@ -253,8 +253,9 @@ def main() -> None:
     res = step(a) if a.what == "step" else sweep(a)
     res["command"] = " ".join(["PYTHONPATH=. python benchmarks/autoscale.py", *sys.argv[1:]])
     res["machine"] = f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end"
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=2))
+    from benchmarks.harness.record import make_record, write_record
+
+    write_record(make_record(f"autoscale-{a.what}", res["command"], res), a.out)
     print(json.dumps({k: v for k, v in res.items() if k != "samples"}, indent=2))
 
 

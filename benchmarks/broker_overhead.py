@@ -6,7 +6,7 @@ a ~400 KB (REAL_G1-shaped: 2x256x256x3 uint8 + states) observation, on loopback.
 Each rollout sends its next observation as soon as the previous reply arrives. Load comes from
 several client processes so the client is not the bottleneck on a small machine.
 
-    python benchmarks/broker_overhead.py --seconds 5 --out benchmarks/results/broker_overhead.json
+    python benchmarks/broker_overhead.py --seconds 5 --out benchmarks/out/broker_overhead.json
 """
 
 
@@ -56,7 +56,7 @@ async def _rq_clients(url: str, policy: str, rollouts: list[str], kind: str, sec
     r = connect_async(RedisSettings(url=url))
     client = PolicyClient(r, policy, settings=ClientSettings(deadline_s=30))
     obs = make_obs(kind)
-    payload = client._core.codec.encode(obs)  # noqa: SLF001 - the sim encodes once per step either way
+    payload = client.codec.encode(obs)  # the sim encodes once per step either way
     lat: list[float] = []
     stop_at = time.perf_counter() + seconds
 
@@ -64,14 +64,14 @@ async def _rq_clients(url: str, policy: str, rollouts: list[str], kind: str, sec
         await client.act(rid, payload)  # warm-up
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
-            await client.act(rid, client._core.codec.encode(obs))  # noqa: SLF001
+            await client.act(rid, client.codec.encode(obs))
             lat.append((time.perf_counter() - t0) * 1000)
 
     async def vector() -> None:
         await client.act_many([(rid, payload) for rid in rollouts])  # warm-up
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
-            results = await client.act_many([(rid, client._core.codec.encode(obs)) for rid in rollouts])  # noqa: SLF001
+            results = await client.act_many([(rid, client.codec.encode(obs)) for rid in rollouts])
             errors = [x for x in results if isinstance(x, Exception)]
             if errors:
                 raise errors[0]
@@ -177,7 +177,7 @@ def main() -> None:
     p.add_argument("--max-wait-ms", type=float, default=0.0)
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--skip-reference", action="store_true")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/broker_overhead.json"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks/out/broker_overhead.json"))
     a = p.parse_args()
     ns = [int(x) for x in a.rollouts.split(",")]
     kinds = a.kinds.split(",")
@@ -238,8 +238,10 @@ def main() -> None:
         "settings": vars(a),
         "rows": rows,
     }
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    from benchmarks.harness.record import make_record, write_record
+
+    cmd = " ".join(["python benchmarks/broker_overhead.py", *sys.argv[1:]])
+    write_record(make_record("broker-overhead", cmd, out), a.out)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     PYTHONPATH=. python benchmarks/reliability.py                 # everything, ~4 min on 2 cores
     PYTHONPATH=. python benchmarks/reliability.py --only kill      # one section: kill|redis|malformed|oversize|acl
 
-Writes benchmarks/results/reliability.json (and prints it). Sections:
+Writes benchmarks/out/reliability.json (and prints it). Sections:
 
 - kill: SIGKILL a policy worker while it holds read-but-unacked requests of 16 running rollouts,
   `--trials` times (default 20): replies lost, duplicate replies seen by the simulators, duplicate
@@ -371,7 +371,7 @@ def main() -> None:
     ap.add_argument("--only", choices=["kill", "redis", "malformed", "oversize", "acl"], action="append")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--redis-trials", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/reliability.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/out/reliability.json")
     args = ap.parse_args()
     sections = args.only or ["kill", "redis", "malformed", "oversize", "acl"]
     results: dict = {}
@@ -400,8 +400,10 @@ def main() -> None:
             if p.alive():
                 p.signal(signal.SIGKILL)
                 p.wait(10)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    from benchmarks.harness.record import make_record, write_record
+
+    cmd = " ".join(["PYTHONPATH=. python benchmarks/reliability.py", *sys.argv[1:]])
+    write_record(make_record("reliability", cmd, results), args.out)
     print(f"wrote {args.out} (logs in {LOGS})")
 
 

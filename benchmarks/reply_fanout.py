@@ -13,7 +13,6 @@ simulator executes. Each size runs twice, interleaved, against a redis-server st
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import statistics
@@ -124,8 +123,10 @@ def main() -> None:
                   f"{res['first_sim_decoded_ms']} ms, last {res['last_sim_decoded_ms']} ms", flush=True)
     doc = {"sims": args.sims, "rows": args.rows, "redis_server": binary, "cpus": os.cpu_count(), "runs": results}
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=1)
+        from benchmarks.harness.record import make_record, write_record
+
+        cmd = " ".join(["python benchmarks/reply_fanout.py", *sys.argv[1:]])
+        write_record(make_record(f"reply-fanout-{args.sims}x{args.rows}", cmd, doc), args.out)
 
 
 if __name__ == "__main__":

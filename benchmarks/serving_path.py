@@ -1,12 +1,12 @@
 """What one request costs the policy worker's event loop, step by step, on this host's CPU.
 
 In a closed loop at N = 64 every simulator waits while the worker reads, decodes and checks the
-batch's last requests and encodes and writes its replies (docs/benchmarks.md, "where a cycle
-goes"). This times those steps on REAL_G1 observations (2x256x256x3 frames in shared memory,
+batch's last requests and encodes and writes its replies (docs/benchmarks.md, "the policy
+worker's cost per request"). This times those steps on REAL_G1 observations (2x256x256x3 frames in shared memory,
 7 state groups, text) and REAL_G1 action chunks (9 keys x 40 steps), 64 at a time:
 
 - accept: entry fields -> Request, observation decode (codec + shared-frame lookup), schema check,
-  and the whole `StreamConsumer._accept_all` as the worker runs it; and the batch assembly that
+  and the worker's whole admission of each entry (`broker.admission.Admission.admit`); and the batch assembly that
   follows on the inference thread (64 frames from shared memory into one page-locked buffer)
   with 1, 4, 8 and 12 copy threads;
 - reply: cutting a (64, 40, 132) action batch into chunks, encoding them, reply fields, and the
@@ -16,14 +16,13 @@ General paths are timed beside the fast ones they stand behind (the schema check
 msgpack's own packer), so a run on another host shows both. No GPU, no model: the figures are the
 worker's own CPU cost per request, and run on the GPU host they calibrate its CPU against this one.
 
-    python benchmarks/serving_path.py --out benchmarks/results/serving_path_cpu.json
+    python benchmarks/serving_path.py --out benchmarks/out/serving_path_cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import statistics
 import sys
@@ -39,12 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from broker import real_g1  # noqa: E402
+from broker.admission import Admission  # noqa: E402
 from broker.batcher import signature  # noqa: E402
 from broker.codec import MsgpackNumpyCodec, _default  # noqa: E402
 from broker.connection import connect_async  # noqa: E402
-from broker.consumer import StreamConsumer  # noqa: E402
 from broker.embedded import EmbeddedRedis  # noqa: E402
 from broker.frames import FrameArena, FrameReader  # noqa: E402
+from broker.jobs import Job  # noqa: E402
 from broker.keys import GROUP, Keys  # noqa: E402
 from broker.schema import Reply, Request, Status  # noqa: E402
 from broker.settings import BatchSettings, RedisSettings, WorkerSettings  # noqa: E402
@@ -107,18 +107,16 @@ def accept_side(reps: int, keys: Keys, arena: FrameArena) -> dict[str, float]:
     assert all(checker(o) is None for o in decoded), "the benchmark's observations must fit the schema"
     meta = PolicyMetadata(model_id="none", observation_schema=sch, action_schema={}, chunk_length=40,
                           action_horizon=8)
-    consumer = StreamConsumer(None, _Handler(_NoBackend(), meta),  # type: ignore[arg-type]
-                              WorkerSettings(policy="p", batch=BatchSettings(max_batch_size=B)), keys)
-    stream = keys.requests("p", 0).encode()
+    stream = keys.requests("p", 0)
+    admission = Admission(_Handler(_NoBackend(), meta), reader_codec, keys,
+                          WorkerSettings(policy="p", batch=BatchSettings(max_batch_size=B)), {stream: 0}, B)
 
     def accept_all() -> None:
-        consumer.batcher = type(consumer.batcher)(B, 0.0)
-        consumer._held_ids.clear()
-        now = int(time.time() * 1000)
-        got = [(stream, [(b"%d-%d" % (now, i), f) for i, f in enumerate(entries)])]
-        asyncio.run(consumer._accept_all(consumer._hold(got), 1))
-        if len(consumer.batcher) != B:
-            raise RuntimeError(f"accept took {len(consumer.batcher)} of {B} requests: {consumer.stats.errors}")
+        now = time.time() * 1000
+        jobs = [admission.admit(stream, b"%d-%d" % (int(now), i), f, 1, now) for i, f in enumerate(entries)]
+        refused = [j for j in jobs if not isinstance(j, Job)]
+        if refused:
+            raise RuntimeError(f"admission refused {len(refused)} of {B} requests: {refused[0]}")
 
     frames = [o[real_g1.VIDEO_KEY] for o in decoded]  # read-only views of the simulators' segments
     buffer, kind = batch_buffer(frames)
@@ -239,8 +237,10 @@ def main() -> None:
     print(f"per batch of {B}: accept {accept['accept_all_us'] * B / 1000:.2f} ms, split + encode + fields + write "
           f"{replies_us * B / 1000:.2f} ms")
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.out}")
+        from benchmarks.harness.record import make_record, write_record
+
+        cmd = " ".join(["python benchmarks/serving_path.py", *sys.argv[1:]])
+        print(f"wrote {write_record(make_record('serving-path', cmd, result), args.out)}")
 
 
 if __name__ == "__main__":

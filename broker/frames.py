@@ -10,8 +10,7 @@ dead letters are unchanged. On an H100 at 64 rollouts this roughly halved the mo
 batches (figures in docs/benchmarks.md).
 
 Client side, `FrameArena` keeps one segment per rollout (a rollout has one request in flight, so
-one slot is enough; a resend reuses it). A simulator that can render straight into the segment
-(`FrameArena.views`) skips even the client's copy. Worker side, `FrameReader` resolves references while
+one slot is enough; a resend reuses it). Worker side, `FrameReader` resolves references while
 decoding, as read-only views of the segment (see its docstring for why that is safe).
 
 Segment layout: a 64-byte header (magic, 16-byte random token, generation, data size), then the
@@ -94,56 +93,31 @@ class _Segment:
         finally:
             os.close(fd)
         self._bytes = np.frombuffer(self.map, np.uint8)
-        self.base = self._bytes.ctypes.data
         self.generation = 0
         self._set_generation(0)
-        self.views: tuple[tuple, list[np.ndarray]] | None = None  # (layout, arrays) handed out by `views`
-        self.views_end = HEADER_BYTES  # where the arrays handed out by `views` end
 
     def _set_generation(self, generation: int) -> None:
         self.map[:HEADER.size] = HEADER.pack(MAGIC, self.token, generation, self.size - HEADER_BYTES)
 
-    def placed(self, a: np.ndarray) -> int | None:
-        """The offset of `a` if it already lies in this segment's data (a `views` array), else None."""
-        if not a.flags.c_contiguous:
-            return None
-        start = a.ctypes.data - self.base
-        return start if start >= HEADER_BYTES and start + a.nbytes <= self.size else None
-
-    def begin_write(self) -> None:
+    def write(self, arrays: list[np.ndarray]) -> list[SharedFrame]:
+        """Copy `arrays` into this segment, one after the other, and return references to them."""
         self._set_generation(0)  # readers that copy from now on see a changed generation and refuse
-
-    def write(self, arrays: list[np.ndarray], at: list[int | None]) -> list[SharedFrame]:
-        """References to `arrays` in this segment: those already in it (`at`, from `placed`: written
-        in place through `views`) stay where they are, the rest are copied in after them."""
-        self.begin_write()
         self.generation += 1
-        offset = self._free_from(arrays, at)
+        offset = HEADER_BYTES
         refs = []
-        for a, placed in zip(arrays, at, strict=True):
-            if placed is None:
-                a = np.ascontiguousarray(a)
-                self._bytes[offset : offset + a.nbytes] = a.reshape(-1).view(np.uint8)
-                placed, offset = offset, offset + _aligned(a.nbytes)
-            refs.append(SharedFrame(self.name, placed, a.dtype.str, tuple(a.shape), self.token, self.generation))
+        for a in arrays:
+            a = np.ascontiguousarray(a)
+            self._bytes[offset : offset + a.nbytes] = a.reshape(-1).view(np.uint8)
+            refs.append(SharedFrame(self.name, offset, a.dtype.str, tuple(a.shape), self.token, self.generation))
+            offset += _aligned(a.nbytes)
         self._set_generation(self.generation)
         return refs
-
-    def need(self, arrays: list[np.ndarray], at: list[int | None]) -> int:
-        """Data bytes `write(arrays, at)` needs: the placed arrays' extent plus room for the rest."""
-        return self._free_from(arrays, at) - HEADER_BYTES + sum(_aligned(a.nbytes) for a, o in
-                                                                zip(arrays, at, strict=True) if o is None)
-
-    def _free_from(self, arrays: list[np.ndarray], at: list[int | None]) -> int:
-        """Where copied arrays may go: after the placed ones and after every array `views` handed out."""
-        ends = [o + a.nbytes for a, o in zip(arrays, at, strict=True) if o is not None]
-        return _aligned(max(ends, default=self.views_end))
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.unlink(self.path)
-        self._bytes, self.views = None, None  # type: ignore[assignment]
-        with contextlib.suppress(BufferError, ValueError):  # views a simulator still holds keep the memory
+        self._bytes = None  # type: ignore[assignment]
+        with contextlib.suppress(BufferError, ValueError):  # arrays still exported keep the memory
             self.map.close()
 
 
@@ -153,10 +127,8 @@ class FrameArena:
     `externalize(rollout, obs)` returns the observation with every array of at least `min_bytes`
     replaced by a `SharedFrame` (maps are copied, arrays are not touched). The arrays are copied
     into the rollout's segment, which is created on first use and replaced by a larger one when an
-    observation outgrows it. `views(rollout, layout)` hands out arrays inside the segment for a
-    simulator to render into, and `externalize` then sends those without copying. `forget(rollout)`
-    and `close()` unlink segments; a process killed with SIGKILL leaves its segments behind
-    (`rm /dev/shm/rq-*` when no rollouts run).
+    observation outgrows it. `forget(rollout)` and `close()` unlink segments; a process killed with
+    SIGKILL leaves its segments behind (`rm /dev/shm/rq-*` when no rollouts run).
     """
 
     def __init__(self, directory: str = DEFAULT_DIR, min_bytes: int = MIN_BYTES) -> None:
@@ -175,40 +147,14 @@ class FrameArena:
         _collect(obs, self.min_bytes, big)
         if not big:
             return obs
+        need = sum(_aligned(a.nbytes) for a in big)
         with self._lock:
             seg = self._segments.get(rollout)
-            at = [seg.placed(a) for a in big] if seg is not None else [None] * len(big)
-            if seg is None or seg.size - HEADER_BYTES < seg.need(big, at):
-                seg, at = self._grow(rollout, seg, sum(_aligned(a.nbytes) for a in big)), [None] * len(big)
-            refs = seg.write(big, at)
+            if seg is None or seg.size - HEADER_BYTES < need:
+                seg = self._grow(rollout, seg, need)
+            refs = seg.write(big)
         by_id = {id(a): r for a, r in zip(big, refs, strict=True)}
         return _replace(obs, by_id)
-
-    def views(self, rollout: str, layout: dict[str, tuple[tuple[int, ...], Any]]) -> dict[str, np.ndarray]:
-        """Writable arrays inside the rollout's segment, one per `layout` entry (key -> (shape, dtype)).
-
-        For a simulator that renders straight into shared memory (e.g. MuJoCo's
-        `Renderer.render(out=...)`, or a GPU camera tensor copied to the host once): fill the
-        arrays, put them in the observation, and `externalize` sends references to them without
-        copying. Call it before every write: it marks the segment as being written (a worker
-        copying from it then refuses, as for any rewrite), and returns the same arrays while the
-        layout stays the same. Write only after the previous request's reply arrived.
-        """
-        spec = tuple((k, tuple(int(d) for d in shape), np.dtype(dt).str) for k, (shape, dt) in layout.items())
-        with self._lock:
-            seg = self._segments.get(rollout)
-            if seg is None or seg.views is None or seg.views[0] != spec:
-                need = sum(_aligned(int(np.prod(shape)) * np.dtype(dt).itemsize) for _, shape, dt in spec)
-                if seg is None or seg.size - HEADER_BYTES < need:
-                    seg = self._grow(rollout, seg, need)
-                arrays, offset = [], HEADER_BYTES
-                for _, shape, dt in spec:
-                    n = int(np.prod(shape)) * np.dtype(dt).itemsize
-                    arrays.append(seg._bytes[offset : offset + n].view(dt).reshape(shape))
-                    offset += _aligned(n)
-                seg.views, seg.views_end = (spec, arrays), offset
-            seg.begin_write()
-            return {k: a for (k, _, _), a in zip(spec, seg.views[1], strict=True)}
 
     def _grow(self, rollout: str, seg: _Segment | None, need: int) -> _Segment:
         if seg is not None:

@@ -39,24 +39,15 @@ class ClientSettings:
     check_finite: bool = True
     """Refuse an action chunk holding NaN or infinity (`PolicyErrorReply` with `bad_action`) before
     the simulator executes it."""
-    poll_ms: float = 0.0
-    """Wait for a reply by polling: sleep until shortly before the shortest of the rollout's last
-    round trips, then read without blocking for up to this long past it, then block as usual. The
-    simulator then skips the wake-ups of a blocked read (~1 ms on the H100 host) at the cost of a
-    core spinning for a few ms per step; a reply that comes sooner than the shortest recent round
-    trip waits for the sleep to end. 0: block (the default)."""
 
 
 @dataclass
 class BatchSettings:
-    """Triton-style dynamic batching: dispatch at `max_batch_size` or when the oldest waited `max_wait_ms`."""
+    """Cohort batching (`broker.batcher.CohortBatcher`): a batch goes when the rollouts that are due
+    back have all asked, or at `max_batch_size` rows; `max_wait_ms` is the first merge wait."""
 
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
-    dispatch: str = "cohort"
-    """`cohort`: wait for the active rollouts (closed loop; `broker.batcher.CohortBatcher`), with
-    `max_wait_ms` as the first merge wait; `deadline`: Triton's rule, full batch or oldest waited
-    `max_wait_ms` (`MicroBatcher`)."""
     max_inflight: int = 0
     """Requests a worker holds (read, not yet answered); 0 means 2 x max_batch_size. Keeping this
     bounded leaves the rest of the backlog in Redis for other replicas."""
@@ -75,14 +66,6 @@ class WorkerSettings:
     reply_ttl_s: int = 600
     """Reply streams expire this long after their last reply."""
     reply_maxlen: int = 64
-    reply_group: int = 16
-    """A batch's replies go out in pipelines of this many, each as soon as it is encoded, so the
-    first simulators step while the rest are encoded and written; 0 writes them in one pipeline."""
-    poll_ms: float = 0.0
-    """While the model is idle and waiting for rollouts that are due back (cohort dispatch), read
-    without blocking for up to this long after the last arrival, instead of a blocking XREADGROUP:
-    one core spins for a few ms a cycle and the requests skip the wake-ups of a blocked read and an
-    idle Redis. 0: always block (the default)."""
     claim_idle_ms: int = 60_000
     """Pending entries idle longer than this are re-claimed from a dead worker (must exceed the
     slowest batch)."""

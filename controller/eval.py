@@ -59,12 +59,12 @@ class EvalSettings:
     sim_resources: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources each simulator actor asks for (e.g. {"sim_node": 1}), so the pool lands on
     simulator nodes; the policy pool's own are `serve.resources`."""
-    external: bool = False
-    """No Ray: policy workers and simulators are separate processes (compose, other machines) that
-    attach to the same Redis. The controller only fills the sweep and collects its results."""
-    deploy_policy: bool = True
-    """False: a policy pool already serves on `redis.url` (`serve deploy`, policy-worker processes);
-    only the simulators run as Ray actors."""
+    mode: str = "embedded"
+    """`embedded`: a local Ray (or `address`), an embedded Redis unless `redis.url`, the policy deployed
+    on Ray Serve. `external`: no Ray; policy workers and simulators are separate processes (compose,
+    other machines) attached to `redis.url`, and the controller only fills the sweep and collects its
+    results. `attach`: a policy pool already serves on `redis.url` (`serve deploy`, policy-worker
+    processes); only the simulators run, as Ray actors."""
     redis_host: str = ""
     """Address the embedded redis-server binds to on a Ray cluster (default: the head node's IP)."""
     action_horizon: int = 0
@@ -87,6 +87,9 @@ class EvalSettings:
     ray_metrics: bool = True
     """Replicas and sims export metrics through Ray's metrics API (scraped from Ray's endpoint)."""
     mujoco_gl: str = "egl"
+    replica_env: list[str] = field(default_factory=list)
+    """Names of environment variables (e.g. HF_TOKEN) whose values the CLI copies from its shell into
+    `serve.env_vars`, so secrets stay out of configuration files."""
     redis: RedisSettings = field(default_factory=RedisSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
@@ -130,6 +133,20 @@ def _backend_options(s: EvalSettings) -> dict[str, Any]:
             shape[2] = shape[3] = int(size)
             opts["image_shape"] = shape
     return opts
+
+
+def _check_names(s: EvalSettings) -> None:
+    """Refuse a `--task` or `--backend` that names nothing importable here, before Ray starts."""
+    from policy_workers.backends import backend_class
+    from policy_workers.errors import PolicyWorkerError
+    from sim_workers.errors import SimWorkerError
+
+    try:
+        task_class(s.task)
+        if s.mode == "embedded":
+            backend_class(s.backend)
+    except (PolicyWorkerError, SimWorkerError) as e:
+        raise EvalFailed(str(e)) from None
 
 
 class _Live:
@@ -190,14 +207,16 @@ def run_eval(s: EvalSettings, console: Console | None = None) -> dict[str, Any]:
     s.run_id = s.run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     embedded: EmbeddedRedis | None = None
     started_ray = False
+    if s.mode != "external":
+        _check_names(s)  # outside the try: its finally would start a Ray to shut Serve down
     try:
-        if s.external:
+        if s.mode == "external":
             if s.redis.url is None:
-                raise EvalFailed("--external needs --redis-url: the policy workers and simulators must reach the "
-                                 "same Redis")
+                raise EvalFailed("--mode external needs --redis-url: the policy workers and simulators must reach "
+                                 "the same Redis")
             return asyncio.run(_drive(s, console, None, None))
-        if not s.deploy_policy and s.redis.url is None:
-            raise EvalFailed("--no-deploy needs --redis-url: the Redis the running policy pool serves from")
+        if s.mode == "attach" and s.redis.url is None:
+            raise EvalFailed("--mode attach needs --redis-url: the Redis the running policy pool serves from")
         env_vars = {"MUJOCO_GL": s.mujoco_gl, "PYOPENGL_PLATFORM": s.mujoco_gl, **s.serve.env_vars}
         if s.autoscale.enabled:
             a = s.autoscale
@@ -225,7 +244,7 @@ def run_eval(s: EvalSettings, console: Console | None = None) -> dict[str, Any]:
             embedded = _start_redis(s, ray)
             s.redis.url = embedded.url
             console.print(f"[dim]embedded redis-server on {embedded.url.split('@')[-1]}[/dim]")
-        if s.deploy_policy:
+        if s.mode == "embedded":
             serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
             worker = PolicyWorkerSettings(backend=s.backend, backend_options=_backend_options(s), redis=s.redis,
                                           worker=s.worker)
@@ -235,7 +254,7 @@ def run_eval(s: EvalSettings, console: Console | None = None) -> dict[str, Any]:
                 deploy(worker, s.serve, _metrics_factory("worker") if s.ray_metrics else None)
         return asyncio.run(_drive(s, console, ray, SimActor))
     finally:
-        if not s.external and s.deploy_policy:
+        if s.mode == "embedded":
             with contextlib.suppress(Exception):
                 serve.shutdown()
         if started_ray:

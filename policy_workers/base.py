@@ -50,17 +50,6 @@ class PolicyBackend(ABC):
     backend): the worker then calls it on its event loop, skipping the hop to the inference thread.
     Anything that runs a model must leave this False."""
 
-    stages: bool = False
-    """True when `stage` does real work. The worker then calls `stage(obs)` on the inference thread
-    as each request arrives (the requests of one read in one hand-over; the thread is idle while a
-    closed loop's next batch trickles in), and `infer` receives the staged items instead of the
-    observations."""
-
-    def stage(self, obs: Obs) -> Any:
-        """Per-request preparation ahead of batching (e.g. frames copied into page-locked memory).
-        Default: none."""
-        return obs
-
     @abstractmethod
     def load(self) -> None:
         """Load weights / build the model. Called once per replica, before serving."""

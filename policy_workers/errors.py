@@ -8,7 +8,11 @@ class PolicyWorkerError(Exception):
 
 
 class BackendNotFound(PolicyWorkerError):
-    """No backend module of that name."""
+    """No backend of that name (built-in, registered, or import path), or it names no backend."""
+
+
+class BackendUnavailable(PolicyWorkerError):
+    """A backend's module imports a package that is not installed (the message names the extra)."""
 
 
 class BackendLoadError(PolicyWorkerError):

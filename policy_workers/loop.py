@@ -17,6 +17,7 @@ from typing import Any
 from broker import PROTOCOL_VERSION
 from broker.connection import connect_async
 from broker.consumer import ConsumerMetrics, StreamConsumer
+from broker.handler import BatchHandler
 from broker.keys import Keys
 from broker.settings import RedisSettings, WorkerSettings
 from policy_workers.backends import make_backend
@@ -34,24 +35,17 @@ class PolicyWorkerSettings:
     backend_options: dict[str, Any] = field(default_factory=dict)
     redis: RedisSettings = field(default_factory=RedisSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
-    freeze_gc_after_load: bool = True
-    """After the backend loads, take every object so far (the model: ~390 k for the GR00T N1.7
-    network) out of the cyclic garbage collector's reach (`gc.freeze`). A full collection over
-    them takes ~80-100 ms, a stall that every request in flight would wait out."""
 
 
-class _Handler:
+class _Handler(BatchHandler):
     """Binds a backend to the consumer: schema check against its metadata, batched inference."""
 
     def __init__(self, backend: PolicyBackend, meta: PolicyMetadata) -> None:
         self.backend = backend
         self.inline = bool(getattr(backend, "runs_inline", False))
-        self.stages = bool(getattr(backend, "stages", False))  # the consumer ignores it for inline handlers
         self.schema = meta.observation_schema
         self.any_obs = bool(meta.extra.get("accepts_any_observation")) or not self.schema
         self.check = SchemaChecker(self.schema)
-        if callable(getattr(backend, "stage_many", None)):  # one read's requests staged together
-            self.stage_many = backend.stage_many
 
     def validate(self, obs: Any) -> str | None:
         if self.any_obs:
@@ -61,9 +55,6 @@ class _Handler:
     def rows(self, obs: Any) -> int:
         """Rows (rollouts) in a request: the leading dimension where the schema leaves it open."""
         return 1 if self.any_obs else self.check.rows(obs)
-
-    def stage(self, obs: Any) -> Any:
-        return self.backend.stage(obs)
 
     def infer(self, batch: list[Any]) -> list[Any]:
         return self.backend.infer(batch)
@@ -94,9 +85,10 @@ class PolicyWorker:
 
     def _load(self) -> None:
         self.backend.load()
-        if self.settings.freeze_gc_after_load:
-            gc.collect()
-            gc.freeze()
+        # Take the loaded model (~390 k objects for the GR00T N1.7 network) out of the cyclic garbage
+        # collector's reach: a full collection over it takes ~80-100 ms, a stall every request would wait out.
+        gc.collect()
+        gc.freeze()
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -109,7 +101,7 @@ class PolicyWorker:
         try:
             self.consumer = StreamConsumer(r, _Handler(self.backend, self.meta), self.settings.worker,
                                            self.keys, metrics=self.metrics)
-            await self.consumer._retrying(lambda: self.publish_metadata(r))
+            await self.consumer.retrying(lambda: self.publish_metadata(r))
             log.info("policy %s: worker %s serving %s (loaded in %.2fs)", self.settings.worker.policy,
                      self.consumer.worker_id, self.meta.model_id, self.load_time_s)
             await self.consumer.run(stop)

@@ -121,7 +121,7 @@ def deploy(worker: PolicyWorkerSettings, serve_settings: ServeSettings, metrics_
 
 
 _BUILD_ARGS = {"backend", "options", "policy", "namespace", "redis_url", "max_batch_size", "max_wait_ms",
-               "shards", "claim_idle_ms", "max_deliveries", "poll_ms", "replicas", "num_cpus", "num_gpus", "resources",
+               "shards", "claim_idle_ms", "max_deliveries", "replicas", "num_cpus", "num_gpus", "resources",
                "health_check_timeout_s"}
 
 
@@ -130,7 +130,7 @@ def build_app(args: dict[str, Any]) -> Any:
 
     `args` (the application's `args` in a Serve config file): backend, options (backend options),
     policy, namespace, redis_url (leave it out to read ROLLOUTQ_REDIS_URL on the replicas), max_batch_size,
-    max_wait_ms, shards, claim_idle_ms, max_deliveries, poll_ms; and defaults for the deployment's replicas,
+    max_wait_ms, shards, claim_idle_ms, max_deliveries; and defaults for the deployment's replicas,
     num_cpus, num_gpus, resources and health_check_timeout_s, which the config's `deployments:` section
     overrides.
     """
@@ -149,7 +149,6 @@ def build_app(args: dict[str, Any]) -> Any:
             shards=int(args.get("shards", 1)),
             claim_idle_ms=int(args.get("claim_idle_ms", 60_000)),
             max_deliveries=int(args.get("max_deliveries", 3)),
-            poll_ms=float(args.get("poll_ms", 0.0)),
             batch=BatchSettings(max_batch_size=int(args.get("max_batch_size", 32)),
                                 max_wait_ms=float(args.get("max_wait_ms", 5.0))),
         ),

@@ -21,5 +21,12 @@ if [ "${ROLLOUTQ_TEST_MJLAB:-0}" = 1 ]; then
   MUJOCO_GL="${MUJOCO_GL:-egl}" PYTHONPATH=. .venv-mjlab/bin/python -m pytest -q -p no:cacheprovider \
     tests/sim_workers/test_isaaclab_adapter.py
 fi
+# LIBERO needs mujoco<4, so its tests run from their own venv (~2 min install, ~80 s of tests);
+# ROLLOUTQ_TEST_LIBERO=0 skips them (docs/TASKS.md, "libero").
+if [ "${ROLLOUTQ_TEST_LIBERO:-1}" = 1 ]; then
+  bash scripts/install_libero.sh --vla-eval
+  MUJOCO_GL="${MUJOCO_GL:-egl}" PYTHONPATH=. .venv-libero/bin/python -m pytest -q -p no:cacheprovider \
+    tests/sim_workers/test_libero.py tests/sim_workers/test_libero_vla_eval.py
+fi
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 python -m pytest -q -p no:cacheprovider "$@"

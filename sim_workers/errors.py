@@ -8,7 +8,11 @@ class SimWorkerError(Exception):
 
 
 class TaskNotFound(SimWorkerError):
-    """No task or adapter module of that name."""
+    """No task of that name (built-in, registered, or import path), or it names no simulator adapter."""
+
+
+class TaskUnavailable(SimWorkerError):
+    """A task needs a package that is not installed (the message names the extra)."""
 
 
 class EpisodeAborted(SimWorkerError):

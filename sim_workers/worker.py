@@ -18,7 +18,6 @@ import logging
 import os
 import random
 import socket
-import sys
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from broker.keys import Keys
 from broker.settings import ClientSettings, RedisSettings
 from broker.sweep import SweepQueue
 from sim_workers.runner import EnvSlot, EpisodeRecord, run_episode
-from sim_workers.tasks import make_task, task_class
+from sim_workers.tasks import make_task, vector_class
 from sim_workers.vector import run_vector
 
 log = logging.getLogger("rolloutq.sim")
@@ -80,10 +79,9 @@ def task_kwargs(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def vector_adapter_class(task: str, options: dict[str, Any]) -> type | None:
-    """The task's `VectorAdapter` when the sweep should vectorise: the task option `vectorized`, else
-    the class's own `vectorize_by_default` (Isaac Lab: yes; gymnasium: no)."""
-    module = sys.modules[task_class(task).__module__]
-    cls = getattr(module, "VectorAdapter", None)
+    """The task's vectorised adapter when the sweep should vectorise: the task option `vectorized`,
+    else the class's own `vectorize_by_default` (Isaac Lab: yes; gymnasium: no)."""
+    cls = vector_class(task)
     if cls is None:
         return None
     return cls if options.get("vectorized", getattr(cls, "vectorize_by_default", False)) else None

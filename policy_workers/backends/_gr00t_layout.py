@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -153,20 +153,10 @@ def check_nested(nested: dict[str, dict[str, Any]], spec: ModalitySpec, where: s
 
 
 @dataclass
-class Staged:
-    """A request prepared ahead of its batch (`Backend.stage`): checked, and its frames copied into
-    page-locked slots (`pins`, one per video key, in spec order) where slots were free."""
-
-    nested: dict[str, dict[str, Any]]
-    size: int
-    pins: list[Any] = field(default_factory=list)
-
-
-@dataclass
 class VideoRows:
     """A batch's frames for one key, left where they are: (array, first row, count) runs in batch
-    order (runs of staging slots, or each request's view of its shared-memory segment). A captured
-    forward loads them by DMA; anything else copies them into one array."""
+    order (each request's view of its shared-memory segment). A captured forward loads them by DMA;
+    anything else copies them into one array."""
 
     runs: list[tuple[np.ndarray, int, int]]
     shape: tuple[int, ...]
@@ -185,7 +175,7 @@ def stack(nested_list: list[dict[str, dict[str, Any]]], spec: ModalitySpec, batc
 
     Frames of several requests go into `batch_buffer(key, shape, dtype)` where the policy has one
     (a reused, page-locked array: no fresh allocation per batch, an asynchronous copy to the GPU),
-    valid until the next call; a key in `video_rows` (frames staged in slots) is left there."""
+    valid until the next call; a key in `video_rows` (frames left in shared memory) is left there."""
     out: dict[str, dict[str, Any]] = {"video": {}, "state": {}, "language": {}}
     for mod in ("video", "state"):
         for key in spec.video if mod == "video" else spec.state:

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from policy_workers.backends._frame_slots import FrameSlots, MappedFrames, Pinned
-from policy_workers.backends._gr00t_layout import COPY_THREADS, ModalitySpec, VideoRows, synthetic_text_ids
+from policy_workers.backends._gr00t_layout import ModalitySpec, VideoRows, synthetic_text_ids
+from policy_workers.backends._mapped_frames import MappedFrames
 from policy_workers.backends._n17_graphs import Graphs, capture
 from policy_workers.backends._vision_attention import batch_vision_attention
 from policy_workers.backends.gr00t import RANDOM_LABEL
@@ -56,7 +56,6 @@ class N17RandomPolicy:
         cuda_graph_tokens: int = 160,
         cuda_graph_scope: str = "forward",
         batched_vision_attention: bool = True,
-        stage_slots: int = 256,
         register_shared_frames: bool = True,
     ) -> None:
         try:
@@ -92,8 +91,6 @@ class N17RandomPolicy:
         self._text_cache: dict[str, list[int]] = {}
         self._rope_cache: dict[tuple[int, int], np.ndarray] = {}
         self._host_buffers: dict[str, Any] = {}
-        self.stage_slots = stage_slots
-        self._slots: dict[str, FrameSlots] = {}
         self.mapped: MappedFrames | None = None
         if register_shared_frames and self.device.type == "cuda":
             cudart = torch.cuda.cudart()
@@ -112,7 +109,7 @@ class N17RandomPolicy:
             )
 
     # -- input preparation -----------------------------------------------------------------
-    def stage_video(self, video: np.ndarray, non_blocking: bool = False) -> Any:
+    def video_to_device(self, video: np.ndarray, non_blocking: bool = False) -> Any:
         """A batch's frames (B, T, H, W, 3) uint8 on the device (the eager path)."""
         with warnings.catch_warnings():  # read-only views (shared memory, Redis bytes): never written
             warnings.simplefilter("ignore", UserWarning)
@@ -130,32 +127,16 @@ class N17RandomPolicy:
         return buf[:n].numpy().view(dtype).reshape(shape)
 
     loads_video_rows = True
-    """The captured forward takes a batch's frames from where they are (`VideoRows`): staging
-    slots, or registered shared-memory segments."""
+    """The captured forward takes a batch's frames from where they are (`VideoRows`): registered
+    shared-memory segments."""
 
     def frames_loadable(self, frames: list[np.ndarray]) -> bool:
         """Whether the captured forward can copy each request's frames to the GPU from where they
         are: views of shared-memory segments, registered with CUDA (once per segment)."""
         return self.mapped is not None and self.mapped.all_registered(frames)
 
-    def pin_frames_many(self, key: str, frames: list[np.ndarray]) -> list[Pinned | None]:
-        """Each request's frames (1, T, H, W, 3) copied into a page-locked slot (None where all are
-        taken), by up to COPY_THREADS threads."""
-        if not frames:
-            return []
-        pool = self._slots.get(key)
-        if pool is None:
-            pinned = self.device.type == "cuda"
-
-            def alloc(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-                n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-                return self.torch.empty(n, dtype=self.torch.uint8, pin_memory=pinned).numpy().view(dtype).reshape(shape)
-
-            pool = self._slots[key] = FrameSlots(frames[0].shape[1:], frames[0].dtype, self.stage_slots, alloc)
-        return pool.take_many(frames, threads=COPY_THREADS)
-
     def _materialized(self, obs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """`obs` with staged `VideoRows` copied into the batch buffer (paths that need one array)."""
+        """`obs` with its `VideoRows` copied into the batch buffer (paths that need one array)."""
         if not any(isinstance(v, VideoRows) for v in obs["video"].values()):
             return obs
         video = {k: v.into(self.batch_buffer(k, v.shape, v.dtype)) if isinstance(v, VideoRows) else v
@@ -190,8 +171,8 @@ class N17RandomPolicy:
         return self.torch.tensor([[1, g, g]], device=self.device, dtype=self.torch.long).expand(images, 3).contiguous()
 
     def host_inputs(self, obs: dict[str, dict[str, Any]], pad_to: int = 0, layout: bool = False) -> dict[str, Any]:
-        """The batch's inputs before any copy to the device: video (numpy, or frames already staged on
-        the device), prompt ids / mask (B, L) int64, state (B, 1, 132) float32. With `layout`, also
+        """The batch's inputs before any copy to the device: video (numpy, or frames already on the
+        device), prompt ids / mask (B, L) int64, state (B, 1, 132) float32. With `layout`, also
         the Qwen3-VL M-RoPE positions (3, B, L) and the flat indices of the image tokens, which the
         captured forward takes as inputs instead of working them out on the host mid-forward."""
         spec = self.spec
@@ -262,7 +243,7 @@ class N17RandomPolicy:
     def device_inputs(self, host: dict[str, Any]) -> dict[str, Any]:
         torch = self.torch
         video = host["video"]
-        x = video if isinstance(video, torch.Tensor) else self.stage_video(video, non_blocking=True)
+        x = video if isinstance(video, torch.Tensor) else self.video_to_device(video, non_blocking=True)
         b, frames = video.shape[0], video.shape[1]
         return {
             "input_ids": torch.from_numpy(host["input_ids"]).to(self.device, non_blocking=True),
@@ -311,7 +292,7 @@ class N17RandomPolicy:
                 return g.run(inputs), g.tokens, f"captured {g.scope}", t1
             video = host["video"]
             if isinstance(video, VideoRows):
-                video = video.into(self.batch_buffer("staged", video.shape, video.dtype))
+                video = video.into(self.batch_buffer("video_rows", video.shape, video.dtype))
             inputs = self.device_inputs({**host, "video": video})
         else:
             inputs = self.prepare(obs)

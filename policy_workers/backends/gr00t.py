@@ -27,12 +27,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from policy_workers.backends._frame_slots import runs
 from policy_workers.backends._gr00t_layout import (
     KNOWN_SPECS,
     REAL_G1,
     ModalitySpec,
-    Staged,
     VideoRows,
     check_nested,
     split,
@@ -96,18 +94,10 @@ class Gr00tSettings:
     falling back to "head" if it disagrees); "head" captures only the action head."""
     cuda_graph_tokens: int = 160
     """n17-random: prompts are left-padded to this many tokens for the graphs; longer ones run eagerly."""
-    stage_requests: bool = False
-    """n17-random: copy each request's frames into a page-locked slot as it is read (`Backend.stage`,
-    on the inference thread while the event loop decodes the next requests), so a batch needs no
-    assembly copy: the captured forward loads the slots by DMA (`_frame_slots`)."""
     register_shared_frames: bool = True
     """n17-random on a GPU: register the simulators' shared-memory segments with CUDA (read-only,
     once each) so the captured forward copies each request's frames straight from them instead of
-    assembling the batch in one buffer first (`_frame_slots.MappedFrames`)."""
-    stage_slots: int = 256
-    """n17-random, with `stage_requests`: page-locked slots per video key (one request's frames
-    each; 256 REAL_G1 slots are 100 MB). When all are taken a request keeps its frames and its
-    batch copies them as usual."""
+    assembling the batch in one buffer first (`_mapped_frames.MappedFrames`)."""
     batched_vision_attention: bool = True
     """n17-random: run the vision tower's attention over all images in one call instead of
     transformers' per-image loop (checked against it at load; `_vision_attention`)."""
@@ -200,7 +190,6 @@ class Backend(PolicyBackend):
                 cuda_graph_tokens=s.cuda_graph_tokens,
                 cuda_graph_scope=s.cuda_graph_scope,
                 batched_vision_attention=s.batched_vision_attention,
-                stage_slots=s.stage_slots,
                 register_shared_frames=s.register_shared_frames,
             )
         else:
@@ -283,66 +272,17 @@ class Backend(PolicyBackend):
         )
 
     # -- inference -------------------------------------------------------------------------
-    @property
-    def stages(self) -> bool:  # type: ignore[override]
-        """Whether requests are staged as they arrive (n17-random can: page-locked frame slots)."""
-        return self.settings.stage_requests and callable(getattr(self.policy, "pin_frames_many", None))
-
-    def stage(self, obs: Obs) -> Staged:
-        """Check one observation and copy its frames into page-locked slots while the rest of its
-        batch arrives (`_frame_slots`); frames stay where they are if no slot is free."""
-        ok, value = self.stage_many([obs])[0]
-        if not ok:
-            raise value
-        return value
-
-    def stage_many(self, observations: list[Obs]) -> list[tuple[bool, Any]]:
-        """`stage` for the requests of one read, their frames copied by several threads at once;
-        (True, Staged) or (False, the error) per request."""
-        if self.policy is None:
-            raise BackendLoadError("gr00t backend: stage() before load()")
-        out: list[tuple[bool, Any]] = []
-        for obs in observations:
-            try:
-                nested = to_nested(obs, self.spec)
-                out.append((True, Staged(nested, check_nested(nested, self.spec))))
-            except Exception as e:
-                out.append((False, e))
-        single = [st for ok, st in out if ok and st.size == 1]
-        for key in self.spec.video:
-            pins = self.policy.pin_frames_many(key, [st.nested["video"][key] for st in single])  # type: ignore[union-attr]
-            for st, pinned in zip(single, pins, strict=True):
-                if pinned is not None:
-                    st.nested["video"][key] = pinned.array
-                    st.pins.append(pinned)
-        return out
-
-    def infer(self, batch: list[Obs | Staged]) -> list[Chunk]:
+    def infer(self, batch: list[Obs]) -> list[Chunk]:
         if self.policy is None:
             raise BackendLoadError("gr00t backend: infer() before load()")
-        chunks = self._infer(batch)
-        # get_action ended synchronised, so the frames are on the device: the slots are free again. A
-        # failed batch keeps them (its requests may be run again one by one); a request dropped
-        # unanswered gives them back when it is collected.
-        for obs in batch:
-            if isinstance(obs, Staged):
-                for pinned in obs.pins:
-                    pinned.release()
-        return chunks
-
-    def _infer(self, batch: list[Obs | Staged]) -> list[Chunk]:
         t0 = time.perf_counter()
         nested, sizes = [], []
         for i, obs in enumerate(batch):
-            if isinstance(obs, Staged):
-                nested.append(obs.nested)
-                sizes.append(obs.size)
-                continue
             n = to_nested(obs, self.spec)
             sizes.append(check_nested(n, self.spec, where=f"observation {i}"))
             nested.append(n)
         stacked = stack(nested, self.spec, batch_buffer=getattr(self.policy, "batch_buffer", None),
-                        video_rows=self._video_rows(batch, nested))
+                        video_rows=self._video_rows(nested))
         t1 = time.perf_counter()
         action, info = self.policy.get_action(stacked)
         t2 = time.perf_counter()
@@ -360,24 +300,19 @@ class Backend(PolicyBackend):
         }
         return chunks
 
-    def _video_rows(self, batch: list[Obs | Staged], nested: list[dict[str, dict[str, Any]]]) \
-            -> dict[str, VideoRows] | None:
-        """Where the policy loads frames itself (the captured forward), leave them where they are:
-        in staging slots when every request was staged, or in the simulators' shared-memory
-        segments when the policy could register them all. None: assemble one array as usual."""
-        if len(batch) < 2 or not getattr(self.policy, "loads_video_rows", False):
-            return None
-        staged = all(isinstance(o, Staged) and len(o.pins) == len(self.spec.video) for o in batch)
+    def _video_rows(self, nested: list[dict[str, dict[str, Any]]]) -> dict[str, VideoRows] | None:
+        """Where the policy loads frames itself (the captured forward) and could register the
+        simulators' shared-memory segments they are views of, leave them there, one run per
+        request. None: assemble one array as usual."""
         loadable = getattr(self.policy, "frames_loadable", None)
+        if len(nested) < 2 or not getattr(self.policy, "loads_video_rows", False) or loadable is None:
+            return None
         out = {}
-        for j, (key, shape) in enumerate(self.spec.video.items()):
-            if staged:
-                found = runs([o.pins[j] for o in batch])  # type: ignore[union-attr]
-            else:
-                frames = [n["video"][key] for n in nested]
-                found = [(f, 0, f.shape[0]) for f in frames] if loadable is not None and loadable(frames) else None
-            if found is None:
+        for key, shape in self.spec.video.items():
+            frames = [n["video"][key] for n in nested]
+            if not loadable(frames):
                 return None
+            found = [(f, 0, f.shape[0]) for f in frames]
             out[key] = VideoRows(found, (sum(n for _, _, n in found), *shape), found[0][0].dtype)
         return out
 

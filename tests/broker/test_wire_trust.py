@@ -285,12 +285,12 @@ def test_a_read_whose_answer_was_lost_is_taken_up_by_the_same_worker(redis_url):
         async with serving(redis_url, handler, claim_every_s=0.2, claim_idle_ms=60_000) as consumer:
             r = connect_async(RedisSettings(url=redis_url))
             request = Request("lost", 0, encode(_obs(5.0)), ttl_ms=30_000)
-            consumer._quarantine = True  # pause the worker's own reads for a moment
+            consumer.quarantine = True  # pause the worker's own reads for a moment
             await asyncio.sleep(0.1)
             await r.xadd(KEYS.requests("p", 0), request.to_fields())
             # the read the worker never saw the answer of: delivered to its consumer name
             await r.xreadgroup(GROUP, consumer.worker_id, {KEYS.requests("p", 0): ">"}, count=10)
-            consumer._quarantine = False
+            consumer.quarantine = False
             for _ in range(300):
                 if await r.xlen(KEYS.replies("p", "lost", 0)):
                     break

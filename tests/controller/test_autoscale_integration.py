@@ -191,8 +191,9 @@ def test_standalone_controller_command_scales_a_running_stack(env, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", "from controller.cli import app; app()", "controller",
          "--prometheus-url", env["stack"].prometheus_url, "--address", ray.get_runtime_context().gcs_address,
-         "--policy", POLICY, "--redis-url", env["redis_url"], "--min-replicas", "1", "--max-replicas", "3",
-         "--down-delay-s", "2", "--interval-s", "1", "--metrics-port", "-1", "--decisions-file", str(decisions)],
+         "--policy", POLICY, "--redis-url", env["redis_url"], "--set", "autoscale.policy.min_replicas=1",
+         "--set", "autoscale.policy.max_replicas=3", "--set", "autoscale.policy.down_delay_s=2",
+         "--set", "autoscale.interval_s=1", "--metrics-port", "-1", "--decisions-file", str(decisions)],
         env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
     try:
         deadline = time.monotonic() + 60

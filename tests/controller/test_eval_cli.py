@@ -1,11 +1,14 @@
 """`rolloutq eval --episodes 4` with the defaults (G1 pick-and-place, the shipped visuomotor checkpoint;
-embedded Redis, local Ray) writes a valid summary and the report's files."""
+embedded Redis, local Ray) writes a valid summary and the report's files; every run writes the
+configuration it ran to its folder, a file that runs it again."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
@@ -14,9 +17,10 @@ pytestmark = pytest.mark.slow
 
 def test_eval_with_defaults_writes_summary_and_report(tmp_path):
     out = tmp_path / "run"
+    config = tmp_path / "eval.toml"
+    config.write_text("progress = false\nvideo_episodes = 2\ntimeout_s = 400\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "controller", "eval", "--episodes", "4", "--out", str(out), "--no-progress",
-         "--video-episodes", "2", "--timeout-s", "400"],
+        [sys.executable, "-m", "controller", "eval", "--episodes", "4", "--out", str(out), "--config", str(config)],
         capture_output=True, text=True, timeout=500,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -42,3 +46,28 @@ def test_eval_with_defaults_writes_summary_and_report(tmp_path):
     report = (out / "report.md").read_text()
     assert "success_per_seed.png" in report and "videos/episode_0000.gif" in report
     assert f"report: {out / 'report.md'}" in proc.stderr.replace("\n", "")
+
+
+def test_every_run_writes_the_configuration_it_ran_next_to_its_summary(tmp_path):
+    out = tmp_path / "run"
+    config = tmp_path / "eval.yaml"
+    config.write_text("progress: false\nvideo_episodes: 0\ntimeout_s: 300\nworker: {batch: {max_wait_ms: 2.0}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOUTQ_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "controller", "eval", "--backend", "null", "--task", "reach", "--episodes", "2",
+         "--envs-per-sim", "2", "--task-option", "max_steps=24", "--out", str(out), "--config", str(config)],
+        capture_output=True, text=True, timeout=400, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = tomllib.loads((out / "config.toml").read_text())
+    assert [written[k] for k in ("backend", "task", "episodes", "envs_per_sim")] == ["null", "reach", 2, 2]
+    assert written["task_options"] == {"max_steps": 24} and written["worker"]["batch"]["max_wait_ms"] == 2.0
+    assert written["mode"] == "embedded" and "url" not in written["redis"]  # the embedded Redis is the run's own
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["episodes"] == 2 and summary["config"]["backend"] == "null"
+    assert summary["config"]["worker"]["batch"]["max_wait_ms"] == 2.0
+    # the written file runs the same evaluation again
+    again = subprocess.run([sys.executable, "-m", "controller", "config", "show", "--config", str(out / "config.toml")],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert again.returncode == 0, again.stderr
+    assert tomllib.loads(again.stdout) == written

@@ -93,8 +93,8 @@ def test_eval_cli_exits_with_the_verdict_after_printing_the_summary(tmp_path, mo
 
     monkeypatch.setattr("controller.eval.run_eval", fake_run_eval)
     runner = CliRunner()
-    got = runner.invoke(app, ["eval", "-n", "9", "--out", str(tmp_path), "--no-progress"])
+    got = runner.invoke(app, ["eval", "-n", "9", "--out", str(tmp_path)])
     assert got.exit_code == EXIT_SIM_ERRORS and seen["max_sim_errors"] == 0
     assert "outcomes: success 3" in got.output and "1 episode(s) ended in sim_error" in got.output
-    got = runner.invoke(app, ["eval", "-n", "9", "--out", str(tmp_path), "--no-progress", "--max-sim-errors", "1"])
+    got = runner.invoke(app, ["eval", "-n", "9", "--out", str(tmp_path), "--max-sim-errors", "1"])
     assert got.exit_code == EXIT_INCOMPLETE and seen["max_sim_errors"] == 1

@@ -3,7 +3,6 @@ accepts: parsed by click's own parser, with the service's environment, without r
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 
@@ -24,21 +23,12 @@ SERVICES = rolloutq_services(DOC)
 
 
 def _group(command: str):
-    """The click group that owns `command`: the main CLI, else a module that defines it on its
-    own Typer app until it is mounted there (monitoring.cli on the monitoring branch)."""
+    """The click group that owns `command` (every command is mounted on the main CLI)."""
     from controller.cli import app
 
     group = typer.main.get_command(app)
-    if command in group.commands:
-        return group
-    try:
-        module = importlib.import_module("monitoring.cli")
-    except ModuleNotFoundError:
-        pytest.skip(f"`rolloutq {command}` is not on this branch yet (monitoring work)")
-    other = typer.main.get_command(module.app)
-    if command not in other.commands:
-        pytest.skip(f"`rolloutq {command}` is not on this branch yet")
-    return other
+    assert command in group.commands, f"`rolloutq {command}` is not a command of the CLI"
+    return group
 
 
 def parse(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Context:
@@ -106,7 +96,33 @@ def test_exporter_port_is_the_one_compose_exposes(monkeypatch):
 def test_controller_writes_into_its_volume(monkeypatch):
     svc = DOC["services"]["controller"]
     ctx = parse(svc["command"], _env(svc), monkeypatch)
-    assert ctx.params["external"] is True
+    assert ctx.params["mode"].value == "external"
     mounts = [v.split(":")[1] for v in svc["volumes"]]
     assert any(str(ctx.params["out"]).startswith(m) for m in mounts)
-    assert re.fullmatch(r"[A-Za-z0-9_.-]+", ctx.params["run_id"])
+    assert re.fullmatch(r"[A-Za-z0-9_.-]+", ctx.params["run"])
+
+
+def test_controller_configuration_is_the_one_the_other_services_use(monkeypatch):
+    """The controller's flags, shown as the configuration they make: the policy and namespace that
+    the policy and sim services read from the same .env, and a long wait for the model to load."""
+    import tomllib
+
+    from typer.testing import CliRunner
+
+    from controller.cli import app
+
+    doc = load(env_for_tests(ROLLOUTQ_POLICY="g1", ROLLOUTQ_NAMESPACE="lab", ROLLOUTQ_TASK="reach"))
+    svc = doc["services"]["controller"]
+    assert svc["command"][:2] == ["rolloutq", "eval"]
+    for k in [k for k in os.environ if k.startswith("ROLLOUTQ_")]:
+        monkeypatch.delenv(k)
+    got = CliRunner().invoke(app, ["config", "show", *svc["command"][2:]], env=_env(svc))
+    assert got.exit_code == 0, got.output
+    config = tomllib.loads(got.stdout)
+    assert config["mode"] == "external" and config["task"] == "reach" and config["progress"] is False
+    assert config["policy"] == "g1" and config["redis"]["namespace"] == "lab"
+    assert config["serve"]["health_check_timeout_s"] >= 600
+    assert config["redis"]["url"].startswith("redis://controller:***@redis:6379/")
+    for name in ("policy-cpu", "sim"):
+        env = _env(doc["services"][name])
+        assert (env["ROLLOUTQ_NAMESPACE"], env.get("ROLLOUTQ_POLICY", "g1")) == ("lab", "g1"), name

@@ -120,10 +120,11 @@ def test_eval_places_policy_replicas_and_sims_by_their_resources(cluster):
     assert set(ids) == {"sim_node", "policy_node"} and ids["sim_node"] != ids["policy_node"]
     out = tmp / "out"
     cmd = [sys.executable, "-c", ENTRY, "eval", "--address", address,
-           "--policy-resources", '{"policy_node": 1}', "--sim-resources", '{"sim_node": 1}',
-           "--cpus-per-replica", "1", "--sim-cpus", "0.5", "--sims", "2", "--envs-per-sim", "1",
+           "--set", "serve.resources={policy_node = 1}", "--set", "sim_resources={sim_node = 1}",
+           "--set", "serve.num_cpus=1", "--set", "sim_num_cpus=0.5", "--sims", "2", "--envs-per-sim", "1",
            "--backend", "null", "--task", "reach", "--task-option", "image_size=64", "--task-option", "max_steps=24",
-           "--episodes", "2", "--video-episodes", "0", "--no-progress", "--timeout-s", "200", "--out", str(out)]
+           "--episodes", "2", "--set", "video_episodes=0", "--set", "progress=false", "--set", "timeout_s=200",
+           "--out", str(out)]
     got = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-5000:]
     summary = json.loads((out / "summary.json").read_text())

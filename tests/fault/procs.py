@@ -51,7 +51,7 @@ def worker(cfg: dict[str, Any]) -> None:
         worker=WorkerSettings(
             policy=cfg.get("policy", "p"), worker_id=cfg.get("worker_id", ""),
             claim_idle_ms=cfg.get("claim_idle_ms", 500), claim_every_s=cfg.get("claim_every_s", 0.2),
-            max_deliveries=cfg.get("max_deliveries", 3), stats_every_s=0.2, poll_ms=cfg.get("poll_ms", 0.0),
+            max_deliveries=cfg.get("max_deliveries", 3), stats_every_s=0.2,
             forget_after_s=cfg.get("forget_after_s", 120.0),
             batch=BatchSettings(max_batch_size=cfg.get("max_batch_size", 8), max_wait_ms=cfg.get("max_wait_ms", 2),
                                 max_inflight=cfg.get("max_inflight", 0))),

@@ -100,11 +100,9 @@ def test_episode_without_policy_is_infra_not_failure(redis_url):
 
 
 def test_client_backoff_is_bounded_and_jittered():
-    from broker.client import _Core
-    from broker.keys import Keys
+    from broker.client_core import backoff
 
-    core = _Core(Keys(), "p", ClientSettings(backoff_s=0.1), None, 1)
     for attempt in range(12):
-        values = {round(core.backoff(attempt), 6) for _ in range(50)}
+        values = {round(backoff(0.1, attempt), 6) for _ in range(50)}
         assert len(values) > 1  # jitter
         assert max(values) <= 0.1 * 2 ** min(attempt, 6) * 1.5  # bounded (cap at 2^6 x base)

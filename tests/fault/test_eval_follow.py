@@ -99,7 +99,7 @@ def _forge(url: str, run: str, stop: threading.Event) -> list[str]:
 def test_eval_rejects_malformed_and_forged_results_and_still_writes_its_summary(redis_url, spawn, tmp_path):
     """A result without `started_at` used to crash the controller after it had set `:stop`, with no
     summary written. Now every bad entry is rejected with one line per reason, counted in
-    summary.json, and the run ends normally; its keys go at once with --sweep-ttl-s 0."""
+    summary.json, and the run ends normally; its keys go at once with sweep_ttl_s=0."""
     run, episodes = "intake", 6
     w = spawn("worker", redis_url=redis_url, worker_id="w0", backend={"delay_s": 0.02})
     wait_worker(redis_url, "w0", proc=w)
@@ -109,7 +109,7 @@ def test_eval_rejects_malformed_and_forged_results_and_still_writes_its_summary(
     forger.start()
     out = io.StringIO()
     settings = EvalSettings(episodes=episodes, out=tmp_path / "out", task="reach", backend="null", policy="p",
-                            task_options={"image_size": 32, "max_steps": 60}, external=True, run_id=run,
+                            task_options={"image_size": 32, "max_steps": 60}, mode="external", run_id=run,
                             redis=RedisSettings(url=redis_url), progress=False, timeout_s=120, video_episodes=0,
                             sweep_ttl_s=0)
     try:
@@ -128,5 +128,5 @@ def test_eval_rejects_malformed_and_forged_results_and_still_writes_its_summary(
     for s in sims:
         assert s.wait(30) == 0, s.log()[-3000:]
     r = redis.Redis.from_url(redis_url)
-    assert r.exists(f"rq:sweep:{run}:results", f"rq:sweep:{run}:meta") == 0  # --sweep-ttl-s 0
+    assert r.exists(f"rq:sweep:{run}:results", f"rq:sweep:{run}:meta") == 0  # sweep_ttl_s=0
     assert r.exists(f"rq:sweep:{run}:stop") == 1

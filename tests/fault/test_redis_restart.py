@@ -77,16 +77,13 @@ def test_sweep_survives_redis_kill9_with_aof(aof_redis, spawn):
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("poll_ms", [0.0, 5.0], ids=["blocking", "polling"])
-def test_group_recreated_after_restart_without_persistence(tmp_path, spawn, poll_ms):
-    """Also with both ends polling (`poll_ms`): the worker's own reader connection and its client id
-    for CLIENT UNBLOCK come back with the new server."""
+def test_group_recreated_after_restart_without_persistence(tmp_path, spawn):
     data = tmp_path / "redis"
     data.mkdir()
     server = EmbeddedRedis(binary=redis_binary(), dir=str(data), appendonly=False).start()
     servers = [server]
     url = server.url
-    w = spawn("worker", redis_url=url, worker_id="w0", backend={"delay_s": 0.01}, poll_ms=poll_ms)
+    w = spawn("worker", redis_url=url, worker_id="w0", backend={"delay_s": 0.01})
     wait_worker(url, "w0", proc=w)
 
     def killer() -> None:
@@ -96,7 +93,7 @@ def test_group_recreated_after_restart_without_persistence(tmp_path, spawn, poll
     async def main():
         r = connect_async(RedisSettings(url=url))
         client = PolicyClient(r, "p", settings=ClientSettings(reply_timeout_s=1.0, deadline_s=30, max_resends=30,
-                                                              backoff_s=0.05, poll_ms=poll_ms))
+                                                              backoff_s=0.05))
 
         async def rollout(i: int) -> int:
             for seq in range(40):

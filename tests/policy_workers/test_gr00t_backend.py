@@ -101,29 +101,21 @@ def test_batch_is_one_get_action_and_splits_in_order(form):
         assert chunk["action.left_arm"][0, 0, 0] == m
 
 
-class StagingDouble(ContractDoubleGr00tPolicy):
-    """The contract double plus the staging hooks the n17-random policy has (TEST DOUBLE): frames
-    go into slots of a `FrameSlots` pool in ordinary memory, and `get_action` takes a batch whose
-    frames are all staged as `VideoRows` (as the captured forward does), copying them out itself."""
+class LoadingDouble(ContractDoubleGr00tPolicy):
+    """The contract double plus the frame-loading hooks the n17-random policy has (TEST DOUBLE):
+    frames that are views of shared-memory segments count as registered (there is no CUDA here),
+    and `get_action` takes a batch whose frames are left there as `VideoRows` (as the captured
+    forward does), copying them out itself."""
 
     loads_video_rows = True
 
-    def __init__(self, slots: int = 8) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.pool = None
         self.mapped = None
-        self.slots = slots
         self.rows_seen: list[list[tuple[int, int]]] = []
 
-    def pin_frames_many(self, key, frames):
-        from policy_workers.backends._frame_slots import FrameSlots
-
-        if self.pool is None and frames:
-            self.pool = FrameSlots(frames[0].shape[1:], frames[0].dtype, self.slots)
-        return self.pool.take_many(frames, threads=2) if frames else []
-
     def frames_loadable(self, frames):
-        from policy_workers.backends._frame_slots import MappedFrames
+        from policy_workers.backends._mapped_frames import MappedFrames
 
         if self.mapped is None:  # registering does nothing here: there is no CUDA
             self.mapped = MappedFrames(lambda ptr, size: True, lambda ptr: None)
@@ -141,61 +133,13 @@ class StagingDouble(ContractDoubleGr00tPolicy):
         return super().get_action({**observation, "video": video})
 
 
-def test_staged_requests_batch_like_raw_ones_and_give_their_slots_back():
-    off = Backend(policy_factory=lambda s: StagingDouble(), mode="gr00t", model_path="unused")
-    off.load()
-    assert not off.stages  # opt-in
-    double = StagingDouble()
-    b = Backend(policy_factory=lambda s: double, mode="gr00t", model_path="unused", stage_requests=True)
-    assert not b.stages  # before load: nothing to stage with
-    b.load()
-    assert b.stages
-    staged = [b.stage(f(m)) for f, m in ((flat_obs, 11), (nested_obs, 22), (flat_obs, 33))]
-    assert [s.pins[0].index for s in staged] == [0, 1, 2] and double.pool.in_use() == 3
-    assert staged[1].nested["video"]["ego_view"][0, 0, 0, 0, 0] == 22  # the slot holds the frames
-    chunks = b.infer([staged[0], flat_obs(44), staged[1], staged[2]])  # staged and raw mixed: copied as usual
-    assert [c["action.left_arm"][0, 0, 0] for c in chunks] == [11, 44, 22, 33]
-    assert double.rows_seen == [] and double.pool.in_use() == 0  # slots given back after the batch
-
-    # every request staged: the frames stay in their slots, in runs of adjacent slots (the ring wraps at 8)
-    staged = [b.stage(flat_obs(m)) for m in range(50, 57)]
-    chunks = b.infer(staged)
-    assert [c["action.left_arm"][0, 0, 0] for c in chunks] == list(range(50, 57))
-    assert double.rows_seen == [[(3, 5), (0, 2)]] and double.pool.in_use() == 0
-
-    # out of slots: a request keeps its own frames and the batch still comes out right
-    staged = [b.stage(flat_obs(m)) for m in range(60, 70)]
-    assert [len(s.pins) for s in staged] == [1] * 8 + [0, 0] and double.pool.exhausted_total == 2
-    chunks = b.infer(staged)
-    assert [c["action.left_arm"][0, 0, 0] for c in chunks] == list(range(60, 70)) and double.pool.in_use() == 0
-
-    # a failed batch keeps its slots (its requests may run again alone); a dropped request frees them
-    staged = [b.stage(flat_obs(m)) for m in (1, 2)]
-    double.get_action = lambda observation: (_ for _ in ()).throw(RuntimeError("CUDA error (test)"))
-    with pytest.raises(RuntimeError):
-        b.infer(staged)
-    assert double.pool.in_use() == 2
-    del staged
-    assert double.pool.in_use() == 0
-
-    with pytest.raises(SchemaMismatch):
-        b.stage({"video.ego_view": np.zeros((1, 2, 8, 8, 3), np.uint8)})
-    # one read's requests staged together: a bad one fails alone, the others get slots
-    done = b.stage_many([flat_obs(71), {"video.ego_view": np.zeros((1, 2, 8, 8, 3), np.uint8)}, flat_obs(72)])
-    assert [ok for ok, _ in done] == [True, False, True] and isinstance(done[1][1], SchemaMismatch)
-    assert [st.nested["video"]["ego_view"][0, 0, 0, 0, 0] for ok, st in done if ok] == [71, 72]
-    assert double.pool.in_use() == 2
-    plain, _ = backend()
-    assert not plain.stages  # a policy without pin_frames_many: requests are prepared in the batch
-
-
 def test_frames_in_shared_memory_reach_a_loading_policy_where_they_are():
     """Frames that are views of shared-memory segments go to a policy that loads frames itself as
     one run per request, not copied into one array; frames from Redis bytes are assembled."""
     from broker.codec import MsgpackNumpyCodec
     from broker.frames import FrameArena, FrameReader
 
-    double = StagingDouble()
+    double = LoadingDouble()
     b = Backend(policy_factory=lambda s: double, mode="gr00t", model_path="unused")
     b.load()
     reader, writer = MsgpackNumpyCodec(frames=FrameReader()), MsgpackNumpyCodec()
@@ -274,10 +218,11 @@ def test_schema_mismatch_says_what_is_wrong(mutate, message):
 
 
 def test_float64_state_is_converted():
-    b, _ = backend()
+    b, double = backend()
     o = flat_obs(1)
     o["state.left_arm"] = o["state.left_arm"].astype(np.float64)
-    b.infer([o])
+    (chunk,) = b.infer([o])  # the double refuses anything but float32 states
+    assert double.calls == [1] and chunk["action.left_arm"][0, 0, 0] == 1
 
 
 def test_metadata_publishes_real_g1_schema():
@@ -430,33 +375,14 @@ def test_n17_captured_forward_matches_eager_and_falls_back_outside_its_shapes():
     assert len(b.infer([flat_obs(0), flat_obs(1)])) == 2  # the backend's own path: 2 requests, padded to 4
     assert b.last_call["path"] == "captured forward"
 
-    # staged requests: frames in page-locked slots, loaded by the graph straight from them (in an
-    # order that makes three runs of slots), give what the same raw requests give
-    b.settings.stage_requests = True
-    assert b.stages
-    raw = [flat_obs(m, t) for m, t in ((7, "pick"), (8, "open the drawer"), (9, "wave"))]
-    staged = [b.stage(o) for o in raw]
-    assert all(s.pins and s.pins[0].array.ctypes.data for s in staged)
-    order = [2, 0, 1]
-    torch.manual_seed(5)
-    got = b.infer([staged[i] for i in order])
-    assert b.last_call["path"] == "captured forward"
-    torch.manual_seed(5)
-    want = b.infer([raw[i] for i in order])
-    for g, w in zip(got, want, strict=True):
-        for k in w:
-            if k != "info.note":
-                assert np.array_equal(g[k], w[k]), k
-    assert p._slots["ego_view"].in_use() == 0
-
     # frames in shared-memory segments, registered with CUDA: loaded by the graph from where they
     # are, and the same chunks as the same observations with their frames copied out
     from broker.codec import MsgpackNumpyCodec
     from broker.frames import FrameArena, FrameReader
 
-    b.settings.stage_requests = False
     reader, writer = MsgpackNumpyCodec(frames=FrameReader()), MsgpackNumpyCodec()
     arena = FrameArena()
+    raw = [flat_obs(m, t) for m, t in ((7, "pick"), (8, "open the drawer"), (9, "wave"))]
 
     def same_as_copied(observations: list) -> tuple[list, str, int]:
         """Chunks of `observations` (frames in segments) equal those of the same observations with

@@ -7,10 +7,9 @@ import gc
 from policy_workers.loop import PolicyWorker, PolicyWorkerSettings
 
 
-def test_worker_freezes_what_it_loaded_out_of_the_gc_unless_told_not_to():
+def test_worker_freezes_what_it_loaded_out_of_the_gc():
     gc.unfreeze()
     try:
-        PolicyWorker(PolicyWorkerSettings(backend="null", freeze_gc_after_load=False))._load()
         assert gc.get_freeze_count() == 0
         PolicyWorker(PolicyWorkerSettings(backend="null"))._load()
         assert gc.get_freeze_count() > 0  # everything alive after load: a full collection skips it

@@ -25,7 +25,7 @@ from tests.fault.sweep import sweep_config
 def test_result_of_a_lost_lease_is_refused_and_the_simulator_moves_on(redis_url, caplog):
     async def scenario() -> tuple[SimWorker, list]:
         redis = RedisSettings(url=redis_url)
-        worker = PolicyWorker(PolicyWorkerSettings(redis=redis, freeze_gc_after_load=False, worker=WorkerSettings(
+        worker = PolicyWorker(PolicyWorkerSettings(redis=redis, worker=WorkerSettings(
             policy="p", block_ms=20, batch=BatchSettings(max_batch_size=4, max_wait_ms=2))),
             backend=FaultBackend(delay_s=0.1))
         stop = asyncio.Event()

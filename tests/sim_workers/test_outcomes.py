@@ -92,7 +92,7 @@ class BrokenReach(Reach):
 
 
 def _worker(redis: RedisSettings, backend: FaultBackend, check_finite: bool = True) -> PolicyWorker:
-    return PolicyWorker(PolicyWorkerSettings(redis=redis, freeze_gc_after_load=False, worker=WorkerSettings(
+    return PolicyWorker(PolicyWorkerSettings(redis=redis, worker=WorkerSettings(
         policy="p", block_ms=20, check_finite=check_finite, batch=BatchSettings(max_batch_size=4, max_wait_ms=2))),
         backend=backend)
 

@@ -23,7 +23,7 @@ from tests.fault.sweep import sweep_config
 def test_drained_simulator_waits_for_a_dead_simulators_lease_and_runs_its_episode(redis_url):
     async def scenario() -> tuple[list[int], int]:
         redis = RedisSettings(url=redis_url)
-        worker = PolicyWorker(PolicyWorkerSettings(redis=redis, freeze_gc_after_load=False, worker=WorkerSettings(
+        worker = PolicyWorker(PolicyWorkerSettings(redis=redis, worker=WorkerSettings(
             policy="p", block_ms=20, batch=BatchSettings(max_batch_size=4, max_wait_ms=2))), backend=FaultBackend())
         stop = asyncio.Event()
         worker_task = asyncio.create_task(worker.run(stop))

@@ -1,0 +1,191 @@
+"""The `libero` task: the standard protocol's pure parts everywhere; with LIBERO installed (its own
+venv, scripts/install_libero.sh), a real env built offline, the benchmark's initial states, the
+180-degree images, rendering only on demand, and short episodes through a real redis-server and
+policy worker with two envs in one simulator process.
+
+Episodes are kept short (`max_steps`) and envs few: a LIBERO env takes ~8 s to build and ~1 GiB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from sim_workers.tasks.libero import schema
+from sim_workers.tasks.libero.protocol import (
+    MAX_STEPS,
+    EpisodeSlot,
+    binarize_gripper,
+    episode_slot,
+    quat_to_axis_angle,
+    rotate_180,
+)
+from sim_workers.tasks.libero.summary import format_table, per_task, wilson
+
+# --- the protocol, without a simulator ----------------------------------------------------------------
+
+
+def test_seeds_map_to_tasks_and_initial_states_deterministically():
+    ids = tuple(range(10))
+    assert [episode_slot(s, ids) for s in (0, 1, 9, 10, 499, 500)] == [
+        EpisodeSlot(0, 0), EpisodeSlot(1, 0), EpisodeSlot(9, 0), EpisodeSlot(0, 1), EpisodeSlot(9, 49),
+        EpisodeSlot(0, 0)]
+    assert [episode_slot(s, ids, "task-major") for s in (0, 49, 50, 499)] == [
+        EpisodeSlot(0, 0), EpisodeSlot(0, 49), EpisodeSlot(1, 0), EpisodeSlot(9, 49)]
+    for order in ("interleaved", "task-major"):  # the standard 500 episodes: every pair exactly once
+        assert len({episode_slot(s, ids, order) for s in range(500)}) == 500
+    assert episode_slot(3, (2, 7)) == EpisodeSlot(7, 1)
+    with pytest.raises(ValueError, match="unknown episode order"):
+        episode_slot(0, ids, "random")
+    assert MAX_STEPS == {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520,
+                         "libero_90": 400}
+
+
+def test_images_turn_half_round_gripper_binarises_and_quaternions_become_axis_angles():
+    img = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    np.testing.assert_array_equal(rotate_180(img), np.rot90(img, 2))
+    assert binarize_gripper(np.array([1, 2, 3, 4, 5, 6, -0.01])).tolist() == [1, 2, 3, 4, 5, 6, -1]
+    assert binarize_gripper(np.zeros(7))[-1] == 1.0  # 0 closes, as in every LIBERO harness
+    np.testing.assert_allclose(quat_to_axis_angle([0, 0, 0, 1]), [0, 0, 0])
+    half = np.sin(np.pi / 4)
+    np.testing.assert_allclose(quat_to_axis_angle([0, 0, half, half]), [0, 0, np.pi / 2])
+    chunk = {"action": np.tile(np.array([0.1, 0, 0, 0, 0, 0, 0.2], np.float32), (1, 8, 1))}
+    assert schema.action_from_chunk(chunk, 7).tolist() == pytest.approx([0.1, 0, 0, 0, 0, 0, 1])
+    with pytest.raises(KeyError, match="a LIBERO policy answers 'action'"):
+        schema.action_from_chunk({"left_arm": np.zeros((1, 8, 7))}, 0)
+
+
+def test_per_task_table_scores_only_scored_outcomes():
+    recs = [{"episode": e, "seed": e, "outcome": "success" if e % 2 == 0 else "failure"} for e in range(8)]
+    recs.append({"episode": 8, "seed": 8, "outcome": "infra"})
+    recs += [{"episode": 9, "seed": 9, "outcome": "sim_error", "attempt": 1},
+             {"episode": 9, "seed": 9, "outcome": "success", "attempt": 2}]
+    table = per_task(recs, (0, 1), "interleaved", {0: "pick", 1: "place"})
+    assert [(r.task_id, r.successes, r.episodes, r.unscored) for r in table.rows] == [(0, 4, 4, 1), (1, 1, 5, 0)]
+    assert table.successes == 5 and table.episodes == 9 and table.mean_task_rate == pytest.approx(0.6)
+    assert table.rows[0].success_ci95 == tuple(round(x, 4) for x in wilson(4, 4))
+    assert "suite: 5/9" in format_table(table) and "(+1 unscored)" in format_table(table)
+
+
+def test_the_task_is_found_without_libero_installed():
+    from sim_workers.tasks import available, task_class
+    from sim_workers.worker import vector_adapter_class
+
+    assert "libero" in available()
+    assert task_class("libero").layout["action_dims"] == {"action": 7}
+    assert vector_adapter_class("libero", {}).__name__ == "VectorAdapter"  # vectorised by default
+    assert vector_adapter_class("libero", {"vectorized": False}) is None
+
+
+def test_a_missing_libero_says_how_to_install_it():
+    try:
+        import libero.libero  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("LIBERO is installed here")
+    from sim_workers.tasks.libero.env import LiberoUnavailable, Suite
+
+    with pytest.raises(LiberoUnavailable, match="install_libero.sh"):
+        Suite("libero_spatial")
+
+
+# --- a real LIBERO env ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def no_network():
+    """Connections to anything but this host fail: the env must build from the installed wheels."""
+    real = socket.socket.connect
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None and host not in ("127.0.0.1", "::1", "localhost"):
+            raise OSError(f"test: network access to {address} refused")
+        return real(self, address)
+
+    socket.socket.connect = connect
+    try:
+        yield
+    finally:
+        socket.socket.connect = real
+
+
+@pytest.mark.slow
+class TestRealEnv:
+    @pytest.fixture(scope="class")
+    def env(self):
+        pytest.importorskip("libero.libero", reason="LIBERO is not installed in this interpreter: run "
+                            "scripts/install_libero.sh and this test with .venv-libero/bin/python")
+        from sim_workers.tasks.libero.env import LiberoEnv, Suite
+
+        with no_network():
+            t0 = time.perf_counter()
+            suite = Suite("libero_spatial")
+            env = LiberoEnv(suite, image_size=128, settle_steps=0)
+            env.reset(EpisodeSlot(0, 3))
+            print(f"\nlibero_spatial task 0: suite + env build + reset {time.perf_counter() - t0:.1f} s")
+        yield env
+        env.close()
+
+    def test_the_initial_state_is_the_benchmarks(self, env):
+        env.reset(EpisodeSlot(0, 3))  # settle_steps=0: the state right after the restore
+        states = env.suite.init_states(0)
+        assert states.shape[0] == 50
+        np.testing.assert_array_equal(env.sim_state(), states[3])
+        assert not np.array_equal(states[3], states[4])
+        assert env.builds == 1  # a reset of the same task reuses the scene
+
+    def test_the_first_image_is_rotated_and_rendering_on_demand_changes_nothing(self, env):
+        env.reset(EpisodeSlot(0, 3))
+        raw = env.observe()
+        obs = schema.build_observation(raw, "x")
+        assert obs["video.agentview"].shape == (1, 1, 128, 128, 3)
+        np.testing.assert_array_equal(obs["video.agentview"][0, 0], raw["agentview_image"][::-1, ::-1])
+        np.testing.assert_array_equal(obs["video.wrist"][0, 0], raw["robot0_eye_in_hand_image"][::-1, ::-1])
+        assert not np.array_equal(obs["video.agentview"][0, 0], raw["agentview_image"])
+
+        actions = [np.array([0.4, 0.2 * (-1) ** k, -0.3, 0, 0, 0.1, -1 if k < 4 else 1]) for k in range(8)]
+        ours = []
+        for a in actions:  # ours: robosuite samples, but the cameras render only in observe()
+            env.step(a)
+            ours.append(env.observe())
+        ours_state = env.sim_state()
+        env.reset(EpisodeSlot(0, 3))
+        robosuite = env._env.env
+        for name, sensor in env._cameras._real.items():  # robosuite's default: render at every sample
+            robosuite.modify_observable(name, "sensor", sensor)
+        theirs = [env._env.step(a)[0] for a in actions]
+        np.testing.assert_array_equal(ours_state, env.sim_state())
+        for k in (0, 3, 7):
+            for name in (*schema.CAMERAS.values(), "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"):
+                np.testing.assert_array_equal(ours[k][name], theirs[k][name], err_msg=f"step {k} {name}")
+        assert not np.array_equal(ours[0]["agentview_image"], ours[7]["agentview_image"])  # the arm moved
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_episodes_through_redis_two_envs_in_one_simulator_end_at_the_step_limit(redis_url):
+    pytest.importorskip("libero.libero", reason="LIBERO is not installed in this interpreter: run "
+                        "scripts/install_libero.sh and this test with .venv-libero/bin/python")
+    import asyncio
+
+    from tests.inprocess import run_sweep
+
+    t0 = time.perf_counter()
+    records = asyncio.run(run_sweep(
+        redis_url, "null", {"action_dims": {"action": 7}}, "libero",
+        {"suite": "libero_spatial", "tasks": [0, 1], "max_steps": 16, "image_size": 128},
+        seeds=[0, 1, 2], sims=1, envs=2, max_batch_size=4, max_wait_ms=200))
+    wall = time.perf_counter() - t0
+    stats = records.pop()["_worker"]
+    print(f"\n3 episodes x 16 steps on 2 envs in one process: {wall:.1f} s wall; worker batches {stats.get('batches')}")
+    assert sorted(r["seed"] for r in records) == [0, 1, 2]
+    for r in records:  # the zero chunk never solves the task: the step limit ends it, scored as a failure
+        assert (r["outcome"], r["reason"], r["steps"], r["policy_calls"]) == ("failure", "", 16, 2), r
+    assert max(b for r in records for b in r["batch_sizes"]) == 2  # both envs asked in one batch
+    assert len({r["sim"] for r in records}) == 1
