@@ -33,14 +33,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from broker.client import PolicyClient  # noqa: E402
-from broker.connection import connect_async  # noqa: E402
-from broker.embedded import EmbeddedRedis, free_port  # noqa: E402
-from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings  # noqa: E402
-from controller.autoscale import AutoscaleSettings, PolicyPoolSettings, SimPoolSettings  # noqa: E402
-from controller.control import Controller  # noqa: E402
-from controller.localstack import LocalStack  # noqa: E402
-from controller.pools import ServePolicyPool  # noqa: E402
+from rolloutq.broker.client import PolicyClient  # noqa: E402
+from rolloutq.broker.connection import connect_async  # noqa: E402
+from rolloutq.broker.embedded import EmbeddedRedis, free_port  # noqa: E402
+from rolloutq.broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings  # noqa: E402
+from rolloutq.controller.autoscale import AutoscaleSettings, PolicyPoolSettings, SimPoolSettings  # noqa: E402
+from rolloutq.controller.control import Controller  # noqa: E402
+from rolloutq.controller.localstack import LocalStack  # noqa: E402
+from rolloutq.controller.pools import ServePolicyPool  # noqa: E402
 
 POLICY = "bench"
 APP = "rolloutq-policy"
@@ -92,8 +92,8 @@ def _auto(url: str, a: argparse.Namespace) -> AutoscaleSettings:
 
 
 def step(a: argparse.Namespace) -> dict:
-    from policy_workers.loop import PolicyWorkerSettings
-    from policy_workers.serve import ServeSettings, deploy
+    from rolloutq.policy_workers.loop import PolicyWorkerSettings
+    from rolloutq.policy_workers.serve import ServeSettings, deploy
 
     env = Env(a.exporter_root)
     try:
@@ -185,8 +185,8 @@ async def _step(a, rs, ctl, pool, mu, ideal) -> dict:
 
 
 def sweep(a: argparse.Namespace) -> dict:
-    from controller.eval import EvalSettings, run_eval
-    from policy_workers.serve import ServeSettings
+    from rolloutq.controller.eval import EvalSettings, run_eval
+    from rolloutq.policy_workers.serve import ServeSettings
 
     env = Env(a.exporter_root)
     results = []

@@ -29,11 +29,11 @@ from fastapi.responses import Response
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from broker import real_g1  # noqa: E402
-from broker.client import PolicyClient  # noqa: E402
-from broker.connection import connect_async  # noqa: E402
-from broker.embedded import EmbeddedRedis, free_port  # noqa: E402
-from broker.settings import ClientSettings, RedisSettings  # noqa: E402
+from rolloutq.broker import real_g1  # noqa: E402
+from rolloutq.broker.client import PolicyClient  # noqa: E402
+from rolloutq.broker.connection import connect_async  # noqa: E402
+from rolloutq.broker.embedded import EmbeddedRedis, free_port  # noqa: E402
+from rolloutq.broker.settings import ClientSettings, RedisSettings  # noqa: E402
 
 
 def make_obs(kind: str) -> dict:

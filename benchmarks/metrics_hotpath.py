@@ -12,7 +12,7 @@ import argparse
 import statistics
 import time
 
-from monitoring.metrics import sim_metrics, worker_metrics
+from rolloutq.monitoring.metrics import sim_metrics, worker_metrics
 
 
 def time_calls(fn, n: int, repeats: int = 5) -> float:

@@ -1,8 +1,8 @@
 """Cost of metrics on the hot path, end to end: round-trip p50/p99 with metrics off and on, in
 the same run.
 
-A real `broker.consumer.StreamConsumer` (a handler that returns a fixed chunk: no model) serves
-K closed-loop rollouts driven by `broker.client.PolicyClient` against an embedded redis-server.
+A real `rolloutq.broker.consumer.StreamConsumer` (a handler that returns a fixed chunk: no model) serves
+K closed-loop rollouts driven by `rolloutq.broker.client.PolicyClient` against an embedded redis-server.
 Rounds alternate between metrics off (`NullWorkerMetrics`/`NullSimMetrics`) and on
 (prometheus_client recorders on both sides, as a worker and a simulator would have them), so
 that machine noise hits both alike; percentiles pool the rounds of each mode.
@@ -19,15 +19,14 @@ import time
 from typing import Any
 
 import numpy as np
-
-from broker.client import PolicyClient
-from broker.connection import connect_async
-from broker.consumer import StreamConsumer
-from broker.embedded import EmbeddedRedis
-from broker.handler import BatchHandler
-from broker.keys import Keys
-from broker.settings import BatchSettings, RedisSettings, WorkerSettings
-from monitoring.metrics import sim_metrics, worker_metrics
+from rolloutq.broker.client import PolicyClient
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.consumer import StreamConsumer
+from rolloutq.broker.embedded import EmbeddedRedis
+from rolloutq.broker.handler import BatchHandler
+from rolloutq.broker.keys import Keys
+from rolloutq.broker.settings import BatchSettings, RedisSettings, WorkerSettings
+from rolloutq.monitoring.metrics import sim_metrics, worker_metrics
 
 CHUNK = {"action": np.zeros((1, 40, 28), np.float32)}
 

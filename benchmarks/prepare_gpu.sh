@@ -23,10 +23,10 @@ if ! ls "$dir"/wheels/lerobot-0.6.1-*.whl >/dev/null 2>&1; then
     -d "$dir/wheels" "lerobot==0.6.1"
 fi
 rm -rf "$dir/code" && mkdir -p "$dir/code"
-(cd "$here" && git ls-files -z --cached --others --exclude-standard broker policy_workers sim_workers benchmarks tests pyproject.toml \
+(cd "$here" && git ls-files -z --cached --others --exclude-standard rolloutq broker policy_workers sim_workers controller monitoring benchmarks tests pyproject.toml \
   | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done | xargs -0 tar -cf - | tar -C "$dir/code" -xf -)
 # uncommitted edits of the same files travel too (the run should measure what is in the tree)
-(cd "$here" && git diff --name-only -- broker policy_workers sim_workers benchmarks tests | while read -r f; do [ -f "$f" ] && cp "$f" "$dir/code/$f"; done)
+(cd "$here" && git diff --name-only -- rolloutq broker policy_workers sim_workers controller monitoring benchmarks tests | while read -r f; do [ -f "$f" ] && cp "$f" "$dir/code/$f"; done)
 (cd "$here" && printf '{"revision": "%s", "dirty": %s}\n' "$(git rev-parse HEAD)" \
   "$([ -n "$(git status --porcelain --untracked-files=no)" ] && echo true || echo false)") > "$dir/code/REVISION"
 du -sh "$dir" "$dir"/* | sed 's/^/  /'

@@ -16,8 +16,7 @@ import time
 import psutil
 import ray
 from ray import serve
-
-from broker.embedded import free_port
+from rolloutq.broker.embedded import free_port
 
 
 def main() -> None:

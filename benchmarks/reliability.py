@@ -46,13 +46,14 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from broker.client import PolicyClient  # noqa: E402
-from broker.codec import CodecLimits, MsgpackNumpyCodec  # noqa: E402
-from broker.connection import connect_async  # noqa: E402
-from broker.embedded import EmbeddedRedis, free_port  # noqa: E402
-from broker.errors import CodecError  # noqa: E402
-from broker.schema import Reply  # noqa: E402
-from broker.settings import ClientSettings, RedisSettings  # noqa: E402
+from rolloutq.broker.client import PolicyClient  # noqa: E402
+from rolloutq.broker.codec import CodecLimits, MsgpackNumpyCodec  # noqa: E402
+from rolloutq.broker.connection import connect_async  # noqa: E402
+from rolloutq.broker.embedded import EmbeddedRedis, free_port  # noqa: E402
+from rolloutq.broker.errors import CodecError  # noqa: E402
+from rolloutq.broker.schema import Reply  # noqa: E402
+from rolloutq.broker.settings import ClientSettings, RedisSettings  # noqa: E402
+
 from tests.fault.conftest import REDIS7, Proc, wait_for, wait_worker  # noqa: E402
 
 LOGS = Path(tempfile.mkdtemp(prefix="rq-reliability-"))

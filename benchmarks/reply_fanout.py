@@ -5,7 +5,7 @@ worker's reply shape) plus the XACK/XDEL the worker sends, to K simulator proces
 XREAD on their reply streams, as a closed loop's batch end does. It reports, per batch, when
 Redis answered the writer's pipeline and when the first and the last simulator had its reply
 decoded (`Reply.from_fields` + the codec), for whole 40-step chunks and for the 8 steps a
-simulator executes. Each size runs twice, interleaved, against a redis-server started here (`broker.embedded`).
+simulator executes. Each size runs twice, interleaved, against a redis-server started here (`rolloutq.broker.embedded`).
 
     python benchmarks/reply_fanout.py [--sims 8] [--rows 8] [--batches 60] [--redis-server PATH]
 """
@@ -23,11 +23,10 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-
-from broker.codec import MsgpackNumpyCodec  # noqa: E402
-from broker.embedded import EmbeddedRedis, find_redis_server  # noqa: E402
-from broker.real_g1 import ACTION_DIMS  # noqa: E402
-from broker.schema import Reply, Status  # noqa: E402
+from rolloutq.broker.codec import MsgpackNumpyCodec  # noqa: E402
+from rolloutq.broker.embedded import EmbeddedRedis, find_redis_server  # noqa: E402
+from rolloutq.broker.real_g1 import ACTION_DIMS  # noqa: E402
+from rolloutq.broker.schema import Reply, Status  # noqa: E402
 
 
 def _chunk(rows: int, steps: int) -> dict[str, np.ndarray]:

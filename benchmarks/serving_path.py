@@ -6,7 +6,7 @@ worker's cost per request"). This times those steps on REAL_G1 observations (2x2
 7 state groups, text) and REAL_G1 action chunks (9 keys x 40 steps), 64 at a time:
 
 - accept: entry fields -> Request, observation decode (codec + shared-frame lookup), schema check,
-  and the worker's whole admission of each entry (`broker.admission.Admission.admit`); and the batch assembly that
+  and the worker's whole admission of each entry (`Admission.admit`); and the batch assembly that
   follows on the inference thread (64 frames from shared memory into one page-locked buffer)
   with 1, 4, 8 and 12 copy threads;
 - reply: cutting a (64, 40, 132) action batch into chunks, encoding them, reply fields, and the
@@ -37,21 +37,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from broker import real_g1  # noqa: E402
-from broker.admission import Admission  # noqa: E402
-from broker.batcher import signature  # noqa: E402
-from broker.codec import MsgpackNumpyCodec, _default  # noqa: E402
-from broker.connection import connect_async  # noqa: E402
-from broker.embedded import EmbeddedRedis  # noqa: E402
-from broker.frames import FrameArena, FrameReader  # noqa: E402
-from broker.jobs import Job  # noqa: E402
-from broker.keys import GROUP, Keys  # noqa: E402
-from broker.schema import Reply, Request, Status  # noqa: E402
-from broker.settings import BatchSettings, RedisSettings, WorkerSettings  # noqa: E402
-from policy_workers.backends._gr00t_layout import REAL_G1, _copy_rows, split  # noqa: E402
-from policy_workers.base import PolicyMetadata  # noqa: E402
-from policy_workers.batching import SchemaChecker, check_schema  # noqa: E402
-from policy_workers.loop import _Handler  # noqa: E402
+from rolloutq.broker import real_g1  # noqa: E402
+from rolloutq.broker.admission import Admission  # noqa: E402
+from rolloutq.broker.batcher import signature  # noqa: E402
+from rolloutq.broker.codec import MsgpackNumpyCodec, _default  # noqa: E402
+from rolloutq.broker.connection import connect_async  # noqa: E402
+from rolloutq.broker.embedded import EmbeddedRedis  # noqa: E402
+from rolloutq.broker.frames import FrameArena, FrameReader  # noqa: E402
+from rolloutq.broker.jobs import Job  # noqa: E402
+from rolloutq.broker.keys import GROUP, Keys  # noqa: E402
+from rolloutq.broker.schema import Reply, Request, Status  # noqa: E402
+from rolloutq.broker.settings import BatchSettings, RedisSettings, WorkerSettings  # noqa: E402
+from rolloutq.policy_workers.backends._gr00t_layout import REAL_G1, _copy_rows, split  # noqa: E402
+from rolloutq.policy_workers.base import PolicyMetadata  # noqa: E402
+from rolloutq.policy_workers.batching import SchemaChecker, check_schema  # noqa: E402
+from rolloutq.policy_workers.loop import _Handler  # noqa: E402
 
 B = 64
 

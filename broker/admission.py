@@ -14,13 +14,13 @@ import logging
 import re
 import time
 
-from broker.codec import Codec, first_non_finite
-from broker.errors import BrokerError, CodecError, ProtocolError, SharedFramesUnavailable
-from broker.handler import BatchHandler
-from broker.jobs import Answer, Job
-from broker.keys import Keys
-from broker.schema import Reply, Request, Status, peek_reply_fields
-from broker.settings import WorkerSettings
+from rolloutq.broker.codec import Codec, first_non_finite
+from rolloutq.broker.errors import BrokerError, CodecError, ProtocolError, SharedFramesUnavailable
+from rolloutq.broker.handler import BatchHandler
+from rolloutq.broker.jobs import Answer, Job
+from rolloutq.broker.keys import Keys
+from rolloutq.broker.schema import Reply, Request, Status, peek_reply_fields
+from rolloutq.broker.settings import WorkerSettings
 
 log = logging.getLogger("rolloutq.consumer")
 

@@ -18,14 +18,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from broker.admission import for_client, safe_message
-from broker.codec import Codec, first_non_finite
-from broker.errors import CodecError
-from broker.handler import BatchHandler
-from broker.jobs import Answer, Job
-from broker.middleware import Middleware
-from broker.schema import Status, first_steps
-from broker.settings import WorkerSettings
+from rolloutq.broker.admission import for_client, safe_message
+from rolloutq.broker.codec import Codec, first_non_finite
+from rolloutq.broker.errors import CodecError
+from rolloutq.broker.handler import BatchHandler
+from rolloutq.broker.jobs import Answer, Job
+from rolloutq.broker.middleware import Middleware
+from rolloutq.broker.schema import Status, first_steps
+from rolloutq.broker.settings import WorkerSettings
 
 log = logging.getLogger("rolloutq.consumer")
 

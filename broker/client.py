@@ -10,7 +10,7 @@ remaining deadline, and the first send's entry id, so a worker drops the resend 
 is still queued or held); after `deadline_s` its entries are deleted (cancel) and the call fails
 with `PolicyTimeout`.
 
-Those rules live in `broker.client_core.Exchange`, which does no I/O; the two clients here only run
+Those rules live in `rolloutq.broker.client_core.Exchange`, which does no I/O; the two clients here only run
 its steps against Redis and sleep where it says: `PolicyClient` with asyncio, `SyncPolicyClient`
 for code without an event loop.
 """
@@ -27,16 +27,15 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
-
-from broker import PROTOCOL_VERSION
-from broker.client_chunker import ActionChunker
-from broker.client_core import ActResult, Call, Done, Exchange, Lookup, Pause, RolloutCursor, SendAndRead, Step
-from broker.codec import Codec, MsgpackNumpyCodec
-from broker.connection import REDIS_DOWN
-from broker.errors import BrokerError, PolicyTimeout, ProtocolError
-from broker.frames import FrameArena
-from broker.keys import Keys, check_name, shard_of
-from broker.settings import ClientSettings
+from rolloutq.broker import PROTOCOL_VERSION
+from rolloutq.broker.client_chunker import ActionChunker
+from rolloutq.broker.client_core import ActResult, Call, Done, Exchange, Lookup, Pause, RolloutCursor, SendAndRead, Step
+from rolloutq.broker.codec import Codec, MsgpackNumpyCodec
+from rolloutq.broker.connection import REDIS_DOWN
+from rolloutq.broker.errors import BrokerError, PolicyTimeout, ProtocolError
+from rolloutq.broker.frames import FrameArena
+from rolloutq.broker.keys import Keys, check_name, shard_of
+from rolloutq.broker.settings import ClientSettings
 
 __all__ = ["ActResult", "ActionChunker", "PolicyClient", "SyncPolicyClient", "check_protocol", "fetch_metadata"]
 

@@ -6,7 +6,7 @@ it says what to do next: find where fresh rollouts' reply streams end (`Lookup`)
 (`Pause`), or stop (`Done`: every call's result, and the sends of abandoned calls to delete).
 The driver runs that step against Redis and hands back what Redis returned (`took`) or that it
 could not be reached (`failed`). Nothing here touches Redis, sleeps or reads a clock, so the async
-and the sync client (`broker.client`) share these rules and a test can walk through them alone.
+and the sync client (`rolloutq.broker.client`) share these rules and a test can walk through them alone.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from broker.codec import first_non_finite
-from broker.errors import BrokerError, PolicyErrorReply, PolicyTimeout, ProtocolError, RedisUnavailable
-from broker.schema import RETRYABLE, Reply, Request, Status
-from broker.settings import ClientSettings
+from rolloutq.broker.codec import first_non_finite
+from rolloutq.broker.errors import BrokerError, PolicyErrorReply, PolicyTimeout, ProtocolError, RedisUnavailable
+from rolloutq.broker.schema import RETRYABLE, Reply, Request, Status
+from rolloutq.broker.settings import ClientSettings
 
 MAX_BLOCK_S = 2.0
 """One blocking XREAD never outlasts this (well under RedisSettings.socket_timeout_s), so a read timeout

@@ -8,7 +8,7 @@ also accepts openpi's layout (`{"__ndarray__": True, "dtype", "shape", "data"}`)
 msgpack-numpy's own decoder unpickles object arrays, so we never call it: the decode hook here is
 strict (dtype allow-list, shape x itemsize == byte length, caps on size, array count, container
 count and depth) and returns read-only arrays that share memory with the received bytes.
-An array may also travel as a reference into a shared-memory segment (`broker.frames`), which
+An array may also travel as a reference into a shared-memory segment (`rolloutq.broker.frames`), which
 only a decoder given a `FrameReader` resolves.
 """
 
@@ -21,9 +21,8 @@ from typing import Any, Protocol
 
 import msgpack
 import numpy as np
-
-from broker.errors import CodecError, SharedFramesUnavailable
-from broker.frames import FrameReader, SharedFrame, is_frame_map
+from rolloutq.broker.errors import CodecError, SharedFramesUnavailable
+from rolloutq.broker.frames import FrameReader, SharedFrame, is_frame_map
 
 # Little-endian (or byte-order-free) bool, signed/unsigned ints and floats only.
 _DTYPE = re.compile(r"^(\|b1|\|[iu]1|[<|=]?[iu][248]|[<|=]?f[248]|\?)$")
@@ -355,7 +354,7 @@ class MsgpackNumpyCodec:
     """The default codec: msgpack with msgpack-numpy's array layout, decoded strictly.
 
     With a `FrameReader` (policy workers) it also resolves shared-memory frame references
-    (`broker.frames`); without one such a reference is refused.
+    (`rolloutq.broker.frames`); without one such a reference is refused.
     """
 
     def __init__(self, limits: CodecLimits | None = None, frames: FrameReader | None = None) -> None:

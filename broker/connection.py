@@ -7,8 +7,7 @@ import redis.asyncio as aredis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from broker.settings import RedisSettings
+from rolloutq.broker.settings import RedisSettings
 
 REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 """What a Redis call raises while the server is unreachable or restarting: wait and retry."""

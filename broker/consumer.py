@@ -15,7 +15,7 @@ which share one event loop:
 - the stats task publishes a JSON snapshot to the worker-stats hash for `rolloutq top`, the
   exporter and the controller.
 
-Cross-cutting parts (deadlines, accounting) are `broker.middleware` hooks.
+Cross-cutting parts (deadlines, accounting) are `rolloutq.broker.middleware` hooks.
 """
 
 from __future__ import annotations
@@ -31,22 +31,21 @@ from typing import Any
 
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
-
-from broker.admission import Admission
-from broker.batch_runner import BatchRunner
-from broker.batcher import CohortBatcher, signature
-from broker.codec import Codec, MsgpackNumpyCodec
-from broker.connection import REDIS_DOWN
-from broker.frames import FrameReader
-from broker.handler import BatchHandler
-from broker.jobs import Answer, Job
-from broker.keys import GROUP, Keys
-from broker.middleware import Accounting, Deadlines, Middleware
-from broker.reclaimer import Reclaimer
-from broker.reply_writer import ReplyWriter
-from broker.schema import Status, peek_reply_fields
-from broker.settings import WorkerSettings
-from broker.worker_stats import ConsumerMetrics, NoMetrics, WorkerStats, default_worker_id
+from rolloutq.broker.admission import Admission
+from rolloutq.broker.batch_runner import BatchRunner
+from rolloutq.broker.batcher import CohortBatcher, signature
+from rolloutq.broker.codec import Codec, MsgpackNumpyCodec
+from rolloutq.broker.connection import REDIS_DOWN
+from rolloutq.broker.frames import FrameReader
+from rolloutq.broker.handler import BatchHandler
+from rolloutq.broker.jobs import Answer, Job
+from rolloutq.broker.keys import GROUP, Keys
+from rolloutq.broker.middleware import Accounting, Deadlines, Middleware
+from rolloutq.broker.reclaimer import Reclaimer
+from rolloutq.broker.reply_writer import ReplyWriter
+from rolloutq.broker.schema import Status, peek_reply_fields
+from rolloutq.broker.settings import WorkerSettings
+from rolloutq.broker.worker_stats import ConsumerMetrics, NoMetrics, WorkerStats, default_worker_id
 
 __all__ = ["BatchHandler", "ConsumerMetrics", "Job", "StreamConsumer", "WorkerStats", "default_worker_id"]
 

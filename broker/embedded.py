@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker.errors import RedisUnavailable
+from rolloutq.broker.errors import RedisUnavailable
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -38,8 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from broker.errors import CodecError, SharedFramesUnavailable
+from rolloutq.broker.errors import CodecError, SharedFramesUnavailable
 
 MAGIC = b"RQFRAME1"
 HEADER = struct.Struct("<8s16sQQ")  # magic, token, generation, data bytes

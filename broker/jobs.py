@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from broker.schema import Reply, Request, Status
+from rolloutq.broker.schema import Reply, Request, Status
 
 DEAD_LETTERED = frozenset({Status.DEAD_LETTER, Status.BAD_REQUEST, Status.INFERENCE_FAILED})
 """Statuses whose request is also copied to the dead-letter stream, for the operator."""

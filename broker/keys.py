@@ -13,7 +13,7 @@ import re
 import zlib
 from dataclasses import dataclass
 
-from broker.errors import ProtocolError
+from rolloutq.broker.errors import ProtocolError
 
 GROUP = "workers"
 """Consumer group every policy worker of a policy joins on its request streams."""

@@ -4,16 +4,16 @@ The worker calls every middleware at three points: before a batch runs (`before_
 requests out of it and answer them instead), after each answer is decided (`after_answer`) and
 after a batch ran (`after_batch`). Deadlines and accounting (the stats snapshot and the metrics
 hooks) live here instead of inside the serving loop; which answers are dead-lettered is a property
-of the answer itself (`broker.jobs.Answer.dead_letter`).
+of the answer itself (`rolloutq.broker.jobs.Answer.dead_letter`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from broker.jobs import Answer, Job
-from broker.schema import Status
-from broker.worker_stats import ConsumerMetrics, WorkerStats
+from rolloutq.broker.jobs import Answer, Job
+from rolloutq.broker.schema import Status
+from rolloutq.broker.worker_stats import ConsumerMetrics, WorkerStats
 
 
 class Middleware:

@@ -18,12 +18,11 @@ import logging
 from typing import TYPE_CHECKING
 
 from redis.exceptions import ResponseError
-
-from broker.connection import REDIS_DOWN
-from broker.keys import GROUP
+from rolloutq.broker.connection import REDIS_DOWN
+from rolloutq.broker.keys import GROUP
 
 if TYPE_CHECKING:
-    from broker.consumer import StreamConsumer
+    from rolloutq.broker.consumer import StreamConsumer
 
 log = logging.getLogger("rolloutq.consumer")
 

@@ -15,11 +15,10 @@ from typing import Any
 
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
-
-from broker.connection import REDIS_DOWN
-from broker.jobs import Answer
-from broker.keys import GROUP, Keys
-from broker.settings import WorkerSettings
+from rolloutq.broker.connection import REDIS_DOWN
+from rolloutq.broker.jobs import Answer
+from rolloutq.broker.keys import GROUP, Keys
+from rolloutq.broker.settings import WorkerSettings
 
 log = logging.getLogger("rolloutq.consumer")
 

@@ -2,7 +2,7 @@
 
 Stream entries are flat maps of byte strings. Numbers travel as decimal ASCII so that any
 language (or `redis-cli`) can read them; the observation and the action chunk travel as one
-msgpack value each (see `broker.codec`). docs/PROTOCOL.md is the normative description.
+msgpack value each (see `rolloutq.broker.codec`). docs/PROTOCOL.md is the normative description.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from broker import PROTOCOL_VERSION
-from broker.errors import ProtocolError
-from broker.keys import check_name
+from rolloutq.broker import PROTOCOL_VERSION
+from rolloutq.broker.errors import ProtocolError
+from rolloutq.broker.keys import check_name
 
 
 class Status(StrEnum):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class RedisSettings:
-    """Where Redis is. `url=None` means: start an embedded redis-server (see `broker.embedded`)."""
+    """Where Redis is. `url=None` means: start an embedded redis-server (see `rolloutq.broker.embedded`)."""
 
     url: str | None = None
     namespace: str = "rq"
@@ -33,7 +33,7 @@ class ClientSettings:
     """Base delay before a resend after a retryable error reply (doubled each time, with jitter)."""
     shared_frames: bool = False
     """Send arrays of 64 KiB and more (camera frames) through shared memory instead of Redis
-    (`broker.frames`). Only for simulators on the policy workers' host (same /dev/shm, same user);
+    (`rolloutq.broker.frames`). Only for simulators on the policy workers' host (same /dev/shm, same user);
     a worker that cannot reach the segment answers `frames_unavailable`."""
     frames_dir: str = "/dev/shm"
     check_finite: bool = True
@@ -43,7 +43,7 @@ class ClientSettings:
 
 @dataclass
 class BatchSettings:
-    """Cohort batching (`broker.batcher.CohortBatcher`): a batch goes when the rollouts that are due
+    """Cohort batching (`rolloutq.broker.batcher.CohortBatcher`): a batch goes when the rollouts that are due
     back have all asked, or at `max_batch_size` rows; `max_wait_ms` is the first merge wait."""
 
     max_batch_size: int = 32
@@ -83,6 +83,6 @@ class WorkerSettings:
     policy outputs with them `bad_action` instead of sending them."""
     validate_schema: bool = True
     shared_frames: bool = True
-    """Accept observations whose large arrays are in shared memory (`broker.frames`); simulators
+    """Accept observations whose large arrays are in shared memory (`rolloutq.broker.frames`); simulators
     opt in per client, and a worker on another host answers them `frames_unavailable`."""
     frames_dir: str = "/dev/shm"

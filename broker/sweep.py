@@ -7,11 +7,11 @@ adding a result record and dropping the lease in one step. The controller hands 
 finish are Lua scripts, so no episode is lost between two commands.
 
 Each spec the controller pushes carries a lease token only the controller can mint
-(`controller.intake`). Taking an episode keeps only the token's SHA-1 in the lease, so a simulator
+(`rolloutq.controller.intake`). Taking an episode keeps only the token's SHA-1 in the lease, so a simulator
 that reads the leases learns no token; finishing needs the token of a lease that is still there.
 Redis runs the scripts under the caller's ACL user, so what they do stays within what the `sim`
 role may do (deploy/redis/users.acl.in); the controller's own checks are the last word
-(`controller.intake.ResultIntake`).
+(`rolloutq.controller.intake.ResultIntake`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 from redis.exceptions import NoScriptError
-
-from broker.keys import Keys
+from rolloutq.broker.keys import Keys
 
 # Specs pushed by anyone allowed to LPUSH the list are checked before a lease is made: a spec that is
 # not a JSON object with numeric episode and seed is dropped (at most 64 per call), so garbage on the
@@ -177,7 +176,7 @@ class EpisodeSpec:
 
 @dataclass
 class ResultEntry:
-    """One entry of the results stream as written, nothing trusted yet (`controller.intake` checks it)."""
+    """One entry of the results stream as written, nothing trusted yet (`rolloutq.controller.intake` checks it)."""
 
     entry_id: bytes
     record: Any

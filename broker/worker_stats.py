@@ -1,7 +1,7 @@
 """What a policy worker counts and reports: its stats snapshot (for `rolloutq top`, the exporter
 and the controller, through the worker-stats hash) and the metrics hooks the consumer calls.
 
-Kept apart from `broker.consumer` so that readers of the numbers need not read the serving loop.
+Kept apart from `rolloutq.broker.consumer` so that readers of the numbers need not read the serving loop.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 
 class ConsumerMetrics(Protocol):
-    """What the consumer reports per batch and per reply (`monitoring.metrics.WorkerMetrics`)."""
+    """What the consumer reports per batch and per reply (`rolloutq.monitoring.metrics.WorkerMetrics`)."""
 
     def on_batch(self, size: int, queue_s: list[float], infer_s: float, decode_s: float, encode_s: float) -> None: ...
 

@@ -1,5 +1,5 @@
-"""`python -m controller` is `rolloutq`."""
+"""`python -m rolloutq.controller` is `rolloutq`."""
 
-from controller.cli import app
+from rolloutq.controller.cli import app
 
 app()

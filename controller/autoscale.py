@@ -70,7 +70,7 @@ class AutoscaleSettings:
     enabled: bool = False
     interval_s: float = 2.0
     prometheus_url: str | None = None
-    """None (eval only): start a local exporter + Prometheus (controller.localstack)."""
+    """None (eval only): start a local exporter + Prometheus (rolloutq.controller.localstack)."""
     exporter_root: str | None = None
     """Checkout holding monitoring/exporter.py, for the local exporter (default: this one)."""
     prometheus_timeout_s: float = 2.0

@@ -1,9 +1,9 @@
 """The `rolloutq` command line: the only place that reads flags and environment variables.
 
-Every command reads one configuration file (`--config`, see `controller.config`) with a few flags
+Every command reads one configuration file (`--config`, see `rolloutq.controller.config`) with a few flags
 over it, builds its settings dataclasses here and passes them down. `eval`, `config show` and
-`controller` live here; the one-process commands in `controller.cli_workers`, the monitoring
-commands in `monitoring.cli`.
+`controller` live here; the one-process commands in `rolloutq.controller.cli_workers`, the monitoring
+commands in `rolloutq.monitoring.cli`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-
-from controller.cli_shared import (
+from rolloutq.controller.cli_shared import (
     BACKEND_OPTION,
     CONFIG,
     LOCAL_REDIS,
@@ -36,9 +35,9 @@ from controller.cli_shared import (
     run_until_signal,
     setup,
 )
-from controller.config import Mode, parse_options
-from policy_workers.backends import names_help as backend_names
-from sim_workers.tasks import names_help as task_names
+from rolloutq.controller.config import Mode, parse_options
+from rolloutq.policy_workers.backends import names_help as backend_names
+from rolloutq.sim_workers.tasks import names_help as task_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="rolloutq: closed-loop evaluation of robot policies against simulators over Redis "
@@ -117,7 +116,7 @@ def _with_eval_flags(command: Callable[[EvalFlags], None]) -> Callable[..., None
 
 
 def _eval_settings(flags: EvalFlags) -> Any:
-    from controller.config import eval_settings
+    from rolloutq.controller.config import eval_settings
 
     return checked(lambda: eval_settings(flags.config, flags.overrides))
 
@@ -131,14 +130,14 @@ def eval_cmd(flags: EvalFlags) -> None:
     2 a wrong flag or configuration (nothing ran), or episodes lost to infrastructure;
     3 more episodes ended in sim_error than --max-sim-errors (results are written for 2 and 3).
     """
-    from controller.config import replica_env, to_toml
+    from rolloutq.controller.config import replica_env, to_toml
 
     settings = _eval_settings(flags)
     settings.serve.env_vars = checked(lambda: replica_env(settings.replica_env, os.environ))
     setup(settings.verbose, settings.mujoco_gl)
-    from controller.errors import ControllerError
-    from controller.eval import run_eval
-    from controller.results import human_summary, verdict
+    from rolloutq.controller.errors import ControllerError
+    from rolloutq.controller.eval import run_eval
+    from rolloutq.controller.results import human_summary, verdict
 
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +164,7 @@ def eval_cmd(flags: EvalFlags) -> None:
 def config_show_cmd(flags: EvalFlags) -> None:
     """Print the configuration `rolloutq eval` would run with these flags, as TOML (passwords masked).
     Save it, edit it, and run it with `rolloutq eval --config FILE`."""
-    from controller.config import to_toml
+    from rolloutq.controller.config import to_toml
 
     typer.echo(to_toml(_eval_settings(flags)), nl=False)
 
@@ -196,7 +195,7 @@ def controller_cmd(
 ) -> None:
     """Autoscale a running stack: policy replicas on Ray Serve (and sims of --run) from Prometheus,
     as the configuration file's autoscale tables say."""
-    from controller.config import eval_settings
+    from rolloutq.controller.config import eval_settings
 
     flags = {"policy": policy, "redis": {"url": redis_url, "namespace": namespace},
              "autoscale": {"enabled": True, "prometheus_url": prometheus_url, "metrics_port": metrics_port}}
@@ -210,14 +209,13 @@ def controller_cmd(
         raise typer.Exit(2)
     setup(True, s.mujoco_gl)
     import ray
-
-    from broker.connection import connect_async
-    from broker.keys import Keys
-    from broker.sweep import SweepQueue
-    from controller.control import Controller, ControllerMetrics
-    from controller.pools import RaySimPool, ServePolicyPool
-    from sim_workers.actor import SimActor
-    from sim_workers.worker import SimWorkerSettings
+    from rolloutq.broker.connection import connect_async
+    from rolloutq.broker.keys import Keys
+    from rolloutq.broker.sweep import SweepQueue
+    from rolloutq.controller.control import Controller, ControllerMetrics
+    from rolloutq.controller.pools import RaySimPool, ServePolicyPool
+    from rolloutq.sim_workers.actor import SimActor
+    from rolloutq.sim_workers.worker import SimWorkerSettings
 
     ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
              runtime_env={"env_vars": {"MUJOCO_GL": s.mujoco_gl, "PYOPENGL_PLATFORM": s.mujoco_gl}})
@@ -248,8 +246,8 @@ def controller_cmd(
 
 
 def _mount() -> None:
-    from controller.cli_workers import health_cmd, policy_worker_cmd, sim_worker_cmd
-    from monitoring.cli import exporter_command, top_command
+    from rolloutq.controller.cli_workers import health_cmd, policy_worker_cmd, sim_worker_cmd
+    from rolloutq.monitoring.cli import exporter_command, top_command
 
     app.command("policy-worker")(policy_worker_cmd)
     app.command("sim-worker")(sim_worker_cmd)

@@ -13,8 +13,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
-
-from controller.config import ConfigError, merge, parse_sets
+from rolloutq.controller.config import ConfigError, merge, parse_sets
 
 console = Console(stderr=True)
 T = TypeVar("T")

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-
-from controller.cli_shared import (
+from rolloutq.controller.cli_shared import (
     BACKEND_OPTION,
     CONFIG,
     LOCAL_REDIS,
@@ -29,8 +28,8 @@ from controller.cli_shared import (
     run_until_signal,
     setup,
 )
-from controller.config import parse_options
-from policy_workers.backends import names_help as backend_names
+from rolloutq.controller.config import parse_options
+from rolloutq.policy_workers.backends import names_help as backend_names
 
 
 def policy_worker_cmd(
@@ -63,8 +62,8 @@ def policy_worker_cmd(
 ) -> None:
     """Serve a policy from Redis without Ray (one process; stop with SIGTERM)."""
     setup(True, "egl")
-    from controller.config import PolicyWorkerConfig, load
-    from policy_workers.loop import PolicyWorker, PolicyWorkerSettings
+    from rolloutq.controller.config import PolicyWorkerConfig, load
+    from rolloutq.policy_workers.loop import PolicyWorker, PolicyWorkerSettings
 
     def settings() -> PolicyWorkerConfig:
         flags = {"backend": backend, "backend_options": parse_options(backend_option, "--backend-option"), "task": task,
@@ -76,15 +75,15 @@ def policy_worker_cmd(
     cfg = checked(settings)
     options = cfg.backend_options
     if cfg.task:
-        from controller.eval import EvalSettings, _backend_options
+        from rolloutq.controller.eval import EvalSettings, _backend_options
 
         options = _backend_options(EvalSettings(task=cfg.task, task_options=cfg.task_options, backend=cfg.backend,
                                                 backend_options=options))
     cfg.worker.policy, cfg.worker.worker_id = cfg.policy, worker_id
     metrics = None
     if metrics_port:
-        from broker.consumer import default_worker_id
-        from monitoring.metrics import serve_metrics, worker_metrics
+        from rolloutq.broker.consumer import default_worker_id
+        from rolloutq.monitoring.metrics import serve_metrics, worker_metrics
 
         metrics = worker_metrics(cfg.policy, worker_id or default_worker_id(), "prometheus")
         serve_metrics(metrics_port)
@@ -129,21 +128,21 @@ def sim_worker_cmd(
     """Join a sweep as a simulator process: K envs, episodes taken from Redis until it is drained
     (nothing left to take and nothing leased by any simulator, so episodes handed back when a
     crashed simulator's lease expires still find someone to run them)."""
-    from controller.config import SimWorkerConfig, load
+    from rolloutq.controller.config import SimWorkerConfig, load
 
     flags = {"envs_per_sim": envs, "mujoco_gl": mujoco_gl, "redis": {"url": redis_url, "namespace": namespace},
              "client": {"shared_frames": shared_frames}}
     cfg = checked(lambda: load(SimWorkerConfig, config, overrides(sets, flags), {"redis": {"url": LOCAL_REDIS}},
                                 partial=True))
     setup(True, cfg.mujoco_gl)
-    from sim_workers.worker import SimWorker, SimWorkerSettings
+    from rolloutq.sim_workers.worker import SimWorker, SimWorkerSettings
 
     cfg.client.reply_timeout_s = min(cfg.client.reply_timeout_s, cfg.client.deadline_s)
     settings = SimWorkerSettings(run=run, envs=cfg.envs_per_sim, sim_id=sim_id, exit_when_drained=not stay,
                                  wait_for_sweep_s=wait_for_sweep_s, redis=cfg.redis, client=cfg.client)
     metrics = None
     if metrics_port:
-        from monitoring.metrics import serve_metrics, sim_metrics
+        from rolloutq.monitoring.metrics import serve_metrics, sim_metrics
 
         metrics = sim_metrics(sim_id or f"sim-{os.getpid()}", "", "prometheus")
         serve_metrics(metrics_port)
@@ -166,9 +165,9 @@ def health_cmd(
     policy's metadata hash, which every role may read."""
     import time
 
-    from broker.connection import connect_sync
-    from broker.keys import Keys
-    from broker.settings import RedisSettings
+    from rolloutq.broker.connection import connect_sync
+    from rolloutq.broker.keys import Keys
+    from rolloutq.broker.settings import RedisSettings
 
     if heartbeat_file is not None:
         try:

@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
-
-from broker.settings import ClientSettings, RedisSettings, WorkerSettings
-from controller.errors import ControllerError
+from rolloutq.broker.settings import ClientSettings, RedisSettings, WorkerSettings
+from rolloutq.controller.errors import ControllerError
 
 if TYPE_CHECKING:
-    from controller.eval import EvalSettings
+    from rolloutq.controller.eval import EvalSettings
 
 T = TypeVar("T")
 
@@ -183,7 +182,7 @@ def load(cls: type[T], path: Path | None, overrides: Mapping[str, Any] | None = 
 def eval_settings(path: Path | None, overrides: Mapping[str, Any] | None = None,
                   base: Mapping[str, Any] | None = None) -> EvalSettings:
     """The settings of one evaluation run, with the keys the file does not hold derived."""
-    from controller.eval import EvalSettings
+    from rolloutq.controller.eval import EvalSettings
 
     s = load(EvalSettings, path, overrides, base)
     s.worker.policy = s.policy

@@ -1,4 +1,4 @@
-"""The control loop: read Prometheus, decide (controller.autoscale), act on the pools, record.
+"""The control loop: read Prometheus, decide (rolloutq.controller.autoscale), act on the pools, record.
 
 Each `step()` logs one JSON line with the decision's inputs and reasons (and appends it to a
 decisions file when given) and updates the controller's own metrics, so a dashboard can show
@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller.autoscale import Autoscaler, AutoscaleSettings, Decision, PoolState
-from controller.prom import PromClient, PromQueries, read_metrics
+from rolloutq.controller.autoscale import Autoscaler, AutoscaleSettings, Decision, PoolState
+from rolloutq.controller.prom import PromClient, PromQueries, read_metrics
 
 log = logging.getLogger("rolloutq.autoscale")
 
@@ -202,9 +202,9 @@ class EvalAutoscale:
 
 async def start_for_eval(s: Any, console: Any, ray: Any, remote: Any, queue: Any) -> EvalAutoscale:
     """Wire the controller into an evaluation (`s` is its EvalSettings)."""
-    from controller.localstack import LocalStack
-    from controller.pools import RaySimPool, ServePolicyPool
-    from sim_workers.worker import SimWorkerSettings
+    from rolloutq.controller.localstack import LocalStack
+    from rolloutq.controller.pools import RaySimPool, ServePolicyPool
+    from rolloutq.sim_workers.worker import SimWorkerSettings
 
     a = s.autoscale
     a.sims.envs_per_sim = s.envs_per_sim

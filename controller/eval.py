@@ -22,23 +22,22 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from broker.client import fetch_metadata
-from broker.connection import REDIS_DOWN, connect_async
-from broker.embedded import EmbeddedRedis, free_port
-from broker.keys import Keys
-from broker.settings import ClientSettings, RedisSettings, WorkerSettings
-from broker.sweep import SweepQueue
-from controller.autoscale import AutoscaleSettings
-from controller.errors import EvalFailed
-from controller.intake import ResultIntake
-from controller.report import write_report
-from controller.results import count_outcomes, percentile, summarize, write_results
-from policy_workers.loop import PolicyWorkerSettings
-from policy_workers.serve import ServeSettings
-from sim_workers.outcomes import INFRA, POLICY_ERROR, RERUN, SCORED, SIM_ERROR, SUCCESS, outcome_of
-from sim_workers.tasks import task_class
-from sim_workers.worker import SimWorkerSettings
+from rolloutq.broker.client import fetch_metadata
+from rolloutq.broker.connection import REDIS_DOWN, connect_async
+from rolloutq.broker.embedded import EmbeddedRedis, free_port
+from rolloutq.broker.keys import Keys
+from rolloutq.broker.settings import ClientSettings, RedisSettings, WorkerSettings
+from rolloutq.broker.sweep import SweepQueue
+from rolloutq.controller.autoscale import AutoscaleSettings
+from rolloutq.controller.errors import EvalFailed
+from rolloutq.controller.intake import ResultIntake
+from rolloutq.controller.report import write_report
+from rolloutq.controller.results import count_outcomes, percentile, summarize, write_results
+from rolloutq.policy_workers.loop import PolicyWorkerSettings
+from rolloutq.policy_workers.serve import ServeSettings
+from rolloutq.sim_workers.outcomes import INFRA, POLICY_ERROR, RERUN, SCORED, SIM_ERROR, SUCCESS, outcome_of
+from rolloutq.sim_workers.tasks import task_class
+from rolloutq.sim_workers.worker import SimWorkerSettings
 
 log = logging.getLogger("rolloutq.eval")
 
@@ -111,7 +110,7 @@ def _metrics_factory(kind: str, policy: str = "") -> Any:
     """Recorders that report through Ray's metrics API (they reach Ray's Prometheus endpoint)."""
     import functools
 
-    from monitoring.metrics import sim_metrics, worker_metrics
+    from rolloutq.monitoring.metrics import sim_metrics, worker_metrics
 
     if kind == "worker":
         return functools.partial(worker_metrics, backend="ray")
@@ -137,9 +136,9 @@ def _backend_options(s: EvalSettings) -> dict[str, Any]:
 
 def _check_names(s: EvalSettings) -> None:
     """Refuse a `--task` or `--backend` that names nothing importable here, before Ray starts."""
-    from policy_workers.backends import backend_class
-    from policy_workers.errors import PolicyWorkerError
-    from sim_workers.errors import SimWorkerError
+    from rolloutq.policy_workers.backends import backend_class
+    from rolloutq.policy_workers.errors import PolicyWorkerError
+    from rolloutq.sim_workers.errors import SimWorkerError
 
     try:
         task_class(s.task)
@@ -173,8 +172,8 @@ class _Live:
 
 async def _worker_stats(r: Any, keys: Keys, policy: str) -> dict[str, Any]:
     """Totals over the workers that wrote their stats recently; records of dead workers are
-    deleted where this user may (monitoring.worker_records)."""
-    from monitoring.worker_records import read_records_async
+    deleted where this user may (rolloutq.monitoring.worker_records)."""
+    from rolloutq.monitoring.worker_records import read_records_async
 
     records = await read_records_async(r, keys.worker_stats(policy), prune=True)
     snaps = [w.stats for w in (*records.fresh, *records.stale)]  # a worker that died still served
@@ -199,9 +198,8 @@ def run_eval(s: EvalSettings, console: Console | None = None) -> dict[str, Any]:
     """Run a whole evaluation; returns the summary (also written to `s.out`)."""
     import ray
     from ray import serve
-
-    from policy_workers.serve import deploy
-    from sim_workers.actor import SimActor
+    from rolloutq.policy_workers.serve import deploy
+    from rolloutq.sim_workers.actor import SimActor
 
     console = console or Console(stderr=True)
     s.run_id = s.run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -306,7 +304,7 @@ async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) ->
             remote = ray.remote(num_cpus=s.sim_num_cpus, num_gpus=s.sim_num_gpus, max_concurrency=4,
                                 resources=dict(s.sim_resources) or None)(SimActor)
             if s.autoscale.enabled:
-                from controller.control import start_for_eval
+                from rolloutq.controller.control import start_for_eval
 
                 auto = await start_for_eval(s, console, ray, remote, queue)
                 actors, runs = auto.sim_pool.actors, auto.sim_pool.runs

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from broker.sweep import EpisodeSpec, ResultEntry
-from sim_workers.outcomes import OUTCOMES, SIM_ERROR, SUCCESS
+from rolloutq.broker.sweep import EpisodeSpec, ResultEntry
+from rolloutq.sim_workers.outcomes import OUTCOMES, SIM_ERROR, SUCCESS
 
 log = logging.getLogger("rolloutq.intake")
 
@@ -50,7 +50,7 @@ RECORD_FIELDS: dict[str, str] = {
     "episode_return": _NUMBER, "steps": _INT, "wall_s": _NUMBER, "started_at": _NUMBER, "policy_calls": _INT,
     "round_trip_ms": _NUMBERS, "batch_sizes": _INTS, "sim": _STR, "error": _STR,
 }
-"""Every field of `sim_workers.runner.EpisodeRecord.to_dict()` and the kind of value it must hold."""
+"""Every field of `rolloutq.sim_workers.runner.EpisodeRecord.to_dict()` and the kind of value it must hold."""
 
 _NON_NEGATIVE = ("attempt", "steps", "wall_s", "started_at", "policy_calls")
 

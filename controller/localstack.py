@@ -2,7 +2,7 @@
 for the tests and benchmarks: the real `rolloutq exporter` (monitoring/) and the real
 `prometheus` binary, as child processes on free ports, scraping every second.
 
-The exporter runs as `python -m monitoring.cli exporter` from the tree that has
+The exporter runs as `python -m rolloutq.monitoring.cli exporter` from the tree that has
 `monitoring/exporter.py`: this checkout, or `exporter_root` (ROLLOUTQ_EXPORTER_ROOT at the CLI edge)
 while the monitoring package lives on another branch.
 """
@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker.embedded import free_port
-from controller.prom import wait_ready
+from rolloutq.broker.embedded import free_port
+from rolloutq.controller.prom import wait_ready
 
 _HERE = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ class LocalStack:
             self.exporter_port = self.exporter_port or free_port()
             env = {**os.environ, "PYTHONPATH": str(root)}
             self._procs.append(subprocess.Popen(
-                [sys.executable, "-m", "monitoring.cli", "exporter", "--redis-url", self.redis_url,
+                [sys.executable, "-m", "rolloutq.monitoring.cli", "exporter", "--redis-url", self.redis_url,
                  "--namespace", self.namespace, "--port", str(self.exporter_port), "--addr", "127.0.0.1",
                  "--interval", str(self.exporter_interval_s)],
                 cwd=str(root), env=env, stdout=log, stderr=log, start_new_session=True))
@@ -115,7 +115,7 @@ class LocalStack:
 
     def wait_for(self, expr: str, timeout_s: float = 30.0) -> bool:
         """Until `expr` returns a sample (e.g. the exporter's first scrape is in)."""
-        from controller.prom import PromClient, PromUnavailable
+        from rolloutq.controller.prom import PromClient, PromUnavailable
 
         c = PromClient(self.prometheus_url)
         deadline = time.monotonic() + timeout_s

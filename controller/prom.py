@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from controller.autoscale import Metrics
+from rolloutq.controller.autoscale import Metrics
 
 
 @dataclass(frozen=True)

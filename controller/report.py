@@ -16,9 +16,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
-from controller.results import outcomes_line  # noqa: E402
-from sim_workers.outcomes import OUTCOMES, outcome_of  # noqa: E402
+from rolloutq.controller.results import outcomes_line  # noqa: E402
+from rolloutq.sim_workers.outcomes import OUTCOMES, outcome_of  # noqa: E402
 
 COLORS = {"success": "#2a9d8f", "failure": "#e76f51", "policy_error": "#9b2226", "sim_error": "#7b6cb0",
           "infra": "#e9c46a"}

@@ -1,7 +1,7 @@
 """Turning episode records into the run's results: episodes.jsonl, summary.json, a human summary,
 and the run's exit status.
 
-Every episode has an outcome (`sim_workers.outcomes`). The success rate and its interval are over
+Every episode has an outcome (`rolloutq.sim_workers.outcomes`). The success rate and its interval are over
 the scored ones: success + failure + policy_error (a policy that breaks an episode fails it).
 `sim_error` and `infra` episodes were re-run by the controller; those still there after the last
 attempt are counted apart, and sim errors above `--max-sim-errors` make the run exit non-zero.
@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from sim_workers.outcomes import INFRA, OUTCOMES, POLICY_ERROR, SCORED, SIM_ERROR, SUCCESS, outcome_of
+from rolloutq.sim_workers.outcomes import INFRA, OUTCOMES, POLICY_ERROR, SCORED, SIM_ERROR, SUCCESS, outcome_of
 
 EXIT_INCOMPLETE = 2
 """Exit status of `rolloutq eval` when episodes are missing (lost to infrastructure after every attempt)."""

@@ -9,11 +9,11 @@ and the scaling factors, so the rule here runs without its own delays or step ca
 hysteresis, backlog drain and staleness check are the same code as `rolloutq controller`.
 
     from ray import serve
-    from policy_workers.serve import PolicyDeployment
+    from rolloutq.policy_workers.serve import PolicyDeployment
 
     PolicyDeployment.options(autoscaling_config={
         "min_replicas": 1, "max_replicas": 4, "upscale_delay_s": 5, "downscale_delay_s": 30,
-        "policy": {"policy_function": "controller.serve_policy:RolloutqServePolicy",
+        "policy": {"policy_function": "rolloutq.controller.serve_policy:RolloutqServePolicy",
                    "policy_kwargs": {"policy": "default", "prometheus_address": "http://prometheus:9090",
                                      "target_utilization": 0.8}},
     })
@@ -28,9 +28,8 @@ import time
 from typing import Any
 
 from ray.serve.autoscaling_policy import PrometheusQueryMixin
-
-from controller.autoscale import Autoscaler, AutoscaleSettings, Metrics, PolicyPoolSettings, PoolState
-from controller.prom import PromQueries
+from rolloutq.controller.autoscale import Autoscaler, AutoscaleSettings, Metrics, PolicyPoolSettings, PoolState
+from rolloutq.controller.prom import PromQueries
 
 
 class RolloutqServePolicy(PrometheusQueryMixin):

@@ -2,7 +2,7 @@
 
 Mount them in controller/cli.py:
 
-    from monitoring.cli import exporter_command, top_command
+    from rolloutq.monitoring.cli import exporter_command, top_command
     app.command("exporter")(exporter_command)
     app.command("top")(top_command)
 """
@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 
 import typer
-
-from monitoring.exporter import ExporterSettings, exporter_main
-from monitoring.top import TopSettings, top_main
+from rolloutq.monitoring.exporter import ExporterSettings, exporter_main
+from rolloutq.monitoring.top import TopSettings, top_main
 
 _URL = typer.Option("redis://127.0.0.1:6379/0", "--redis-url", envvar="ROLLOUTQ_REDIS_URL",
                     help="Redis to watch.")

@@ -1,6 +1,6 @@
 """`rolloutq exporter`: publishes the queue metrics of every policy on /metrics.
 
-A loop polls Redis every `interval_s` (`monitoring.queue.QueueProbe`) and keeps the latest
+A loop polls Redis every `interval_s` (`rolloutq.monitoring.queue.QueueProbe`) and keeps the latest
 snapshot; a prometheus_client collector turns that snapshot into metrics at scrape time. One
 exporter per Redis (per namespace) is enough; it only reads.
 """
@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from broker.keys import Keys
-from monitoring.queue import QueueProbe, Snapshot
-from monitoring.worker_records import STALE_AFTER_S
+from rolloutq.broker.keys import Keys
+from rolloutq.monitoring.queue import QueueProbe, Snapshot
+from rolloutq.monitoring.worker_records import STALE_AFTER_S
 
 log = logging.getLogger("rolloutq.exporter")
 

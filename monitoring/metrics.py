@@ -11,8 +11,8 @@ One interface, two implementations behind a flag:
 - `backend="off"`: `NullWorkerMetrics` / `NullSimMetrics`, methods that do nothing.
 
 Every label is bounded: policy, worker (one per replica process), sim (one per simulator
-process or actor), status (the reply codes of broker.schema.Status), outcome (the five episode
-outcomes of sim_workers.outcomes), gpu (device index). Never a
+process or actor), status (the reply codes of rolloutq.broker.schema.Status), outcome (the five episode
+outcomes of rolloutq.sim_workers.outcomes), gpu (device index). Never a
 rollout id, a sequence number or an episode id. Units are base units: seconds, bytes, ratios.
 
 Recorders bind their label values once at construction, so a hot-path call is a few attribute
@@ -77,7 +77,7 @@ WORKER_ENCODE = MetricDef(
 WORKER_REQUESTS = MetricDef(
     "rolloutq_worker_requests_total",
     "counter",
-    "Requests answered, by reply status (ok or an error code of broker.schema.Status).",
+    "Requests answered, by reply status (ok or an error code of rolloutq.broker.schema.Status).",
     W + ("status",),
 )
 WORKER_UP = MetricDef("rolloutq_worker_up", "gauge", "1 while the policy worker runs.", W)
@@ -127,7 +127,7 @@ WORKER_METRICS = (
 SIM_METRICS = (SIM_ENV_STEPS, SIM_ROUND_TRIP, SIM_EPISODES, SIM_SUCCESSES, SIM_INFRA_FAILURES, SIM_OUTCOMES,
                SIM_UP)
 EPISODE_OUTCOMES = ("success", "failure", "policy_error", "sim_error", "infra")
-"""The values of the `outcome` label (sim_workers.outcomes.OUTCOMES; not imported, so that monitoring
+"""The values of the `outcome` label (rolloutq.sim_workers.outcomes.OUTCOMES; not imported, so that monitoring
 needs no simulator code)."""
 UNSCORED_OUTCOMES = ("sim_error", "infra")
 
@@ -286,10 +286,10 @@ class WorkerMetrics:
         self._encode.observe(encode_s)
 
     def count_request(self, status: str, n: int = 1) -> None:
-        """`n` requests answered with `status` (`"ok"` or a broker.schema.Status error code)."""
+        """`n` requests answered with `status` (`"ok"` or a rolloutq.broker.schema.Status error code)."""
         self._request_counter(str(status)).inc(n)
 
-    # broker.consumer.ConsumerMetrics: pass a WorkerMetrics as the consumer's `metrics`.
+    # rolloutq.broker.consumer.ConsumerMetrics: pass a WorkerMetrics as the consumer's `metrics`.
     def on_batch(self, size: int, queue_s: Sequence[float], infer_s: float, decode_s: float,
                  encode_s: float) -> None:
         self.observe_batch(size, queue_s, infer_s, decode_s, encode_s)
@@ -427,7 +427,7 @@ class SimMetrics:
         self._steps.inc(n)
 
     def episode(self, outcome: str) -> None:
-        """One episode finished with `outcome` (sim_workers.outcomes). Only `success` counts as a
+        """One episode finished with `outcome` (rolloutq.sim_workers.outcomes). Only `success` counts as a
         success; `sim_error` and `infra` (not scored) also count in `rolloutq_sim_infra_failures_total`."""
         if outcome not in self._outcomes:
             outcome = "infra"  # unknown: never scored
@@ -438,7 +438,7 @@ class SimMetrics:
         elif outcome == "success":
             self._successes.inc(1)
 
-    # sim_workers.worker.SimMetrics: pass a SimMetrics as the sim worker's `metrics`.
+    # rolloutq.sim_workers.worker.SimMetrics: pass a SimMetrics as the sim worker's `metrics`.
     def on_round_trip(self, seconds: float) -> None:
         self.observe_round_trip(seconds)
 

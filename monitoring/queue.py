@@ -23,7 +23,7 @@ Worker stats JSON (one field per worker id in `{ns}:workers:{policy}`, rewritten
 so by each live worker): `served_total` (rows answered: a request of R rows counts R),
 `batches_total`, `busy_s_total` (seconds spent in inference), `ts` (unix seconds of the write);
 optional `errors_total` (an int or a map of error code -> count). Other fields are ignored.
-Records older than `stale_after_s` (`monitoring.worker_records`) are listed as stale and never
+Records older than `stale_after_s` (`rolloutq.monitoring.worker_records`) are listed as stale and never
 counted in `replicas_up` or μ.
 """
 
@@ -35,9 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import NoPermissionError
-
-from broker.keys import GROUP, Keys
-from monitoring.worker_records import STALE_AFTER_S, read_records
+from rolloutq.broker.keys import GROUP, Keys
+from rolloutq.monitoring.worker_records import STALE_AFTER_S, read_records
 
 # Count entries strictly after ARGV[1] (an id), ARGV[2] at most, paging by ARGV[3].
 _COUNT_AFTER = """

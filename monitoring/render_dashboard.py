@@ -5,7 +5,7 @@ dashboard's content gets looked at: every target expression of every panel is se
 Prometheus's range-query API (Grafana variables substituted: `$policy` -> `.*`,
 `$__rate_interval` -> `1m`) and drawn with matplotlib in the dashboard's panel order.
 
-    python -m monitoring.render_dashboard --prometheus http://127.0.0.1:9090 --out dashboard.png
+    python -m rolloutq.monitoring.render_dashboard --prometheus http://127.0.0.1:9090 --out dashboard.png
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from broker.keys import Keys
-from monitoring.queue import QueueProbe, Snapshot
-from monitoring.worker_records import STALE_AFTER_S
+from rolloutq.broker.keys import Keys
+from rolloutq.monitoring.queue import QueueProbe, Snapshot
+from rolloutq.monitoring.worker_records import STALE_AFTER_S
 
 
 @dataclass

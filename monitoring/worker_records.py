@@ -1,7 +1,7 @@
 """Which worker stats records count: only those a live worker wrote recently.
 
 Each policy worker rewrites its field of `{ns}:workers:{policy}` (the JSON of
-`broker.worker_stats.WorkerStats.snapshot()`, whose `ts` is the worker's unix time) every
+`rolloutq.broker.worker_stats.WorkerStats.snapshot()`, whose `ts` is the worker's unix time) every
 `stats_every_s` and deletes it on a clean exit. A worker killed with SIGKILL leaves its record
 behind, so a reader that counted the fields would count dead workers. Every reader that counts
 replicas (the queue probe behind the exporter, `rolloutq top` and the autoscaler, and the run
@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import NoPermissionError
-
-from broker.settings import WorkerSettings
+from rolloutq.broker.settings import WorkerSettings
 
 
 def stale_bound(stats_every_s: float = WorkerSettings.stats_every_s) -> float:

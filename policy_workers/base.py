@@ -2,7 +2,7 @@
 
 A backend sees a list of observations (one per request, each with a leading batch dimension of 1,
 as the reference GR00T schema has it) and returns one action chunk per observation. How the list
-becomes one forward pass (stacking, padding) is the backend's business; `policy_workers.batching`
+becomes one forward pass (stacking, padding) is the backend's business; `rolloutq.policy_workers.batching`
 has helpers. Adding a backend means adding one module under `policy_workers/backends/` that
 defines a class named `Backend`.
 """

@@ -6,9 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from broker.schema import row_keys
-from policy_workers.base import Chunk, Obs
+from rolloutq.broker.schema import row_keys
+from rolloutq.policy_workers.base import Chunk, Obs
 
 
 def flatten(obs: Any, prefix: str = "") -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """A policy worker: load a backend, publish its metadata, and serve it from Redis.
 
 Used as-is by `rolloutq policy-worker` (plain process, e.g. under compose) and inside the Ray
-Serve replica (`policy_workers.serve`), where it runs on a thread of its own.
+Serve replica (`rolloutq.policy_workers.serve`), where it runs on a thread of its own.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker import PROTOCOL_VERSION
-from broker.connection import connect_async
-from broker.consumer import ConsumerMetrics, StreamConsumer
-from broker.handler import BatchHandler
-from broker.keys import Keys
-from broker.settings import RedisSettings, WorkerSettings
-from policy_workers.backends import make_backend
-from policy_workers.base import PolicyBackend, PolicyMetadata
-from policy_workers.batching import SchemaChecker
+from rolloutq.broker import PROTOCOL_VERSION
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.consumer import ConsumerMetrics, StreamConsumer
+from rolloutq.broker.handler import BatchHandler
+from rolloutq.broker.keys import Keys
+from rolloutq.broker.settings import RedisSettings, WorkerSettings
+from rolloutq.policy_workers.backends import make_backend
+from rolloutq.policy_workers.base import PolicyBackend, PolicyMetadata
+from rolloutq.policy_workers.batching import SchemaChecker
 
 log = logging.getLogger("rolloutq.policy")
 

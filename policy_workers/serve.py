@@ -1,6 +1,6 @@
 """The policy worker as a Ray Serve deployment.
 
-Each replica runs the Redis consumer loop (`policy_workers.loop.PolicyWorker`) on a thread with
+Each replica runs the Redis consumer loop (`rolloutq.policy_workers.loop.PolicyWorker`) on a thread with
 its own event loop, so Serve's request handling never competes with batching. HTTP routes:
 `GET /stats` (model id, device, parameters, load time, calls, batches, mean batch size, latency
 percentiles) and `GET /healthz` (503 once the loop has died); Serve's own health check calls
@@ -19,8 +19,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from ray import serve
-
-from policy_workers.loop import PolicyWorker, PolicyWorkerSettings
+from rolloutq.policy_workers.loop import PolicyWorker, PolicyWorkerSettings
 
 app = FastAPI(title="rolloutq policy replica")
 log = logging.getLogger("rolloutq.serve")
@@ -126,7 +125,7 @@ _BUILD_ARGS = {"backend", "options", "policy", "namespace", "redis_url", "max_ba
 
 
 def build_app(args: dict[str, Any]) -> Any:
-    """Application builder for `serve deploy` / `serve run` (import path `policy_workers.serve:build_app`).
+    """Application builder for `serve deploy` / `serve run` (import path `rolloutq.policy_workers.serve:build_app`).
 
     `args` (the application's `args` in a Serve config file): backend, options (backend options),
     policy, namespace, redis_url (leave it out to read ROLLOUTQ_REDIS_URL on the replicas), max_batch_size,
@@ -134,7 +133,7 @@ def build_app(args: dict[str, Any]) -> Any:
     num_cpus, num_gpus, resources and health_check_timeout_s, which the config's `deployments:` section
     overrides.
     """
-    from broker.settings import BatchSettings, RedisSettings, WorkerSettings
+    from rolloutq.broker.settings import BatchSettings, RedisSettings, WorkerSettings
 
     args = dict(args or {})
     unknown = set(args) - _BUILD_ARGS

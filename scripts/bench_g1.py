@@ -13,9 +13,8 @@ import os
 import time
 
 import numpy as np
-
-from policy_workers.backends import make_backend
-from sim_workers.tasks import make_task
+from rolloutq.policy_workers.backends import make_backend
+from rolloutq.sim_workers.tasks import make_task
 
 
 def closed_loop(env, expert, seeds) -> float:

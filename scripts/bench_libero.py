@@ -10,8 +10,7 @@ import argparse
 import time
 
 import numpy as np
-
-from sim_workers.tasks.libero.adapter import VectorAdapter
+from rolloutq.sim_workers.tasks.libero.adapter import VectorAdapter
 
 
 def rss_mib() -> int:

@@ -15,10 +15,9 @@ import math
 import time
 
 import numpy as np
-
-from policy_workers.backends import make_backend
-from sim_workers import real_g1
-from sim_workers.tasks import make_task
+from rolloutq.policy_workers.backends import make_backend
+from rolloutq.sim_workers import real_g1
+from rolloutq.sim_workers.tasks import make_task
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -34,9 +34,9 @@ def _collect(args: tuple[list[int], int, int, str]) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from policy_workers.backends import make_backend
-    from policy_workers.backends.visuomotor import downsample, stack_state
-    from sim_workers.tasks import make_task
+    from rolloutq.policy_workers.backends import make_backend
+    from rolloutq.policy_workers.backends.visuomotor import downsample, stack_state
+    from rolloutq.sim_workers.tasks import make_task
 
     env = make_task("g1-pickplace", privileged=True)
     expert = make_backend("g1-expert")
@@ -127,9 +127,8 @@ def train(
     lr: float = 1e-3,
 ) -> dict:
     import torch
+    from rolloutq.policy_workers.backends.visuomotor import VisuomotorNet, default_config
     from safetensors.torch import save_file
-
-    from policy_workers.backends.visuomotor import VisuomotorNet, default_config
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sim_workers.worker import SimWorker, SimWorkerSettings
+from rolloutq.sim_workers.worker import SimWorker, SimWorkerSettings
 
 
 class SimActor:

@@ -7,7 +7,7 @@ An episode's `outcome` says how it is scored:
   raised on this observation). Scored as a **failure** of the policy: a policy that emits NaN
   must not lose those episodes from the denominator.
 - `sim_error`: the simulator or its adapter raised, or sent something the policy worker refused
-  (`broker.schema.SENDER_FAULTS`, e.g. a NaN observation). Re-run; not scored; a run whose sim
+  (`rolloutq.broker.schema.SENDER_FAULTS`, e.g. a NaN observation). Re-run; not scored; a run whose sim
   errors persist exits non-zero (`rolloutq eval --max-sim-errors`).
 - `infra`: no answer in time, Redis unreachable, a worker that died or stopped. Re-run; never
   scored.
@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from broker.codec import first_non_finite
-from broker.connection import REDIS_DOWN
-from broker.errors import (
+from rolloutq.broker.codec import first_non_finite
+from rolloutq.broker.connection import REDIS_DOWN
+from rolloutq.broker.errors import (
     BrokerError,
     CodecError,
     PolicyErrorReply,
@@ -35,8 +34,8 @@ from broker.errors import (
     RedisUnavailable,
     SharedFramesUnavailable,
 )
-from broker.schema import POLICY_FAULTS, SENDER_FAULTS
-from sim_workers.errors import BadActionChunk, SimulatorFailed
+from rolloutq.broker.schema import POLICY_FAULTS, SENDER_FAULTS
+from rolloutq.sim_workers.errors import BadActionChunk, SimulatorFailed
 
 SUCCESS = "success"
 FAILURE = "failure"

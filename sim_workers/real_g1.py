@@ -16,8 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from broker.real_g1 import (  # noqa: F401 - re-exported: the wire layout
+from rolloutq.broker.real_g1 import (  # noqa: F401 - re-exported: the wire layout
     ACTION_DIMS,
     ACTION_HORIZON,
     CHUNK_LENGTH,

@@ -2,7 +2,7 @@
 
 Simulator work (reset, render, step) runs on the environment's own thread (MuJoCo renderers are
 bound to the thread that made them), so one process keeps many environments' requests in flight.
-Every episode ends with an outcome (`sim_workers.outcomes`): the task's own success or failure, a
+Every episode ends with an outcome (`rolloutq.sim_workers.outcomes`): the task's own success or failure, a
 policy error (scored as a failure: the chunk is checked for NaN and against the policy's published
 action schema before the simulator sees it), a simulator error, or an infrastructure problem.
 """
@@ -17,11 +17,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-
-from broker.client import ActionChunker, PolicyClient
-from sim_workers.base import SimAdapter, StepResult
-from sim_workers.errors import SimulatorFailed
-from sim_workers.outcomes import SUCCESS, Outcome, check_chunk, classify, task_end
+from rolloutq.broker.client import ActionChunker, PolicyClient
+from rolloutq.sim_workers.base import SimAdapter, StepResult
+from rolloutq.sim_workers.errors import SimulatorFailed
+from rolloutq.sim_workers.outcomes import SUCCESS, Outcome, check_chunk, classify, task_end
 
 
 @dataclass
@@ -29,7 +28,7 @@ class EpisodeRecord:
     episode: int
     seed: int
     outcome: str = ""
-    """One of `sim_workers.outcomes.OUTCOMES`, set when the episode ends."""
+    """One of `rolloutq.sim_workers.outcomes.OUTCOMES`, set when the episode ends."""
     reason: str = ""
     """Machine-readable why for the error outcomes (`bad_action`, `sim_raised`, ...); "" otherwise."""
     success: bool = False

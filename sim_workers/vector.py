@@ -32,15 +32,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from broker.client import ActionChunker, PolicyClient
-from broker.errors import BrokerError, ProtocolError
-from broker.schema import row_keys
-from broker.sweep import EpisodeSpec
-from sim_workers.base import Chunk, Obs, SimAdapter, StepResult, TaskInfo
-from sim_workers.errors import BadActionChunk, SimulatorFailed
-from sim_workers.outcomes import ACTION_SCHEMA_MISMATCH, Outcome, check_chunk, classify, task_end
-from sim_workers.runner import EpisodeRecord
+from rolloutq.broker.client import ActionChunker, PolicyClient
+from rolloutq.broker.errors import BrokerError, ProtocolError
+from rolloutq.broker.schema import row_keys
+from rolloutq.broker.sweep import EpisodeSpec
+from rolloutq.sim_workers.base import Chunk, Obs, SimAdapter, StepResult, TaskInfo
+from rolloutq.sim_workers.errors import BadActionChunk, SimulatorFailed
+from rolloutq.sim_workers.outcomes import ACTION_SCHEMA_MISMATCH, Outcome, check_chunk, classify, task_end
+from rolloutq.sim_workers.runner import EpisodeRecord
 
 
 class VectorSimAdapter(ABC):
@@ -186,7 +185,7 @@ async def run_vector(
     `on_episode` may be async (e.g. `SweepQueue.finish`). A simulator exception ends every running
     episode as `sim_error` (never a policy failure) and the run; a policy error (an error reply, or a
     chunk with NaN or not fitting `action_schema`, the policy's published one) ends only its env's
-    episode (`sim_workers.outcomes`). Simulator calls run on one thread of their
+    episode (`rolloutq.sim_workers.outcomes`). Simulator calls run on one thread of their
     own (renderers and GPU contexts are thread-bound). `max_vector_steps` stops early (tests);
     unfinished episodes are then dropped. `close` closes `venv` at the end, on its own thread.
     `executor`: the one-thread pool `venv` was built on (kept open); by default a new one.

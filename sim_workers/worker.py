@@ -3,9 +3,9 @@
 It reads the sweep's config from Redis (policy, task, action horizon), builds K environments of
 the task, and runs one episode per environment at a time, so K requests are in flight at once.
 Tasks with a `VectorAdapter` (Isaac Lab) run as one vectorised simulator of K envs instead
-(`sim_workers.vector.run_vector`).
+(`rolloutq.sim_workers.vector.run_vector`).
 Each episode is leased; the lease is renewed while it runs, and the result and the lease's end
-are written in one step. The same class runs inside a Ray actor (`sim_workers.actor`) and as the
+are written in one step. The same class runs inside a Ray actor (`rolloutq.sim_workers.actor`) and as the
 plain `rolloutq sim-worker` process, which is how external machines join a sweep.
 """
 
@@ -24,15 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-
-from broker.client import PolicyClient, fetch_metadata
-from broker.connection import REDIS_DOWN, connect_async
-from broker.keys import Keys
-from broker.settings import ClientSettings, RedisSettings
-from broker.sweep import SweepQueue
-from sim_workers.runner import EnvSlot, EpisodeRecord, run_episode
-from sim_workers.tasks import make_task, vector_class
-from sim_workers.vector import run_vector
+from rolloutq.broker.client import PolicyClient, fetch_metadata
+from rolloutq.broker.connection import REDIS_DOWN, connect_async
+from rolloutq.broker.keys import Keys
+from rolloutq.broker.settings import ClientSettings, RedisSettings
+from rolloutq.broker.sweep import SweepQueue
+from rolloutq.sim_workers.runner import EnvSlot, EpisodeRecord, run_episode
+from rolloutq.sim_workers.tasks import make_task, vector_class
+from rolloutq.sim_workers.vector import run_vector
 
 log = logging.getLogger("rolloutq.sim")
 

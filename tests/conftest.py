@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
-from broker.embedded import EmbeddedRedis  # noqa: E402
+from rolloutq.broker.embedded import EmbeddedRedis  # noqa: E402
 
 
 @pytest.fixture

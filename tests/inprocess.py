@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from broker.client import fetch_metadata
-from broker.connection import connect_async
-from broker.keys import Keys
-from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
-from broker.sweep import EpisodeSpec, SweepQueue
-from policy_workers.loop import PolicyWorker, PolicyWorkerSettings
-from sim_workers.worker import SimWorker, SimWorkerSettings
+from rolloutq.broker.client import fetch_metadata
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.keys import Keys
+from rolloutq.broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
+from rolloutq.broker.sweep import EpisodeSpec, SweepQueue
+from rolloutq.policy_workers.loop import PolicyWorker, PolicyWorkerSettings
+from rolloutq.sim_workers.worker import SimWorker, SimWorkerSettings
 
 
 async def run_sweep(url: str, backend: str, backend_options: dict[str, Any], task: str,

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from policy_workers.backends._gr00t_layout import REAL_G1
+from rolloutq.policy_workers.backends._gr00t_layout import REAL_G1
 
 TASK = "pick up the apple and place it on the plate"
 POLICY = "bench-policy"
@@ -96,7 +95,7 @@ class SyntheticSim:
             if rows == 1:
                 self.obs = flat_obs(seed)
             else:
-                from sim_workers.vector import stack_rows
+                from rolloutq.sim_workers.vector import stack_rows
 
                 self.obs = stack_rows([flat_obs(seed * 1000 + j) for j in range(rows)])
             self._states = self.obs
@@ -130,9 +129,8 @@ def _reference_act(spec: LoadSpec) -> Any:
 
 def _rolloutq_act(spec: LoadSpec, sim: int) -> Any:
     import redis
-
-    from broker.client import SyncPolicyClient
-    from broker.settings import ClientSettings
+    from rolloutq.broker.client import SyncPolicyClient
+    from rolloutq.broker.settings import ClientSettings
 
     settings = ClientSettings(reply_timeout_s=300, deadline_s=600, shared_frames=spec.shared_frames)
     client = SyncPolicyClient(redis.Redis.from_url(spec.url), POLICY, settings=settings)

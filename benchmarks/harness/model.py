@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from rolloutq.policy_workers.backends._gr00t_layout import REAL_G1
 
 from benchmarks.harness.load import flat_obs, nested_obs
-from policy_workers.backends._gr00t_layout import REAL_G1
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class SleepPolicy:
 
 
 def build_backend(policy: PolicySpec, graphs: bool = False) -> Any:
-    from policy_workers.backends import make_backend
+    from rolloutq.policy_workers.backends import make_backend
 
     return make_backend(policy.backend, **policy.backend_options(graphs))
 
@@ -75,7 +75,7 @@ class ModelUnderTest:
     def batch(self, b: int) -> Any:
         if self._network is None:
             return [flat_obs(i) for i in range(b)]
-        from policy_workers.backends._gr00t_layout import check_nested, stack
+        from rolloutq.policy_workers.backends._gr00t_layout import check_nested, stack
 
         nested = [nested_obs(i) for i in range(b)]
         for obs in nested:

@@ -37,8 +37,8 @@ class WorkerCounts:
 
 def worker_settings(policy: PolicySpec, graphs: bool, overrides: dict[str, Any], redis_url: str,
                     max_batch_size: int, max_wait_ms: float) -> Any:
-    from broker.settings import BatchSettings, RedisSettings, WorkerSettings
-    from policy_workers.loop import PolicyWorkerSettings
+    from rolloutq.broker.settings import BatchSettings, RedisSettings, WorkerSettings
+    from rolloutq.policy_workers.loop import PolicyWorkerSettings
 
     return PolicyWorkerSettings(
         backend=policy.backend,
@@ -50,7 +50,7 @@ def worker_settings(policy: PolicySpec, graphs: bool, overrides: dict[str, Any],
 
 
 def _plain_worker(settings: Any, stop: Any) -> None:
-    from policy_workers.loop import PolicyWorker
+    from rolloutq.policy_workers.loop import PolicyWorker
 
     worker = PolicyWorker(settings)
 
@@ -75,7 +75,7 @@ class RolloutqWorker:
 
     def __init__(self, settings_for: Any, mode: str, gpus: float, replica_cpus: float = 1.0,
                  ray_cpus: int = 4, redis_server: str | None = None) -> None:
-        from broker.embedded import EmbeddedRedis
+        from rolloutq.broker.embedded import EmbeddedRedis
 
         if mode not in ("plain", "serve"):
             raise ValueError(f"rolloutq mode must be 'plain' or 'serve', not {mode!r}")
@@ -89,8 +89,7 @@ class RolloutqWorker:
     def start(self, timeout_s: float = 400.0) -> float:
         """Starts the worker; returns the seconds until it published its metadata."""
         import redis
-
-        from broker.keys import Keys
+        from rolloutq.broker.keys import Keys
 
         t = time.perf_counter()
         if self.mode == "plain":
@@ -100,8 +99,7 @@ class RolloutqWorker:
             self._process.start()
         else:
             import ray
-
-            from policy_workers.serve import ServeSettings, deploy
+            from rolloutq.policy_workers.serve import ServeSettings, deploy
 
             ray.init(num_cpus=self.ray_cpus, num_gpus=self.gpus, include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})

@@ -3,7 +3,7 @@
 A name is one of three things: an import path `my_pkg.policy:MyPolicy`; a name registered by an
 installed package under the entry-point group `rolloutq.backends` (rolloutq's own backends are
 registered there too, in pyproject.toml); or a built-in module of this package (`cnn` ->
-`policy_workers.backends.cnn:Backend`), which is how a source checkout finds them uninstalled.
+`rolloutq.policy_workers.backends.cnn:Backend`), which is how a source checkout finds them uninstalled.
 What a name stands for is a class (or factory) that takes the backend options as keywords and
 builds a `PolicyBackend` (docs/EXTENDING.md).
 """
@@ -15,8 +15,8 @@ import pkgutil
 from importlib.metadata import entry_points
 from typing import Any
 
-from policy_workers.base import PolicyBackend
-from policy_workers.errors import BackendNotFound, BackendUnavailable
+from rolloutq.policy_workers.base import PolicyBackend
+from rolloutq.policy_workers.errors import BackendNotFound, BackendUnavailable
 
 GROUP = "rolloutq.backends"
 REQUIRED = ("load", "metadata", "infer")
@@ -71,7 +71,7 @@ def make_backend(name: str, **options: Any) -> PolicyBackend:
     missing = [m for m in REQUIRED if not callable(getattr(backend, m, None))]
     if missing:
         raise BackendNotFound(f"{name!r} built a {type(backend).__name__}, which is not a policy backend: it has no "
-                              f"{', '.join(missing)} (subclass policy_workers.base.PolicyBackend)")
+                              f"{', '.join(missing)} (subclass rolloutq.policy_workers.base.PolicyBackend)")
     return backend
 
 

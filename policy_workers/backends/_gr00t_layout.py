@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from broker.real_g1 import ACTION_DIMS
-from policy_workers.base import Chunk, Obs
-from policy_workers.errors import SchemaMismatch
+from rolloutq.broker.real_g1 import ACTION_DIMS
+from rolloutq.policy_workers.base import Chunk, Obs
+from rolloutq.policy_workers.errors import SchemaMismatch
 
 LANGUAGE_KEY = "annotation.human.task_description"
 

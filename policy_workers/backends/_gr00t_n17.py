@@ -24,13 +24,12 @@ import warnings
 from typing import Any
 
 import numpy as np
-
-from policy_workers.backends._gr00t_layout import ModalitySpec, VideoRows, synthetic_text_ids
-from policy_workers.backends._mapped_frames import MappedFrames
-from policy_workers.backends._n17_graphs import Graphs, capture
-from policy_workers.backends._vision_attention import batch_vision_attention
-from policy_workers.backends.gr00t import RANDOM_LABEL
-from policy_workers.errors import BackendLoadError
+from rolloutq.policy_workers.backends._gr00t_layout import ModalitySpec, VideoRows, synthetic_text_ids
+from rolloutq.policy_workers.backends._mapped_frames import MappedFrames
+from rolloutq.policy_workers.backends._n17_graphs import Graphs, capture
+from rolloutq.policy_workers.backends._vision_attention import batch_vision_attention
+from rolloutq.policy_workers.backends.gr00t import RANDOM_LABEL
+from rolloutq.policy_workers.errors import BackendLoadError
 
 # Qwen2/3-VL special token ids (from the Cosmos-Reason2-2B / Qwen3-VL config and tokenizer).
 IM_START, IM_END, PAD = 151644, 151645, 151643
@@ -66,7 +65,7 @@ class N17RandomPolicy:
                 "n17-random mode needs lerobot>=0.6 (Python>=3.12) with diffusers, dm-tree and a "
                 f"transformers with Qwen3-VL: pip install 'lerobot[groot]>=0.6.1' ({e})"
             ) from None
-        from policy_workers.backends._gr00t_layout import REAL_G1
+        from rolloutq.policy_workers.backends._gr00t_layout import REAL_G1
 
         self.torch = torch
         self.spec = spec or REAL_G1

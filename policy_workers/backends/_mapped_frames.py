@@ -2,7 +2,7 @@
 
 At N = 64 REAL_G1 rollouts a batch's frames are 25 MB. Assembling them into one buffer before the
 copy to the GPU costs 2-4 ms on the inference thread while the GPU waits. Frames that arrive as
-views of the simulators' shared-memory segments (`broker.frames`) are instead left there: each
+views of the simulators' shared-memory segments (`rolloutq.broker.frames`) are instead left there: each
 segment's mapping is registered once with CUDA as page-locked, read-only memory
 (`N17RandomPolicy.frames_loadable`), and the captured forward copies each request's frames
 straight from it (64 copies: ~0.9 ms on the H100 host; docs/benchmarks.md).

@@ -29,11 +29,10 @@ import warnings
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-
-from policy_workers.backends._gr00t_layout import VideoRows
+from rolloutq.policy_workers.backends._gr00t_layout import VideoRows
 
 if TYPE_CHECKING:
-    from policy_workers.backends._gr00t_n17 import N17RandomPolicy
+    from rolloutq.policy_workers.backends._gr00t_n17 import N17RandomPolicy
 
 SCOPES = ("forward", "head")
 CHECK_TOLERANCE = 0.02  # relative L2 error, backbone features and action chunks, same noise seed
@@ -58,7 +57,7 @@ def _sized(sizes: list[int], b: int) -> int | None:
 
 
 def _synthetic_batch(policy: N17RandomPolicy, b: int, texts: list[str] | None = None) -> dict[str, Any]:
-    from policy_workers.backends._gr00t_layout import check_nested, stack, synthetic_observation, to_nested
+    from rolloutq.policy_workers.backends._gr00t_layout import check_nested, stack, synthetic_observation, to_nested
 
     nested = []
     for i in range(b):

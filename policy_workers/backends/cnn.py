@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from rolloutq.policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
+from rolloutq.policy_workers.batching import stack
+from rolloutq.policy_workers.errors import BackendLoadError
 from torch import nn
-
-from policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
-from policy_workers.batching import stack
-from policy_workers.errors import BackendLoadError
 
 
 class _Net(nn.Module):

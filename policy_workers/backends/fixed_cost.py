@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from policy_workers.backends.null import Backend as NullBackend
-from policy_workers.base import Chunk, Obs, PolicyMetadata
+from rolloutq.policy_workers.backends.null import Backend as NullBackend
+from rolloutq.policy_workers.base import Chunk, Obs, PolicyMetadata
 
 
 class Backend(NullBackend):

@@ -18,11 +18,10 @@ from typing import Any
 
 import mujoco
 import numpy as np
-
-from broker.real_g1 import ACTION_DIMS, FRAMES, IMAGE_SIZE, STATE_DIMS, TEXT_KEY, VIDEO_KEY
-from policy_workers.backends._g1_assets import g1_xml_path
-from policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
-from policy_workers.batching import flatten
+from rolloutq.broker.real_g1 import ACTION_DIMS, FRAMES, IMAGE_SIZE, STATE_DIMS, TEXT_KEY, VIDEO_KEY
+from rolloutq.policy_workers.backends._g1_assets import g1_xml_path
+from rolloutq.policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
+from rolloutq.policy_workers.batching import flatten
 
 CHUNK = 40
 HORIZON = 8

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from policy_workers.backends._gr00t_layout import (
+from rolloutq.policy_workers.backends._gr00t_layout import (
     KNOWN_SPECS,
     REAL_G1,
     ModalitySpec,
@@ -38,8 +38,8 @@ from policy_workers.backends._gr00t_layout import (
     synthetic_observation,
     to_nested,
 )
-from policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
-from policy_workers.errors import BackendLoadError
+from rolloutq.policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
+from rolloutq.policy_workers.errors import BackendLoadError
 
 RANDOM_LABEL = "GR00T N1.7 network, random weights"
 """Said by the metadata, every chunk and every `info` of the `n17-random` mode."""
@@ -178,7 +178,7 @@ class Backend(PolicyBackend):
         if self._factory is not None:
             self.policy = self._factory(s)
         elif s.mode == "n17-random":
-            from policy_workers.backends._gr00t_n17 import N17RandomPolicy
+            from rolloutq.policy_workers.backends._gr00t_n17 import N17RandomPolicy
 
             self.policy = N17RandomPolicy(
                 device=s.device,

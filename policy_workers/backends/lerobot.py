@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
-from policy_workers.batching import flatten, text_of
-from policy_workers.errors import BackendLoadError
+from rolloutq.policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
+from rolloutq.policy_workers.batching import flatten, text_of
+from rolloutq.policy_workers.errors import BackendLoadError
 
 _INSTALL = (
     "LeRobot is not importable in this interpreter. Python 3.11: `pip install --no-deps lerobot==0.4.4` plus "

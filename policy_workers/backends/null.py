@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
+from rolloutq.policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
 
 
 class Backend(PolicyBackend):

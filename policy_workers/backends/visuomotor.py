@@ -20,13 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from rolloutq.broker.real_g1 import ACTION_DIMS
+from rolloutq.policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
+from rolloutq.policy_workers.batching import flatten
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
-
-from broker.real_g1 import ACTION_DIMS
-from policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
-from policy_workers.batching import flatten
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "g1_bc"  # package data: ships with it
 STATE_KEYS = [

@@ -8,7 +8,7 @@ adapter's code paths (vectorised reset/step, torch tensors batch-first, per-env 
 camera rendering, action mapping by joint name) run for real without Isaac Sim.
 
 Build it with `make_env_cfg(num_envs=..., camera=...)`; the adapter takes it through
-`env_cfg="sim_workers.adapters._mjlab_g1:make_env_cfg"`.
+`env_cfg="rolloutq.sim_workers.adapters._mjlab_g1:make_env_cfg"`.
 """
 
 from __future__ import annotations

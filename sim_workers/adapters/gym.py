@@ -19,7 +19,7 @@ Options:
 - `max_steps`: step cap (default: the env's own time limit, else 1000).
 
 `Adapter` is one environment (for the per-slot `SimWorker`); `VectorAdapter` wraps
-`gymnasium.make_vec` (`num_envs`, `vectorization_mode`) for `sim_workers.vector.run_vector`.
+`gymnasium.make_vec` (`num_envs`, `vectorization_mode`) for `rolloutq.sim_workers.vector.run_vector`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ import importlib
 from typing import Any
 
 import numpy as np
-
-from sim_workers.base import Chunk, Obs, SimAdapter, StepResult, TaskInfo
-from sim_workers.vector import VectorSimAdapter
+from rolloutq.sim_workers.base import Chunk, Obs, SimAdapter, StepResult, TaskInfo
+from rolloutq.sim_workers.vector import VectorSimAdapter
 
 TEXT_KEY = "annotation.human.task_description"
 

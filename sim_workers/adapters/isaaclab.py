@@ -2,8 +2,8 @@
 
 One process hosts `num_envs` environments (torch tensors, batch first, on the sim's device). At
 each policy query every env whose chunk ran out becomes one request, all sent at once (see
-`sim_workers.vector.run_vector`), so the policy worker batches them. Each executed chunk step goes
-through the G1 translation (`sim_workers.real_g1`): chunk -> flat (1, 28) command (left_arm 7,
+`rolloutq.sim_workers.vector.run_vector`), so the policy worker batches them. Each executed chunk step goes
+through the G1 translation (`rolloutq.sim_workers.real_g1`): chunk -> flat (1, 28) command (left_arm 7,
 right_arm 7, left_hand 7, right_hand 7), then by joint name into the env's joint-position action
 tensor (absolute targets; scale/offset of the action term undone), joints the command does not
 cover held at their defaults. Observations are built from the articulation's joint positions,
@@ -33,25 +33,24 @@ import importlib
 from typing import Any
 
 import numpy as np
-
-from sim_workers.base import Chunk, Obs, StepResult, TaskInfo
-from sim_workers.vector import SingleEnvView, VectorSimAdapter
+from rolloutq.sim_workers.base import Chunk, Obs, StepResult, TaskInfo
+from rolloutq.sim_workers.vector import SingleEnvView, VectorSimAdapter
 
 # --- G1 translation --------------------------------------------------------------------------------
-# TO BE REPLACED by `sim_workers.real_g1` (branch `g1`) once it is on main: the adapter prefers that
+# TO BE REPLACED by `rolloutq.sim_workers.real_g1` (branch `g1`) once it is on main: the adapter prefers that
 # module and falls back to this minimal local copy of its contract only while it is absent.
 
 
 def _real_g1() -> Any:
     try:
-        return importlib.import_module("sim_workers.real_g1")
+        return importlib.import_module("rolloutq.sim_workers.real_g1")
     except ModuleNotFoundError:
         return _LocalRealG1
 
 
 class _LocalRealG1:
-    """Minimal stand-in for `sim_workers.real_g1` (pose -> 9-D, observation builder, chunk step ->
-    (1, 28)). Delete once `sim_workers.real_g1` is merged."""
+    """Minimal stand-in for `rolloutq.sim_workers.real_g1` (pose -> 9-D, observation builder, chunk step ->
+    (1, 28)). Delete once `rolloutq.sim_workers.real_g1` is merged."""
 
     INSTRUCTION = "pick up the apple and place it on the plate"
     IMAGE_SIZE = 256

@@ -2,8 +2,8 @@
 
 A name is one of three things: an import path `my_pkg.env:MyEnv`; a name registered by an
 installed package under the entry-point group `rolloutq.tasks` (rolloutq's own tasks are
-registered there too, in pyproject.toml); or a built-in module of `sim_workers.tasks` or
-`sim_workers.adapters` (`reach` -> `sim_workers.tasks.reach:Adapter`), which is how a source
+registered there too, in pyproject.toml); or a built-in module of `rolloutq.sim_workers.tasks` or
+`rolloutq.sim_workers.adapters` (`reach` -> `rolloutq.sim_workers.tasks.reach:Adapter`), which is how a source
 checkout finds them uninstalled. What a name stands for is a `SimAdapter` class (or factory) that
 takes the task options as keywords, or a `VectorSimAdapter` class that also takes `num_envs`
 (docs/EXTENDING.md). A built-in module may pair its `Adapter` with a `VectorAdapter`.
@@ -17,16 +17,16 @@ import sys
 from importlib.metadata import entry_points
 from typing import Any
 
-from sim_workers.base import SimAdapter
-from sim_workers.errors import TaskNotFound, TaskUnavailable
-from sim_workers.vector import SingleEnvView, VectorSimAdapter
+from rolloutq.sim_workers.base import SimAdapter
+from rolloutq.sim_workers.errors import TaskNotFound, TaskUnavailable
+from rolloutq.sim_workers.vector import SingleEnvView, VectorSimAdapter
 
 GROUP = "rolloutq.tasks"
 REQUIRED = ("reset", "observe", "step", "action_from_chunk")
 EXTRAS = {"mujoco": "sim", "imageio": "sim", "gymnasium": "gym", "gym": "gym"}
 """rolloutq's extra that installs what a built-in task imports, by module (or by task name, for an
 adapter that says what is missing in words)."""
-_PACKAGES = (__name__, "sim_workers.adapters")
+_PACKAGES = (__name__, "rolloutq.sim_workers.adapters")
 _HOW_TO_PLUG_IN = (f"name your own as my_pkg.env:MyEnv or register it under the entry-point group {GROUP} "
                    "(docs/EXTENDING.md)")
 
@@ -98,7 +98,7 @@ def make_task(name: str, **options: Any) -> SimAdapter:
     missing = [m for m in REQUIRED if not callable(getattr(env, m, None))]
     if missing:
         raise TaskNotFound(f"{name!r} built a {type(env).__name__}, which is not a simulator adapter: it has no "
-                           f"{', '.join(missing)} (subclass sim_workers.base.SimAdapter)")
+                           f"{', '.join(missing)} (subclass rolloutq.sim_workers.base.SimAdapter)")
     return env
 
 

@@ -25,10 +25,9 @@ import sys
 from typing import Any
 
 import numpy as np
-
-from sim_workers import real_g1
-from sim_workers.base import Obs, SimAdapter, StepResult, TaskInfo
-from sim_workers.g1_assets import g1_xml_path
+from rolloutq.sim_workers import real_g1
+from rolloutq.sim_workers.base import Obs, SimAdapter, StepResult, TaskInfo
+from rolloutq.sim_workers.g1_assets import g1_xml_path
 
 
 def _choose_gl() -> None:

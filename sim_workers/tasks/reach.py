@@ -12,8 +12,7 @@ from typing import Any
 
 import mujoco
 import numpy as np
-
-from sim_workers.base import Chunk, Obs, SimAdapter, StepResult, TaskInfo
+from rolloutq.sim_workers.base import Chunk, Obs, SimAdapter, StepResult, TaskInfo
 
 _XML = """
 <mujoco model="reach">

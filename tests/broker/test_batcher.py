@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from broker.batcher import CohortBatcher, MicroBatcher, signature
+from rolloutq.broker.batcher import CohortBatcher, MicroBatcher, signature
 
 
 def test_full_batch_dispatches_immediately():
@@ -80,7 +79,7 @@ def test_full_group_preferred_by_age_among_ready():
 
 
 def test_cohort_serves_a_lone_rollout_at_once():
-    from broker.batcher import CohortBatcher
+    from rolloutq.broker.batcher import CohortBatcher
 
     b = CohortBatcher[str](max_batch_size=32, max_wait_s=0.05)
     b.add("r0-s0", "k", now=0.0, rollout="r0")
@@ -88,7 +87,7 @@ def test_cohort_serves_a_lone_rollout_at_once():
 
 
 def test_cohort_waits_for_the_active_population_then_merges():
-    from broker.batcher import CohortBatcher
+    from rolloutq.broker.batcher import CohortBatcher
 
     b = CohortBatcher[str](max_batch_size=32, max_wait_s=0.05)
     for i in range(4):  # four rollouts are active
@@ -104,7 +103,7 @@ def test_cohort_waits_for_the_active_population_then_merges():
 
 
 def test_cohort_gives_up_on_stragglers_after_the_merge_wait():
-    from broker.batcher import CohortBatcher
+    from rolloutq.broker.batcher import CohortBatcher
 
     b = CohortBatcher[str](max_batch_size=32, max_wait_s=0.02)
     b.add("a", "k", now=0.0, rollout="a")
@@ -117,7 +116,7 @@ def test_cohort_gives_up_on_stragglers_after_the_merge_wait():
 
 
 def test_cohort_stops_waiting_for_a_finished_rollout_but_not_for_a_slow_one():
-    from broker.batcher import CohortBatcher
+    from rolloutq.broker.batcher import CohortBatcher
 
     b = CohortBatcher[str](max_batch_size=32, max_wait_s=0.02)  # population window 2 s
     t = 0.0
@@ -143,7 +142,7 @@ def test_cohort_stops_waiting_for_a_finished_rollout_but_not_for_a_slow_one():
 
 
 def test_cohort_respects_max_batch_size():
-    from broker.batcher import CohortBatcher
+    from rolloutq.broker.batcher import CohortBatcher
 
     b = CohortBatcher[int](max_batch_size=4, max_wait_s=1.0)
     for i in range(10):

@@ -10,19 +10,18 @@ import time
 
 import numpy as np
 import pytest
-
-from broker.batch_runner import REPLY_GROUP
-from broker.client import ActionChunker, PolicyClient, SyncPolicyClient
-from broker.codec import encode
-from broker.connection import connect_async, connect_sync
-from broker.consumer import StreamConsumer
-from broker.errors import PolicyErrorReply, PolicyTimeout
-from broker.handler import BatchHandler
-from broker.keys import GROUP, Keys, shard_of
-from broker.schema import Reply, Request, Status
-from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
-from policy_workers.batching import SchemaChecker
-from policy_workers.batching import split as split_rows
+from rolloutq.broker.batch_runner import REPLY_GROUP
+from rolloutq.broker.client import ActionChunker, PolicyClient, SyncPolicyClient
+from rolloutq.broker.codec import encode
+from rolloutq.broker.connection import connect_async, connect_sync
+from rolloutq.broker.consumer import StreamConsumer
+from rolloutq.broker.errors import PolicyErrorReply, PolicyTimeout
+from rolloutq.broker.handler import BatchHandler
+from rolloutq.broker.keys import GROUP, Keys, shard_of
+from rolloutq.broker.schema import Reply, Request, Status
+from rolloutq.broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
+from rolloutq.policy_workers.batching import SchemaChecker
+from rolloutq.policy_workers.batching import split as split_rows
 
 
 class EchoHandler(BatchHandler):

@@ -1,16 +1,25 @@
-"""The client's rules (`broker.client_core.Exchange`) walked through step by step, without Redis:
+"""The client's rules (`rolloutq.broker.client_core.Exchange`) walked through step by step, without Redis:
 the test plays Redis and the clock."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from broker.client_core import ActResult, Call, Cancel, Done, Exchange, Lookup, Pause, RolloutCursor, SendAndRead
-from broker.codec import MsgpackNumpyCodec
-from broker.errors import PolicyTimeout, RedisUnavailable
-from broker.schema import Reply, Status
-from broker.settings import ClientSettings
+from rolloutq.broker.client_core import (
+    ActResult,
+    Call,
+    Cancel,
+    Done,
+    Exchange,
+    Lookup,
+    Pause,
+    RolloutCursor,
+    SendAndRead,
+)
+from rolloutq.broker.codec import MsgpackNumpyCodec
+from rolloutq.broker.errors import PolicyTimeout, RedisUnavailable
+from rolloutq.broker.schema import Reply, Status
+from rolloutq.broker.settings import ClientSettings
 
 STREAM = "rq:req:{p#0}"
 REPLIES = "rq:rep:{p#0}:r0"

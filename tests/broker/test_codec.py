@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-from broker.codec import CodecLimits, MsgpackNumpyCodec, decode, encode
-from broker.errors import CodecError
+from rolloutq.broker.codec import CodecLimits, MsgpackNumpyCodec, decode, encode
+from rolloutq.broker.errors import CodecError
 
 DTYPES = ["|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f2", "<f4", "<f8"]
 
@@ -228,7 +227,7 @@ def test_encoder_refuses_object_arrays():
 def test_flat_map_fast_path_writes_what_msgpack_writes(msg):
     """Flat maps of arrays and strings (action chunks) take a hand-built path; its bytes must be
     msgpack's own, whatever the keys, dtypes, shapes and sizes."""
-    from broker.codec import _default
+    from rolloutq.broker.codec import _default
 
     assert encode(msg) == msgpack.packb(msg, default=_default, use_bin_type=True)
     _same(decode(encode(msg)), msg)

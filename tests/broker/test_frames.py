@@ -1,4 +1,4 @@
-"""Shared-memory frames (`broker.frames`): what the client writes is what the worker reads, and
+"""Shared-memory frames (`rolloutq.broker.frames`): what the client writes is what the worker reads, and
 every way a reference can be wrong is refused with a `CodecError` the client can act on."""
 
 from __future__ import annotations
@@ -8,10 +8,9 @@ import os
 
 import numpy as np
 import pytest
-
-from broker.codec import MsgpackNumpyCodec
-from broker.errors import CodecError, SharedFramesUnavailable
-from broker.frames import HEADER_BYTES, MIN_BYTES, FrameArena, FrameReader, SharedFrame
+from rolloutq.broker.codec import MsgpackNumpyCodec
+from rolloutq.broker.errors import CodecError, SharedFramesUnavailable
+from rolloutq.broker.frames import HEADER_BYTES, MIN_BYTES, FrameArena, FrameReader, SharedFrame
 
 
 def g1_like(seed: int = 0) -> dict:

@@ -8,10 +8,10 @@ import asyncio
 import hashlib
 import json
 
-from broker.connection import connect_async
-from broker.settings import RedisSettings
-from broker.sweep import EpisodeSpec, SweepQueue
-from controller.intake import ResultIntake
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.settings import RedisSettings
+from rolloutq.broker.sweep import EpisodeSpec, SweepQueue
+from rolloutq.controller.intake import ResultIntake
 
 
 def _run(redis_url: str, scenario) -> object:

@@ -11,14 +11,14 @@ import time
 import numpy as np
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from rolloutq.broker.client import PolicyClient, SyncPolicyClient
+from rolloutq.broker.codec import encode
+from rolloutq.broker.connection import connect_async, connect_sync
+from rolloutq.broker.errors import PolicyErrorReply, PolicyTimeout, ProtocolError
+from rolloutq.broker.keys import GROUP, Keys
+from rolloutq.broker.schema import Reply, Request, Status
+from rolloutq.broker.settings import BatchSettings, ClientSettings, RedisSettings
 
-from broker.client import PolicyClient, SyncPolicyClient
-from broker.codec import encode
-from broker.connection import connect_async, connect_sync
-from broker.errors import PolicyErrorReply, PolicyTimeout, ProtocolError
-from broker.keys import GROUP, Keys
-from broker.schema import Reply, Request, Status
-from broker.settings import BatchSettings, ClientSettings, RedisSettings
 from tests.broker.test_client_consumer import EchoHandler, serving
 
 KEYS = Keys()

@@ -16,8 +16,7 @@ import time
 from typing import Any
 
 import redis as redis_py
-
-from broker.keys import GROUP, Keys
+from rolloutq.broker.keys import GROUP, Keys
 
 
 class QueueGauges:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from controller.autoscale import (
+from rolloutq.controller.autoscale import (
     Autoscaler,
     AutoscaleSettings,
     Metrics,

@@ -23,15 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rolloutq.broker.client import PolicyClient
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.embedded import EmbeddedRedis, free_port
+from rolloutq.broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
+from rolloutq.controller.autoscale import AutoscaleSettings, PolicyPoolSettings, SimPoolSettings
+from rolloutq.controller.control import Controller
+from rolloutq.controller.localstack import LocalStack, exporter_root
+from rolloutq.controller.pools import ServePolicyPool
 
-from broker.client import PolicyClient
-from broker.connection import connect_async
-from broker.embedded import EmbeddedRedis, free_port
-from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
-from controller.autoscale import AutoscaleSettings, PolicyPoolSettings, SimPoolSettings
-from controller.control import Controller
-from controller.localstack import LocalStack, exporter_root
-from controller.pools import ServePolicyPool
 from tests.controller.queue_gauges import QueueGauges
 
 pytestmark = [pytest.mark.slow,
@@ -88,8 +88,8 @@ def _settings(**policy) -> AutoscaleSettings:
 
 @pytest.mark.timeout(150)
 def test_load_step_scales_policy_pool_up_then_down_and_holds_through_a_gap(env, tmp_path):
-    from policy_workers.loop import PolicyWorkerSettings
-    from policy_workers.serve import ServeSettings, deploy
+    from rolloutq.policy_workers.loop import PolicyWorkerSettings
+    from rolloutq.policy_workers.serve import ServeSettings, deploy
 
     rs = RedisSettings(url=env["redis_url"])
     worker = PolicyWorkerSettings(backend="fixed-cost", backend_options={"batch_ms": 40}, redis=rs,
@@ -189,7 +189,7 @@ def test_standalone_controller_command_scales_a_running_stack(env, tmp_path):
     pool.set(2)  # the app the load-step test deployed, now idle
     decisions = tmp_path / "cli.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from controller.cli import app; app()", "controller",
+        [sys.executable, "-c", "from rolloutq.controller.cli import app; app()", "controller",
          "--prometheus-url", env["stack"].prometheus_url, "--address", ray.get_runtime_context().gcs_address,
          "--policy", POLICY, "--redis-url", env["redis_url"], "--set", "autoscale.policy.min_replicas=1",
          "--set", "autoscale.policy.max_replicas=3", "--set", "autoscale.policy.down_delay_s=2",
@@ -210,8 +210,8 @@ def test_standalone_controller_command_scales_a_running_stack(env, tmp_path):
 
 @pytest.mark.timeout(180)
 def test_sweep_finishes_while_pools_change_and_saturated_policy_stops_sim_growth(env, tmp_path):
-    from controller.eval import EvalSettings, run_eval
-    from policy_workers.serve import ServeSettings
+    from rolloutq.controller.eval import EvalSettings, run_eval
+    from rolloutq.policy_workers.serve import ServeSettings
 
     s = _settings(max_replicas=1, min_replicas=1)
     s.prometheus_url = env["stack"].prometheus_url
@@ -252,9 +252,8 @@ def test_sweep_finishes_while_pools_change_and_saturated_policy_stops_sim_growth
 @pytest.mark.timeout(60)
 def test_serve_policy_reads_real_prometheus(env):
     import redis as redis_py
-
-    from broker.keys import Keys
-    from controller.serve_policy import RolloutqServePolicy
+    from rolloutq.broker.keys import Keys
+    from rolloutq.controller.serve_policy import RolloutqServePolicy
 
     redis_py.Redis.from_url(env["redis_url"]).sadd(Keys().policies(), POLICY)  # watched even if never deployed
     pol = RolloutqServePolicy(policy=POLICY, prometheus_address=env["stack"].prometheus_url, fetch_interval_s=0.5,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+from rolloutq.policy_workers.backends import make_backend
+from rolloutq.sim_workers.tasks import make_task, task_class
 
-from policy_workers.backends import make_backend
-from sim_workers.tasks import make_task, task_class
 from tests.inprocess import run_sweep
 
 TOL = 1e-4  # max |batched - unbatched| action difference allowed (float32 CPU convolutions)

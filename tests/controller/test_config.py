@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import typer.main
+from rolloutq.controller.cli import app
+from rolloutq.controller.config import ConfigError, PolicyWorkerConfig, SimWorkerConfig, eval_settings, load, to_toml
 from typer.testing import CliRunner
-
-from controller.cli import app
-from controller.config import ConfigError, PolicyWorkerConfig, SimWorkerConfig, eval_settings, load, to_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
-from broker.sweep import ResultEntry
-from controller.intake import RECORD_FIELDS, ResultIntake
-from sim_workers.runner import EpisodeRecord
+from rolloutq.broker.sweep import ResultEntry
+from rolloutq.controller.intake import RECORD_FIELDS, ResultIntake
+from rolloutq.sim_workers.runner import EpisodeRecord
 
 
 def _record(**over) -> dict:

@@ -12,18 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from broker.client import fetch_metadata
-from broker.connection import connect_async
-from broker.keys import Keys
-from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
-from broker.sweep import EpisodeSpec, SweepQueue
-from policy_workers import backends
-from policy_workers.errors import BackendNotFound, BackendUnavailable
-from policy_workers.loop import PolicyWorker, PolicyWorkerSettings
-from sim_workers import tasks
-from sim_workers.errors import TaskNotFound, TaskUnavailable
-from sim_workers.worker import SimWorker, SimWorkerSettings, vector_adapter_class
+from rolloutq.broker.client import fetch_metadata
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.keys import Keys
+from rolloutq.broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
+from rolloutq.broker.sweep import EpisodeSpec, SweepQueue
+from rolloutq.policy_workers import backends
+from rolloutq.policy_workers.errors import BackendNotFound, BackendUnavailable
+from rolloutq.policy_workers.loop import PolicyWorker, PolicyWorkerSettings
+from rolloutq.sim_workers import tasks
+from rolloutq.sim_workers.errors import TaskNotFound, TaskUnavailable
+from rolloutq.sim_workers.worker import SimWorker, SimWorkerSettings, vector_adapter_class
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "EXTENDING.md").read_text()
@@ -161,11 +160,11 @@ def test_import_paths_that_do_not_resolve_say_what_is_missing(my_pkg):
 
 def test_a_builtin_missing_an_optional_dependency_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "mujoco", None)  # import mujoco now fails as if not installed
-    monkeypatch.delitem(sys.modules, "sim_workers.tasks.reach", raising=False)
+    monkeypatch.delitem(sys.modules, "rolloutq.sim_workers.tasks.reach", raising=False)
     with pytest.raises(TaskUnavailable, match=r"task 'reach' needs the module 'mujoco'.*rolloutq\[sim\]"):
         tasks.task_class("reach")
     monkeypatch.setitem(sys.modules, "torch", None)
-    monkeypatch.delitem(sys.modules, "policy_workers.backends.cnn", raising=False)
+    monkeypatch.delitem(sys.modules, "rolloutq.policy_workers.backends.cnn", raising=False)
     with pytest.raises(BackendUnavailable, match=r"backend 'cnn' needs the module 'torch'.*rolloutq\[serve\]"):
         backends.backend_class("cnn")
     monkeypatch.setitem(sys.modules, "gymnasium", None)
@@ -176,7 +175,7 @@ def test_a_builtin_missing_an_optional_dependency_names_the_extra(monkeypatch):
 def test_a_named_vector_adapter_vectorises_on_request_and_fills_a_slot_alone(my_pkg):
     (my_pkg / "my_pkg" / "vec.py").write_text(
         "from my_pkg.env import PointMass\n"
-        "from sim_workers.vector import VectorSimAdapter\n\n"
+        "from rolloutq.sim_workers.vector import VectorSimAdapter\n\n"
         "class Points(VectorSimAdapter):\n"
         "    def __init__(self, num_envs=2):\n"
         "        self.envs = [PointMass() for _ in range(num_envs)]\n"

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 
-from controller.report import write_report
-from controller.results import EXIT_INCOMPLETE, EXIT_SIM_ERRORS, human_summary, summarize, verdict
+from rolloutq.controller.report import write_report
+from rolloutq.controller.results import EXIT_INCOMPLETE, EXIT_SIM_ERRORS, human_summary, summarize, verdict
 
 
 def _record(episode: int, outcome: str, reason: str = "") -> dict:
@@ -80,9 +80,8 @@ def test_report_shows_the_outcome_table(tmp_path):
 
 
 def test_eval_cli_exits_with_the_verdict_after_printing_the_summary(tmp_path, monkeypatch):
+    from rolloutq.controller.cli import app
     from typer.testing import CliRunner
-
-    from controller.cli import app
 
     summary = summarize(RECORDS, 10.0, {"mean_batch_size": 1.0}, {"episodes": 9})
     seen = {}
@@ -91,7 +90,7 @@ def test_eval_cli_exits_with_the_verdict_after_printing_the_summary(tmp_path, mo
         seen["max_sim_errors"] = settings.max_sim_errors
         return summary
 
-    monkeypatch.setattr("controller.eval.run_eval", fake_run_eval)
+    monkeypatch.setattr("rolloutq.controller.eval.run_eval", fake_run_eval)
     runner = CliRunner()
     got = runner.invoke(app, ["eval", "-n", "9", "--out", str(tmp_path)])
     assert got.exit_code == EXIT_SIM_ERRORS and seen["max_sim_errors"] == 0

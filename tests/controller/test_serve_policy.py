@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from controller.serve_policy import RolloutqServePolicy
+from rolloutq.controller.serve_policy import RolloutqServePolicy
 
 
 def _ctx(target: int, current: int | None = None, lo: int = 1, hi: int = 4, t: float = 0.0):
@@ -32,7 +32,7 @@ def test_serve_accepts_it_as_a_class_policy():
     from ray.serve.config import AutoscalingConfig
 
     cfg = AutoscalingConfig(min_replicas=1, max_replicas=4, upscale_delay_s=5, downscale_delay_s=30, policy={
-        "policy_function": "controller.serve_policy:RolloutqServePolicy",
+        "policy_function": "rolloutq.controller.serve_policy:RolloutqServePolicy",
         "policy_kwargs": {"policy": "p", "prometheus_address": "http://127.0.0.1:9", "target_utilization": 0.8}})
     raw = cfg.policy.get_policy()
     assert raw.__name__ == "RolloutqServePolicy"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from broker.connection import connect_async
-from broker.settings import RedisSettings
-from broker.sweep import EpisodeSpec, SweepQueue
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.settings import RedisSettings
+from rolloutq.broker.sweep import EpisodeSpec, SweepQueue
 
 
 def test_release_returns_only_own_leases_with_bumped_generation(redis_url):

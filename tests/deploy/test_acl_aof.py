@@ -10,8 +10,8 @@ import secrets
 import time
 
 import redis
+from rolloutq.broker.embedded import EmbeddedRedis, free_port
 
-from broker.embedded import EmbeddedRedis, free_port
 from tests.fault.conftest import ROOT, redis_binary
 
 ROLES = ("admin", "sim", "policy", "controller")

@@ -24,7 +24,7 @@ SERVICES = rolloutq_services(DOC)
 
 def _group(command: str):
     """The click group that owns `command` (every command is mounted on the main CLI)."""
-    from controller.cli import app
+    from rolloutq.controller.cli import app
 
     group = typer.main.get_command(app)
     assert command in group.commands, f"`rolloutq {command}` is not a command of the CLI"
@@ -107,9 +107,8 @@ def test_controller_configuration_is_the_one_the_other_services_use(monkeypatch)
     the policy and sim services read from the same .env, and a long wait for the model to load."""
     import tomllib
 
+    from rolloutq.controller.cli import app
     from typer.testing import CliRunner
-
-    from controller.cli import app
 
     doc = load(env_for_tests(ROLLOUTQ_POLICY="g1", ROLLOUTQ_NAMESPACE="lab", ROLLOUTQ_TASK="reach"))
     svc = doc["services"]["controller"]

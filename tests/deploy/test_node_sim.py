@@ -24,7 +24,7 @@ from tests.deploy.composefile import ROOT
 pytestmark = pytest.mark.slow
 
 NODE_SIM = ROOT / "examples" / "node-sim"
-ENTRY = "from controller.cli import app; app()"
+ENTRY = "from rolloutq.controller.cli import app; app()"
 
 
 def _need_node() -> str:
@@ -38,7 +38,7 @@ def _need_node() -> str:
 
 @pytest.fixture(scope="module")
 def module_redis():
-    from broker.embedded import EmbeddedRedis
+    from rolloutq.broker.embedded import EmbeddedRedis
 
     server = EmbeddedRedis().start()
     try:
@@ -218,8 +218,7 @@ def test_unreachable_redis_and_missing_policy_are_reported(redis_url):
 def test_node_encoder_writes_the_same_bytes_as_the_python_codec():
     """Array maps with bin keys, exactly msgpack-numpy's layout (docs/PROTOCOL.md §5)."""
     import numpy as np
-
-    from broker.codec import decode, encode
+    from rolloutq.broker.codec import decode, encode
 
     node = _need_node()
     script = (

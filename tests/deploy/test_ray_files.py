@@ -33,7 +33,7 @@ def test_serve_config_validates_and_builds_the_policy_application():
 
 
 def test_build_app_refuses_unknown_args_and_reads_the_url_on_the_replica():
-    from policy_workers.serve import build_app
+    from rolloutq.policy_workers.serve import build_app
 
     with pytest.raises(ValueError, match="unknown rolloutq application args"):
         build_app({"backend": "null", "batch_size": 3})

@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
+from rolloutq.broker.embedded import free_port
 
-from broker.embedded import free_port
 from tests.deploy.composefile import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray_cluster]
 
 RAY = str(Path(sys.executable).with_name("ray"))
-ENTRY = "from controller.cli import app; app()"
+ENTRY = "from rolloutq.controller.cli import app; app()"
 
 
 def _env() -> dict[str, str]:

@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
+from rolloutq.broker.embedded import EmbeddedRedis, free_port
+from rolloutq.controller.cli import app
 
-from broker.embedded import EmbeddedRedis, free_port
-from controller.cli import app
 from tests.deploy.composefile import ROOT, env_for_tests, load
 
 pytestmark = pytest.mark.slow
 
-ENTRY = "from controller.cli import app; app()"
+ENTRY = "from rolloutq.controller.cli import app; app()"
 ROLES = ("admin", "policy", "sim", "controller")
 
 
@@ -34,11 +34,11 @@ def entry(command: str) -> str | None:
     if command in {c.name for c in app.registered_commands}:
         return ENTRY
     try:  # the monitoring commands live on their own Typer app until they are mounted in controller/cli.py
-        from monitoring import cli as monitoring_cli
+        from rolloutq.monitoring import cli as monitoring_cli
     except ImportError:
         return None
     if command in {c.name for c in monitoring_cli.app.registered_commands}:
-        return "from monitoring.cli import app; app()"
+        return "from rolloutq.monitoring.cli import app; app()"
     return None
 
 

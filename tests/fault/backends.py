@@ -14,8 +14,7 @@ import time
 from typing import Any
 
 import numpy as np
-
-from policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
+from rolloutq.policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
 
 STRICT_SCHEMA = {
     "video.top": {"dtype": "uint8", "shape": [1, 1, 8, 8, 3]},

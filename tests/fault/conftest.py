@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 import redis
-
-from broker.embedded import EmbeddedRedis, free_port
+from rolloutq.broker.embedded import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS7 = "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
-"""Debian's redis-server 7 (TLS, ACL files); else whatever `broker.embedded` finds."""
+"""Debian's redis-server 7 (TLS, ACL files); else whatever `rolloutq.broker.embedded` finds."""
 
 
 def redis_binary() -> str | None:

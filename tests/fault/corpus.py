@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import msgpack
 import numpy as np
-
-from broker import PROTOCOL_VERSION
-from broker.codec import CodecLimits, encode
+from rolloutq.broker import PROTOCOL_VERSION
+from rolloutq.broker.codec import CodecLimits, encode
 
 BAD_OBS = {"bad_observation"}
 SCHEMA = {"schema_mismatch"}
@@ -150,7 +149,7 @@ FRAMES_UNAVAILABLE = {"frames_unavailable"}
 
 
 def frame_cases(reply_to: str, arena) -> list[tuple[str, dict, set[str]]]:
-    """Hostile shared-memory frame references (`broker.frames`), for a worker on this host.
+    """Hostile shared-memory frame references (`rolloutq.broker.frames`), for a worker on this host.
 
     `arena` is a client-side `FrameArena` in the worker's frames directory; one real segment is
     written so that token, bounds and generation checks are reached, not just the name check.

@@ -41,8 +41,9 @@ def _dump_tasks() -> None:
 
 
 def worker(cfg: dict[str, Any]) -> None:
-    from broker.settings import BatchSettings, RedisSettings, WorkerSettings
-    from policy_workers.loop import PolicyWorker, PolicyWorkerSettings
+    from rolloutq.broker.settings import BatchSettings, RedisSettings, WorkerSettings
+    from rolloutq.policy_workers.loop import PolicyWorker, PolicyWorkerSettings
+
     from tests.fault.backends import FaultBackend
 
     settings = PolicyWorkerSettings(
@@ -62,8 +63,8 @@ def worker(cfg: dict[str, Any]) -> None:
 
 
 def sim(cfg: dict[str, Any]) -> None:
-    from broker.settings import ClientSettings, RedisSettings
-    from sim_workers.worker import SimWorker, SimWorkerSettings
+    from rolloutq.broker.settings import ClientSettings, RedisSettings
+    from rolloutq.sim_workers.worker import SimWorker, SimWorkerSettings
 
     settings = SimWorkerSettings(
         run=cfg["run"], envs=cfg.get("envs", 2), sim_id=cfg.get("sim_id", ""), exit_when_drained=True,

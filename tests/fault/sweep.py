@@ -1,5 +1,5 @@
 """A minimal controller for fault tests: fill a sweep, follow its results, re-queue infrastructure
-failures and expired leases (as `controller.eval._follow` does), riding out Redis restarts. With the
+failures and expired leases (as `rolloutq.controller.eval._follow` does), riding out Redis restarts. With the
 `ResultIntake` that `create_sweep` returns, results are checked as the real controller checks them."""
 
 from __future__ import annotations
@@ -10,12 +10,11 @@ from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from broker.connection import connect_async
-from broker.settings import RedisSettings
-from broker.sweep import EpisodeSpec, SweepQueue
-from controller.intake import ResultIntake
-from sim_workers.outcomes import RERUN, outcome_of
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.settings import RedisSettings
+from rolloutq.broker.sweep import EpisodeSpec, SweepQueue
+from rolloutq.controller.intake import ResultIntake
+from rolloutq.sim_workers.outcomes import RERUN, outcome_of
 
 DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import redis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.embedded import EmbeddedRedis, free_port
+from rolloutq.broker.settings import RedisSettings
+from rolloutq.broker.sweep import SweepQueue
+from rolloutq.controller.intake import ResultIntake
 
-from broker.connection import connect_async
-from broker.embedded import EmbeddedRedis, free_port
-from broker.settings import RedisSettings
-from broker.sweep import SweepQueue
-from controller.intake import ResultIntake
 from tests.fault.conftest import ROOT, redis_binary, wait_worker
 from tests.fault.sweep import create_sweep, follow_sweep
 
@@ -178,9 +178,9 @@ def test_each_role_refused_what_it_must_not_do_and_sweep_runs(acl_redis, spawn):
     for s in sims:
         assert s.wait(30) == 0, s.log()[-3000:]
     assert "NOPERM" not in w.log() and "no permissions" not in w.log(), w.log()[-3000:]
-    # The queue exporter (monitoring.queue, where present) reads what it needs as `controller`.
+    # The queue exporter (rolloutq.monitoring.queue, where present) reads what it needs as `controller`.
     try:
-        from monitoring.queue import QueueProbe
+        from rolloutq.monitoring.queue import QueueProbe
     except ImportError:
         return
     probe = QueueProbe(redis.Redis.from_url(urls["controller"]))

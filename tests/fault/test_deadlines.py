@@ -13,16 +13,16 @@ import time
 import numpy as np
 import pytest
 import redis
+from rolloutq.broker.client import PolicyClient
+from rolloutq.broker.codec import encode
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.embedded import free_port
+from rolloutq.broker.errors import PolicyTimeout, RedisUnavailable
+from rolloutq.broker.schema import Reply
+from rolloutq.broker.settings import ClientSettings, RedisSettings
+from rolloutq.sim_workers.runner import EnvSlot, run_episode
+from rolloutq.sim_workers.tasks import make_task
 
-from broker.client import PolicyClient
-from broker.codec import encode
-from broker.connection import connect_async
-from broker.embedded import free_port
-from broker.errors import PolicyTimeout, RedisUnavailable
-from broker.schema import Reply
-from broker.settings import ClientSettings, RedisSettings
-from sim_workers.runner import EnvSlot, run_episode
-from sim_workers.tasks import make_task
 from tests.fault.conftest import wait_worker
 from tests.fault.corpus import envelope
 
@@ -100,7 +100,7 @@ def test_episode_without_policy_is_infra_not_failure(redis_url):
 
 
 def test_client_backoff_is_bounded_and_jittered():
-    from broker.client_core import backoff
+    from rolloutq.broker.client_core import backoff
 
     for attempt in range(12):
         values = {round(backoff(0.1, attempt), 6) for _ in range(50)}

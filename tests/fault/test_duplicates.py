@@ -10,11 +10,11 @@ import asyncio
 import numpy as np
 import pytest
 import redis
+from rolloutq.broker.client import PolicyClient
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.schema import Reply
+from rolloutq.broker.settings import ClientSettings, RedisSettings
 
-from broker.client import PolicyClient
-from broker.connection import connect_async
-from broker.schema import Reply
-from broker.settings import ClientSettings, RedisSettings
 from tests.fault.conftest import wait_worker
 
 ROLLOUTS, STEPS = 6, 6

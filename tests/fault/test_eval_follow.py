@@ -1,4 +1,4 @@
-"""`rolloutq eval`'s own result loop (`controller.eval._follow`, not the fault tests' stand-in)
+"""`rolloutq eval`'s own result loop (`rolloutq.controller.eval._follow`, not the fault tests' stand-in)
 rides out a Redis kill -9 and restart longer than its client's own retries: it says so, waits,
 and ends with one final record per episode, the sweep run by a real policy worker and two
 simulator processes. Results that are malformed, forged or repeated are rejected and counted
@@ -14,12 +14,12 @@ import threading
 import pytest
 import redis
 from rich.console import Console
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.keys import Keys
+from rolloutq.broker.settings import RedisSettings
+from rolloutq.broker.sweep import SweepQueue
+from rolloutq.controller.eval import EvalSettings, _follow, run_eval
 
-from broker.connection import connect_async
-from broker.keys import Keys
-from broker.settings import RedisSettings
-from broker.sweep import SweepQueue
-from controller.eval import EvalSettings, _follow, run_eval
 from tests.fault.conftest import wait_for, wait_worker
 from tests.fault.sweep import create_sweep
 from tests.fault.test_redis_restart import restart

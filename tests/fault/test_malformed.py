@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 import redis
+from rolloutq.broker.codec import encode
+from rolloutq.broker.frames import FrameArena
+from rolloutq.broker.schema import Reply
 
-from broker.codec import encode
-from broker.frames import FrameArena
-from broker.schema import Reply
 from tests.fault.conftest import wait_worker
 from tests.fault.corpus import cases, envelope, frame_cases, oversize_case, valid_obs
 

@@ -12,11 +12,11 @@ import threading
 import numpy as np
 import pytest
 import redis
+from rolloutq.broker.client import PolicyClient
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.errors import PolicyErrorReply
+from rolloutq.broker.settings import ClientSettings, RedisSettings
 
-from broker.client import PolicyClient
-from broker.connection import connect_async
-from broker.errors import PolicyErrorReply
-from broker.settings import ClientSettings, RedisSettings
 from tests.fault.conftest import wait_worker
 
 N = 3

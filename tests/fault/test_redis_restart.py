@@ -15,11 +15,11 @@ import time
 import numpy as np
 import pytest
 import redis
+from rolloutq.broker.client import PolicyClient
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.embedded import EmbeddedRedis
+from rolloutq.broker.settings import ClientSettings, RedisSettings
 
-from broker.client import PolicyClient
-from broker.connection import connect_async
-from broker.embedded import EmbeddedRedis
-from broker.settings import ClientSettings, RedisSettings
 from tests.fault.conftest import redis_binary, wait_for, wait_worker
 from tests.fault.sweep import create_sweep, follow_sweep
 

@@ -13,11 +13,11 @@ import time
 import numpy as np
 import pytest
 import redis
+from rolloutq.broker.client import PolicyClient, SyncPolicyClient
+from rolloutq.broker.connection import connect_async, connect_sync
+from rolloutq.broker.embedded import free_port
+from rolloutq.broker.settings import ClientSettings, RedisSettings
 
-from broker.client import PolicyClient, SyncPolicyClient
-from broker.connection import connect_async, connect_sync
-from broker.embedded import free_port
-from broker.settings import ClientSettings, RedisSettings
 from tests.fault.conftest import redis_binary, wait_worker
 
 

@@ -12,13 +12,13 @@ import time
 import numpy as np
 import pytest
 import redis
+from rolloutq.broker.client import PolicyClient
+from rolloutq.broker.codec import encode
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.keys import GROUP, Keys
+from rolloutq.broker.schema import MAX_ENTRY_FIELDS, Request
+from rolloutq.broker.settings import ClientSettings, RedisSettings
 
-from broker.client import PolicyClient
-from broker.codec import encode
-from broker.connection import connect_async
-from broker.keys import GROUP, Keys
-from broker.schema import MAX_ENTRY_FIELDS, Request
-from broker.settings import ClientSettings, RedisSettings
 from tests.fault.conftest import wait_for, wait_worker
 
 KEYS = Keys()

@@ -15,10 +15,10 @@ import time
 import numpy as np
 import pytest
 import redis
+from rolloutq.broker.client import PolicyClient
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.settings import ClientSettings, RedisSettings
 
-from broker.client import PolicyClient
-from broker.connection import connect_async
-from broker.settings import ClientSettings, RedisSettings
 from tests.fault.conftest import wait_for, wait_worker
 
 
@@ -131,7 +131,7 @@ def test_sigterm_cli_policy_worker(aof_redis, spawn, tmp_path):
     b = spawn("worker", redis_url=url, worker_id="B", backend={"delay_s": 0.05}, claim_idle_ms=60_000)
     wait_worker(url, "B", proc=b)
     log = open(tmp_path / "cli.log", "wb")
-    cli = subprocess.Popen([sys.executable, "-c", "from controller.cli import app; app()", "policy-worker",
+    cli = subprocess.Popen([sys.executable, "-c", "from rolloutq.controller.cli import app; app()", "policy-worker",
                             "--backend", "null", "--redis-url", url, "--policy", "p", "--worker-id", "CLI",
                             "--max-batch-size", "8"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

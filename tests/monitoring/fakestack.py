@@ -1,5 +1,5 @@
 """A stand-in policy worker and simulator speaking the wire protocol, instrumented with
-monitoring.metrics exactly where the core calls it (so the tests drive every metric for real).
+rolloutq.monitoring.metrics exactly where the core calls it (so the tests drive every metric for real).
 
 Not the core's consumer or runner: just enough of the protocol for queue metrics to move.
 """
@@ -11,9 +11,9 @@ import random
 import threading
 import time
 
-from broker.keys import GROUP, Keys
-from broker.schema import Reply, Request
-from monitoring.metrics import SimMetrics, WorkerMetrics
+from rolloutq.broker.keys import GROUP, Keys
+from rolloutq.broker.schema import Reply, Request
+from rolloutq.monitoring.metrics import SimMetrics, WorkerMetrics
 
 
 def ensure_group(r, keys: Keys, policy: str) -> None:

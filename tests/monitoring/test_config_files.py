@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from monitoring import render_dashboard
-from monitoring.exporter import QUEUE_METRICS
-from monitoring.metrics import SIM_METRICS, WORKER_METRICS
+from rolloutq.monitoring import render_dashboard
+from rolloutq.monitoring.exporter import QUEUE_METRICS
+from rolloutq.monitoring.metrics import SIM_METRICS, WORKER_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "monitoring" / "grafana"

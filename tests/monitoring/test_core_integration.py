@@ -9,18 +9,19 @@ import threading
 
 import pytest
 
-pytest.importorskip("broker.consumer")
+pytest.importorskip("rolloutq.broker.consumer")
 
-from broker.client import fetch_metadata  # noqa: E402
-from broker.connection import connect_async  # noqa: E402
-from broker.keys import Keys  # noqa: E402
-from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings  # noqa: E402
-from broker.sweep import EpisodeSpec, SweepQueue  # noqa: E402
-from monitoring.exporter import Exporter, ExporterSettings  # noqa: E402
-from monitoring.metrics import serve_metrics, sim_metrics, worker_metrics  # noqa: E402
-from policy_workers.loop import PolicyWorker, PolicyWorkerSettings  # noqa: E402
-from sim_workers.tasks import task_class  # noqa: E402
-from sim_workers.worker import SimWorker, SimWorkerSettings  # noqa: E402
+from rolloutq.broker.client import fetch_metadata  # noqa: E402
+from rolloutq.broker.connection import connect_async  # noqa: E402
+from rolloutq.broker.keys import Keys  # noqa: E402
+from rolloutq.broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings  # noqa: E402
+from rolloutq.broker.sweep import EpisodeSpec, SweepQueue  # noqa: E402
+from rolloutq.monitoring.exporter import Exporter, ExporterSettings  # noqa: E402
+from rolloutq.monitoring.metrics import serve_metrics, sim_metrics, worker_metrics  # noqa: E402
+from rolloutq.policy_workers.loop import PolicyWorker, PolicyWorkerSettings  # noqa: E402
+from rolloutq.sim_workers.tasks import task_class  # noqa: E402
+from rolloutq.sim_workers.worker import SimWorker, SimWorkerSettings  # noqa: E402
+
 from tests.monitoring.conftest import wait_for  # noqa: E402
 
 EPISODES = 12

@@ -5,8 +5,7 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
-
-from monitoring.metrics import (
+from rolloutq.monitoring.metrics import (
     NullSimMetrics,
     NullWorkerMetrics,
     serve_metrics,
@@ -81,7 +80,7 @@ def test_unknown_backend_is_refused():
 
 
 def test_core_protocol_names_record_the_same_things():
-    """broker.consumer.ConsumerMetrics and sim_workers.worker.SimMetrics method names."""
+    """rolloutq.broker.consumer.ConsumerMetrics and rolloutq.sim_workers.worker.SimMetrics method names."""
     w = worker_metrics("proto", "w1")
     w.on_batch(2, [0.1, 0.2], 0.05, 0.001, 0.001)
     w.on_reply("ok")

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rolloutq.broker.keys import GROUP, Keys
+from rolloutq.broker.schema import Request
+from rolloutq.monitoring import render_dashboard
+from rolloutq.monitoring.exporter import Exporter, ExporterSettings
+from rolloutq.monitoring.metrics import serve_metrics, sim_metrics, worker_metrics
+from rolloutq.monitoring.top import TopSettings, snapshot_text, top_once
 
-from broker.keys import GROUP, Keys
-from broker.schema import Request
-from monitoring import render_dashboard
-from monitoring.exporter import Exporter, ExporterSettings
-from monitoring.metrics import serve_metrics, sim_metrics, worker_metrics
-from monitoring.top import TopSettings, snapshot_text, top_once
 from tests.monitoring.conftest import PROM_DIR, free_port, wait_for
 from tests.monitoring.fakestack import FakeSim, FakeWorker, ensure_group
 

@@ -7,12 +7,11 @@ import time
 import urllib.request
 
 import pytest
-
-from broker.keys import GROUP, Keys
-from broker.schema import Request
-from monitoring.exporter import Exporter, ExporterSettings
-from monitoring.queue import QueueProbe
-from monitoring.top import TopSettings, snapshot_text, top_once
+from rolloutq.broker.keys import GROUP, Keys
+from rolloutq.broker.schema import Request
+from rolloutq.monitoring.exporter import Exporter, ExporterSettings
+from rolloutq.monitoring.queue import QueueProbe
+from rolloutq.monitoring.top import TopSettings, snapshot_text, top_once
 
 pytestmark = pytest.mark.timeout(60)
 M = 30
@@ -160,9 +159,8 @@ def test_exporter_survives_redis_going_away(mon_redis_any):
 
 
 def test_cli_top_once_prints_a_snapshot(mon_redis):
+    from rolloutq.monitoring.cli import app
     from typer.testing import CliRunner
-
-    from monitoring.cli import app
 
     r, keys = mon_redis.client, Keys("cli")
     r.sadd(keys.policies(), "clipol")

@@ -39,13 +39,13 @@ def test_ray_backend_reaches_prometheus(ray_metrics_port, mon_prometheus):
     @ray.remote
     class Replica:
         def __init__(self):
-            from monitoring.metrics import sim_metrics, worker_metrics
+            from rolloutq.monitoring.metrics import sim_metrics, worker_metrics
 
             self.w = worker_metrics("raypol", "rep1", backend="ray")
             self.s = sim_metrics("raysim", "raypol", backend="ray")
 
         def work(self):
-            # the method names broker.consumer / sim_workers.worker call
+            # the method names rolloutq.broker.consumer / rolloutq.sim_workers.worker call
             self.w.on_batch(4, [0.01] * 4, 0.05, 0.001, 0.002)
             for _ in range(4):
                 self.w.on_reply("ok")

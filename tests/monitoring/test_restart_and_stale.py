@@ -16,13 +16,13 @@ import time
 import pytest
 import redis
 import redis.asyncio as aredis
+from rolloutq.broker.embedded import EmbeddedRedis, free_port
+from rolloutq.broker.keys import GROUP, Keys
+from rolloutq.controller.eval import _worker_stats
+from rolloutq.monitoring.exporter import Exporter, ExporterSettings
+from rolloutq.monitoring.queue import QueueProbe
+from rolloutq.monitoring.top import TopSettings, snapshot_text, top_once
 
-from broker.embedded import EmbeddedRedis, free_port
-from broker.keys import GROUP, Keys
-from controller.eval import _worker_stats
-from monitoring.exporter import Exporter, ExporterSettings
-from monitoring.queue import QueueProbe
-from monitoring.top import TopSettings, snapshot_text, top_once
 from tests.monitoring.conftest import ROOT, redis_binaries
 from tests.monitoring.test_queue import scrape
 

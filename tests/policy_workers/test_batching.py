@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from policy_workers.batching import SchemaChecker, check_schema, flatten, split, stack
+from rolloutq.policy_workers.batching import SchemaChecker, check_schema, flatten, split, stack
 
 SCHEMA = {
     "video.ego_view": {"dtype": "uint8", "shape": [1, 2, 4, 4, 3]},

@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-
-from policy_workers.backends import make_backend
-from sim_workers.tasks import make_task
+from rolloutq.policy_workers.backends import make_backend
+from rolloutq.sim_workers.tasks import make_task
 
 
 @pytest.fixture(scope="module")

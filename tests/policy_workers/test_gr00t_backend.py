@@ -16,10 +16,9 @@ import zlib
 
 import numpy as np
 import pytest
-
-from policy_workers.backends import make_backend
-from policy_workers.backends.gr00t import RANDOM_LABEL, REAL_G1, Backend
-from policy_workers.errors import BackendLoadError, SchemaMismatch
+from rolloutq.policy_workers.backends import make_backend
+from rolloutq.policy_workers.backends.gr00t import RANDOM_LABEL, REAL_G1, Backend
+from rolloutq.policy_workers.errors import BackendLoadError, SchemaMismatch
 
 TASK = "pick up the apple and place it on the plate"
 
@@ -115,14 +114,14 @@ class LoadingDouble(ContractDoubleGr00tPolicy):
         self.rows_seen: list[list[tuple[int, int]]] = []
 
     def frames_loadable(self, frames):
-        from policy_workers.backends._mapped_frames import MappedFrames
+        from rolloutq.policy_workers.backends._mapped_frames import MappedFrames
 
         if self.mapped is None:  # registering does nothing here: there is no CUDA
             self.mapped = MappedFrames(lambda ptr, size: True, lambda ptr: None)
         return self.mapped.all_registered(frames)
 
     def get_action(self, observation):
-        from policy_workers.backends._gr00t_layout import VideoRows
+        from rolloutq.policy_workers.backends._gr00t_layout import VideoRows
 
         video = {}
         for k, v in observation["video"].items():
@@ -136,8 +135,8 @@ class LoadingDouble(ContractDoubleGr00tPolicy):
 def test_frames_in_shared_memory_reach_a_loading_policy_where_they_are():
     """Frames that are views of shared-memory segments go to a policy that loads frames itself as
     one run per request, not copied into one array; frames from Redis bytes are assembled."""
-    from broker.codec import MsgpackNumpyCodec
-    from broker.frames import FrameArena, FrameReader
+    from rolloutq.broker.codec import MsgpackNumpyCodec
+    from rolloutq.broker.frames import FrameArena, FrameReader
 
     double = LoadingDouble()
     b = Backend(policy_factory=lambda s: double, mode="gr00t", model_path="unused")
@@ -345,7 +344,7 @@ def test_n17_captured_forward_matches_eager_and_falls_back_outside_its_shapes():
         action, info = p.get_action(obs)
         return np.concatenate([action[k] for k in p.spec.action], axis=-1), info["path"]
 
-    from policy_workers.backends._gr00t_layout import check_nested, stack
+    from rolloutq.policy_workers.backends._gr00t_layout import check_nested, stack
 
     def batch(tasks: list[str]) -> dict:
         nested = [nested_obs(i, t) for i, t in enumerate(tasks)]
@@ -377,8 +376,8 @@ def test_n17_captured_forward_matches_eager_and_falls_back_outside_its_shapes():
 
     # frames in shared-memory segments, registered with CUDA: loaded by the graph from where they
     # are, and the same chunks as the same observations with their frames copied out
-    from broker.codec import MsgpackNumpyCodec
-    from broker.frames import FrameArena, FrameReader
+    from rolloutq.broker.codec import MsgpackNumpyCodec
+    from rolloutq.broker.frames import FrameArena, FrameReader
 
     reader, writer = MsgpackNumpyCodec(frames=FrameReader()), MsgpackNumpyCodec()
     arena = FrameArena()
@@ -430,7 +429,7 @@ def test_policy_factory_path_and_warmup_sizes():
 
 
 def test_stack_fills_the_policys_reused_batch_buffer():
-    from policy_workers.backends._gr00t_layout import check_nested, stack
+    from rolloutq.policy_workers.backends._gr00t_layout import check_nested, stack
 
     handed: list[np.ndarray] = []
 
@@ -452,7 +451,7 @@ def test_stack_fills_the_policys_reused_batch_buffer():
 
 
 def test_stack_copies_a_large_batch_in_parallel_exactly():
-    from policy_workers.backends import _gr00t_layout as layout
+    from rolloutq.policy_workers.backends import _gr00t_layout as layout
 
     parts = [np.random.default_rng(i).integers(0, 255, (1, 2, 256, 256, 3), dtype=np.uint8) for i in range(12)]
     parts[3] = parts[3][:, ::-1]  # a non-contiguous view too

@@ -10,12 +10,11 @@ import importlib.util
 
 import numpy as np
 import pytest
-
-from broker.client import PolicyClient
-from broker.connection import connect_async
-from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
-from policy_workers.backends import make_backend
-from policy_workers.loop import PolicyWorker, PolicyWorkerSettings
+from rolloutq.broker.client import PolicyClient
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
+from rolloutq.policy_workers.backends import make_backend
+from rolloutq.policy_workers.loop import PolicyWorker, PolicyWorkerSettings
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("lerobot") is None,
                                 reason="lerobot not installed (pip install --no-deps lerobot==0.4.4 + deps, "
@@ -26,7 +25,7 @@ STATE = {"state.left_arm": 3, "state.right_arm": 2}
 
 @pytest.fixture(scope="module")
 def act_dir(tmp_path_factory):
-    from policy_workers.backends.lerobot import import_lerobot
+    from rolloutq.policy_workers.backends.lerobot import import_lerobot
 
     import_lerobot()  # torchvision shim before LeRobot's own imports
     import torch
@@ -122,7 +121,7 @@ def test_served_through_redis(act_dir, redis_url):
 
 def test_diffusion_with_observation_history(tmp_path):
     """A queue-based policy (Diffusion, n_obs_steps=2): the history comes from the request's time axis."""
-    from policy_workers.backends.lerobot import import_lerobot
+    from rolloutq.policy_workers.backends.lerobot import import_lerobot
 
     import_lerobot()
     import torch

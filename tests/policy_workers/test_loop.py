@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from policy_workers.loop import PolicyWorker, PolicyWorkerSettings
+from rolloutq.policy_workers.loop import PolicyWorker, PolicyWorkerSettings
 
 
 def test_worker_freezes_what_it_loaded_out_of_the_gc():

@@ -6,14 +6,13 @@ from __future__ import annotations
 import gc
 
 import numpy as np
-
-from policy_workers.backends._mapped_frames import MappedFrames, mapping_of
+from rolloutq.policy_workers.backends._mapped_frames import MappedFrames, mapping_of
 
 
 def shared_frames(arena, n: int) -> list[np.ndarray]:
     """n requests' frames as the worker sees them: read-only views of real shared-memory segments."""
-    from broker.codec import MsgpackNumpyCodec
-    from broker.frames import FrameReader
+    from rolloutq.broker.codec import MsgpackNumpyCodec
+    from rolloutq.broker.frames import FrameReader
 
     reader, writer = MsgpackNumpyCodec(frames=FrameReader()), MsgpackNumpyCodec()
     big = (1, 2, 128, 128, 3)  # over the 64 KB threshold: goes through shared memory
@@ -22,7 +21,7 @@ def shared_frames(arena, n: int) -> list[np.ndarray]:
 
 
 def test_mapped_frames_register_each_segment_once_and_unregister_it_when_it_goes():
-    from broker.frames import FrameArena
+    from rolloutq.broker.frames import FrameArena
 
     calls: list[tuple] = []
     mapped = MappedFrames(lambda ptr, size: calls.append(("register", ptr, size)) or True,

@@ -7,13 +7,12 @@ import asyncio
 import httpx
 import numpy as np
 import pytest
-
-from broker.client import PolicyClient
-from broker.connection import connect_async
-from broker.embedded import free_port
-from broker.settings import ClientSettings, RedisSettings, WorkerSettings
-from policy_workers.loop import PolicyWorkerSettings
-from policy_workers.serve import ServeSettings, deploy
+from rolloutq.broker.client import PolicyClient
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.embedded import free_port
+from rolloutq.broker.settings import ClientSettings, RedisSettings, WorkerSettings
+from rolloutq.policy_workers.loop import PolicyWorkerSettings
+from rolloutq.policy_workers.serve import ServeSettings, deploy
 
 pytestmark = pytest.mark.slow
 

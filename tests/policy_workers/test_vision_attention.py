@@ -1,4 +1,4 @@
-"""Batched vision attention (`policy_workers.backends._vision_attention`) against a per-image loop.
+"""Batched vision attention (`rolloutq.policy_workers.backends._vision_attention`) against a per-image loop.
 
 `Qwen3VLVisionAttention` below is a TEST DOUBLE written for this test, not transformers' class:
 it has the same name, the same projections and the same per-image semantics (rotary on q and k,
@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from policy_workers.backends._vision_attention import batch_vision_attention, use_stock  # noqa: E402
+from rolloutq.policy_workers.backends._vision_attention import batch_vision_attention, use_stock  # noqa: E402
 
 
 def apply_rotary_pos_emb_vision(q, k, cos, sin):
@@ -98,7 +98,7 @@ def test_images_of_another_size_fall_back_to_the_stock_loop():
 
 
 def test_a_forward_that_disagrees_keeps_the_stock_one(monkeypatch):
-    import policy_workers.backends._vision_attention as va
+    import rolloutq.policy_workers.backends._vision_attention as va
 
     tower = Tower().eval()
     monkeypatch.setattr(va, "_batched_forward", lambda *a: lambda self, h, cu, **kw: self.proj(h))  # a wrong layout

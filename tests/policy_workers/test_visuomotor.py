@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from rolloutq.broker import real_g1
+from rolloutq.policy_workers.backends import make_backend
+from rolloutq.policy_workers.backends.visuomotor import DEFAULT_CHECKPOINT, VisuomotorNet, default_config
 from safetensors.torch import save_file
-
-from broker import real_g1
-from policy_workers.backends import make_backend
-from policy_workers.backends.visuomotor import DEFAULT_CHECKPOINT, VisuomotorNet, default_config
 
 ATOL = 2e-4
 
@@ -114,7 +113,7 @@ def test_nested_observations_are_served_like_flat_ones(random_checkpoint):
     """docs/PROTOCOL.md §4: a nested observation (the GR00T modality dict: `video`, `state`, and a
     `language` map that adds no prefix) passes the worker's schema check flattened, and the backend
     answers it exactly as the flat one, instead of failing on the nested keys."""
-    from policy_workers.batching import check_schema
+    from rolloutq.policy_workers.batching import check_schema
 
     backend = make_backend("visuomotor", checkpoint=str(random_checkpoint))
     backend.load()

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-
-from sim_workers import real_g1
-from sim_workers.tasks import make_task
-from sim_workers.tasks.g1_pickplace import observation_schema
+from rolloutq.sim_workers import real_g1
+from rolloutq.sim_workers.tasks import make_task
+from rolloutq.sim_workers.tasks.g1_pickplace import observation_schema
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,15 @@ import pytest
 
 pytest.importorskip("gymnasium")
 
-from broker.client import PolicyClient  # noqa: E402
-from broker.connection import connect_async  # noqa: E402
-from broker.errors import ProtocolError  # noqa: E402
-from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings  # noqa: E402
-from policy_workers.base import PolicyBackend, PolicyMetadata  # noqa: E402
-from policy_workers.loop import PolicyWorker, PolicyWorkerSettings  # noqa: E402
-from sim_workers.runner import EnvSlot, run_episode  # noqa: E402
-from sim_workers.tasks import make_task  # noqa: E402
-from sim_workers.vector import EpisodeSpec, run_vector  # noqa: E402
+from rolloutq.broker.client import PolicyClient  # noqa: E402
+from rolloutq.broker.connection import connect_async  # noqa: E402
+from rolloutq.broker.errors import ProtocolError  # noqa: E402
+from rolloutq.broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings  # noqa: E402
+from rolloutq.policy_workers.base import PolicyBackend, PolicyMetadata  # noqa: E402
+from rolloutq.policy_workers.loop import PolicyWorker, PolicyWorkerSettings  # noqa: E402
+from rolloutq.sim_workers.runner import EnvSlot, run_episode  # noqa: E402
+from rolloutq.sim_workers.tasks import make_task  # noqa: E402
+from rolloutq.sim_workers.vector import EpisodeSpec, run_vector  # noqa: E402
 
 
 class Recorder(PolicyBackend):
@@ -107,7 +107,7 @@ def test_single_mujoco_env_with_render(redis_url):
 
 def test_vector_env_keeps_all_envs_in_flight(redis_url):
     backend = Recorder(dim=1)
-    from sim_workers.adapters.gym import VectorAdapter
+    from rolloutq.sim_workers.adapters.gym import VectorAdapter
 
     venv = VectorAdapter(env_id="Pendulum-v1", num_envs=3, max_steps=10)
     specs = [EpisodeSpec(episode=i, seed=100 + i) for i in range(5)]
@@ -137,7 +137,7 @@ def test_vector_env_keeps_all_envs_in_flight(redis_url):
 def test_vector_env_asks_for_its_envs_as_rows_and_gets_the_same_episodes(redis_url):
     """With rows_per_request, the envs that ask at once go as requests of several rows (here 2 + 1
     for 3 envs); each env gets its own row back, so the episodes match one request per env."""
-    from sim_workers.adapters.gym import VectorAdapter
+    from rolloutq.sim_workers.adapters.gym import VectorAdapter
 
     specs = [EpisodeSpec(episode=i, seed=200 + i) for i in range(4)]
 
@@ -165,8 +165,7 @@ def test_vector_env_asks_for_its_envs_as_rows_and_gets_the_same_episodes(redis_u
             await run_vector(venv, client, specs[:1], action_horizon=4, rows_per_request=2)
 
     import redis
-
-    from broker.keys import Keys
+    from rolloutq.broker.keys import Keys
 
     redis.Redis.from_url(redis_url).delete(Keys().policy_meta("p"))  # wait for the next worker's own
     asyncio.run(_serve(redis_url, Recorder(dim=1), refused))  # its schema: one row per request
@@ -174,8 +173,8 @@ def test_vector_env_asks_for_its_envs_as_rows_and_gets_the_same_episodes(redis_u
 
 def test_single_env_view_of_a_vector_adapter():
     """`SingleEnvView` turns a 1-env vectorised adapter into a plain SimAdapter (per-slot SimWorker)."""
-    from sim_workers.adapters.gym import VectorAdapter
-    from sim_workers.vector import SingleEnvView
+    from rolloutq.sim_workers.adapters.gym import VectorAdapter
+    from rolloutq.sim_workers.vector import SingleEnvView
 
     env = SingleEnvView(VectorAdapter(env_id="Pendulum-v1", num_envs=1, max_steps=3))
     env.reset(5)
@@ -189,7 +188,7 @@ def test_single_env_view_of_a_vector_adapter():
 
 def test_run_vector_takes_episodes_from_an_async_source(redis_url):
     """The leased-sweep shape: an async `take()` feeds free envs, an async `on_episode` records results."""
-    from sim_workers.adapters.gym import VectorAdapter
+    from rolloutq.sim_workers.adapters.gym import VectorAdapter
 
     specs = [EpisodeSpec(episode=i, seed=i) for i in range(4)]
     finished: list[int] = []
@@ -212,7 +211,7 @@ def test_run_vector_takes_episodes_from_an_async_source(redis_url):
 
 
 def test_simulator_error_ends_running_episodes_as_sim_error(redis_url):
-    from sim_workers.adapters.gym import VectorAdapter
+    from rolloutq.sim_workers.adapters.gym import VectorAdapter
 
     class Broken(VectorAdapter):
         def step(self, actions):
@@ -233,7 +232,7 @@ def test_simulator_error_ends_running_episodes_as_sim_error(redis_url):
 def test_policy_errors_end_only_their_env_and_the_vector_run_goes_on(redis_url):
     """Each env whose chunk the worker refuses (NaN: `bad_action`) ends its episode as a policy
     error and takes the next episode; the other envs keep stepping."""
-    from sim_workers.adapters.gym import VectorAdapter
+    from rolloutq.sim_workers.adapters.gym import VectorAdapter
 
     class NanForNegativeSeeds(Recorder):
         def infer(self, batch):
@@ -259,10 +258,10 @@ def test_sim_worker_runs_a_sweep_vectorised(redis_url, rows):
     """`SimWorker` with a task whose VectorAdapter is asked for (`vectorized`): one vector env of
     `envs` environments takes the sweep's leased episodes and finishes them; with the task option
     `rows_per_request`, its envs ask in one request of several rows."""
-    from broker.keys import Keys
-    from broker.sweep import EpisodeSpec as SweepSpec
-    from broker.sweep import SweepQueue
-    from sim_workers.worker import SimWorker, SimWorkerSettings
+    from rolloutq.broker.keys import Keys
+    from rolloutq.broker.sweep import EpisodeSpec as SweepSpec
+    from rolloutq.broker.sweep import SweepQueue
+    from rolloutq.sim_workers.worker import SimWorker, SimWorkerSettings
 
     backend = RowsRecorder(dim=1) if rows else Recorder(dim=1)
 

@@ -12,8 +12,7 @@ import asyncio
 
 import numpy as np
 import pytest
-
-from sim_workers.adapters.isaaclab import _LocalRealG1, _quat_to_matrix, _real_g1, _resize
+from rolloutq.sim_workers.adapters.isaaclab import _LocalRealG1, _quat_to_matrix, _real_g1, _resize
 
 
 def test_translation_helpers():
@@ -37,14 +36,14 @@ def test_translation_helpers():
 def test_vectorised_mjlab_g1_through_redis(redis_url):
     pytest.importorskip("mjlab.envs", reason="mjlab (with its own deps: mujoco 3.11, warp) is not importable in "
                         "this interpreter: run this test with the mjlab venv's python (docs/INTEGRATIONS.md)")
-    from broker.client import PolicyClient
-    from broker.connection import connect_async
-    from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
-    from policy_workers.base import PolicyBackend, PolicyMetadata
-    from policy_workers.batching import check_schema
-    from policy_workers.loop import PolicyWorker, PolicyWorkerSettings
-    from sim_workers.adapters.isaaclab import VectorAdapter
-    from sim_workers.vector import EpisodeSpec, run_vector
+    from rolloutq.broker.client import PolicyClient
+    from rolloutq.broker.connection import connect_async
+    from rolloutq.broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
+    from rolloutq.policy_workers.base import PolicyBackend, PolicyMetadata
+    from rolloutq.policy_workers.batching import check_schema
+    from rolloutq.policy_workers.loop import PolicyWorker, PolicyWorkerSettings
+    from rolloutq.sim_workers.adapters.isaaclab import VectorAdapter
+    from rolloutq.sim_workers.vector import EpisodeSpec, run_vector
 
     dims = _LocalRealG1.ACTION_DIMS
     schema = {"video.ego_view": {"dtype": "uint8", "shape": [1, 2, 64, 64, 3]},
@@ -74,7 +73,7 @@ def test_vectorised_mjlab_g1_through_redis(redis_url):
             return [chunk for _ in batch]
 
     venv = VectorAdapter(framework="mjlab", device="cpu", num_envs=2,
-                         env_cfg="sim_workers.adapters._mjlab_g1:make_env_cfg",
+                         env_cfg="rolloutq.sim_workers.adapters._mjlab_g1:make_env_cfg",
                          env_cfg_kwargs={"camera": (32, 32)}, camera="sensor:ego", image_size=64, max_steps=16)
     assert venv.num_envs == 2 and venv.action_dim == 29
     backend = ArmsUp()

@@ -14,9 +14,8 @@ import time
 
 import numpy as np
 import pytest
-
-from sim_workers.tasks.libero import schema
-from sim_workers.tasks.libero.protocol import (
+from rolloutq.sim_workers.tasks.libero import schema
+from rolloutq.sim_workers.tasks.libero.protocol import (
     MAX_STEPS,
     EpisodeSlot,
     binarize_gripper,
@@ -24,7 +23,7 @@ from sim_workers.tasks.libero.protocol import (
     quat_to_axis_angle,
     rotate_180,
 )
-from sim_workers.tasks.libero.summary import format_table, per_task, wilson
+from rolloutq.sim_workers.tasks.libero.summary import format_table, per_task, wilson
 
 # --- the protocol, without a simulator ----------------------------------------------------------------
 
@@ -72,8 +71,8 @@ def test_per_task_table_scores_only_scored_outcomes():
 
 
 def test_the_task_is_found_without_libero_installed():
-    from sim_workers.tasks import available, task_class
-    from sim_workers.worker import vector_adapter_class
+    from rolloutq.sim_workers.tasks import available, task_class
+    from rolloutq.sim_workers.worker import vector_adapter_class
 
     assert "libero" in available()
     assert task_class("libero").layout["action_dims"] == {"action": 7}
@@ -88,7 +87,7 @@ def test_a_missing_libero_says_how_to_install_it():
         pass
     else:
         pytest.skip("LIBERO is installed here")
-    from sim_workers.tasks.libero.env import LiberoUnavailable, Suite
+    from rolloutq.sim_workers.tasks.libero.env import LiberoUnavailable, Suite
 
     with pytest.raises(LiberoUnavailable, match="install_libero.sh"):
         Suite("libero_spatial")
@@ -121,7 +120,7 @@ class TestRealEnv:
     def env(self):
         pytest.importorskip("libero.libero", reason="LIBERO is not installed in this interpreter: run "
                             "scripts/install_libero.sh and this test with .venv-libero/bin/python")
-        from sim_workers.tasks.libero.env import LiberoEnv, Suite
+        from rolloutq.sim_workers.tasks.libero.env import LiberoEnv, Suite
 
         with no_network():
             t0 = time.perf_counter()

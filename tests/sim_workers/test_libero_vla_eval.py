@@ -17,9 +17,8 @@ import types
 
 import numpy as np
 import pytest
-
-from sim_workers.tasks.libero import schema
-from sim_workers.tasks.libero.protocol import quat_to_axis_angle
+from rolloutq.sim_workers.tasks.libero import schema
+from rolloutq.sim_workers.tasks.libero.protocol import quat_to_axis_angle
 
 STEPS = 12
 TASKS = 2
@@ -80,7 +79,7 @@ def test_rolloutq_and_vla_eval_run_the_same_libero_episodes(tmp_path):
     theirs, results = vla_eval_run(tmp_path)
     assert len(theirs) == TASKS
 
-    from sim_workers.tasks.libero.adapter import VectorAdapter
+    from rolloutq.sim_workers.tasks.libero.adapter import VectorAdapter
 
     venv = VectorAdapter(suite=SUITE, num_envs=1, order="task-major", max_steps=STEPS)
     try:

@@ -13,22 +13,22 @@ from typing import Any
 import numpy as np
 import pytest
 from rich.console import Console
+from rolloutq.broker.client import PolicyClient
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.errors import PolicyErrorReply, PolicyTimeout, RedisUnavailable
+from rolloutq.broker.keys import Keys
+from rolloutq.broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
+from rolloutq.broker.sweep import SweepQueue
+from rolloutq.controller.eval import EvalSettings, _follow
+from rolloutq.controller.intake import ResultIntake
+from rolloutq.controller.results import EXIT_SIM_ERRORS, summarize, verdict
+from rolloutq.policy_workers.loop import PolicyWorker, PolicyWorkerSettings
+from rolloutq.sim_workers.errors import BadActionChunk
+from rolloutq.sim_workers.outcomes import check_chunk, classify
+from rolloutq.sim_workers.runner import EnvSlot, run_episode
+from rolloutq.sim_workers.tasks.reach import Adapter as Reach
+from rolloutq.sim_workers.worker import SimWorker, SimWorkerSettings
 
-from broker.client import PolicyClient
-from broker.connection import connect_async
-from broker.errors import PolicyErrorReply, PolicyTimeout, RedisUnavailable
-from broker.keys import Keys
-from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
-from broker.sweep import SweepQueue
-from controller.eval import EvalSettings, _follow
-from controller.intake import ResultIntake
-from controller.results import EXIT_SIM_ERRORS, summarize, verdict
-from policy_workers.loop import PolicyWorker, PolicyWorkerSettings
-from sim_workers.errors import BadActionChunk
-from sim_workers.outcomes import check_chunk, classify
-from sim_workers.runner import EnvSlot, run_episode
-from sim_workers.tasks.reach import Adapter as Reach
-from sim_workers.worker import SimWorker, SimWorkerSettings
 from tests.fault.backends import FaultBackend
 from tests.fault.sweep import sweep_config
 
@@ -197,7 +197,7 @@ def test_a_nan_observation_is_a_simulator_error(redis_url):
 @pytest.mark.timeout(120)
 def test_a_simulator_that_raises_once_is_re_run_and_scored(redis_url, monkeypatch):
     BrokenReach.seeds_failed = set()
-    monkeypatch.setattr("sim_workers.worker.make_task", lambda name, **kw: BrokenReach(flaky=True, **kw))
+    monkeypatch.setattr("rolloutq.sim_workers.worker.make_task", lambda name, **kw: BrokenReach(flaky=True, **kw))
     records = asyncio.run(_sweep(redis_url, FaultBackend(), 3))
     assert {r["attempt"] for r in records} == {2}  # every first attempt raised and was re-run
     assert all(r["outcome"] in ("success", "failure") and r["reason"] == "" for r in records), records
@@ -208,7 +208,7 @@ def test_a_simulator_that_raises_once_is_re_run_and_scored(redis_url, monkeypatc
 
 @pytest.mark.timeout(120)
 def test_a_simulator_that_keeps_raising_ends_in_sim_error_and_fails_the_run(redis_url, monkeypatch):
-    monkeypatch.setattr("sim_workers.worker.make_task", lambda name, **kw: BrokenReach(**kw))
+    monkeypatch.setattr("rolloutq.sim_workers.worker.make_task", lambda name, **kw: BrokenReach(**kw))
     records = asyncio.run(_sweep(redis_url, FaultBackend(), 3, max_attempts=2))
     assert {(r["outcome"], r["reason"], r["attempt"]) for r in records} == {("sim_error", "sim_raised", 2)}
     assert all("RuntimeError: physics diverged" in r["error"] for r in records)

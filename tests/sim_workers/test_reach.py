@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from sim_workers.tasks import available, make_task, task_class
+from rolloutq.sim_workers.tasks import available, make_task, task_class
 
 
 def test_reset_is_deterministic_per_seed():

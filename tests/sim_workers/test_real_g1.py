@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
-
-from sim_workers import real_g1
+from rolloutq.sim_workers import real_g1
 
 
 def rot_z(a):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from broker.errors import ProtocolError
-from sim_workers.vector import split_rows, stack_rows
+from rolloutq.broker.errors import ProtocolError
+from rolloutq.sim_workers.vector import split_rows, stack_rows
 
 
 def test_envs_stack_into_rows_and_the_reply_splits_back_in_order():

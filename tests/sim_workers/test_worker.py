@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from rolloutq.broker.client import fetch_metadata
+from rolloutq.broker.connection import connect_async
+from rolloutq.broker.keys import Keys
+from rolloutq.broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
+from rolloutq.broker.sweep import EpisodeSpec, SweepQueue
+from rolloutq.policy_workers.loop import PolicyWorker, PolicyWorkerSettings
+from rolloutq.sim_workers.worker import SimWorker, SimWorkerSettings
 
-from broker.client import fetch_metadata
-from broker.connection import connect_async
-from broker.keys import Keys
-from broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
-from broker.sweep import EpisodeSpec, SweepQueue
-from policy_workers.loop import PolicyWorker, PolicyWorkerSettings
-from sim_workers.worker import SimWorker, SimWorkerSettings
 from tests.fault.backends import FaultBackend
 from tests.fault.sweep import sweep_config
 

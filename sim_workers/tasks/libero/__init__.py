@@ -6,6 +6,6 @@ simulator process (`adapter.VectorAdapter`). LIBERO itself is imported only when
 (`env`); `summary.per_task` turns episode records into the per-task table. See docs/TASKS.md.
 """
 
-from sim_workers.tasks.libero.adapter import Adapter, VectorAdapter
+from rolloutq.sim_workers.tasks.libero.adapter import Adapter, VectorAdapter
 
 __all__ = ["Adapter", "VectorAdapter"]

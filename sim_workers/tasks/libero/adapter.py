@@ -10,7 +10,7 @@ Options (`--task-option key=value`):
 - `suite`: libero_spatial (default), libero_object, libero_goal, libero_10, libero_90;
 - `tasks`: task ids to run (default all of the suite), e.g. `tasks=[0,3]` or `tasks=3`;
 - `order`: how seeds map to (task, initial state): `interleaved` (default) or `task-major`
-  (`sim_workers.tasks.libero.protocol.episode_slot`);
+  (`rolloutq.sim_workers.tasks.libero.protocol.episode_slot`);
 - `max_steps`: the policy's step limit (default: the suite's standard one); reaching it ends the
   episode as a `failure`;
 - `image_size` (256), `settle_steps` (10), `env_seed` (7).
@@ -21,11 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from sim_workers.base import Chunk, Obs, StepResult, TaskInfo
-from sim_workers.tasks.libero import schema
-from sim_workers.tasks.libero.env import LiberoEnv, LiberoOptionError, Suite
-from sim_workers.tasks.libero.protocol import (
+from rolloutq.sim_workers.base import Chunk, Obs, StepResult, TaskInfo
+from rolloutq.sim_workers.tasks.libero import schema
+from rolloutq.sim_workers.tasks.libero.env import LiberoEnv, LiberoOptionError, Suite
+from rolloutq.sim_workers.tasks.libero.protocol import (
     ACTION_DIM,
     ENV_SEED,
     MAX_STEPS,
@@ -35,7 +34,7 @@ from sim_workers.tasks.libero.protocol import (
     EpisodeSlot,
     episode_slot,
 )
-from sim_workers.vector import SingleEnvView, VectorSimAdapter
+from rolloutq.sim_workers.vector import SingleEnvView, VectorSimAdapter
 
 
 def parse_task_ids(tasks: Any, n_tasks: int) -> tuple[int, ...]:

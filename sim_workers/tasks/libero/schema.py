@@ -22,8 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from sim_workers.tasks.libero.protocol import ACTION_DIM, binarize_gripper, quat_to_axis_angle, rotate_180
+from rolloutq.sim_workers.tasks.libero.protocol import ACTION_DIM, binarize_gripper, quat_to_axis_angle, rotate_180
 
 AGENTVIEW_KEY = "video.agentview"
 WRIST_KEY = "video.wrist"
@@ -40,7 +39,7 @@ LAYOUT: dict[str, Any] = {
     "action_dims": {ACTION_KEY: ACTION_DIM},
     "text_key": TEXT_KEY,
 }
-"""For the generic backends (`null`, `fixed-cost`, `cnn`): `controller.eval` reads it from the
+"""For the generic backends (`null`, `fixed-cost`, `cnn`): `rolloutq.controller.eval` reads it from the
 adapter class to shape their schemas to this task."""
 
 

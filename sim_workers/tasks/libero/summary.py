@@ -13,12 +13,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sim_workers.outcomes import SCORED, SUCCESS, outcome_of
-from sim_workers.tasks.libero.protocol import episode_slot
+from rolloutq.sim_workers.outcomes import SCORED, SUCCESS, outcome_of
+from rolloutq.sim_workers.tasks.libero.protocol import episode_slot
 
 
 def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval (the formula of controller.results.wilson_interval; kept here so
+    """95 % Wilson score interval (the formula of rolloutq.controller.results.wilson_interval; kept here so
     sim_workers does not import the controller)."""
     if n <= 0:
         return 0.0, 1.0
