@@ -226,6 +226,12 @@ class CohortBatcher(MicroBatcher[T]):
             return self._hold_since + self.merge_wait()
         return super().next_deadline()
 
+    def retire(self, rollouts: tuple[str, ...] | list[str]) -> None:
+        """Rollouts whose simulator said they ended: no batch waits for them any more."""
+        for r in rollouts:
+            self._last_seen.pop(r, None)
+            self._served_at.pop(r, None)
+
     def batch_done(self, rollouts: list[str], now: float) -> None:
         """Record when a batch's rollouts were answered (the start of their think time)."""
         for r in rollouts:

@@ -35,6 +35,7 @@ from rolloutq.broker.connection import REDIS_DOWN
 from rolloutq.broker.errors import BrokerError, PolicyTimeout, ProtocolError
 from rolloutq.broker.frames import FrameArena
 from rolloutq.broker.keys import Keys, check_name, shard_of
+from rolloutq.broker.schema import MAX_ENDED
 from rolloutq.broker.settings import ClientSettings
 
 __all__ = ["ActResult", "ActionChunker", "PolicyClient", "SyncPolicyClient", "check_protocol", "fetch_metadata"]
@@ -54,6 +55,7 @@ class _Client:
         self.codec = codec or MsgpackNumpyCodec()
         self.shards = shards
         self._cursors: dict[str, RolloutCursor] = {}
+        self._ended: list[str] = []  # forgotten rollouts, told to the worker with the next request
         self._frames = FrameArena(self.settings.frames_dir) if self.settings.shared_frames else None
 
     def forget(self, rollout: str) -> None:
@@ -61,6 +63,7 @@ class _Client:
         self._cursors.pop(rollout, None)
         if self._frames is not None:
             self._frames.forget(rollout)
+        self._ended = [*self._ended, rollout][-MAX_ENDED:]
 
     def close(self) -> None:
         """Unlink this client's shared-memory segments (also done at interpreter exit)."""
@@ -80,8 +83,12 @@ class _Client:
         for (rollout, _), payload in zip(items, payloads, strict=True):
             shard = shard_of(rollout, self.shards)
             cursor = self._cursors.setdefault(rollout, RolloutCursor())
-            calls.append(Call.begin(cursor, rollout, payload, steps, self.keys.requests(self.policy, shard),
-                                    self.keys.replies(self.policy, rollout, shard), now, self.settings.deadline_s))
+            call = Call.begin(cursor, rollout, payload, steps, self.keys.requests(self.policy, shard),
+                              self.keys.replies(self.policy, rollout, shard), now, self.settings.deadline_s)
+            if self._ended:  # ended rollouts go to the worker that batched them: the one reading their shard
+                call.request.ended = tuple(r for r in self._ended if shard_of(r, self.shards) == shard)
+                self._ended = [r for r in self._ended if r not in call.request.ended]
+            calls.append(call)
         return Exchange(calls, self.settings, self.policy, self.codec.decode)
 
     def _encode(self, rollout: str, obs: Any) -> bytes:

@@ -262,6 +262,8 @@ class StreamConsumer:
                     refused.append(outcome)
                     continue
                 self.held[entry_id] = outcome.request.nonce
+                if outcome.request.ended:
+                    self.batcher.retire(outcome.request.ended)
                 # A request on its last allowed delivery runs in a batch of its own (Reclaimer.claim_once), so
                 # if it crashes the process it cannot push innocent batch-mates past max_deliveries with it.
                 key = signature(outcome.obs) if n < self.settings.max_deliveries else ("last-chance", entry_id)

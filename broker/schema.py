@@ -46,6 +46,8 @@ SENDER_FAULTS = frozenset({Status.BAD_REQUEST, Status.BAD_OBSERVATION, Status.FR
 
 MAX_SCALAR_FIELD = 20
 """Bytes allowed in a numeric field (`v`, `seq`, `ttl_ms`, `steps`, `resend`)."""
+MAX_ENDED = 16
+"""Rollouts a request may name in `ended`."""
 MAX_ENTRY_FIELDS = 16
 """Fields allowed in one request entry; a worker refuses more before reading any of them."""
 
@@ -127,6 +129,9 @@ class Request:
     orig: str = ""
     """On a resend: the stream entry id of the first send, so a worker can tell whether the original
     is still queued or held (then the resend is dropped) without inferring it twice."""
+    ended: tuple[str, ...] = ()
+    """Rollouts of this client that ended since its last request (at most `MAX_ENDED`): the worker
+    stops waiting for them when it gathers a batch (docs/PROTOCOL.md §4.3)."""
 
     def to_fields(self) -> dict[str, Any]:
         out = {
@@ -143,6 +148,8 @@ class Request:
             out["resend"] = str(self.resend)
             if self.orig:
                 out["orig"] = self.orig
+        if self.ended:
+            out["ended"] = ",".join(self.ended)
         return out
 
     @classmethod
@@ -174,9 +181,14 @@ class Request:
         orig = _text(fields, "orig", cap=48) if resend and (b"orig" in fields or "orig" in fields) else ""
         if orig and not _ENTRY_ID.match(orig):
             raise ProtocolError(f"field 'orig' must be a stream entry id like 1700000000000-0, got {orig!r}")
+        ended: tuple[str, ...] = ()
+        if b"ended" in fields or "ended" in fields:
+            ended = tuple(check_name("rollout", r) for r in _text(fields, "ended", cap=MAX_ENDED * 129).split(","))
+            if len(ended) > MAX_ENDED:
+                raise ProtocolError(f"field 'ended' names {len(ended)} rollouts; at most {MAX_ENDED} are allowed")
         obs = _bytes(fields, "obs")
         return cls(rollout=rollout, seq=seq, obs=obs, ttl_ms=ttl, nonce=nonce, version=version, steps=steps,
-                   resend=resend, orig=orig)
+                   resend=resend, orig=orig, ended=ended)
 
 
 def peek_reply_fields(fields: dict[Any, Any]) -> tuple[str | None, int, str]:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 
 class ConsumerMetrics(Protocol):
-    """What the consumer reports per batch and per reply (`rolloutq.monitoring.metrics.WorkerMetrics`)."""
+    """What the consumer reports per batch and per reply (`rolloutq.monitoring.metrics_worker.WorkerMetrics`)."""
 
     def on_batch(self, size: int, queue_s: list[float], infer_s: float, decode_s: float, encode_s: float) -> None: ...
 

@@ -211,3 +211,22 @@ def test_cohort_says_when_the_next_request_is_due():
     assert b.due_in(t + 0.05) == pytest.approx(0.01)
     assert b.due_in(t + 0.05 + 3 * 0.011 + 0.001) is None  # silent for 3 p90 think times: they left
     assert MicroBatcher[str](8, 0.02).due_in(0.0) is None  # the deadline rule never predicts
+
+
+def test_cohort_does_not_wait_for_a_rollout_its_simulator_said_ended():
+    """A simulator that runs episodes back to back starts rollout c as b ends: told that b ended
+    (the request's `ended` field), the batcher serves c's first request with a's at once instead of
+    holding them a merge wait for b."""
+    b = CohortBatcher[str](max_batch_size=32, max_wait_s=0.02)
+    t = 0.0
+    for step in range(9):
+        b.add(f"a{step}", "k", now=t, rollout="a")
+        b.add(f"b{step}", "k", now=t + 0.001, rollout="b")
+        assert b.pop_ready(now=t + 0.001)[0] == [f"a{step}", f"b{step}"]
+        b.batch_done(["a", "b"], now=t + 0.05)
+        t += 0.06
+    b.add("a9", "k", now=t, rollout="a")
+    b.add("c0", "k", now=t, rollout="c")
+    assert b.pop_ready(now=t) is None  # b still counts: held for it
+    b.retire(("b",))
+    assert b.pop_ready(now=t)[0] == ["a9", "c0"]

@@ -353,3 +353,28 @@ def test_a_client_refuses_a_policy_that_speaks_another_protocol(redis_url):
         await r.aclose()
 
     asyncio.run(main())
+
+
+def test_a_request_tells_the_worker_which_rollouts_of_its_client_ended(redis_url):
+    async def main():
+        async with serving(redis_url, EchoHandler()) as consumer:
+            r = connect_async(RedisSettings(url=redis_url))
+            client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=10))
+            await client.act("ep0", _obs(1.0))
+            assert "ep0" in consumer.batcher._last_seen
+            client.forget("ep0")
+            sent = []
+            original = consumer.admission.admit
+
+            def spy(stream, entry_id, fields, deliveries, server_ms):
+                sent.append(fields.get(b"ended"))
+                return original(stream, entry_id, fields, deliveries, server_ms)
+
+            consumer.admission.admit = spy
+            await client.act("ep1", _obs(2.0))
+            await client.act("ep1", _obs(3.0))
+            assert sent == [b"ep0", None]  # told once, with the next request
+            assert "ep0" not in consumer.batcher._last_seen and "ep1" in consumer.batcher._last_seen
+            await r.aclose()
+
+    asyncio.run(main())
