@@ -30,6 +30,7 @@ from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from rolloutq.broker.admission import Admission
 from rolloutq.broker.batch_runner import BatchRunner
@@ -121,7 +122,7 @@ class StreamConsumer:
 
     async def run(self, stop: asyncio.Event, grace_s: float = 10.0) -> None:
         """Serve until `stop` is set; then stop reading, finish what was read (within `grace_s`)."""
-        await self.retrying(self.setup)
+        await self.retrying(self.setup, stop)
         self.ready.set()
         tasks = [
             asyncio.create_task(self._feed(self._read_loop(stop)), name="reader"),
@@ -152,17 +153,19 @@ class StreamConsumer:
         if failed:
             raise failed[0].exception()  # type: ignore[misc]
 
-    async def retrying(self, op: Callable[[], Any]) -> Any:
-        """Run a Redis operation until it succeeds, waiting out a Redis restart (unless stopping)."""
+    async def retrying(self, op: Callable[[], Any], stop: asyncio.Event | None = None) -> Any:
+        """Run a Redis operation until it succeeds, waiting out a Redis restart; once stopping (or
+        `stop` is set) the Redis error is raised instead, so a stop never waits for Redis."""
         delay = 0.05
         while True:
             try:
-                return await op()
+                return await _unless_stopped(op(), stop)
             except REDIS_DOWN as e:
-                if self.stopping:
+                if self.stopping or (stop is not None and stop.is_set()):
                     raise
                 log.warning("worker %s: Redis unreachable (%s); retrying in %.2fs", self.worker_id, e, delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for((stop or asyncio.Event()).wait(), delay)
                 delay = min(delay * 2, 2.0)
 
     def server_ms(self) -> float:
@@ -353,3 +356,22 @@ class StreamConsumer:
                 await self.redis.hset(key, self.worker_id, json.dumps(self.stats.snapshot()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.stats_every_s)
+
+
+async def _unless_stopped(work: Any, stop: asyncio.Event | None) -> Any:
+    """Await `work`, or give it up when `stop` is set first (redis-py's own reconnect attempts can
+    take seconds while Redis is down): then a `ConnectionError` says so."""
+    if stop is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, *REDIS_DOWN):
+        await task
+    raise RedisConnectionError("stopped while waiting for Redis")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rolloutq.broker import PROTOCOL_VERSION
-from rolloutq.broker.connection import connect_async
+from rolloutq.broker.connection import REDIS_DOWN, connect_async
 from rolloutq.broker.consumer import ConsumerMetrics, StreamConsumer
 from rolloutq.broker.handler import BatchHandler
 from rolloutq.broker.keys import Keys
@@ -101,10 +101,15 @@ class PolicyWorker:
         try:
             self.consumer = StreamConsumer(r, _Handler(self.backend, self.meta), self.settings.worker,
                                            self.keys, metrics=self.metrics)
-            await self.consumer.retrying(lambda: self.publish_metadata(r))
+            await self.consumer.retrying(lambda: self.publish_metadata(r), stop)
             log.info("policy %s: worker %s serving %s (loaded in %.2fs)", self.settings.worker.policy,
                      self.consumer.worker_id, self.meta.model_id, self.load_time_s)
             await self.consumer.run(stop)
+        except REDIS_DOWN as e:
+            if not stop.is_set():
+                self.error = f"{type(e).__name__}: {e}"
+                raise
+            log.info("policy %s: stopped before Redis could be reached (%s)", self.settings.worker.policy, e)
         except Exception as e:
             self.error = f"{type(e).__name__}: {e}"
             raise
