@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 from rolloutq.broker import real_g1  # noqa: E402
 from rolloutq.broker.admission import Admission  # noqa: E402
 from rolloutq.broker.batcher import signature  # noqa: E402
-from rolloutq.broker.codec import MsgpackNumpyCodec, _default  # noqa: E402
+from rolloutq.broker.codec import MsgpackNumpyCodec  # noqa: E402
+from rolloutq.broker.codec_encode import msgpack_default  # noqa: E402
 from rolloutq.broker.connection import connect_async  # noqa: E402
 from rolloutq.broker.embedded import EmbeddedRedis  # noqa: E402
 from rolloutq.broker.frames import FrameArena, FrameReader  # noqa: E402
@@ -170,7 +171,7 @@ def reply_side(reps: int, url: str) -> dict[str, float]:
     out = {
         "split_us": timed(lambda: split(action, [1] * B), reps),
         "encode_us": timed(lambda: [codec.encode(c) for c in chunks], reps),
-        "encode_msgpack_packb_us": timed(lambda: [msgpack.packb(c, default=_default, use_bin_type=True)
+        "encode_msgpack_packb_us": timed(lambda: [msgpack.packb(c, default=msgpack_default, use_bin_type=True)
                                                   for c in chunks], reps),
         "reply_fields_us": timed(lambda: [Reply(1, Status.OK, action=p, queue_ms=1.0, infer_ms=200.0, batch=B,
                                                 worker="w").to_fields() for p in payloads], reps),

@@ -227,9 +227,9 @@ def test_encoder_refuses_object_arrays():
 def test_flat_map_fast_path_writes_what_msgpack_writes(msg):
     """Flat maps of arrays and strings (action chunks) take a hand-built path; its bytes must be
     msgpack's own, whatever the keys, dtypes, shapes and sizes."""
-    from rolloutq.broker.codec import _default
+    from rolloutq.broker.codec_encode import msgpack_default
 
-    assert encode(msg) == msgpack.packb(msg, default=_default, use_bin_type=True)
+    assert encode(msg) == msgpack.packb(msg, default=msgpack_default, use_bin_type=True)
     _same(decode(encode(msg)), msg)
 
 

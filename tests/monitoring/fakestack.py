@@ -13,7 +13,8 @@ import time
 
 from rolloutq.broker.keys import GROUP, Keys
 from rolloutq.broker.schema import Reply, Request
-from rolloutq.monitoring.metrics import SimMetrics, WorkerMetrics
+from rolloutq.monitoring.metrics_sim import SimMetrics
+from rolloutq.monitoring.metrics_worker import WorkerMetrics
 
 
 def ensure_group(r, keys: Keys, policy: str) -> None:

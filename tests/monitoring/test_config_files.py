@@ -13,7 +13,7 @@ import pytest
 import yaml
 from rolloutq.monitoring import render_dashboard
 from rolloutq.monitoring.exporter import QUEUE_METRICS
-from rolloutq.monitoring.metrics import SIM_METRICS, WORKER_METRICS
+from rolloutq.monitoring.metrics_defs import SIM_METRICS, WORKER_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "monitoring" / "grafana"

@@ -5,13 +5,9 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
-from rolloutq.monitoring.metrics import (
-    NullSimMetrics,
-    NullWorkerMetrics,
-    serve_metrics,
-    sim_metrics,
-    worker_metrics,
-)
+from rolloutq.monitoring.metrics import serve_metrics, sim_metrics, worker_metrics
+from rolloutq.monitoring.metrics_sim import NullSimMetrics
+from rolloutq.monitoring.metrics_worker import NullWorkerMetrics
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -18,7 +18,7 @@ import redis
 import redis.asyncio as aredis
 from rolloutq.broker.embedded import EmbeddedRedis, free_port
 from rolloutq.broker.keys import GROUP, Keys
-from rolloutq.controller.eval import _worker_stats
+from rolloutq.controller.follow import worker_stats
 from rolloutq.monitoring.exporter import Exporter, ExporterSettings
 from rolloutq.monitoring.queue import QueueProbe
 from rolloutq.monitoring.top import TopSettings, snapshot_text, top_once
@@ -201,7 +201,7 @@ def test_only_fresh_worker_records_count(aof_redis):
     async def summary(url: str) -> dict:
         r = aredis.Redis.from_url(url)
         try:
-            return await _worker_stats(r, keys, "pol")
+            return await worker_stats(r, keys, "pol")
         finally:
             await r.aclose()
 

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-
 from rolloutq.broker.embedded import free_port
 
 
