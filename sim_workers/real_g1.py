@@ -2,7 +2,7 @@
 
 The reference design drives a Unitree G1 with GR00T's `REAL_G1` embodiment: flat dotted keys,
 a leading batch dimension of 1 per observation, 40-step action chunks, and an env that executes
-one chunk step as a flat (1, 28) joint command. The MuJoCo task (`tasks/g1_pickplace.py`) and a
+one chunk step as a flat (1, 28) joint command. The MuJoCo task (`tasks/g1_pickplace/`) and a
 future Isaac Lab adapter both translate through this module, so the wire format cannot drift
 between simulators.
 

@@ -163,10 +163,162 @@ class _Running:
     t0: float
 
 
+Take = Callable[[], Awaitable[EpisodeSpec | None]]
+
+
+class _VectorRun:
+    """One `run_vector` call: which episode each env runs, and the four moves of a vector step
+    (start episodes on free envs, ask the policy for the envs that are due, step all N, finish
+    the episodes that ended)."""
+
+    def __init__(self, venv: VectorSimAdapter, client: PolicyClient, take: Take, action_horizon: int,
+                 rollout_prefix: str, pool: ThreadPoolExecutor, rows_per_request: int,
+                 action_schema: dict[str, dict[str, Any]] | None, on_steps: Callable[[int], None] | None,
+                 on_episode: Callable[[EpisodeRecord], Any] | None) -> None:
+        self.venv, self.client, self.take, self.pool = venv, client, take, pool
+        self.action_horizon, self.rollout_prefix = action_horizon, rollout_prefix
+        self.rows_per_request, self.action_schema = rows_per_request, action_schema
+        self.on_steps, self.on_episode = on_steps, on_episode
+        self.group_rollout = f"{rollout_prefix}.rows.{secrets.token_hex(4)}"  # unique per call: no stale replies
+        self.loop = asyncio.get_running_loop()
+        self.running: dict[int, _Running] = {}
+        self.done: list[EpisodeRecord] = []
+        self.vector_steps = 0
+        self.exhausted = False
+
+    async def run(self, max_vector_steps: int | None) -> None:
+        try:
+            while True:
+                await self.start_episodes()
+                if not self.running or (max_vector_steps is not None and self.vector_steps >= max_vector_steps):
+                    break
+                await self.ask_policy()
+                await self.step()
+        except Exception as e:  # a simulator or adapter bug breaks all N envs: record it on every episode
+            outcome = classify(e)
+            for i in list(self.running):
+                await self.finish(i, outcome)
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn` on the simulator's own thread; what it raises is the simulator's failure."""
+        try:
+            return await self.loop.run_in_executor(self.pool, fn, *args)
+        except Exception as e:
+            raise SimulatorFailed(f"{type(e).__name__}: {e}") from e
+
+    async def start_episodes(self) -> None:
+        """Take the next specs for the free envs (until the source runs dry) and reset those envs."""
+        starting, specs = [], []
+        for i in range(self.venv.num_envs):
+            if i in self.running or self.exhausted:
+                continue
+            spec = await self.take()
+            if spec is None:
+                self.exhausted = True
+                break
+            starting.append(i)
+            specs.append(spec)
+        if not starting:
+            return
+        await self.call(self.venv.reset, starting, [s.seed for s in specs])
+        for i, s in zip(starting, specs, strict=True):
+            self.running[i] = _Running(
+                spec=s, chunker=ActionChunker(self.action_horizon), t0=time.perf_counter(),
+                rollout=f"{self.rollout_prefix}.e{s.episode}.a{s.attempt}" + (f".g{s.gen}" if s.gen else ""),
+                record=EpisodeRecord(episode=s.episode, seed=s.seed, attempt=s.attempt, started_at=time.time()))
+
+    async def ask_policy(self) -> None:
+        """One observation per env whose chunk is used up, sent together; each reply fills its env's chunk."""
+        need = [i for i, r in self.running.items() if r.chunker.needs_query()]
+        if not need:
+            return
+        observations = await self.call(self.venv.observe, need)
+        if self.rows_per_request:
+            replies = await _act_rows(self.client, self.group_rollout, observations, self.rows_per_request,
+                                      self.action_horizon)
+        else:
+            replies = await self.client.act_many(
+                [(self.running[i].rollout, o) for i, o in zip(need, observations, strict=True)],
+                steps=self.action_horizon)
+        for i, res in zip(need, replies, strict=True):
+            await self._take_reply(i, res)
+
+    async def _take_reply(self, i: int, res: Any) -> None:
+        """A policy error (an error reply, or a chunk that is not a valid action) ends env `i`'s episode."""
+        if isinstance(res, Exception):
+            await self.finish(i, classify(res))
+            return
+        run = self.running[i]
+        run.record.policy_calls += 1
+        run.record.round_trip_ms.append(res.round_trip_ms)
+        run.record.batch_sizes.append(res.batch)
+        try:
+            check_chunk(res.chunk, self.action_schema)
+        except BadActionChunk as e:
+            await self.finish(i, classify(e))
+            return
+        run.chunker.set_chunk(res.chunk)
+
+    def actions(self) -> np.ndarray:
+        """(N, action_dim): the next chunk step of each running env, `idle_action` for the others."""
+        try:
+            actions = []
+            for i in range(self.venv.num_envs):
+                if i in self.running:
+                    chunk, t = self.running[i].chunker.next()
+                    actions.append(np.asarray(self.venv.action_from_chunk(i, chunk, t), np.float32).reshape(-1))
+                else:
+                    actions.append(np.asarray(self.venv.idle_action(i), np.float32).reshape(-1))
+        except Exception as e:
+            raise SimulatorFailed(f"{type(e).__name__}: {e}") from e
+        return np.stack(actions)
+
+    async def step(self) -> None:
+        """Step all N envs once; an env whose episode ended finishes it."""
+        results: list[StepResult] = await self.call(self.venv.step, self.actions())
+        self.vector_steps += 1
+        if self.on_steps is not None:
+            self.on_steps(len(self.running))
+        for i in list(self.running):
+            run, res = self.running[i], results[i]
+            run.record.steps += 1
+            run.record.episode_return += float(res.reward)
+            if res.done:
+                await self.finish(i, task_end(bool(res.success)))
+
+    async def finish(self, i: int, outcome: Outcome) -> None:
+        run = self.running.pop(i)
+        run.record.end(outcome)
+        run.record.wall_s = time.perf_counter() - run.t0
+        self.client.forget(run.rollout)
+        self.done.append(run.record)
+        if self.on_episode is not None and inspect.isawaitable(result := self.on_episode(run.record)):
+            await result
+
+    def forget_rollouts(self) -> None:
+        """The client's state of every rollout this run used (unfinished episodes and row groups)."""
+        for run in self.running.values():
+            self.client.forget(run.rollout)
+        groups = -(-self.venv.num_envs // self.rows_per_request) if self.rows_per_request else 0
+        for g in range(groups):
+            self.client.forget(f"{self.group_rollout}.g{g}")
+
+
+def _taker(episodes: Iterable[EpisodeSpec] | Take) -> Take:
+    if callable(episodes):
+        return episodes
+    queue = deque(episodes)
+
+    async def take() -> EpisodeSpec | None:
+        return queue.popleft() if queue else None
+
+    return take
+
+
 async def run_vector(
     venv: VectorSimAdapter,
     client: PolicyClient,
-    episodes: Iterable[EpisodeSpec] | Callable[[], Awaitable[EpisodeSpec | None]],
+    episodes: Iterable[EpisodeSpec] | Take,
     action_horizon: int,
     rollout_prefix: str = "vec",
     on_steps: Callable[[int], None] | None = None,
@@ -195,112 +347,15 @@ async def run_vector(
     if rows_per_request and not row_keys((await client.metadata()).get("observation_schema") or {}):
         raise ProtocolError("the policy's schema fixes the leading dimension at 1, so it takes one row per "
                             "request: set rows_per_request to 0 (the default) for it")
-    group_rollout = f"{rollout_prefix}.rows.{secrets.token_hex(4)}"  # unique per call: no stale replies
-    if callable(episodes):
-        take = episodes
-    else:
-        queue = deque(episodes)
-
-        async def take() -> EpisodeSpec | None:
-            return queue.popleft() if queue else None
-    running: dict[int, _Running] = {}
-    done: list[EpisodeRecord] = []
     pool = executor or ThreadPoolExecutor(1, thread_name_prefix="vec-env")
-    loop = asyncio.get_running_loop()
-
-    async def call(fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return await loop.run_in_executor(pool, fn, *args)
-        except Exception as e:
-            raise SimulatorFailed(f"{type(e).__name__}: {e}") from e
-
-    async def finish(i: int, outcome: Outcome) -> None:
-        run = running.pop(i)
-        run.record.end(outcome)
-        run.record.wall_s = time.perf_counter() - run.t0
-        client.forget(run.rollout)
-        done.append(run.record)
-        if on_episode is not None and inspect.isawaitable(result := on_episode(run.record)):
-            await result
-
-    vector_steps = 0
-    exhausted = False
+    run = _VectorRun(venv, client, _taker(episodes), action_horizon, rollout_prefix, pool, rows_per_request,
+                     action_schema, on_steps, on_episode)
     try:
-        while True:
-            starting, specs = [], []
-            for i in range(venv.num_envs):
-                if i in running or exhausted:
-                    continue
-                spec = await take()
-                if spec is None:
-                    exhausted = True
-                    break
-                starting.append(i)
-                specs.append(spec)
-            if starting:
-                await call(venv.reset, starting, [s.seed for s in specs])
-                for i, s in zip(starting, specs, strict=True):
-                    running[i] = _Running(
-                        spec=s, chunker=ActionChunker(action_horizon), t0=time.perf_counter(),
-                        rollout=f"{rollout_prefix}.e{s.episode}.a{s.attempt}" + (f".g{s.gen}" if s.gen else ""),
-                        record=EpisodeRecord(episode=s.episode, seed=s.seed, attempt=s.attempt,
-                                             started_at=time.time()))
-            if not running or (max_vector_steps is not None and vector_steps >= max_vector_steps):
-                break
-            need = [i for i, r in running.items() if r.chunker.needs_query()]
-            if need:
-                observations = await call(venv.observe, need)
-                if rows_per_request:
-                    replies = await _act_rows(client, group_rollout, observations, rows_per_request, action_horizon)
-                else:
-                    replies = await client.act_many(
-                        [(running[i].rollout, o) for i, o in zip(need, observations, strict=True)],
-                        steps=action_horizon)
-                for i, res in zip(need, replies, strict=True):
-                    if isinstance(res, Exception):
-                        await finish(i, classify(res))
-                        continue
-                    run = running[i]
-                    run.record.policy_calls += 1
-                    run.record.round_trip_ms.append(res.round_trip_ms)
-                    run.record.batch_sizes.append(res.batch)
-                    try:
-                        check_chunk(res.chunk, action_schema)
-                    except BadActionChunk as e:
-                        await finish(i, classify(e))
-                        continue
-                    run.chunker.set_chunk(res.chunk)
-            try:
-                actions = []
-                for i in range(venv.num_envs):
-                    if i in running:
-                        chunk, t = running[i].chunker.next()
-                        actions.append(np.asarray(venv.action_from_chunk(i, chunk, t), np.float32).reshape(-1))
-                    else:
-                        actions.append(np.asarray(venv.idle_action(i), np.float32).reshape(-1))
-            except Exception as e:
-                raise SimulatorFailed(f"{type(e).__name__}: {e}") from e
-            results: list[StepResult] = await call(venv.step, np.stack(actions))
-            vector_steps += 1
-            if on_steps is not None:
-                on_steps(len(running))
-            for i in list(running):
-                run, res = running[i], results[i]
-                run.record.steps += 1
-                run.record.episode_return += float(res.reward)
-                if res.done:
-                    await finish(i, task_end(bool(res.success)))
-    except Exception as e:  # a simulator or adapter bug breaks all N envs: record it on every episode
-        outcome = classify(e)
-        for i in list(running):
-            await finish(i, outcome)
+        await run.run(max_vector_steps)
     finally:
-        for run in running.values():
-            client.forget(run.rollout)
-        for g in range(-(-venv.num_envs // rows_per_request) if rows_per_request else 0):
-            client.forget(f"{group_rollout}.g{g}")
+        run.forget_rollouts()
         if close:
-            await loop.run_in_executor(pool, venv.close)
+            await run.loop.run_in_executor(pool, venv.close)
         if executor is None:
             pool.shutdown(wait=True)
-    return done
+    return run.done

@@ -41,6 +41,8 @@ def test_a_client_only_install_serves_an_external_simulator(tmp_path, aof_redis,
     ours = {p.name for p in site.iterdir() if p.name in ("broker", "policy_workers", "sim_workers", "controller",
                                                          "monitoring", "rolloutq")}
     assert ours == {"rolloutq"}
+    shipped = site / "rolloutq" / "policy_workers" / "checkpoints" / "g1_bc"  # package data: `eval`'s default policy
+    assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "model.safetensors"]
 
     worker = spawn("worker", redis_url=aof_redis.url, worker_id="w-ext")
     wait_worker(aof_redis.url, "w-ext", proc=worker)

@@ -1,5 +1,5 @@
 """A minimal controller for fault tests: fill a sweep, follow its results, re-queue infrastructure
-failures and expired leases (as `rolloutq.controller.eval._follow` does), riding out Redis restarts. With the
+failures and expired leases (as `rolloutq.controller.follow.follow_sweep` does), riding out Redis restarts. With the
 `ResultIntake` that `create_sweep` returns, results are checked as the real controller checks them."""
 
 from __future__ import annotations

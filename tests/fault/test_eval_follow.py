@@ -1,4 +1,4 @@
-"""`rolloutq eval`'s own result loop (`rolloutq.controller.eval._follow`, not the fault tests' stand-in)
+"""`rolloutq eval`'s own result loop (`rolloutq.controller.follow.follow_sweep`, not the fault tests' stand-in)
 rides out a Redis kill -9 and restart longer than its client's own retries: it says so, waits,
 and ends with one final record per episode, the sweep run by a real policy worker and two
 simulator processes. Results that are malformed, forged or repeated are rejected and counted
@@ -18,7 +18,8 @@ from rolloutq.broker.connection import connect_async
 from rolloutq.broker.keys import Keys
 from rolloutq.broker.settings import RedisSettings
 from rolloutq.broker.sweep import SweepQueue
-from rolloutq.controller.eval import EvalSettings, _follow, run_eval
+from rolloutq.controller.eval import EvalSettings, run_eval
+from rolloutq.controller.follow import follow_sweep
 
 from tests.fault.conftest import wait_for, wait_worker
 from tests.fault.sweep import create_sweep
@@ -49,8 +50,8 @@ def test_eval_result_loop_rides_out_a_redis_restart(aof_redis, spawn):
         try:
             killer.start()
             settings = EvalSettings(episodes=EPISODES, policy="p", progress=False, timeout_s=120)
-            records, _ = await _follow(settings, Console(file=out, width=200), conn, Keys(), SweepQueue(conn, run),
-                                       actors=[], runs={}, ray=None, intake=intake)
+            records, _ = await follow_sweep(settings, Console(file=out, width=200), conn, Keys(), SweepQueue(conn, run),
+                                            actors=[], runs={}, ray=None, intake=intake)
             return records
         finally:
             await conn.aclose()

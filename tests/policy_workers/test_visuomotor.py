@@ -103,7 +103,7 @@ def test_the_shipped_checkpoint_is_package_data():
     package = root / "policy_workers"
     assert Path(DEFAULT_CHECKPOINT).resolve().is_relative_to(package)
     with open(root / "pyproject.toml", "rb") as f:
-        patterns = tomllib.load(f)["tool"]["setuptools"]["package-data"]["policy_workers"]
+        patterns = tomllib.load(f)["tool"]["setuptools"]["package-data"]["rolloutq.policy_workers"]
     files = sorted(p.relative_to(package).as_posix() for p in Path(DEFAULT_CHECKPOINT).iterdir())
     assert files == ["checkpoints/g1_bc/config.json", "checkpoints/g1_bc/model.safetensors"]
     assert all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files)

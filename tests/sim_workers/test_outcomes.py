@@ -2,7 +2,7 @@
 not fit its own action schema fails its episodes (`policy_error`, in the denominator); a simulator
 that raises or sends a NaN observation gets `sim_error` (re-run, not scored, a non-zero exit when it
 persists). A real redis-server, a real policy worker and a real `SimWorker` throughout; the sweeps
-are followed by the controller's own `_follow` and scored by `summarize`."""
+are followed by the controller's own `follow_sweep` and scored by `summarize`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from rolloutq.broker.errors import PolicyErrorReply, PolicyTimeout, RedisUnavail
 from rolloutq.broker.keys import Keys
 from rolloutq.broker.settings import BatchSettings, ClientSettings, RedisSettings, WorkerSettings
 from rolloutq.broker.sweep import SweepQueue
-from rolloutq.controller.eval import EvalSettings, _follow
+from rolloutq.controller.eval import EvalSettings
+from rolloutq.controller.follow import follow_sweep
 from rolloutq.controller.intake import ResultIntake
 from rolloutq.controller.results import EXIT_SIM_ERRORS, summarize, verdict
 from rolloutq.policy_workers.loop import PolicyWorker, PolicyWorkerSettings
@@ -117,7 +118,7 @@ async def _one_episode(redis_url: str, backend: FaultBackend, env: Reach, check_
 
 
 async def _sweep(redis_url: str, backend: FaultBackend, episodes: int, max_attempts: int = 3) -> list[dict]:
-    """A sweep of reach episodes run by one in-process SimWorker (2 envs), followed by `_follow`."""
+    """A sweep of reach episodes run by one in-process SimWorker (2 envs), followed by `follow_sweep`."""
     redis = RedisSettings(url=redis_url)
     stop = asyncio.Event()
     worker_task = asyncio.create_task(_worker(redis, backend).run(stop))
@@ -132,8 +133,8 @@ async def _sweep(redis_url: str, backend: FaultBackend, episodes: int, max_attem
         sim_task = asyncio.create_task(sim.run(sim_stop))
         settings = EvalSettings(episodes=episodes, policy="p", progress=False, timeout_s=90, max_attempts=max_attempts)
         try:
-            records, _ = await _follow(settings, Console(file=io.StringIO()), r, Keys(), queue, actors=[], runs={},
-                                       ray=None, intake=intake)
+            records, _ = await follow_sweep(settings, Console(file=io.StringIO()), r, Keys(), queue, actors=[], runs={},
+                                            ray=None, intake=intake)
         finally:
             await queue.stop()
             sim_stop.set()

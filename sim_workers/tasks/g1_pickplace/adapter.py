@@ -1,226 +1,39 @@
-"""Unitree G1 pick-and-place in MuJoCo on the CPU: "pick up the apple and place it on the plate".
-
-The reference design runs this scene in Isaac Lab; here it is rebuilt in MuJoCo so that the whole
-pipeline (REAL_G1 schema, codec, batching, translation) runs on any machine. Simplifications:
-
-* The G1 model (mjlab's asset zoo) is fixed at the pelvis: no free joint, legs and waist rigid.
-  Only the 14 arm joints move, through position actuators with gravity compensation.
-* Its hands are rigid ("rubber" hands, no finger joints). A hand counts as closed when the mean of
-  its 7 commanded hand values exceeds 0.5; closing a hand whose palm is within 6 cm of the apple
-  attaches the apple to the wrist with a weld constraint, opening it releases the apple. The
-  reported hand state is the last hand command, clipped to [0, 1].
-* The robot's own geoms do not collide with anything; the apple collides with the table and
-  the plate.
-
-Success: the apple rests on the plate (released, centre within the plate's rim, at resting
-height, nearly still). Episodes end on success, when the apple falls off the table, or at the
-step cap.
+"""The g1-pickplace task on the scene of `scene.py`: an episode's layout from its seed, the arms
+driven by REAL_G1 joint commands, grasping by weld, the REAL_G1 observation, and success.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from typing import Any
 
+import mujoco
 import numpy as np
 from rolloutq.sim_workers import real_g1
 from rolloutq.sim_workers.base import Obs, SimAdapter, StepResult, TaskInfo
-from rolloutq.sim_workers.g1_assets import g1_xml_path
+from rolloutq.sim_workers.tasks.g1_pickplace.scene import (
+    APPLE_RADIUS,
+    ARM_JOINTS,
+    PHYSICS_DT,
+    PLATE_HALF_HEIGHT,
+    PLATE_RADIUS,
+    TABLE_TOP,
+    build_model,
+)
 
-
-def _choose_gl() -> None:
-    """Offscreen rendering on the CPU: EGL (llvmpipe) when it works, else OSMesa.
-
-    MuJoCo picks its GL backend when it is first imported, so this runs before that import and
-    only when MUJOCO_GL is unset.
-    """
-    if "MUJOCO_GL" in os.environ or "mujoco" in sys.modules:
-        return
-    probe = "import mujoco; mujoco.Renderer(mujoco.MjModel.from_xml_string('<mujoco/>'), 8, 8).close()"
-    for backend in ("egl", "osmesa"):
-        env = dict(os.environ, MUJOCO_GL=backend)
-        ok = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, timeout=60)
-        if ok.returncode == 0:
-            os.environ["MUJOCO_GL"] = backend
-            return
-
-
-_choose_gl()
-import mujoco  # noqa: E402
-
-ARM_JOINTS = {
-    side: [
-        f"{side}_shoulder_pitch_joint",
-        f"{side}_shoulder_roll_joint",
-        f"{side}_shoulder_yaw_joint",
-        f"{side}_elbow_joint",
-        f"{side}_wrist_roll_joint",
-        f"{side}_wrist_pitch_joint",
-        f"{side}_wrist_yaw_joint",
-    ]
-    for side in ("left", "right")
-}
 # Rest pose: palms about 9 cm above the table's front edge.
 REST_ARM = {
     "left": np.array([0.2, 0.4, 0.0, 0.4, 0.0, -1.0, 0.0]),
     "right": np.array([0.2, -0.4, 0.0, 0.4, 0.0, -1.0, 0.0]),
 }
-PELVIS_POS = np.array([0.0, 0.0, 0.793])
-TABLE_TOP = 0.78
-TABLE_CENTER = np.array([0.42, -0.10])
-TABLE_HALF = np.array([0.28, 0.45])
-APPLE_RADIUS = 0.035
-PLATE_RADIUS = 0.085
-PLATE_HALF_HEIGHT = 0.006
 # Spawn region (world xy) and minimum apple-plate distance.
 SPAWN_LOW = np.array([0.22, -0.30])
 SPAWN_HIGH = np.array([0.33, 0.04])
 MIN_SEPARATION = 0.17
 GRASP_RADIUS = 0.06
 HAND_CLOSED = 0.5
-PHYSICS_DT = 0.004
 CONTROL_DT = 0.04
 MAX_STEPS = 300
 IMAGE = real_g1.IMAGE_SIZE
-CAMERA_PITCH = np.deg2rad(62.0)
-
-
-def build_model() -> mujoco.MjModel:
-    spec = mujoco.MjSpec.from_file(str(g1_xml_path()))
-    spec.option.timestep = PHYSICS_DT
-    spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
-    arm = {n for names in ARM_JOINTS.values() for n in names}
-    for joint in list(spec.joints):
-        if joint.name not in arm:
-            spec.delete(joint)  # free joint, legs and waist: rigid
-    for geom in list(spec.geoms):
-        body = geom.parent.name
-        if any(part in body for part in ("hip", "knee", "ankle")):
-            spec.delete(geom)  # legs are under the table, never in the ego view: skip their meshes
-            continue
-        geom.contype = 0
-        geom.conaffinity = 0
-    for body in spec.bodies:
-        if body.name != "world":
-            body.gravcomp = 1.0
-    for light in list(spec.lights):
-        spec.delete(light)
-    for names in ARM_JOINTS.values():
-        for name in names:
-            j = spec.joint(name)
-            j.damping = [4.0, 0.0, 0.0]
-            j.armature = 0.02
-            spec.add_actuator(
-                name=name.replace("_joint", ""),
-                target=name,
-                trntype=mujoco.mjtTrn.mjTRN_JOINT,
-                gaintype=mujoco.mjtGain.mjGAIN_FIXED,
-                biastype=mujoco.mjtBias.mjBIAS_AFFINE,
-                gainprm=[150.0] + [0.0] * 9,
-                biasprm=[0.0, -150.0, 0.0] + [0.0] * 7,
-                ctrlrange=j.range,
-                ctrllimited=True,
-            )
-
-    world = spec.worldbody
-    spec.add_texture(
-        name="grid",
-        type=mujoco.mjtTexture.mjTEXTURE_2D,
-        builtin=mujoco.mjtBuiltin.mjBUILTIN_CHECKER,
-        rgb1=[0.32, 0.34, 0.38],
-        rgb2=[0.26, 0.28, 0.31],
-        width=256,
-        height=256,
-    )
-    spec.add_material(name="floor", textures=["", "grid"], texrepeat=[6, 6])
-    world.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[3, 3, 0.05], material="floor")
-    world.add_light(pos=[0.3, -0.2, 2.5], dir=[0, 0, -1], diffuse=[0.8, 0.8, 0.8], castshadow=False)
-    world.add_light(pos=[1.5, 1.0, 2.0], dir=[-0.6, -0.4, -0.7], diffuse=[0.3, 0.3, 0.3], castshadow=False)
-
-    table = world.add_body(name="table", pos=[TABLE_CENTER[0], TABLE_CENTER[1], TABLE_TOP])
-    table.add_geom(
-        name="table_top",
-        type=mujoco.mjtGeom.mjGEOM_BOX,
-        size=[TABLE_HALF[0], TABLE_HALF[1], 0.02],
-        pos=[0, 0, -0.02],
-        rgba=[0.62, 0.47, 0.32, 1],
-        friction=[1.0, 0.01, 0.001],
-    )
-    for sx in (-1, 1):
-        for sy in (-1, 1):
-            table.add_geom(
-                type=mujoco.mjtGeom.mjGEOM_BOX,
-                size=[0.025, 0.025, TABLE_TOP / 2 - 0.02],
-                pos=[sx * (TABLE_HALF[0] - 0.04), sy * (TABLE_HALF[1] - 0.04), -TABLE_TOP / 2],
-                rgba=[0.4, 0.3, 0.2, 1],
-                contype=0,
-                conaffinity=0,
-            )
-
-    plate = world.add_body(name="plate", mocap=True, pos=[0.35, 0.0, TABLE_TOP + PLATE_HALF_HEIGHT])
-    plate.add_geom(
-        name="plate",
-        type=mujoco.mjtGeom.mjGEOM_CYLINDER,
-        size=[PLATE_RADIUS, PLATE_HALF_HEIGHT, 0],
-        rgba=[0.92, 0.93, 0.97, 1],
-        friction=[1.0, 0.01, 0.001],
-    )
-    plate.add_geom(
-        type=mujoco.mjtGeom.mjGEOM_CYLINDER,
-        size=[PLATE_RADIUS * 0.55, 0.0005, 0],
-        pos=[0, 0, PLATE_HALF_HEIGHT],
-        rgba=[0.25, 0.45, 0.85, 1],
-        contype=0,
-        conaffinity=0,
-    )
-
-    apple = world.add_body(name="apple", pos=[0.35, -0.2, TABLE_TOP + APPLE_RADIUS])
-    apple.add_freejoint(name="apple_free")
-    apple.add_geom(
-        name="apple",
-        type=mujoco.mjtGeom.mjGEOM_SPHERE,
-        size=[APPLE_RADIUS, 0, 0],
-        mass=0.15,
-        rgba=[0.85, 0.08, 0.06, 1],
-        friction=[1.2, 0.02, 0.01],  # rolling friction: a released apple does not roll away
-        condim=6,
-    )
-    apple.add_geom(
-        type=mujoco.mjtGeom.mjGEOM_CAPSULE,
-        size=[0.004, 0.008, 0],
-        pos=[0, 0, APPLE_RADIUS + 0.006],
-        rgba=[0.35, 0.22, 0.08, 1],
-        contype=0,
-        conaffinity=0,
-        mass=0.001,
-    )
-
-    for side in ("left", "right"):
-        spec.add_equality(
-            name=f"{side}_grasp",
-            type=mujoco.mjtEq.mjEQ_WELD,
-            name1=f"{side}_wrist_yaw_link",
-            name2="apple",
-            objtype=mujoco.mjtObj.mjOBJ_BODY,
-            active=False,
-            solref=[0.01, 1.0],
-        )
-
-    # Ego-view camera in the head, pitched down at the table.
-    s, c = np.sin(CAMERA_PITCH), np.cos(CAMERA_PITCH)
-    cam_mat = np.array([[0, -1, 0], [s, 0, c], [-c, 0, s]]).T  # columns: image right, image up, backwards
-    cam_quat = np.zeros(4)
-    mujoco.mju_mat2Quat(cam_quat, cam_mat.reshape(-1))
-    spec.body("torso_link").add_camera(name="ego_view", pos=[0.09, 0.0, 0.46], fovy=78.0, quat=cam_quat)
-    return spec.compile()
-
-
-def _quat_to_mat(q: np.ndarray) -> np.ndarray:
-    m = np.zeros(9)
-    mujoco.mju_quat2Mat(m, np.asarray(q, dtype=np.float64))
-    return m.reshape(3, 3)
 
 
 class Adapter(SimAdapter):
