@@ -207,7 +207,7 @@ def _start_ray(s: EvalSettings, ray: Any, env_vars: dict[str, str]) -> None:
     init_args: dict[str, Any] = {
         "runtime_env": {"env_vars": env_vars},
         "log_to_driver": s.verbose,
-        "logging_level": logging.INFO if s.verbose else logging.WARNING,
+        "logging_level": logging.INFO if s.verbose else logging.ERROR,  # e.g. Ray's token-auth notice
         "include_dashboard": False,
     }
     if s.address:
@@ -219,6 +219,8 @@ def _start_ray(s: EvalSettings, ray: Any, env_vars: dict[str, str]) -> None:
 def _deploy_policy(s: EvalSettings, console: Console, serve: Any, env_vars: dict[str, str]) -> None:
     from rolloutq.policy_workers.serve import deploy
 
+    if not s.verbose:  # Serve's own progress lines ("Started Serve", "... is ready at http://...")
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     worker = PolicyWorkerSettings(backend=s.backend, backend_options=_backend_options(s), redis=s.redis,
                                   worker=s.worker)
@@ -229,8 +231,10 @@ def _deploy_policy(s: EvalSettings, console: Console, serve: Any, env_vars: dict
 
 
 def _shut_down(s: EvalSettings, own_ray: Any, serve: Any, embedded: EmbeddedRedis | None) -> None:
-    """Serve, then Ray if this run started it (`own_ray`, else None), then the embedded Redis."""
-    if s.mode == "embedded":
+    """Serve, then Ray if this run started it (`own_ray`, else None), then the embedded Redis. A Ray
+    this run started takes Serve down with it (shutting Serve down first only races its controller's
+    own shutdown and prints Ray's errors about it)."""
+    if s.mode == "embedded" and own_ray is None:
         with contextlib.suppress(Exception):
             serve.shutdown()
     if own_ray is not None:

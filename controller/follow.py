@@ -35,33 +35,36 @@ HOUSEKEEPING_S = 1.0
 
 
 class _Live:
-    """What the progress line shows, updated from results and worker stats."""
+    """What the progress line shows. Its rates are the summary's: steps (and policy calls) over the
+    time since the first episode started, so the last line and the summary agree."""
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.records: dict[int, dict[str, Any]] = {}
-        self.started = time.perf_counter()
-        self.calls_first: tuple[float, int] | None = None
-        self.calls_rate = 0.0
+        self.first_activity: float | None = None  # unix time the first steps or calls were seen
+        self.served = 0
 
     def note_served(self, served_total: int) -> None:
-        """Policy calls per second since the first stats read."""
-        t = time.perf_counter()
-        if self.calls_first is None:
-            self.calls_first = (t, served_total)
-        elif t > self.calls_first[0]:
-            self.calls_rate = (served_total - self.calls_first[1]) / (t - self.calls_first[0])
+        """Policy calls served so far (all workers)."""
+        self.served = served_total
 
     def line(self, live_steps: int) -> str:
-        outcomes, _ = count_outcomes(list(self.records.values()))
+        records = list(self.records.values())
+        outcomes, _ = count_outcomes(records)
         scored = sum(outcomes[o] for o in SCORED)
-        elapsed = max(1e-6, time.perf_counter() - self.started)
-        rts = [x for r in self.records.values() for x in r["round_trip_ms"][-50:]]
+        steps = max(live_steps, sum(r["steps"] for r in records))  # no live count without Ray actors
+        calls = max(self.served, sum(r["policy_calls"] for r in records))
+        now = time.time()
+        if self.first_activity is None and (steps or calls):
+            self.first_activity = now
+        t0 = min([r["started_at"] for r in records] + [self.first_activity or now])
+        span = max(1e-6, now - t0)
+        rts = [x for r in records for x in r["round_trip_ms"][-50:]]
         p50 = percentile(rts, 50)
         rate = f"{outcomes[SUCCESS] / scored:.0%} of {scored} scored" if scored else "-"
         errors = ", ".join(f"{o} {outcomes[o]}" for o in (POLICY_ERROR, SIM_ERROR, INFRA) if outcomes[o])
-        return (f"success {rate}{f' ({errors})' if errors else ''} | {live_steps / elapsed:.1f} env steps/s | "
-                f"{self.calls_rate:.1f} policy calls/s | rt p50 {p50 if p50 is not None else '-'} ms")
+        return (f"success {rate}{f' ({errors})' if errors else ''} | {steps / span:.1f} env steps/s | "
+                f"{calls / span:.1f} policy calls/s | rt p50 {p50 if p50 is not None else '-'} ms")
 
 
 async def worker_stats(r: Any, keys: Keys, policy: str) -> dict[str, Any]:

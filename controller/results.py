@@ -121,7 +121,7 @@ def human_summary(summary: dict[str, Any], out: Path) -> str:
         f"{summary['success_rate']:.1%} (95% CI {lo:.1%}-{hi:.1%})",
         outcomes_line(summary),
         f"{summary['env_steps_per_s']:.1f} env steps/s, {summary['policy_calls_per_s']:.1f} policy calls/s, "
-        f"mean batch {summary['mean_batch_size']:.2f}, round trip p50 {rt['p50']} ms / p99 {rt['p99']} ms, "
+        f"mean batch {summary['mean_batch_size']:.2f}, round trip p50 {_ms(rt['p50'])} / p99 {_ms(rt['p99'])}, "
         f"wall {summary['wall_s']:.1f}s",
         f"results: {out / 'summary.json'}, {out / 'episodes.jsonl'}"
         + (f"\nreport: {summary['report']}" if summary.get("report") else ""),
@@ -151,3 +151,8 @@ def verdict(summary: dict[str, Any], requested: int, max_sim_errors: int) -> Run
                                            f"({summary['infra_failures']} lost to infrastructure after every "
                                            f"attempt, {sim_errors} sim errors)")
     return RunVerdict(0)
+
+
+def _ms(value: float | None) -> str:
+    """A latency for people: `-` when nothing was measured (a run of 0 episodes)."""
+    return "-" if value is None else f"{value:g} ms"

@@ -28,6 +28,8 @@ class TaskInfo:
     instruction: str
     max_steps: int
     description: str = ""
+    fps: float = 10.0
+    """Env steps per second of simulated time: the frame rate of the run's videos."""
 
 
 @dataclass

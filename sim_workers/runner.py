@@ -82,6 +82,12 @@ async def _sim(slot: EnvSlot, fn: Callable[..., Any], *args: Any) -> Any:
         raise SimulatorFailed(f"{type(e).__name__}: {e}") from e
 
 
+async def _record_frame(slot: EnvSlot, on_frame: Callable[[np.ndarray], None]) -> None:
+    frame = await _sim(slot, slot.env.frame)
+    if frame is not None:
+        on_frame(frame)
+
+
 async def run_episode(
     slot: EnvSlot,
     client: PolicyClient,
@@ -102,16 +108,11 @@ async def run_episode(
     chunker = ActionChunker(action_horizon)
     try:
         await _sim(slot, env.reset, seed)
+        if on_frame is not None:  # a video: the first frame, then one per env step
+            await _record_frame(slot, on_frame)
         while True:
             if chunker.needs_query():
                 obs = await _sim(slot, env.observe)
-                if on_frame is not None:
-                    try:
-                        frame = env.frame()
-                    except Exception as e:
-                        raise SimulatorFailed(f"{type(e).__name__}: {e}") from e
-                    if frame is not None:
-                        on_frame(frame)
                 res = await client.act(rollout_id, obs, steps=action_horizon)  # only the steps it will execute
                 record.policy_calls += 1
                 record.round_trip_ms.append(res.round_trip_ms)
@@ -122,6 +123,8 @@ async def run_episode(
             result: StepResult = await _sim(slot, _step, env, chunk, t)
             record.steps += 1
             record.episode_return += float(result.reward)
+            if on_frame is not None:
+                await _record_frame(slot, on_frame)
             if on_steps is not None:
                 on_steps(1)
             if result.done:

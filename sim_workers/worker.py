@@ -86,11 +86,14 @@ def vector_adapter_class(task: str, options: dict[str, Any]) -> type | None:
     return cls if options.get("vectorized", getattr(cls, "vectorize_by_default", False)) else None
 
 
-def encode_gif(frames: list[np.ndarray], fps: float = 6.0) -> bytes:
+def encode_gif(frames: list[np.ndarray], fps: float) -> bytes:
+    """An episode's video: one frame per env step, played at the simulator's rate (`TaskInfo.fps`;
+    GIF delays are whole centiseconds, so 25 fps plays exactly, 50 fps as 20 ms frames)."""
     import imageio.v2 as imageio
 
     buf = io.BytesIO()
-    imageio.mimwrite(buf, [np.asarray(f) for f in frames], format="GIF", duration=1.0 / fps, loop=0)
+    delay_ms = max(20, round(100 / fps) * 10)  # browsers play delays under 20 ms at 100 ms
+    imageio.mimwrite(buf, [np.asarray(f) for f in frames], format="GIF", duration=delay_ms, loop=0)
     return buf.getvalue()
 
 
@@ -232,7 +235,7 @@ class SimWorker:
             for rt in record.round_trip_ms:
                 self.metrics.on_round_trip(rt / 1000)
             self.metrics.on_episode(record.outcome)
-            video = encode_gif(frames) if frames else b""
+            video = encode_gif(frames, slot.env.info.fps) if frames else b""
             accepted = await self._retry(
                 lambda: queue.finish(spec.episode, spec.token, record.to_dict(), video), stop)  # noqa: B023
             self._not_accepted(record, accepted)
