@@ -34,6 +34,8 @@ from rolloutq.controller.cli_shared import (
     overrides,
     run_until_signal,
     setup,
+    stop_on,
+    user_errors,
 )
 from rolloutq.controller.config import Mode, parse_options
 from rolloutq.policy_workers.backends import names_help as backend_names
@@ -52,14 +54,20 @@ class EvalFlags:
 
     config: Path | None
     overrides: dict[str, Any]
+    overwrite: bool = False
+    """`--out` may hold an earlier run's results: replace them."""
 
 
 def _eval_flags(
     config: Path | None = CONFIG,
     episodes: int | None = typer.Option(None, "--episodes", "-n", min=1,
-                                        help="Episodes to run, over seeds 0..N-1.", show_default="8"),
+                                        help="Episodes to run, over seeds 0..N-1 (--set seed_offset=K: K..K+N-1).",
+                                        show_default="8"),
     out: Path | None = typer.Option(None, "--out", help="Results folder (summary.json, episodes.jsonl, config.toml, "
-                                    "report).", show_default="runs/latest"),
+                                    "report, redis.url); it must be empty or new unless --overwrite.",
+                                    show_default="runs/latest"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Let --out name a folder an earlier run wrote to: its "
+                                   "results (summary, episodes, videos, report, config.toml) are deleted first."),
     task: str | None = typer.Option(None, "--task", help=f"Task: {task_names()}.",
                                     show_default="g1-pickplace"),
     task_option: list[str] | None = TASK_OPTION,
@@ -78,7 +86,6 @@ def _eval_flags(
     sims: int | None = typer.Option(None, "--sims", min=1, help="Simulator actors.", show_default="1"),
     envs_per_sim: int | None = typer.Option(None, "--envs-per-sim", min=1,
                                             help="Environments per simulator.", show_default="4"),
-    seed_offset: int | None = typer.Option(None, "--seed-offset", help="First seed.", show_default="0"),
     autoscale: bool = typer.Option(False, "--autoscale", help="Size the policy and sim pools from queue metrics in "
                                    "Prometheus, as the file's autoscale table says (sims and replicas become "
                                    "starting sizes)."),
@@ -93,18 +100,19 @@ def _eval_flags(
              "task_options": parse_options(task_option, "--task-option"), "backend": backend,
              "backend_options": parse_options(backend_option, "--backend-option"),
              "mode": mode.value if mode else None, "redis": {"url": redis_url}, "address": address, "run_id": run,
-             "sims": sims, "envs_per_sim": envs_per_sim, "seed_offset": seed_offset,
+             "sims": sims, "envs_per_sim": envs_per_sim,
              "max_sim_errors": max_sim_errors, "verbose": verbose or None,
              "autoscale": {"enabled": autoscale or None}}
     environment = {"mujoco_gl": os.environ.get("MUJOCO_GL"),
                    "autoscale": {"exporter_root": os.environ.get("ROLLOUTQ_EXPORTER_ROOT")}}
-    return EvalFlags(config, overrides(sets, flags, environment))
+    return EvalFlags(config, overrides(sets, flags, environment), overwrite)
 
 
 def _with_eval_flags(command: Callable[[EvalFlags], None]) -> Callable[..., None]:
     """`command(EvalFlags)` as a typer command whose options are `_eval_flags`'s parameters, so that
     `eval` and `config show` take the same flags from one list."""
 
+    @user_errors
     def run(**given: Any) -> None:
         command(checked(lambda: _eval_flags(**given)))
 
@@ -128,20 +136,27 @@ def eval_cmd(flags: EvalFlags) -> None:
 
     Exit status: 0 done, 1 the run failed, 130 interrupted;
     2 a wrong flag or configuration (nothing ran), or episodes lost to infrastructure;
-    3 more episodes ended in sim_error than --max-sim-errors (results are written for 2 and 3).
+    3 more episodes ended in sim_error than --max-sim-errors (results are written for 2 and 3);
+    4 a setup error found before anything started (unknown backend or task, missing checkpoint,
+    Redis not answering, a policy that does not fit the task's observations, --out not empty).
     """
     from rolloutq.controller.config import replica_env, to_toml
 
     settings = _eval_settings(flags)
     settings.serve.env_vars = checked(lambda: replica_env(settings.replica_env, os.environ))
     setup(settings.verbose, settings.mujoco_gl)
+    _preflight(settings)
     from rolloutq.controller.errors import ControllerError
     from rolloutq.controller.eval import run_eval
     from rolloutq.controller.results import human_summary, verdict
+    from rolloutq.controller.run_folder import prepare_out, write_redis_url
 
     out = settings.out
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(out, flags.overwrite)
     (out / "config.toml").write_text(to_toml(settings))
+    if settings.redis.url:
+        write_redis_url(out, settings.redis.url)
+    console.print(f"[dim]watch it: rolloutq top --run-dir {out}[/dim]", highlight=False, soft_wrap=True)
     try:
         summary = run_eval(settings, console)
     except ControllerError as e:
@@ -160,6 +175,23 @@ def eval_cmd(flags: EvalFlags) -> None:
         raise typer.Exit(ending.exit_code)
 
 
+def _preflight(s: Any) -> None:
+    """Stop before Ray, a model or a simulator starts when the run cannot work (exit status 4)."""
+    from rolloutq.controller.preflight import Plan, preflight, published_schema
+
+    plan = Plan(backend=s.backend if s.mode == "embedded" else None, backend_options=dict(s.backend_options),
+                task=s.task, task_options=dict(s.task_options), redis_url=s.redis.url)
+    stop_on(preflight(plan, schemas=False))  # before the slow import below
+    if s.mode == "embedded":
+        from rolloutq.controller.eval import _backend_options
+
+        plan.backend_options = _backend_options(s)
+    elif s.redis.url:
+        plan.policy_schema = published_schema(s.redis.url, s.redis.namespace, s.policy)
+    plan.redis_url = None  # checked above
+    stop_on(preflight(plan))
+
+
 @_with_eval_flags
 def config_show_cmd(flags: EvalFlags) -> None:
     """Print the configuration `rolloutq eval` would run with these flags, as TOML (passwords masked).
@@ -174,6 +206,7 @@ config_app.command("show")(config_show_cmd)
 
 
 @app.command("controller")
+@user_errors
 def controller_cmd(
     config: Path | None = CONFIG,
     prometheus_url: str | None = typer.Option(None, "--prometheus-url", envvar="ROLLOUTQ_PROMETHEUS_URL",
@@ -192,6 +225,7 @@ def controller_cmd(
                                             help="Port of the controller's /metrics (-1: none).", show_default="9110"),
     decisions_file: Path | None = typer.Option(None, "--decisions-file", help="Append every decision (JSON lines)."),
     sets: list[str] | None = SET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Autoscale a running stack: policy replicas on Ray Serve (and sims of --run) from Prometheus,
     as the configuration file's autoscale tables say."""
@@ -208,6 +242,9 @@ def controller_cmd(
                    err=True)
         raise typer.Exit(2)
     setup(True, s.mujoco_gl)
+    from rolloutq.controller.preflight import check_redis
+
+    stop_on(check_redis(s.redis.url or LOCAL_REDIS))
     import ray
     from rolloutq.broker.connection import connect_async
     from rolloutq.broker.keys import Keys

@@ -33,6 +33,7 @@ from rolloutq.controller.follow import follow_sweep, worker_stats
 from rolloutq.controller.intake import ResultIntake
 from rolloutq.controller.report import write_report
 from rolloutq.controller.results import summarize, write_results
+from rolloutq.controller.run_folder import write_redis_url
 from rolloutq.policy_workers.loop import PolicyWorkerSettings
 from rolloutq.policy_workers.serve import ServeSettings
 from rolloutq.sim_workers.tasks import task_class
@@ -171,6 +172,7 @@ def run_eval(s: EvalSettings, console: Console | None = None) -> dict[str, Any]:
         if s.redis.url is None:
             embedded = _start_redis(s, ray)
             s.redis.url = embedded.url
+            write_redis_url(s.out, embedded.url)  # for `rolloutq top --run-dir` / `health --run-dir`
             console.print(f"[dim]embedded redis-server on {embedded.url.split('@')[-1]}[/dim]")
         if s.mode == "embedded":
             _deploy_policy(s, console, serve, env_vars)

@@ -1,7 +1,9 @@
 """`rolloutq top`: a live terminal view of the queues and workers, straight from Redis.
 
 For people without Grafana: the same numbers the exporter publishes (lag, pending, oldest ages,
-dead letters, λ, μ, ρ, replicas) plus one row per worker from the worker stats hash.
+dead letters, λ, μ, ρ, replicas) plus one row per worker from the worker stats hash. When Redis goes
+away while it watches (an eval's embedded Redis stops with its run), it says so in a line and ends
+with exit status 0; a Redis that does not answer at the start is an error.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from typing import Any
 from rolloutq.broker.keys import Keys
 from rolloutq.monitoring.queue import QueueProbe, Snapshot
 from rolloutq.monitoring.worker_records import STALE_AFTER_S
+
+
+class RedisUnreachable(Exception):
+    """The Redis `top` was pointed at does not answer at the start."""
 
 
 @dataclass
@@ -91,23 +97,38 @@ def top_main(settings: TopSettings, redis: Any = None) -> None:
     """Entry point of `rolloutq top`."""
     from rich.console import Console
     from rich.live import Live
+    from rolloutq.broker.connection import REDIS_DOWN
 
     if redis is None:
         import redis as redis_py
 
-        redis = redis_py.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=10)
+        redis = redis_py.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    where = _masked(settings.redis_url)
+    try:
+        redis.ping()
+    except REDIS_DOWN as e:
+        raise RedisUnreachable(f"Redis at {where} does not answer ({e}): check --redis-url, or --run-dir of a "
+                               "run that is still going") from None
     console = Console()
     if not console.is_terminal:  # piped or captured: don't squeeze the tables into 80 columns
         console = Console(width=200)
-    if settings.once:
-        console.print(render(top_once(redis, settings)))
-        return
-    probe = QueueProbe(redis, Keys(settings.namespace), shards=settings.shards,
-                       stale_after_s=settings.stale_after_s)
     try:
+        if settings.once:
+            console.print(render(top_once(redis, settings)))
+            return
+        probe = QueueProbe(redis, Keys(settings.namespace), shards=settings.shards,
+                           stale_after_s=settings.stale_after_s)
         with Live(render(probe.poll()), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(settings.interval_s)
                 live.update(render(probe.poll()), refresh=True)
     except KeyboardInterrupt:
         pass
+    except REDIS_DOWN:
+        console.print(f"Redis at {where} went away (the run it served has ended?); top stops", highlight=False)
+
+
+def _masked(url: str) -> str:
+    from rolloutq.controller.config import mask
+
+    return mask(url)

@@ -70,5 +70,17 @@ class SimAdapter(ABC):
         """The latest camera image (H, W, 3) uint8, for videos in reports; None if there is none."""
         return None
 
+    def video_state(self) -> Any:
+        """What `video_frame` needs to draw the scene as it is now, for one frame of an episode's
+        video per env step. Called after every step of a recorded episode, so it must be cheap (a
+        copy of positions); the frames are drawn after the episode, out of its closed loop.
+        Default: the current `frame()`."""
+        return self.frame()
+
+    def video_frame(self, state: Any) -> np.ndarray | None:
+        """The (H, W, 3) uint8 image of a state from `video_state`; called after the episode ended
+        (it may change the simulator's state: the next episode starts with `reset`)."""
+        return state
+
     def close(self) -> None:
         """Free renderers and simulator state."""

@@ -10,6 +10,7 @@ action schema before the simulator sees it), a simulator error, or an infrastruc
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,8 @@ from rolloutq.broker.client import ActionChunker, PolicyClient
 from rolloutq.sim_workers.base import SimAdapter, StepResult
 from rolloutq.sim_workers.errors import SimulatorFailed
 from rolloutq.sim_workers.outcomes import SUCCESS, Outcome, check_chunk, classify, task_end
+
+log = logging.getLogger("rolloutq.sim")
 
 
 @dataclass
@@ -82,10 +85,12 @@ async def _sim(slot: EnvSlot, fn: Callable[..., Any], *args: Any) -> Any:
         raise SimulatorFailed(f"{type(e).__name__}: {e}") from e
 
 
-async def _record_frame(slot: EnvSlot, on_frame: Callable[[np.ndarray], None]) -> None:
-    frame = await _sim(slot, slot.env.frame)
-    if frame is not None:
-        on_frame(frame)
+def _draw_video(env: SimAdapter, states: list[Any], on_frame: Callable[[np.ndarray], None]) -> None:
+    """The recorded episode's frames, drawn from its states once it is over (on the env's thread)."""
+    for state in states:
+        frame = env.video_frame(state)
+        if frame is not None:
+            on_frame(frame)
 
 
 async def run_episode(
@@ -106,10 +111,11 @@ async def run_episode(
     record = EpisodeRecord(episode=episode, seed=seed, started_at=time.time())
     t0 = time.perf_counter()
     chunker = ActionChunker(action_horizon)
+    video: list[Any] = []
     try:
         await _sim(slot, env.reset, seed)
-        if on_frame is not None:  # a video: the first frame, then one per env step
-            await _record_frame(slot, on_frame)
+        if on_frame is not None:  # a video: the scene after the reset, then after every env step
+            video.append(await _sim(slot, env.video_state))
         while True:
             if chunker.needs_query():
                 obs = await _sim(slot, env.observe)
@@ -124,7 +130,7 @@ async def run_episode(
             record.steps += 1
             record.episode_return += float(result.reward)
             if on_frame is not None:
-                await _record_frame(slot, on_frame)
+                video.append(await _sim(slot, env.video_state))
             if on_steps is not None:
                 on_steps(1)
             if result.done:
@@ -135,4 +141,9 @@ async def run_episode(
     finally:
         client.forget(rollout_id)
     record.wall_s = time.perf_counter() - t0
+    if video and on_frame is not None:
+        try:
+            await slot.call(_draw_video, env, video, on_frame)
+        except Exception as e:  # a video that cannot be drawn costs the video, not the episode
+            log.warning("episode %d: its video could not be drawn: %s: %s", episode, type(e).__name__, e)
     return record

@@ -68,7 +68,6 @@ class Adapter(SimAdapter):
         self.data = mujoco.MjData(self.model)
         self._renderer: mujoco.Renderer | None = None
         self._frame: np.ndarray | None = None
-        self._frame_at = -1  # step count of `_frame`
         self._steps = 0
         self._tip = self.model.site("tip").id
 
@@ -91,7 +90,6 @@ class Adapter(SimAdapter):
             self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
         self._renderer.update_scene(self.data, "top")
         self._frame = self._renderer.render()
-        self._frame_at = self._steps
         return {
             "video.top": self._frame[None, None].copy(),
             "state.arm": self.data.qpos[:2].astype(np.float32).reshape(1, 1, 2),
@@ -112,13 +110,18 @@ class Adapter(SimAdapter):
         return np.asarray(chunk["arm"][0, t], np.float64)
 
     def frame(self) -> np.ndarray | None:
-        """The top camera now (rendered again if the arm moved since the policy's last look)."""
-        if self._frame is None or self._frame_at != self._steps:
-            if self._renderer is None:
-                self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
-            self._renderer.update_scene(self.data, "top")
-            return self._renderer.render()
         return self._frame
+
+    def video_state(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.data.qpos.copy(), self.data.mocap_pos.copy()
+
+    def video_frame(self, state: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        self.data.qpos[:], self.data.mocap_pos[:] = state
+        mujoco.mj_forward(self.model, self.data)
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+        self._renderer.update_scene(self.data, "top")
+        return self._renderer.render()
 
     def close(self) -> None:
         if self._renderer is not None:

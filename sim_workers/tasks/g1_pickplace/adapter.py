@@ -81,9 +81,6 @@ class Adapter(SimAdapter):
         self._renderer: mujoco.Renderer | None = None
         self._prev_frame: np.ndarray | None = None
         self._frame: np.ndarray | None = None
-        self._frame_time = -1.0  # simulated time of `_frame`
-        self._video: np.ndarray | None = None
-        self._video_time = -1.0
         self.reset(0)
 
     # --- episode -------------------------------------------------------------------------------
@@ -115,7 +112,6 @@ class Adapter(SimAdapter):
         self.success = False
         self._prev_frame = None
         self._frame = None
-        self._frame_time = self._video_time = -1.0
 
     def step(self, action: np.ndarray) -> StepResult:
         m, d = self.model, self.data
@@ -224,7 +220,6 @@ class Adapter(SimAdapter):
         frame = self._render()
         prev = self._frame if self._frame is not None else frame
         self._prev_frame, self._frame = prev, frame
-        self._frame_time = self.data.time
         d = self.data
         obs = real_g1.build_observation(
             np.stack([prev, frame]),
@@ -244,13 +239,17 @@ class Adapter(SimAdapter):
         return real_g1.chunk_step_to_env_action(chunk, t)
 
     def frame(self) -> np.ndarray | None:
-        """The ego camera now, for videos: rendered again if the robot moved since the policy's last
-        look (kept apart from the observation's frame stack, so recording never changes an episode)."""
-        if self._frame is not None and self._frame_time == self.data.time:
-            return self._frame
-        if self._video_time != self.data.time:
-            self._video, self._video_time = self._render(), self.data.time
-        return self._video
+        return self._frame
+
+    def video_state(self) -> tuple[np.ndarray, ...]:
+        d = self.data
+        return d.qpos.copy(), d.mocap_pos.copy(), d.mocap_quat.copy()
+
+    def video_frame(self, state: tuple[np.ndarray, ...]) -> np.ndarray:
+        d = self.data
+        d.qpos[:], d.mocap_pos[:], d.mocap_quat[:] = state
+        mujoco.mj_forward(self.model, d)
+        return self._render()
 
     def close(self) -> None:
         if self._renderer is not None:
