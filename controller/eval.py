@@ -32,7 +32,7 @@ from rolloutq.controller.errors import EvalFailed
 from rolloutq.controller.follow import follow_sweep, worker_stats
 from rolloutq.controller.intake import ResultIntake
 from rolloutq.controller.report import write_report
-from rolloutq.controller.results import summarize, write_results
+from rolloutq.controller.results import group_table, summarize, write_results
 from rolloutq.controller.run_folder import write_redis_url
 from rolloutq.policy_workers.loop import PolicyWorkerSettings
 from rolloutq.policy_workers.serve import ServeSettings
@@ -287,6 +287,9 @@ async def _drive(s: EvalSettings, console: Console, ray: Any, SimActor: type) ->
         await queue.stop()
         summary = summarize(records, _wall_s(records), await _run_stats(r, keys, s.policy, meta),
                             {**s.public(), "run_id": s.run_id, "sweep": config})
+        group_of = getattr(task_class(s.task), "episode_group", None)
+        if group_of is not None:  # e.g. LIBERO: a table per task of the suite
+            summary["groups"] = group_table(records, lambda seed: group_of(seed, config["task_options"]))
         summary["rejected_results"] = dict(intake.rejected)
         summary["rejected_finish"] = await queue.rejected_finishes()
         if auto is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,42 @@ def summarize(records: list[dict[str, Any]], wall_s: float, worker_stats: dict[s
     }
 
 
+def group_table(records: list[dict[str, Any]], group_of: Callable[[int], str]) -> dict[str, Any]:
+    """Success per group of episodes (a LIBERO suite's tasks: the task's `episode_group`), each
+    with its Wilson interval, and the mean of the groups' rates (a suite's usual figure). Like the
+    run's own rate, over scored episodes; sim errors and infrastructure losses are `unscored`."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(group_of(int(r["seed"])), []).append(r)
+    rows = {}
+    for name in sorted(groups, key=_natural):
+        outcomes, _ = count_outcomes(groups[name])
+        n = sum(outcomes[o] for o in SCORED)
+        k = outcomes[SUCCESS]
+        lo, hi = wilson_interval(k, n)
+        rows[name] = {"episodes": n, "successes": k, "success_rate": round(k / n, 4) if n else None,
+                      "success_ci95": [round(lo, 4), round(hi, 4)], "unscored": len(groups[name]) - n}
+    rates = [row["success_rate"] for row in rows.values() if row["success_rate"] is not None]
+    return {"groups": rows, "mean_group_rate": round(sum(rates) / len(rates), 4) if rates else None}
+
+
+def group_lines(table: dict[str, Any]) -> list[str]:
+    """The per-group table as aligned text, for the end-of-run summary."""
+    lines = [f"{'group':>10}  {'ok/n':>7}  {'rate':>5}  95% CI"]
+    for name, row in table["groups"].items():
+        rate = "  -  " if row["success_rate"] is None else f"{row['success_rate']:.2f}"
+        lo, hi = row["success_ci95"]
+        extra = f"  (+{row['unscored']} unscored)" if row["unscored"] else ""
+        lines.append(f"{name:>10}  {row['successes']:>3}/{row['episodes']:<3}  {rate:>5}  [{lo:.2f}, {hi:.2f}]{extra}")
+    mean = table["mean_group_rate"]
+    lines.append(f"mean of the groups' rates: {'-' if mean is None else f'{mean:.3f}'}")
+    return lines
+
+
+def _natural(name: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in name.split())
+
+
 def write_results(out: Path, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "episodes.jsonl", "w") as f:
@@ -123,6 +160,7 @@ def human_summary(summary: dict[str, Any], out: Path) -> str:
         f"{summary['env_steps_per_s']:.1f} env steps/s, {summary['policy_calls_per_s']:.1f} policy calls/s, "
         f"mean batch {summary['mean_batch_size']:.2f}, round trip p50 {_ms(rt['p50'])} / p99 {_ms(rt['p99'])}, "
         f"wall {summary['wall_s']:.1f}s",
+        *(group_lines(summary["groups"]) if summary.get("groups") else []),
         f"results: {out / 'summary.json'}, {out / 'episodes.jsonl'}"
         + (f"\nreport: {summary['report']}" if summary.get("report") else ""),
     ]

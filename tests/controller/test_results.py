@@ -95,5 +95,5 @@ def test_eval_cli_exits_with_the_verdict_after_printing_the_summary(tmp_path, mo
     got = runner.invoke(app, ["eval", "-n", "9", "--out", str(tmp_path)])
     assert got.exit_code == EXIT_SIM_ERRORS and seen["max_sim_errors"] == 0
     assert "outcomes: success 3" in got.output and "1 episode(s) ended in sim_error" in got.output
-    got = runner.invoke(app, ["eval", "-n", "9", "--out", str(tmp_path), "--max-sim-errors", "1"])
+    got = runner.invoke(app, ["eval", "-n", "9", "--out", str(tmp_path), "--overwrite", "--max-sim-errors", "1"])
     assert got.exit_code == EXIT_INCOMPLETE and seen["max_sim_errors"] == 1

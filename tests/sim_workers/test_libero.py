@@ -23,7 +23,6 @@ from rolloutq.sim_workers.tasks.libero.protocol import (
     quat_to_axis_angle,
     rotate_180,
 )
-from rolloutq.sim_workers.tasks.libero.summary import format_table, per_task, wilson
 
 # --- the protocol, without a simulator ----------------------------------------------------------------
 
@@ -58,16 +57,22 @@ def test_images_turn_half_round_gripper_binarises_and_quaternions_become_axis_an
         schema.action_from_chunk({"left_arm": np.zeros((1, 8, 7))}, 0)
 
 
-def test_per_task_table_scores_only_scored_outcomes():
+def test_the_run_summary_has_a_table_per_task_scoring_only_scored_outcomes():
+    from rolloutq.controller.results import group_lines, group_table, wilson_interval
+    from rolloutq.sim_workers.tasks.libero.adapter import Adapter
+
+    options = {"suite": "libero_spatial", "tasks": "0,1"}
     recs = [{"episode": e, "seed": e, "outcome": "success" if e % 2 == 0 else "failure"} for e in range(8)]
     recs.append({"episode": 8, "seed": 8, "outcome": "infra"})
-    recs += [{"episode": 9, "seed": 9, "outcome": "sim_error", "attempt": 1},
-             {"episode": 9, "seed": 9, "outcome": "success", "attempt": 2}]
-    table = per_task(recs, (0, 1), "interleaved", {0: "pick", 1: "place"})
-    assert [(r.task_id, r.successes, r.episodes, r.unscored) for r in table.rows] == [(0, 4, 4, 1), (1, 1, 5, 0)]
-    assert table.successes == 5 and table.episodes == 9 and table.mean_task_rate == pytest.approx(0.6)
-    assert table.rows[0].success_ci95 == tuple(round(x, 4) for x in wilson(4, 4))
-    assert "suite: 5/9" in format_table(table) and "(+1 unscored)" in format_table(table)
+    recs.append({"episode": 9, "seed": 9, "outcome": "success"})
+    table = group_table(recs, lambda seed: Adapter.episode_group(seed, options))
+    rows = table["groups"]
+    assert list(rows) == ["task 0", "task 1"]  # interleaved: even seeds task 0, odd seeds task 1
+    assert [(r["successes"], r["episodes"], r["unscored"]) for r in rows.values()] == [(4, 4, 1), (1, 5, 0)]
+    assert table["mean_group_rate"] == pytest.approx(0.6)
+    assert rows["task 0"]["success_ci95"] == [round(x, 4) for x in wilson_interval(4, 4)]
+    text = "\n".join(group_lines(table))
+    assert "(+1 unscored)" in text and "mean of the groups' rates: 0.600" in text
 
 
 def test_the_task_is_found_without_libero_installed():

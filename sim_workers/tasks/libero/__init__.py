@@ -3,7 +3,7 @@
 `rolloutq eval --task libero --task-option suite=libero_spatial` runs the standard protocol
 (`protocol`), sends both cameras and the proprio state (`schema`), and hosts many envs in one
 simulator process (`adapter.VectorAdapter`). LIBERO itself is imported only when an env is built
-(`env`); `summary.per_task` turns episode records into the per-task table. See docs/TASKS.md.
+(`env`); `Adapter.episode_group` names an episode's task for the run's per-task table. See docs/TASKS.md.
 """
 
 from rolloutq.sim_workers.tasks.libero.adapter import Adapter, VectorAdapter

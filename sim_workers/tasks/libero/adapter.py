@@ -31,6 +31,7 @@ from rolloutq.sim_workers.tasks.libero.protocol import (
     ORDERS,
     SETTLE_ACTION,
     SETTLE_STEPS,
+    TASKS_PER_SUITE,
     EpisodeSlot,
     episode_slot,
 )
@@ -58,6 +59,14 @@ class VectorAdapter(VectorSimAdapter):
 
     vectorize_by_default = True
     layout: dict[str, Any] = schema.LAYOUT
+
+    @staticmethod
+    def episode_group(seed: int, options: dict[str, Any]) -> str:
+        """The episode's LIBERO task, for the run's per-task table (known from the seed and the
+        run's options alone, without LIBERO installed)."""
+        suite = str(options.get("suite", "libero_spatial"))
+        ids = parse_task_ids(options.get("tasks"), TASKS_PER_SUITE.get(suite, 10))
+        return f"task {episode_slot(seed, ids, str(options.get('order', 'interleaved'))).task_id}"
 
     def __init__(self, suite: str = "libero_spatial", num_envs: int = 1, tasks: Any = None,
                  order: str = "interleaved", max_steps: int | None = None, image_size: int = 256,
@@ -138,6 +147,7 @@ class Adapter(SingleEnvView):
     pays for its own scene, so prefer the vectorised default."""
 
     layout: dict[str, Any] = schema.LAYOUT
+    episode_group = VectorAdapter.episode_group
 
     def __init__(self, **options: Any) -> None:
         options["num_envs"] = 1

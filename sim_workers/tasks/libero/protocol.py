@@ -29,6 +29,8 @@ MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "l
 """Policy steps per episode (after the settle steps), as in vla-eval's MAX_STEP_MAPPING and the
 OpenVLA LIBERO evaluation script."""
 
+TASKS_PER_SUITE = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}
+
 INIT_STATES_PER_TASK = 50
 """Each standard task ships 50 initial states; the standard run is 50 episodes per task."""
 
