@@ -6,11 +6,12 @@ override what differs from the defaults.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 
-class BatchHandler:
-    """A policy as the worker sees it."""
+class BatchHandler(ABC):
+    """A policy as the worker sees it: `infer` is required, the rest has defaults."""
 
     inline: bool = False
     """True only when `infer` takes microseconds and never blocks (the null backend): it then runs
@@ -24,6 +25,6 @@ class BatchHandler:
         """Rollouts in one request (a vectorized simulator sends several); batches count rows."""
         return 1
 
+    @abstractmethod
     def infer(self, batch: list[Any]) -> list[Any]:
         """One action chunk per observation, in order (runs in the inference thread unless `inline`)."""
-        raise NotImplementedError
