@@ -161,7 +161,7 @@ def test_a_wrong_file_is_one_line_and_exit_status_2(tmp_path, text, suffix, expe
     """As a user sees it: the real command in a subprocess, no traceback, nothing started."""
     path = tmp_path / f"eval{suffix}"
     path.write_text(text)
-    got = subprocess.run([sys.executable, "-m", "controller", "eval", "--config", str(path), "--out",
+    got = subprocess.run([sys.executable, "-m", "rolloutq.controller", "eval", "--config", str(path), "--out",
                           str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert got.returncode == 2, got.stderr
     assert got.stderr.strip() == got.stderr.strip().splitlines()[0], got.stderr  # one line

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -20,7 +21,8 @@ def test_eval_with_defaults_writes_summary_and_report(tmp_path):
     config = tmp_path / "eval.toml"
     config.write_text("progress = false\nvideo_episodes = 2\ntimeout_s = 400\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "controller", "eval", "--episodes", "4", "--out", str(out), "--config", str(config)],
+        [sys.executable, "-m", "rolloutq.controller", "eval", "--episodes", "4", "--out", str(out),
+         "--config", str(config)],
         capture_output=True, text=True, timeout=500,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -54,7 +56,7 @@ def test_every_run_writes_the_configuration_it_ran_next_to_its_summary(tmp_path)
     config.write_text("progress: false\nvideo_episodes: 0\ntimeout_s: 300\nworker: {batch: {max_wait_ms: 2.0}}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOUTQ_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "controller", "eval", "--backend", "null", "--task", "reach", "--episodes", "2",
+        [sys.executable, "-m", "rolloutq.controller", "eval", "--backend", "null", "--task", "reach", "--episodes", "2",
          "--envs-per-sim", "2", "--task-option", "max_steps=24", "--out", str(out), "--config", str(config)],
         capture_output=True, text=True, timeout=400, env=env,
     )
@@ -67,7 +69,32 @@ def test_every_run_writes_the_configuration_it_ran_next_to_its_summary(tmp_path)
     assert summary["episodes"] == 2 and summary["config"]["backend"] == "null"
     assert summary["config"]["worker"]["batch"]["max_wait_ms"] == 2.0
     # the written file runs the same evaluation again
-    again = subprocess.run([sys.executable, "-m", "controller", "config", "show", "--config", str(out / "config.toml")],
-                           capture_output=True, text=True, timeout=120, env=env)
+    again = subprocess.run([sys.executable, "-m", "rolloutq.controller", "config", "show", "--config",
+                            str(out / "config.toml")], capture_output=True, text=True, timeout=120, env=env)
     assert again.returncode == 0, again.stderr
     assert tomllib.loads(again.stdout) == written
+
+
+def test_the_console_shows_rolloutq_only_and_its_progress_agrees_with_the_summary(tmp_path):
+    """What a user sees: no Ray or Serve lines (token-auth notice, Serve's progress, the raylet's
+    shutdown errors) without --verbose, and the last progress line's rates are the summary's."""
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOUTQ_")}
+    env["COLUMNS"] = "200"  # the whole progress line on one row
+    proc = subprocess.run(
+        [sys.executable, "-m", "rolloutq.controller", "eval", "--backend", "null", "--task", "reach", "--episodes", "4",
+         "--task-option", "max_steps=40", "--out", str(out), "--set", "video_episodes=0"],
+        capture_output=True, text=True, timeout=400, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = proc.stdout + proc.stderr
+    for noise in ("Token authentication", "Started Serve", "is ready at http", "raylet", "Traceback",
+                  "OpenGL.acceleratesupport"):
+        assert noise not in seen, noise
+    summary = json.loads((out / "summary.json").read_text())
+    rates = re.findall(r"\| ([0-9.]+) env steps/s \| ([0-9.]+) policy calls/s", proc.stderr)
+    assert rates, proc.stderr[-2000:]
+    steps_s, calls_s = (float(x) for x in rates[-1])
+    # the same numbers (steps and calls over the time since the first episode started), read a moment apart
+    assert abs(steps_s - summary["env_steps_per_s"]) <= 0.15 * summary["env_steps_per_s"], (rates[-1], summary)
+    assert abs(calls_s - summary["policy_calls_per_s"]) <= 0.15 * summary["policy_calls_per_s"] + 0.5
