@@ -12,12 +12,14 @@ The batcher is plain data (no I/O, no clock of its own), so its semantics are un
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import OrderedDict, deque
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import numpy as np
+from rolloutq.broker.batch_cost import BatchCost, ThinkTimes
 
 T = TypeVar("T")
 
@@ -27,6 +29,7 @@ class _Pending(Generic[T]):
     item: T
     arrived: float
     rows: int = 1
+    rollout: str | None = None
 
 
 def signature(obs: Any, prefix: str = "") -> tuple:
@@ -74,7 +77,7 @@ class MicroBatcher(Generic[T]):
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group()
-        group.append(_Pending(item, now, rows))
+        group.append(_Pending(item, now, rows, rollout))
         group.rows += rows
         self._count += 1
 
@@ -106,13 +109,9 @@ class MicroBatcher(Generic[T]):
         self._count -= len(taken)
         return [p.item for p in taken], [p.arrived for p in taken]
 
-    def batch_done(self, rollouts: list[str], now: float) -> None:
-        """Called by the consumer after each batch; the deadline rule needs nothing from it."""
-
-    def due_in(self, now: float) -> float | None:
-        """Seconds until the next request is expected (0: a batch is partly in), or None when the
-        batcher cannot tell; the deadline rule never can."""
-        return None
+    def batch_done(self, rollouts: list[str], now: float, busy_s: float | None = None) -> None:
+        """Called by the consumer after each batch (`busy_s`: how long it took); the deadline rule
+        needs nothing from it."""
 
     def drain(self) -> list[T]:
         """Every item still waiting (shutdown)."""
@@ -123,19 +122,31 @@ class MicroBatcher(Generic[T]):
 
 
 class CohortBatcher(MicroBatcher[T]):
-    """Dispatch for closed-loop rollouts: wait for the rollouts that are about to ask.
+    """Dispatch for closed-loop rollouts: hold a request for batch-mates only when that pays.
 
-    With closed-loop simulators the deadline rule splits rollouts into cohorts that never merge:
-    while one cohort's batch runs, the other's requests arrive, are overdue when the model frees
-    up, and go alone (measured on an H100: N = 8 ran as two batches of 4). Here a batch is ready
-    when it holds every active rollout (distinct rollout ids seen in the last `population_s`; a
-    vectorized simulator asks for several rows under one id) or `max_batch_size` rows; so a lone
-    rollout is served at once. Otherwise, once the model is free, it waits for the rest at most the
-    merge wait: 1.5 x the p90 "think time" (from the end of the batch that served a rollout to that
-    rollout's next request), clamped to [5 ms, `max_merge_s`], and `max_wait_s` until 8 think times
-    are known. A rollout answered more than 3 p90 think times ago that has not asked again (a
-    finished episode, a client that left) no longer counts as active, so the rest is not held back
-    for the whole `population_s` window. The consumer calls `batch_done` after each batch.
+    With closed-loop simulators the deadline rule splits rollouts into cohorts that never merge
+    (while one cohort's batch runs the other's requests arrive, are overdue when the model frees
+    up, and go alone: measured on an H100, N = 8 ran as two batches of 4). Holding for every active
+    rollout instead slows slow simulators: a request waits for a rollout whose simulator is still
+    mid-step. So when the model is free and requests wait, the batcher compares the two choices
+    for the rollouts expected back soon (`ThinkTimes`: each rollout's answer time plus its own
+    think time), using the model's batch-time curve (`BatchCost`, fitted to the batches it ran):
+
+    - run now: the waiting rows go at once; the expected ones arrive, and go in a second batch
+      once the model is free again — which also delays the waiting rollouts' *next* requests when
+      they come back while that second batch runs (the case of fast simulators and a busy model);
+    - hold until they are expected, and run all of them in one batch.
+
+    It holds when the second choice costs fewer row-seconds of waiting over these two requests of
+    every rollout concerned, for the prefix of expected rollouts (by expected time) that pays best.
+    A rollout overdue by more than twice its think time's usual spread (at least 1 ms, or a tenth of
+    its think time) is no longer expected: its episode ended or its simulator is slow this step.
+    A hold never exceeds `max_merge_s`. A batch runs at once when it holds `max_batch_size` rows, so
+    one rollout alone, or one whose peers are far from done, is served without waiting.
+
+    Until 8 think times are known, a request waits for the rollouts seen in the last `population_s`
+    at most `max_wait_s`. A rollout whose simulator said it ended (`retire`) is expected no more.
+    The consumer calls `batch_done` after each batch with how long the batch took.
     """
 
     def __init__(self, max_batch_size: int, max_wait_s: float, population_s: float = 2.0,
@@ -143,99 +154,155 @@ class CohortBatcher(MicroBatcher[T]):
         super().__init__(max_batch_size, max_wait_s)
         self.population_s = population_s
         self.max_merge_s = max_merge_s
-        self._last_seen: dict[str, float] = {}
-        self._seen_order: deque[tuple[float, str]] = deque()
-        self._think: deque[float] = deque(maxlen=256)
-        self._think_p10_p90: tuple[float, float] | None = None  # cached: pop_ready runs on every wake-up
-        self._served_at: dict[str, float] = {}  # rollout -> end of the batch that answered it
-        self._in_batch: list[str] = []
+        self.thinks = ThinkTimes()
+        self.cost = BatchCost()
+        self._seen: dict[str, float] = {}  # rollout -> its last request, for the warm-up population
         self._hold_since: float | None = None
+        self._hold_until: float | None = None
+        self._changed = True  # something arrived since the last decision
+        self._pruned_at = 0.0
 
     def add(self, item: T, key: Hashable, now: float, rollout: str | None = None, rows: int = 1) -> None:
         if rollout is not None:
-            self._last_seen[rollout] = now
-            self._seen_order.append((now, rollout))
-            served = self._served_at.pop(rollout, None)
-            if served is not None:
-                self._think.append(max(0.0, now - served))
-                self._think_p10_p90 = None
-        super().add(item, key, now, rows=rows)
+            self.thinks.arrived(rollout, now, rows)
+            self._seen[rollout] = now
+        super().add(item, key, now, rollout, rows)
+        self._changed = True
 
-    def population(self, now: float) -> int:
-        while self._seen_order and now - self._seen_order[0][0] > self.population_s:
-            t, r = self._seen_order.popleft()
-            if self._last_seen.get(r) == t:
-                del self._last_seen[r]
-        n = len(self._last_seen)
-        absent = self._absent_after()
-        if absent < self.population_s:  # finished episodes stop holding batches long before population_s
-            n -= sum(1 for r, t in self._served_at.items() if now - t > absent and r in self._last_seen)
-        return max(1, n)
-
-    def merge_wait(self) -> float:
-        if len(self._think) < 8:
-            return self.max_wait_s
-        return min(self.max_merge_s, max(0.005, 1.5 * self._p90_think()))
+    @property
+    def warmed_up(self) -> bool:
+        return len(self.thinks.recent) >= 8
 
     def pop_ready(self, now: float, flush: bool = False) -> tuple[list[T], list[float]] | None:
         if not self._groups:
             return None
-        target = self.population(now)  # requests, one per rollout; the cap is in rows
-        full = any(g.rows >= self.max_batch_size for g in self._groups.values())
-        biggest = max(len(g) for g in self._groups.values())
-        if not flush and not full and biggest < target:
-            if self._hold_since is None:
-                self._hold_since = now
-            if now - self._hold_since < self.merge_wait():
+        if not flush and not any(g.rows >= self.max_batch_size for g in self._groups.values()):
+            if self._hold_until is not None and now < self._hold_until and not self._changed:
                 return None
-        self._hold_since = None
+            self._changed = False
+            until = self._hold(now)
+            if until is not None:
+                self._hold_until = until
+                return None
+        self._hold_since = self._hold_until = None
         return super().pop_ready(now, flush=True)
-
-    def _absent_after(self) -> float:
-        """How long after its answer a rollout that has not asked again stops counting as active:
-        3 x the p90 think time, within [20 ms, `population_s`] (`population_s` until 8 think times are known)."""
-        if len(self._think) < 8:
-            return self.population_s
-        return min(self.population_s, max(0.02, 3 * self._p90_think()))
-
-    def _p90_think(self) -> float:
-        return self._think_quantiles()[1]
-
-    def _think_quantiles(self) -> tuple[float, float]:
-        if self._think_p10_p90 is None:
-            s = sorted(self._think)
-            self._think_p10_p90 = (s[int(0.1 * len(s))], s[min(len(s) - 1, int(0.9 * len(s)))])
-        return self._think_p10_p90
-
-    def due_in(self, now: float) -> float | None:
-        """0 while a batch is partly in; else the time until the first active rollout that was
-        answered is expected back (its answer plus the p10 think time); None before 8 think times
-        are known or when no answered rollout is still active (all have asked, or left)."""
-        if len(self._think) < 8:
-            return None
-        if self._groups:
-            return 0.0
-        absent = self._absent_after()
-        first = min((t for t in self._served_at.values() if now - t <= absent), default=None)
-        return None if first is None else max(0.0, first + self._think_quantiles()[0] - now)
 
     def next_deadline(self) -> float | None:
         if not self._groups:
             return None
-        if self._hold_since is not None:
-            return self._hold_since + self.merge_wait()
-        return super().next_deadline()
+        return self._hold_until if self._hold_until is not None else super().next_deadline()
+
+    def _hold(self, now: float) -> float | None:
+        """Until when to hold the waiting requests for batch-mates, or None to run them now."""
+        if self._hold_since is None:
+            self._hold_since = now
+        cap = self._hold_since + (self.max_merge_s if self.warmed_up else self.max_wait_s)
+        if now >= cap - 1e-9:
+            return None
+        until = self._worth_holding(now) if self.warmed_up else self._warm_up_hold(now)
+        return None if until is None else min(until, cap)
+
+    def _warm_up_hold(self, now: float) -> float | None:
+        for r, t in list(self._seen.items()):
+            if now - t > self.population_s:
+                del self._seen[r]
+        biggest = max(len(g) for g in self._groups.values())
+        return None if biggest >= len(self._seen) else float("inf")
+
+    def _worth_holding(self, now: float) -> float | None:
+        group = min(self._groups.values(), key=lambda g: g[0].arrived)  # the group that runs next
+        k = group.rows
+        room = self.max_batch_size - k
+        expected = self._expected(now)
+        if not expected or room <= 0:
+            return None
+        waiting = self._waiting_thinks(group)
+        cost = self.cost
+        c_k = cost(k)
+        best, best_at = 0.0, -1
+        m = 0
+        for i, (at, rows, _) in enumerate(expected):
+            if m + rows > room:
+                break
+            m += rows
+            whole = i + 1 == len(expected) or m + expected[i + 1][1] > room
+            if i & (i + 1) and not whole:  # evaluate prefixes of 1, 2, 4, 8, ... rollouts and the longest
+                continue
+            delta = self._hold_minus_run(now, k, m, at, c_k, waiting)
+            if delta < best:
+                best, best_at = delta, i
+        if best_at < 0:
+            return None
+        at = expected[best_at][0]
+        return at if at > now else min(drop for _, _, drop in expected[: best_at + 1])
+
+    def _expected(self, now: float) -> list[tuple[float, int, float]]:
+        """(expected arrival, rows, time it stops being expected) of each answered rollout due back, by arrival."""
+        out = []
+        for track in self.thinks.tracks.values():
+            if track.served_at is None:
+                continue
+            think = self.thinks.think_of(track)
+            if think is None:
+                continue
+            due = track.served_at + think
+            drop = due + max(0.001, 2 * track.spread, 0.1 * think)
+            if now < drop:
+                out.append((max(due, now), track.rows, drop))
+        out.sort()
+        return out
+
+    def _waiting_thinks(self, group: _Group) -> tuple[list[float], list[float], list[float]]:
+        """Think times of the group's rollouts (sorted), with running sums of rows and rows x think."""
+        pairs = []
+        for p in group:
+            track = self.thinks.tracks.get(p.rollout) if p.rollout is not None else None
+            think = self.thinks.think_of(track) if track is not None else None
+            if think is not None:
+                pairs.append((think, p.rows))
+        pairs.sort()
+        thinks, rows_sum, weighted_sum = [], [0.0], [0.0]
+        for think, rows in pairs:
+            thinks.append(think)
+            rows_sum.append(rows_sum[-1] + rows)
+            weighted_sum.append(weighted_sum[-1] + rows * think)
+        return thinks, rows_sum, weighted_sum
+
+    def _hold_minus_run(self, now: float, k: int, m: int, at: float, c_k: float,
+                        waiting: tuple[list[float], list[float], list[float]]) -> float:
+        """Row-seconds of waiting when holding k waiting rows for m rows expected by `at`, minus those
+        when running the k now and the m in a second batch (negative: holding pays)."""
+        cost = self.cost
+        c_m, c_km = cost(m), cost(k + m)
+        second_start = max(at, now + c_k)
+        first_requests = k * (at - now + c_km - c_k) + m * (c_km - c_m - (second_start - at))
+        # Running now: the waiting rollouts' next requests that come back while the second batch
+        # runs wait for it (its end is `gap` after the first batch's).
+        gap = second_start + c_m - (now + c_k)
+        thinks, rows_sum, weighted_sum = waiting
+        j = bisect_left(thinks, gap)
+        next_requests = gap * rows_sum[j] - weighted_sum[j]
+        return first_requests - next_requests
 
     def retire(self, rollouts: tuple[str, ...] | list[str]) -> None:
         """Rollouts whose simulator said they ended: no batch waits for them any more."""
         for r in rollouts:
-            self._last_seen.pop(r, None)
-            self._served_at.pop(r, None)
+            self.thinks.forget(r)
+            self._seen.pop(r, None)
+        self._changed = True
 
-    def batch_done(self, rollouts: list[str], now: float) -> None:
-        """Record when a batch's rollouts were answered (the start of their think time)."""
+    def batch_done(self, rollouts: list[str], now: float, busy_s: float | None = None) -> None:
+        """Record when a batch's rollouts were answered (the start of their think time) and how long
+        the batch took (`busy_s`)."""
+        rows = 0
         for r in rollouts:
-            self._served_at[r] = now
-        if len(self._served_at) > 4 * max(64, self.max_batch_size):
-            for r in list(self._served_at)[: len(self._served_at) // 2]:
-                del self._served_at[r]
+            self.thinks.answered(r, now)
+            rows += self.thinks.tracks[r].rows
+        if busy_s is not None:
+            self.cost.record(rows, busy_s)
+        self._changed = True
+        if now - self._pruned_at > self.population_s:
+            self._pruned_at = now
+            for r, track in list(self.thinks.tracks.items()):
+                if track.served_at is not None and now - track.served_at > self.population_s:
+                    del self.thinks.tracks[r]

@@ -336,10 +336,12 @@ class StreamConsumer:
                 continue
             jobs, _ = batch
             self._in_inference = len(jobs)
+            started = self.clock()
             try:
                 await self.runner.run(jobs, self._send)
             finally:
-                self.batcher.batch_done([j.request.rollout for j in jobs], self.clock())
+                now = self.clock()
+                self.batcher.batch_done([j.request.rollout for j in jobs], now, busy_s=now - started)
                 self._in_inference = 0
                 self._room.set()
 

@@ -43,8 +43,9 @@ class ClientSettings:
 
 @dataclass
 class BatchSettings:
-    """Cohort batching (`rolloutq.broker.batcher.CohortBatcher`): a batch goes when the rollouts that are due
-    back have all asked, or at `max_batch_size` rows; `max_wait_ms` is the first merge wait."""
+    """Cohort batching (`rolloutq.broker.batcher.CohortBatcher`): a batch goes at `max_batch_size` rows, or
+    when holding it for the rollouts due back no longer pays (docs/PROTOCOL.md §4.3); `max_wait_ms` is the
+    hold before the worker has measured the rollouts' think times."""
 
     max_batch_size: int = 32
     max_wait_ms: float = 5.0

@@ -53,7 +53,8 @@ def policy_worker_cmd(
                                               help="Most rows (rollouts) in one forward pass.", show_default="32"),
     max_wait_ms: float | None = typer.Option(None, "--max-wait-ms", min=0.0,
                                              help="Milliseconds a batch's first request waits for others before "
-                                                  "the forward pass starts.", show_default="5"),
+                                                  "the worker has measured the simulators' think times (after "
+                                                  "that it holds only when batching pays).", show_default="5"),
     shards: int | None = typer.Option(None, "--shards", min=1, envvar="ROLLOUTQ_SHARDS",
                                       help="Request streams of this policy (docs/PROTOCOL.md §1), published in its "
                                            "metadata for simulators; every worker of a policy must use the same "

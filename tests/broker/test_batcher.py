@@ -1,9 +1,11 @@
-"""Micro-batcher semantics (Triton's dynamic batcher): full batch, max wait, mixed shapes, order."""
+"""Micro-batcher semantics (Triton's dynamic batcher: full batch, max wait, mixed shapes, order) and the
+cohort batcher's dispatch rule (hold for batch-mates only when it pays)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from rolloutq.broker.batch_cost import BatchCost
 from rolloutq.broker.batcher import CohortBatcher, MicroBatcher, signature
 
 
@@ -115,32 +117,6 @@ def test_cohort_gives_up_on_stragglers_after_the_merge_wait():
     assert b.pop_ready(now=1.021)[0] == ["a"]
 
 
-def test_cohort_stops_waiting_for_a_finished_rollout_but_not_for_a_slow_one():
-    from rolloutq.broker.batcher import CohortBatcher
-
-    b = CohortBatcher[str](max_batch_size=32, max_wait_s=0.02)  # population window 2 s
-    t = 0.0
-    for step in range(9):  # a and b think ~10 ms between answer and next request
-        b.add(f"a{step}", "k", now=t, rollout="a")
-        b.add(f"b{step}", "k", now=t + 0.001, rollout="b")
-        assert b.pop_ready(now=t + 0.001)[0] == [f"a{step}", f"b{step}"]
-        b.batch_done(["a", "b"], now=t + 0.05)
-        t += 0.06
-    # b's episode ended. a's next request waits one merge wait (1.5 x p90 think = ~16 ms) at most...
-    b.add("a9", "k", now=t, rollout="a")
-    assert b.pop_ready(now=t) is None
-    assert b.pop_ready(now=t + 0.02)[0] == ["a9"]
-    b.batch_done(["a"], now=t + 0.05)
-    # ...and once b has been silent for 3 think times, a is served at once, well inside the 2 s window
-    b.add("a10", "k", now=t + 0.06, rollout="a")
-    assert b.pop_ready(now=t + 0.06)[0] == ["a10"]
-    b.batch_done(["a"], now=t + 0.1)
-    # a slow rollout is active again with its next request
-    b.add("b9", "k", now=t + 0.11, rollout="b")
-    b.add("a11", "k", now=t + 0.11, rollout="a")
-    assert b.pop_ready(now=t + 0.11)[0] == ["b9", "a11"]
-
-
 def test_cohort_respects_max_batch_size():
     from rolloutq.broker.batcher import CohortBatcher
 
@@ -184,49 +160,137 @@ def test_cohort_batch_is_ready_when_its_rows_fill_it():
     assert b.pop_ready(now=0.1)[0] == ["r0-big", "r1-big"]  # 8 rows: full before r2 asks
 
 
-def test_cohort_says_when_the_next_request_is_due():
-    """`due_in` (what a polling worker reads): unknown until 8 think times are known, 0 while a batch
-    is partly in, the shortest usual think time after an answer, unknown again once the rollouts left."""
-    b = CohortBatcher[str](max_batch_size=8, max_wait_s=0.02)
-    assert b.due_in(0.0) is None
+def _steady(b: CohortBatcher, thinks: dict[str, float], batch_s: float, steps: int = 5) -> float:
+    """Run `steps` lock-step rounds in which each rollout thinks its own time; returns the time after
+    the last batch's answers (every rollout then has its think time measured)."""
     t = 0.0
-    for step in range(6):  # a thinks 10 ms between its answer and its next request, b 11 ms
-        b.add(f"a{step}", "k", now=t, rollout="a")
-        b.add(f"b{step}", "k", now=t + 0.001, rollout="b")
-        assert b.pop_ready(now=t + 0.001)[0] == [f"a{step}", f"b{step}"]
-        b.batch_done(["a", "b"], now=t + 0.05)
-        t += 0.06
-        if step < 4:
-            assert b.due_in(t - 0.009) is None  # fewer than 8 think times known
-    served = t - 0.01
-    assert b.due_in(served) == pytest.approx(0.01)
-    assert b.due_in(served + 0.004) == pytest.approx(0.006)
-    assert b.due_in(served + 0.02) == 0.0  # overdue
-    b.add("a6", "k", now=t, rollout="a")
-    assert b.pop_ready(now=t) is None and b.due_in(t) == 0.0  # partly in: b is expected any moment
-    b.add("b6", "k", now=t + 0.001, rollout="b")
-    assert b.pop_ready(now=t + 0.001)[0] == ["a6", "b6"]
-    assert b.due_in(t + 0.002) is None  # both are in the batch: nobody is due until it is answered
-    b.batch_done(["a", "b"], now=t + 0.05)
-    assert b.due_in(t + 0.05) == pytest.approx(0.01)
-    assert b.due_in(t + 0.05 + 3 * 0.011 + 0.001) is None  # silent for 3 p90 think times: they left
-    assert MicroBatcher[str](8, 0.02).due_in(0.0) is None  # the deadline rule never predicts
+    for _ in range(steps):
+        for r, think in sorted(thinks.items(), key=lambda kv: kv[1]):
+            b.add(r, "k", now=t + think, rollout=r)
+        t += max(thinks.values())
+        got = b.pop_ready(now=t, flush=True)
+        assert sorted(got[0]) == sorted(thinks)
+        t += batch_s
+        b.batch_done(list(thinks), now=t, busy_s=batch_s)
+    return t
+
+
+def _linear_cost(fixed: float, per_row: float, sizes=(1, 8, 16)) -> BatchCost:
+    cost = BatchCost()
+    for n in sizes:
+        cost.record(n, fixed + per_row * n)
+    return cost
+
+
+def test_batch_cost_fits_a_fixed_and_a_per_row_cost():
+    cost = _linear_cost(0.030, 0.0005)
+    fixed, per_row = cost.fixed_and_per_row()
+    assert fixed == pytest.approx(0.030) and per_row == pytest.approx(0.0005)
+    assert cost(64) == pytest.approx(0.062)
+    one_size = BatchCost()
+    one_size.record(8, 0.02)
+    assert one_size(1) == one_size(64) == pytest.approx(0.02)  # one size seen: all fixed, merging is free
+    assert BatchCost()(8) == 0.0
+    proportional = BatchCost()
+    proportional.record(1, 0.002)
+    proportional.record(4, 0.004)
+    proportional.record(8, 0.006)
+    assert proportional.fixed_and_per_row()[0] > 0
+    worse_than_linear = BatchCost()
+    worse_than_linear.record(1, 0.001)
+    worse_than_linear.record(10, 0.030)
+    assert worse_than_linear.fixed_and_per_row() == (0.0, pytest.approx(0.0155 / 5.5))  # never a negative fixed cost
+
+
+def test_fast_simulators_and_a_busy_model_hold_for_the_whole_cohort():
+    """The GPU case: think 3 ms, a batch 30 ms + 0.5 ms a row. Running 6 of 8 rollouts now would leave
+    the last two for a second 31 ms batch that the first six come back into: holding 2 ms pays."""
+    b = CohortBatcher[str](max_batch_size=16, max_wait_s=0.005)
+    thinks = {f"r{i}": 0.003 + 0.0002 * i for i in range(8)}
+    t = _steady(b, thinks, batch_s=0.034)
+    b.cost = _linear_cost(0.030, 0.0005)
+    for i in range(6):
+        b.add(f"r{i}", "k", now=t + thinks[f"r{i}"], rollout=f"r{i}")
+    now = t + thinks["r5"]
+    assert b.pop_ready(now=now) is None
+    assert b.next_deadline() == pytest.approx(t + thinks["r7"])
+    b.add("r6", "k", now=t + thinks["r6"], rollout="r6")
+    assert b.pop_ready(now=t + thinks["r6"]) is None
+    b.add("r7", "k", now=t + thinks["r7"], rollout="r7")
+    assert len(b.pop_ready(now=t + thinks["r7"])[0]) == 8
+
+
+def test_a_slow_simulator_is_not_held_for_a_peer_mid_step():
+    """The LIBERO case: two rollouts of ~300 ms steps out of phase by 150 ms, a batch 40 ms + 2 ms a
+    row. The other rollout is 150 ms away: the request goes at once."""
+    b = CohortBatcher[str](max_batch_size=16, max_wait_s=0.005)
+    t = 0.0
+    for step in range(6):  # a is answered at t, b at t + 0.15; both think 0.3 s
+        b.add("a", "k", now=t, rollout="a")
+        assert b.pop_ready(now=t, flush=True)[0] == ["a"]
+        b.batch_done(["a"], now=t + 0.042, busy_s=0.042)
+        b.add("b", "k", now=t + 0.15, rollout="b")
+        assert b.pop_ready(now=t + 0.15, flush=True)[0] == ["b"]
+        b.batch_done(["b"], now=t + 0.192, busy_s=0.042)
+        t += 0.342
+    b.cost = _linear_cost(0.040, 0.002)
+    b.add("a", "k", now=t, rollout="a")
+    assert b.warmed_up and b.pop_ready(now=t)[0] == ["a"]
+
+
+def test_a_peer_due_very_soon_is_waited_for_even_with_slow_simulators():
+    """The same costs, but b is due 5 ms after a: holding 5 ms for one 44 ms batch beats 40 ms + b
+    waiting for a's batch and then its own."""
+    b = CohortBatcher[str](max_batch_size=16, max_wait_s=0.005)
+    t = _steady(b, {"a": 0.300, "b": 0.305}, batch_s=0.044)
+    b.cost = _linear_cost(0.040, 0.002)
+    b.add("a", "k", now=t + 0.300, rollout="a")
+    assert b.pop_ready(now=t + 0.300) is None
+    b.add("b", "k", now=t + 0.305, rollout="b")
+    assert b.pop_ready(now=t + 0.305)[0] == ["a", "b"]
+
+
+def test_a_model_that_costs_nothing_to_call_never_holds():
+    """A null backend (0.2 ms a batch whatever its size): a new rollout's first request is served at
+    once, not held for the others' next requests 20 ms away."""
+    b = CohortBatcher[str](max_batch_size=16, max_wait_s=0.005)
+    t = _steady(b, {"a": 0.020, "b": 0.021}, batch_s=0.0002)
+    b.add("c", "k", now=t + 0.001, rollout="c")
+    assert b.pop_ready(now=t + 0.001)[0] == ["c"]
+
+
+def test_an_overdue_rollout_stops_being_waited_for():
+    """b's episode ended without a word: a's request is held only until b is overdue by its slack
+    (2 x its think time's spread, at least 1 ms and a tenth of its think time), then goes alone."""
+    b = CohortBatcher[str](max_batch_size=16, max_wait_s=0.005)
+    t = _steady(b, {"a": 0.003, "b": 0.004}, batch_s=0.034)
+    b.cost = _linear_cost(0.030, 0.0005)
+    b.add("a", "k", now=t + 0.003, rollout="a")
+    assert b.pop_ready(now=t + 0.003) is None
+    assert b.next_deadline() == pytest.approx(t + 0.004)  # b is due then...
+    assert b.pop_ready(now=t + 0.0045) is None
+    assert b.next_deadline() == pytest.approx(t + 0.005)  # ...and stops being expected 1 ms later
+    assert b.pop_ready(now=t + 0.005)[0] == ["a"]
 
 
 def test_cohort_does_not_wait_for_a_rollout_its_simulator_said_ended():
     """A simulator that runs episodes back to back starts rollout c as b ends: told that b ended
-    (the request's `ended` field), the batcher serves c's first request with a's at once instead of
-    holding them a merge wait for b."""
-    b = CohortBatcher[str](max_batch_size=32, max_wait_s=0.02)
-    t = 0.0
-    for step in range(9):
-        b.add(f"a{step}", "k", now=t, rollout="a")
-        b.add(f"b{step}", "k", now=t + 0.001, rollout="b")
-        assert b.pop_ready(now=t + 0.001)[0] == [f"a{step}", f"b{step}"]
-        b.batch_done(["a", "b"], now=t + 0.05)
-        t += 0.06
-    b.add("a9", "k", now=t, rollout="a")
-    b.add("c0", "k", now=t, rollout="c")
-    assert b.pop_ready(now=t) is None  # b still counts: held for it
+    (the request's `ended` field), the batcher serves c's first request with a's at once."""
+    b = CohortBatcher[str](max_batch_size=16, max_wait_s=0.005)
+    t = _steady(b, {"a": 0.003, "b": 0.004}, batch_s=0.034)
+    b.cost = _linear_cost(0.030, 0.0005)
+    b.add("a", "k", now=t + 0.003, rollout="a")
+    b.add("c", "k", now=t + 0.003, rollout="c")
+    assert b.pop_ready(now=t + 0.003) is None  # b is due in 1 ms: held for it
     b.retire(("b",))
-    assert b.pop_ready(now=t)[0] == ["a9", "c0"]
+    assert b.pop_ready(now=t + 0.003)[0] == ["a", "c"]
+
+
+def test_a_hold_never_exceeds_the_merge_cap():
+    b = CohortBatcher[str](max_batch_size=16, max_wait_s=0.005, max_merge_s=0.01)
+    t = _steady(b, {"a": 0.001, "b": 0.050}, batch_s=1.0)
+    b.cost = _linear_cost(1.0, 0.0)  # a 1 s batch makes any merge worth it
+    b.add("a", "k", now=t + 0.001, rollout="a")
+    assert b.pop_ready(now=t + 0.001) is None
+    assert b.next_deadline() == pytest.approx(t + 0.011)
+    assert b.pop_ready(now=t + 0.011)[0] == ["a"]

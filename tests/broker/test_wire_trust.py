@@ -361,7 +361,7 @@ def test_a_request_tells_the_worker_which_rollouts_of_its_client_ended(redis_url
             r = connect_async(RedisSettings(url=redis_url))
             client = PolicyClient(r, "p", settings=ClientSettings(deadline_s=10))
             await client.act("ep0", _obs(1.0))
-            assert "ep0" in consumer.batcher._last_seen
+            assert "ep0" in consumer.batcher.thinks.tracks
             client.forget("ep0")
             sent = []
             original = consumer.admission.admit
@@ -374,7 +374,7 @@ def test_a_request_tells_the_worker_which_rollouts_of_its_client_ended(redis_url
             await client.act("ep1", _obs(2.0))
             await client.act("ep1", _obs(3.0))
             assert sent == [b"ep0", None]  # told once, with the next request
-            assert "ep0" not in consumer.batcher._last_seen and "ep1" in consumer.batcher._last_seen
+            assert "ep0" not in consumer.batcher.thinks.tracks and "ep1" in consumer.batcher.thinks.tracks
             await r.aclose()
 
     asyncio.run(main())
