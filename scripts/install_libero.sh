@@ -7,9 +7,11 @@
 #   bash scripts/install_libero.sh            # LIBERO + what a simulator process and the tests need (~2 min)
 #   bash scripts/install_libero.sh --full     # + rolloutq itself (torch CPU, Ray): `rolloutq eval --task libero`
 #   bash scripts/install_libero.sh --vla-eval # + vla-eval 0.8.0, for tests/sim_workers/test_libero_vla_eval.py
+# (--full --vla-eval together: ~4.5 min on a fresh venv.)
 #
 # Then, from the repository root:
 #   MUJOCO_GL=egl PYTHONPATH=. .venv-libero/bin/python -m pytest -q tests/sim_workers/test_libero*.py
+#   MUJOCO_GL=egl .venv-libero/bin/python -m rolloutq.controller eval --task libero --task-option suite=libero_spatial
 #   PYTHONPATH=. .venv-libero/bin/python -m rolloutq.controller.cli sim-worker --run RUN --envs 4 --redis-url ...
 set -euo pipefail
 cd "$(dirname "$0")/.."

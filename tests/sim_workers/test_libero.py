@@ -1,7 +1,8 @@
 """The `libero` task: the standard protocol's pure parts everywhere; with LIBERO installed (its own
 venv, scripts/install_libero.sh), a real env built offline, the benchmark's initial states, the
-180-degree images, rendering only on demand, and short episodes through a real redis-server and
-policy worker with two envs in one simulator process.
+180-degree images, rendering only on demand, short episodes through a real redis-server and
+policy worker with two envs in one simulator process, and `rolloutq eval --task libero` run as a
+user runs it (`--full`: Ray, the embedded Redis, the per-task table in summary.json).
 
 Episodes are kept short (`max_steps`) and envs few: a LIBERO env takes ~8 s to build and ~1 GiB.
 """
@@ -9,7 +10,12 @@ Episodes are kept short (`max_steps`) and envs few: a LIBERO env takes ~8 s to b
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import re
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -193,3 +199,50 @@ def test_episodes_through_redis_two_envs_in_one_simulator_end_at_the_step_limit(
         assert (r["outcome"], r["reason"], r["steps"], r["policy_calls"]) == ("failure", "", 16, 2), r
     assert max(b for r in records for b in r["batch_sizes"]) == 2  # both envs asked in one batch
     assert len({r["sim"] for r in records}) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_rolloutq_eval_task_libero_through_ray_writes_the_per_task_table(tmp_path):
+    """`python -m rolloutq.controller eval --task libero` in a subprocess: Ray, the embedded Redis, one
+    simulator actor hosting 2 envs, the `null` backend (a zero action chunk: the arm holds still,
+    gripper closed; not a policy). 4 episodes over tasks 0-1 (interleaved: 2 each), 24 steps each."""
+    pytest.importorskip("libero.libero", reason="LIBERO is not installed in this interpreter: run "
+                        "scripts/install_libero.sh --full and this test with .venv-libero/bin/python")
+    pytest.importorskip("ray", reason="rolloutq eval needs Ray: scripts/install_libero.sh --full")
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOUTQ_")}
+    env["COLUMNS"] = "200"  # the summary's lines unwrapped
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "rolloutq.controller", "eval", "--task", "libero",
+         "--task-option", "suite=libero_spatial", "--task-option", "tasks=[0,1]", "--task-option", "max_steps=24",
+         "--task-option", "image_size=128",
+         "--backend", "null", "--episodes", "4", "--envs-per-sim", "2", "--out", str(out),
+         "--set", "progress=false", "--set", "video_episodes=0"],
+        capture_output=True, text=True, timeout=380, env=env,
+    )
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    print(f"\nrolloutq eval --task libero, 4 x 24 steps on 2 envs: {wall:.1f} s in all, episodes "
+          f"{summary['wall_s']} s, {summary['env_steps_per_s']} env steps/s")
+    assert (summary["episodes"], summary["successes"], summary["env_steps"]) == (4, 0, 96)
+    assert summary["outcomes"] == {"success": 0, "failure": 4, "policy_error": 0, "sim_error": 0, "infra": 0}
+    assert summary["success_ci95"][0] == 0.0 and 0.4 < summary["success_ci95"][1] < 0.6  # Wilson, 0 of 4
+    table = summary["groups"]
+    assert list(table["groups"]) == ["task 0", "task 1"]
+    for row in table["groups"].values():
+        assert (row["episodes"], row["successes"], row["success_rate"], row["unscored"]) == (2, 0, 0.0, 0)
+        assert row["success_ci95"][0] == 0.0 and 0.6 < row["success_ci95"][1] < 0.9
+    assert table["mean_group_rate"] == 0.0
+    assert summary["config"]["task_options"]["suite"] == "libero_spatial"
+    records = [json.loads(x) for x in (out / "episodes.jsonl").read_text().splitlines()]
+    assert sorted(r["seed"] for r in records) == [0, 1, 2, 3]
+    assert all((r["outcome"], r["steps"], r["policy_calls"]) == ("failure", 24, 3) for r in records), records
+    assert len({r["sim"] for r in records}) == 1  # both envs in one simulator process
+    shown = proc.stdout + proc.stderr
+    assert "Traceback" not in shown
+    for task in (0, 1):  # the printed table: ok/n, rate, the Wilson interval of 0 of 2
+        assert re.search(rf"task {task}\s+0/2\s+0\.00\s+\[0\.00, 0\.66\]", shown), shown[-2000:]
+    assert "mean of the groups' rates: 0.000" in shown
