@@ -181,7 +181,9 @@ def _preflight(s: Any) -> None:
 
     plan = Plan(backend=s.backend if s.mode == "embedded" else None, backend_options=dict(s.backend_options),
                 task=s.task, task_options=dict(s.task_options), redis_url=s.redis.url)
-    stop_on(preflight(plan, schemas=False))  # before the slow import below
+    # The simulators run in this Python unless they run on a Ray cluster or are separate processes.
+    local_sims = s.mode != "external" and not s.address
+    stop_on(preflight(plan, schemas=False, engines=local_sims))  # before the slow import below
     if s.mode == "embedded":
         from rolloutq.controller.eval import _backend_options
 
@@ -189,7 +191,7 @@ def _preflight(s: Any) -> None:
     elif s.redis.url:
         plan.policy_schema = published_schema(s.redis.url, s.redis.namespace, s.policy)
     plan.redis_url = None  # checked above
-    stop_on(preflight(plan))
+    stop_on(preflight(plan, engines=False))
 
 
 @_with_eval_flags

@@ -125,7 +125,7 @@ def _worker_preflight(backend: str, options: dict[str, Any], task: str, task_opt
     from rolloutq.controller.preflight import Plan, check_redis, preflight
 
     stop_on(preflight(Plan(backend=backend, backend_options=options, task=task or None, task_options=task_options,
-                           redis_url=redis_url), redis_required=False))
+                           redis_url=redis_url), redis_required=False, engines=False))
     for problem in check_redis(redis_url):
         typer.echo(f"{mask(problem)}; waiting for it (Ctrl-C to stop)", err=True)
 

@@ -39,9 +39,10 @@ class Plan:
     """The observation schema a running policy published (external/attach runs), when known."""
 
 
-def preflight(plan: Plan, *, redis_required: bool = True, schemas: bool = True) -> list[str]:
+def preflight(plan: Plan, *, redis_required: bool = True, schemas: bool = True, engines: bool = True) -> list[str]:
     """Every problem of `plan`, one line each (empty: go ahead). `redis_required` False: an unreachable
-    Redis is not a problem (a worker that waits for it). `schemas` False: names, paths and Redis only."""
+    Redis is not a problem (a worker that waits for it). `schemas` False: names, paths and Redis only.
+    `engines` False: the task's simulator need not be installed here (its simulators run elsewhere)."""
     problems: list[str] = []
     backend_cls = task_cls = None
     if plan.backend:
@@ -49,6 +50,10 @@ def preflight(plan: Plan, *, redis_required: bool = True, schemas: bool = True) 
         problems += check_paths(plan.backend_options)
     if plan.task:
         task_cls = _resolve(problems, "rolloutq.sim_workers.tasks", "task_class", plan.task)
+        if task_cls is not None and engines:
+            from rolloutq.sim_workers.tasks import missing_engine
+
+            problems += [m] if (m := missing_engine(plan.task)) else []
     if plan.redis_url and redis_required:
         problems += check_redis(plan.redis_url)
     if schemas and task_cls is not None and not problems:

@@ -12,6 +12,7 @@ takes the task options as keywords, or a `VectorSimAdapter` class that also take
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 import sys
 from importlib.metadata import entry_points
@@ -26,6 +27,13 @@ REQUIRED = ("reset", "observe", "step", "action_from_chunk")
 EXTRAS = {"mujoco": "sim", "imageio": "sim", "gymnasium": "gym", "gym": "gym"}
 """rolloutq's extra that installs what a built-in task imports, by module (or by task name, for an
 adapter that says what is missing in words)."""
+NEEDS = {
+    "libero": (("libero", "robosuite"), "LIBERO runs from its own venv: bash scripts/install_libero.sh --full, then "
+               "run .venv-libero/bin/rolloutq (docs/TASKS.md, \"libero\")"),
+    "g1-isaaclab": (("isaaclab", "warp"), "Isaac Lab 3.0 runs from its own Python 3.12 venv: bash "
+                    "scripts/install_isaaclab.sh, then run .venv-isaaclab/bin/rolloutq (docs/TASKS.md, \"g1-isaaclab\")"),
+}
+"""Modules a built-in task's simulator imports that no extra of rolloutq installs, and how to get them."""
 _PACKAGES = (__name__, "rolloutq.sim_workers.adapters")
 _HOW_TO_PLUG_IN = (f"name your own as my_pkg.env:MyEnv or register it under the entry-point group {GROUP} "
                    "(docs/EXTENDING.md)")
@@ -73,6 +81,16 @@ def task_class(name: str) -> Any:
     if target is None:
         raise TaskNotFound(f"no task {name!r}; available: {', '.join(available())}; {_HOW_TO_PLUG_IN}")
     return _import(name, target, builtin=target.startswith(_PACKAGES))
+
+
+def missing_engine(name: str) -> str | None:
+    """What is missing for a task's simulator to start here, in one line, or None; checked without
+    importing the simulator (`NEEDS`)."""
+    modules, how = NEEDS.get(name.replace("_", "-"), ((), ""))
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return f"task {name!r} needs {', '.join(missing)}, which this Python ({sys.executable}) lacks. {how}"
 
 
 def vector_class(name: str) -> type[VectorSimAdapter] | None:

@@ -38,6 +38,21 @@ def test_unknown_backend_and_task_are_both_named_and_nothing_is_written(tmp_path
     assert not out.exists()
 
 
+@pytest.mark.parametrize(("task", "engine", "venv"), [("libero", "libero", ".venv-libero"),
+                                                   ("g1-isaaclab", "isaaclab", ".venv-isaaclab")])
+def test_a_task_whose_simulator_lives_in_another_venv_says_which(tmp_path, task, engine, venv):
+    import importlib.util
+
+    if importlib.util.find_spec(engine) is not None:
+        pytest.skip(f"{engine} is installed in this Python: the task can run here")
+    out = tmp_path / "run"
+    proc = rolloutq("eval", "--task", task, "--backend", "null", "--episodes", "1", "--out", str(out))
+    assert proc.returncode == SETUP_ERROR, proc.stderr
+    (line,) = error_lines(proc)
+    assert f"task {task!r} needs {engine}" in line and f"{venv}/bin/rolloutq" in line
+    assert not out.exists()
+
+
 def test_a_checkpoint_that_does_not_exist(tmp_path):
     proc = rolloutq("eval", "--backend-option", f"checkpoint={tmp_path / 'nope'}", "--out", str(tmp_path / "run"))
     assert proc.returncode == SETUP_ERROR, proc.stderr

@@ -16,34 +16,22 @@ Success: the apple rests on the plate (released, centre within the plate's rim, 
 height, nearly still). Episodes end on success, when the apple falls off the table, or at the
 step cap.
 
-`scene.py` builds the MuJoCo model; `adapter.py` runs episodes on it.
+`layout.py` holds the task's numbers and rules that need no simulator (dimensions, rest pose, seeds
+→ layouts; the Isaac Lab version of the task shares them), `scene.py` builds the MuJoCo model and
+`adapter.py` runs episodes on it.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from typing import Any
 
 __all__ = ["Adapter", "observation_schema"]
 
 
-def _choose_gl() -> None:
-    """Offscreen rendering on the CPU: EGL (llvmpipe) when it works, else OSMesa.
+def __getattr__(name: str) -> Any:
+    """`Adapter` and `observation_schema`, imported on first use (importing them loads MuJoCo)."""
+    if name in __all__:
+        from rolloutq.sim_workers.tasks.g1_pickplace import adapter
 
-    MuJoCo picks its GL backend when it is first imported, so this runs before that import and
-    only when MUJOCO_GL is unset.
-    """
-    if "MUJOCO_GL" in os.environ or "mujoco" in sys.modules:
-        return
-    probe = "import mujoco; mujoco.Renderer(mujoco.MjModel.from_xml_string('<mujoco/>'), 8, 8).close()"
-    for backend in ("egl", "osmesa"):
-        env = dict(os.environ, MUJOCO_GL=backend)
-        ok = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, timeout=60)
-        if ok.returncode == 0:
-            os.environ["MUJOCO_GL"] = backend
-            return
-
-
-_choose_gl()  # before the task's modules import mujoco
-from rolloutq.sim_workers.tasks.g1_pickplace.adapter import Adapter, observation_schema  # noqa: E402
+        return getattr(adapter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,35 +4,33 @@ driven by REAL_G1 joint commands, grasping by weld, the REAL_G1 observation, and
 
 from __future__ import annotations
 
-from typing import Any
+from rolloutq.sim_workers.tasks.g1_pickplace import gl  # noqa: F401  (before mujoco)
+
+# isort: split
 
 import mujoco
 import numpy as np
 from rolloutq.sim_workers import real_g1
 from rolloutq.sim_workers.base import Obs, SimAdapter, StepResult, TaskInfo
-from rolloutq.sim_workers.tasks.g1_pickplace.scene import (
+from rolloutq.sim_workers.tasks.g1_pickplace.layout import (
     APPLE_RADIUS,
     ARM_JOINTS,
+    CONTROL_DT,
+    GRASP_RADIUS,
+    HAND_CLOSED,
+    MAX_STEPS,
     PHYSICS_DT,
     PLATE_HALF_HEIGHT,
     PLATE_RADIUS,
+    REST_ARM,
     TABLE_TOP,
-    build_model,
+    observation_schema,
+    sample_layout,
 )
+from rolloutq.sim_workers.tasks.g1_pickplace.scene import build_model
 
-# Rest pose: palms about 9 cm above the table's front edge.
-REST_ARM = {
-    "left": np.array([0.2, 0.4, 0.0, 0.4, 0.0, -1.0, 0.0]),
-    "right": np.array([0.2, -0.4, 0.0, 0.4, 0.0, -1.0, 0.0]),
-}
-# Spawn region (world xy) and minimum apple-plate distance.
-SPAWN_LOW = np.array([0.22, -0.30])
-SPAWN_HIGH = np.array([0.33, 0.04])
-MIN_SEPARATION = 0.17
-GRASP_RADIUS = 0.06
-HAND_CLOSED = 0.5
-CONTROL_DT = 0.04
-MAX_STEPS = 300
+__all__ = ["Adapter", "observation_schema"]
+
 IMAGE = real_g1.IMAGE_SIZE
 
 
@@ -86,13 +84,7 @@ class Adapter(SimAdapter):
     # --- episode -------------------------------------------------------------------------------
 
     def sample_layout(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """World xy of the apple and the plate for `seed` (rejection sampling, deterministic)."""
-        rng = np.random.default_rng(seed)
-        while True:
-            apple = rng.uniform(SPAWN_LOW, SPAWN_HIGH)
-            plate = rng.uniform(SPAWN_LOW, SPAWN_HIGH)
-            if np.linalg.norm(apple - plate) >= MIN_SEPARATION:
-                return apple, plate
+        return sample_layout(seed)
 
     def reset(self, seed: int) -> None:
         m, d = self.model, self.data
@@ -255,10 +247,3 @@ class Adapter(SimAdapter):
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
-
-
-def observation_schema(privileged: bool = False) -> dict[str, dict[str, Any]]:
-    schema = real_g1.observation_schema()
-    if privileged:
-        schema["privileged.object_poses"] = {"dtype": "float32", "shape": [1, 2, 7]}
-    return schema

@@ -6,31 +6,24 @@ Only geometry lives here; what an episode does with it (layout, grasp, success) 
 
 from __future__ import annotations
 
+from rolloutq.sim_workers.tasks.g1_pickplace import gl  # noqa: F401  (before mujoco)
+
+# isort: split
+
 import mujoco
 import numpy as np
 from rolloutq.sim_workers.g1_assets import g1_xml_path
-
-ARM_JOINTS = {
-    side: [
-        f"{side}_shoulder_pitch_joint",
-        f"{side}_shoulder_roll_joint",
-        f"{side}_shoulder_yaw_joint",
-        f"{side}_elbow_joint",
-        f"{side}_wrist_roll_joint",
-        f"{side}_wrist_pitch_joint",
-        f"{side}_wrist_yaw_joint",
-    ]
-    for side in ("left", "right")
-}
-PELVIS_POS = np.array([0.0, 0.0, 0.793])
-TABLE_TOP = 0.78
-TABLE_CENTER = np.array([0.42, -0.10])
-TABLE_HALF = np.array([0.28, 0.45])
-APPLE_RADIUS = 0.035
-PLATE_RADIUS = 0.085
-PLATE_HALF_HEIGHT = 0.006
-PHYSICS_DT = 0.004
-CAMERA_PITCH = np.deg2rad(62.0)
+from rolloutq.sim_workers.tasks.g1_pickplace.layout import (
+    APPLE_RADIUS,
+    ARM_JOINTS,
+    CAMERA_PITCH,
+    PHYSICS_DT,
+    PLATE_HALF_HEIGHT,
+    PLATE_RADIUS,
+    TABLE_CENTER,
+    TABLE_HALF,
+    TABLE_TOP,
+)
 
 
 def build_model() -> mujoco.MjModel:
