@@ -2,7 +2,8 @@
 
 Written after every `rolloutq eval`: `success_per_seed.png`, `round_trip_ms.png`,
 `env_steps_per_s.png`, the GIFs the simulators recorded (`videos/`), and `report.md` tying them
-together with the summary table and the config.
+together with the summary table, the per-group table where the task groups its episodes (a LIBERO
+suite's tasks) and the config.
 """
 
 from __future__ import annotations
@@ -83,6 +84,22 @@ def _plot_steps_over_time(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _group_section(table: dict[str, Any]) -> list[str]:
+    """summary.json's `groups` as a table: each group's rate with its Wilson interval, and the mean
+    of the group rates."""
+    lines = ["## Per group", "", "| group | scored episodes | successes | success rate | Wilson 95 % CI | not scored |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, row in table["groups"].items():
+        rate = "-" if row["success_rate"] is None else f"{row['success_rate']:.1%}"
+        lo, hi = row["success_ci95"]
+        lines.append(f"| {name} | {row['episodes']} | {row['successes']} | {rate} | {lo:.1%} – {hi:.1%} | "
+                     f"{row['unscored']} |")
+    mean = table["mean_group_rate"]
+    lines += ["", f"Mean of the group rates: {'-' if mean is None else f'{mean:.1%}'} (each group counts once, "
+              "whatever its number of episodes).", ""]
+    return lines
+
+
 def write_report(out: Path, records: list[dict[str, Any]], summary: dict[str, Any]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     _plot_success(records, out / "success_per_seed.png")
@@ -122,6 +139,7 @@ def write_report(out: Path, records: list[dict[str, Any]], summary: dict[str, An
           + (", ".join(f"{r} {n}" for r, n in sorted(summary["reasons"].get(o, {}).items())) or "-")
           + f" | {_MEANING[o]} |" for o in OUTCOMES],
         "",
+        *(_group_section(summary["groups"]) if summary.get("groups") else []),
         "## Outcome per seed",
         "",
         "![success per seed](success_per_seed.png)",

@@ -8,9 +8,8 @@ up their action chunk, their observations go out together in one `PolicyClient.a
 pipeline, so the policy worker's micro-batcher sees them together), then all N envs step. An env
 whose episode ended takes the next episode spec (reset of that env alone); with none left it idles
 on `idle_action` and its results are ignored. With `rows_per_request` set, those envs' observations
-go instead as requests of up to that many rows each (docs/PROTOCOL.md §4.1; the policy's schema must
-leave the leading dimension open, as the GR00T backend's does): one request costs the policy
-worker one read, decode and reply for all its rows.
+go instead as requests of up to that many rows each (`rolloutq.sim_workers.rows`; the policy's
+schema must leave the leading dimension open, as the GR00T backend's does).
 
 Episode results do not depend on N or on batching, provided the adapter resets an env from the
 episode's seed alone (`reset(env_ids, seeds)`). Simulators that seed one RNG for all envs (Isaac
@@ -20,8 +19,8 @@ Lab, mjlab) say so in their docs; there, outcomes depend on which episodes share
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
+import logging
 import secrets
 import time
 from abc import ABC, abstractmethod
@@ -33,13 +32,16 @@ from typing import Any
 
 import numpy as np
 from rolloutq.broker.client import ActionChunker, PolicyClient
-from rolloutq.broker.errors import BrokerError, ProtocolError
+from rolloutq.broker.errors import ProtocolError
 from rolloutq.broker.schema import row_keys
 from rolloutq.broker.sweep import EpisodeSpec
 from rolloutq.sim_workers.base import Chunk, Obs, SimAdapter, StepResult, TaskInfo
 from rolloutq.sim_workers.errors import BadActionChunk, SimulatorFailed
-from rolloutq.sim_workers.outcomes import ACTION_SCHEMA_MISMATCH, Outcome, check_chunk, classify, task_end
+from rolloutq.sim_workers.outcomes import Outcome, check_chunk, classify, task_end
+from rolloutq.sim_workers.rows import act_rows
 from rolloutq.sim_workers.runner import EpisodeRecord
+
+log = logging.getLogger("rolloutq.sim")
 
 
 class VectorSimAdapter(ABC):
@@ -71,6 +73,19 @@ class VectorSimAdapter(ABC):
     def frame(self, env_id: int) -> np.ndarray | None:
         return None
 
+    def video_state(self, env_id: int) -> Any:
+        """Optional hook for episode videos, as `SimAdapter.video_state` for env `env_id`: what
+        `video_frame` needs to draw that env's scene as it is now. Called after the reset and after
+        every vector step of a recorded episode, on the simulator's thread, so it must be cheap (a
+        copy of positions). Default None: the adapter records no video, and its runs have no GIFs."""
+        return None
+
+    def video_frame(self, env_id: int, state: Any) -> np.ndarray | None:
+        """The (H, W, 3) uint8 image of env `env_id` in `state`, drawn when its episode has ended,
+        between two vector steps. It may change env `env_id`'s own simulation (its next episode
+        starts with a reset), never another env's: they are mid-episode."""
+        return None
+
     def close(self) -> None:
         pass
 
@@ -100,58 +115,23 @@ class SingleEnvView(SimAdapter):
     def frame(self) -> np.ndarray | None:
         return self.venv.frame(0)
 
+    def video_state(self) -> Any:
+        """The vectorised adapter's video hook where it has one, else `SimAdapter`'s (`frame()`)."""
+        state = self.venv.video_state(0)
+        return _Drawn(self.frame()) if state is None else state
+
+    def video_frame(self, state: Any) -> np.ndarray | None:
+        return state.image if isinstance(state, _Drawn) else self.venv.video_frame(0, state)
+
     def close(self) -> None:
         self.venv.close()
 
 
-def stack_rows(observations: list[Obs]) -> Obs:
-    """Per-env observations (leading dimension 1, flat keys) as one observation of len(observations)
-    rows: arrays concatenated, each text field one row per env."""
-    out: dict[str, Any] = {}
-    for key, first in observations[0].items():
-        values = [o[key] for o in observations]
-        if isinstance(first, np.ndarray):
-            out[key] = np.concatenate(values)
-        elif isinstance(first, str | list):
-            out[key] = [row for v in values for row in ([[v]] if isinstance(v, str) else v)]
-        else:
-            raise ProtocolError(f"observation key {key!r} holds a {type(first).__name__}: only flat maps of "
-                                "arrays and text go as rows; turn rows_per_request off for this simulator")
-    return out
+@dataclass
+class _Drawn:
+    """A video frame that is already an image (`SingleEnvView` of an adapter without video hooks)."""
 
-
-def split_rows(chunk: Chunk, n: int) -> list[Chunk]:
-    """A chunk of n rows as n one-row chunks (what is not an array, e.g. a note, goes to each)."""
-    for k, v in chunk.items():
-        if isinstance(v, np.ndarray) and (not v.ndim or v.shape[0] != n):
-            raise ProtocolError(f"the policy answered {n} rows with {k} of shape {v.shape}: it should have "
-                                f"{n} rows; is its schema's open leading dimension really rows?")
-    return [{k: v[j:j + 1] if isinstance(v, np.ndarray) else v for k, v in chunk.items()} for j in range(n)]
-
-
-async def _act_rows(client: PolicyClient, rollout: str, observations: list[Obs], rows: int,
-                    steps: int = 0) -> list[Any]:
-    """`act_many`'s results (a result or an exception per env: a BrokerError, or BadActionChunk when
-    the reply's rows do not fit), asked as requests of <= `rows` rows under one rollout id (one
-    request in flight per group at a time, groups concurrently)."""
-    groups = [observations[i:i + rows] for i in range(0, len(observations), rows)]
-
-    async def one(g: int) -> list[Any]:
-        try:
-            obs = stack_rows(groups[g])
-        except ProtocolError as e:  # the simulator's observations cannot go as rows
-            raise SimulatorFailed(str(e)) from e
-        try:
-            res = await client.act(f"{rollout}.g{g}", obs, steps=steps)
-        except BrokerError as e:
-            return [e] * len(groups[g])
-        try:
-            chunks = split_rows(res.chunk, len(groups[g]))
-        except ProtocolError as e:  # the policy answered a different number of rows
-            return [BadActionChunk(ACTION_SCHEMA_MISMATCH, str(e))] * len(groups[g])
-        return [dataclasses.replace(res, chunk=chunk) for chunk in chunks]
-
-    return [r for part in await asyncio.gather(*[one(g) for g in range(len(groups))]) for r in part]
+    image: np.ndarray | None
 
 
 @dataclass
@@ -161,6 +141,8 @@ class _Running:
     chunker: ActionChunker
     rollout: str
     t0: float
+    video: list[Any] | None = None
+    """The recorded episode's `video_state`s, one after the reset and one per step; None: no video."""
 
 
 Take = Callable[[], Awaitable[EpisodeSpec | None]]
@@ -174,11 +156,13 @@ class _VectorRun:
     def __init__(self, venv: VectorSimAdapter, client: PolicyClient, take: Take, action_horizon: int,
                  rollout_prefix: str, pool: ThreadPoolExecutor, rows_per_request: int,
                  action_schema: dict[str, dict[str, Any]] | None, on_steps: Callable[[int], None] | None,
-                 on_episode: Callable[[EpisodeRecord], Any] | None) -> None:
+                 on_episode: Callable[[EpisodeRecord], Any] | None, video_episodes: int,
+                 on_video: Callable[[EpisodeRecord, list[np.ndarray]], Any] | None) -> None:
         self.venv, self.client, self.take, self.pool = venv, client, take, pool
         self.action_horizon, self.rollout_prefix = action_horizon, rollout_prefix
         self.rows_per_request, self.action_schema = rows_per_request, action_schema
         self.on_steps, self.on_episode = on_steps, on_episode
+        self.video_episodes, self.on_video = (video_episodes, on_video) if on_video is not None else (0, None)
         self.group_rollout = f"{rollout_prefix}.rows.{secrets.token_hex(4)}"  # unique per call: no stale replies
         self.loop = asyncio.get_running_loop()
         self.running: dict[int, _Running] = {}
@@ -225,7 +209,23 @@ class _VectorRun:
             self.running[i] = _Running(
                 spec=s, chunker=ActionChunker(self.action_horizon), t0=time.perf_counter(),
                 rollout=f"{self.rollout_prefix}.e{s.episode}.a{s.attempt}" + (f".g{s.gen}" if s.gen else ""),
-                record=EpisodeRecord(episode=s.episode, seed=s.seed, attempt=s.attempt, started_at=time.time()))
+                record=EpisodeRecord(episode=s.episode, seed=s.seed, attempt=s.attempt, started_at=time.time()),
+                video=[] if s.episode < self.video_episodes else None)
+        await self.record_video(starting)  # the scene after the reset
+
+    async def record_video(self, env_ids: Iterable[int]) -> None:
+        """A `video_state` of each of these envs that records its episode (an adapter without the hook
+        returns None: no video)."""
+        ids = [i for i in env_ids if self.running[i].video is not None]
+        if not ids:
+            return
+        states = await self.call(lambda: [self.venv.video_state(i) for i in ids])
+        for i, state in zip(ids, states, strict=True):
+            run = self.running[i]
+            if state is None:
+                run.video = None
+            else:
+                run.video.append(state)
 
     async def ask_policy(self) -> None:
         """One observation per env whose chunk is used up, sent together; each reply fills its env's chunk."""
@@ -234,7 +234,7 @@ class _VectorRun:
             return
         observations = await self.call(self.venv.observe, need)
         if self.rows_per_request:
-            replies = await _act_rows(self.client, self.group_rollout, observations, self.rows_per_request,
+            replies = await act_rows(self.client, self.group_rollout, observations, self.rows_per_request,
                                       self.action_horizon)
         else:
             replies = await self.client.act_many(
@@ -277,6 +277,7 @@ class _VectorRun:
         """Step all N envs once; an env whose episode ended finishes it."""
         results: list[StepResult] = await self.call(self.venv.step, self.actions())
         self.vector_steps += 1
+        await self.record_video(list(self.running))
         if self.on_steps is not None:
             self.on_steps(len(self.running))
         for i in list(self.running):
@@ -290,9 +291,24 @@ class _VectorRun:
         run = self.running.pop(i)
         run.record.end(outcome)
         run.record.wall_s = time.perf_counter() - run.t0
+        if run.video:
+            await self.draw_video(i, run)
         self.client.forget(run.rollout)
         self.done.append(run.record)
         if self.on_episode is not None and inspect.isawaitable(result := self.on_episode(run.record)):
+            await result
+
+    async def draw_video(self, i: int, run: _Running) -> None:
+        """The ended episode's frames, drawn from its states on the simulator's thread, to `on_video`."""
+        def draw() -> list[np.ndarray]:
+            return [f for state in run.video or [] if (f := self.venv.video_frame(i, state)) is not None]
+
+        try:
+            frames = await self.loop.run_in_executor(self.pool, draw)
+        except Exception as e:  # a video that cannot be drawn costs the video, not the episode
+            log.warning("episode %d: its video could not be drawn: %s: %s", run.spec.episode, type(e).__name__, e)
+            return
+        if frames and self.on_video is not None and inspect.isawaitable(result := self.on_video(run.record, frames)):
             await result
 
     def forget_rollouts(self) -> None:
@@ -328,6 +344,8 @@ async def run_vector(
     executor: ThreadPoolExecutor | None = None,
     rows_per_request: int = 0,
     action_schema: dict[str, dict[str, Any]] | None = None,
+    video_episodes: int = 0,
+    on_video: Callable[[EpisodeRecord, list[np.ndarray]], Any] | None = None,
 ) -> list[EpisodeRecord]:
     """Run episodes on the N envs of `venv`, N requests in flight at once; records in finish order.
 
@@ -343,13 +361,17 @@ async def run_vector(
     `executor`: the one-thread pool `venv` was built on (kept open); by default a new one.
     `rows_per_request`: send the envs that ask at once as requests of up to that many rows (0: one
     request per env); refused up front with `ProtocolError` if the policy does not take rows.
+    `video_episodes`, `on_video`: episodes with an index below `video_episodes` record a video (the
+    adapter's `video_state`, after the reset and after every step; none if the adapter has no such
+    hook), drawn with `video_frame` when the episode ends and passed as `on_video(record, frames)`
+    (may be async) just before `on_episode(record)`.
     """
     if rows_per_request and not row_keys((await client.metadata()).get("observation_schema") or {}):
         raise ProtocolError("the policy's schema fixes the leading dimension at 1, so it takes one row per "
                             "request: set rows_per_request to 0 (the default) for it")
     pool = executor or ThreadPoolExecutor(1, thread_name_prefix="vec-env")
     run = _VectorRun(venv, client, _taker(episodes), action_horizon, rollout_prefix, pool, rows_per_request,
-                     action_schema, on_steps, on_episode)
+                     action_schema, on_steps, on_episode, video_episodes, on_video)
     try:
         await run.run(max_vector_steps)
     finally:

@@ -2,7 +2,7 @@
 
 It reads the sweep's config from Redis (policy, task, action horizon), builds K environments of
 the task, and runs one episode per environment at a time, so K requests are in flight at once.
-Tasks with a `VectorAdapter` (Isaac Lab) run as one vectorised simulator of K envs instead
+Tasks with a `VectorAdapter` (Isaac Lab, LIBERO) run as one vectorised simulator of K envs instead
 (`rolloutq.sim_workers.vector.run_vector`).
 Each episode is leased; the lease is renewed while it runs, and the result and the lease's end
 are written in one step. The same class runs inside a Ray actor (`rolloutq.sim_workers.actor`) and as the
@@ -245,13 +245,15 @@ class SimWorker:
 
     async def _run_vector(self, vector_cls: type, queue: SweepQueue, client: PolicyClient, config: dict[str, Any],
                           lease_ms: int, stop: asyncio.Event) -> None:
-        """All `envs` environments in one vectorised simulator, fed from the sweep (no videos)."""
+        """All `envs` environments in one vectorised simulator, fed from the sweep; the first
+        `video_episodes` episodes with a video where the adapter has `video_state`/`video_frame`."""
         s = self.settings
         options = task_kwargs(config)
         rows = int(config.get("task_options", {}).get("rows_per_request", 0))  # docs/PROTOCOL.md §4.1
         pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self.sim_id}-vec")
         loop = asyncio.get_running_loop()
         venv = await loop.run_in_executor(pool, lambda: vector_cls(num_envs=s.envs, **options))
+        videos: dict[int, bytes] = {}  # episode -> its GIF, from on_video until finish sends it
 
         async def take() -> Any:
             if stop.is_set() or await queue.stopped():
@@ -262,12 +264,16 @@ class SimWorker:
                 self.tokens[spec.episode] = spec.token
             return spec
 
+        def video(record: EpisodeRecord, frames: list[np.ndarray]) -> None:
+            videos[record.episode] = encode_gif(frames, venv.info.fps)
+
         async def finish(record: EpisodeRecord) -> None:
             record.sim = self.sim_id
             for rt in record.round_trip_ms:
                 self.metrics.on_round_trip(rt / 1000)
             self.metrics.on_episode(record.outcome)
-            accepted = await queue.finish(record.episode, self.tokens.get(record.episode, ""), record.to_dict(), b"")
+            accepted = await queue.finish(record.episode, self.tokens.get(record.episode, ""), record.to_dict(),
+                                          videos.pop(record.episode, b""))
             self._not_accepted(record, accepted)
             self.running.pop(record.episode, None)
             self.tokens.pop(record.episode, None)
@@ -278,7 +284,8 @@ class SimWorker:
                 records = await run_vector(venv, client, take, int(config.get("action_horizon", 8)),
                                            rollout_prefix=s.run, on_steps=self._count_steps, on_episode=finish,
                                            close=False, executor=pool, rows_per_request=rows,
-                                           action_schema=self.action_schema)
+                                           action_schema=self.action_schema,
+                                           video_episodes=int(config.get("video_episodes", 0)), on_video=video)
                 if not records:
                     if s.exit_when_drained and await self._drained(queue, stop):
                         return

@@ -18,7 +18,11 @@ from rolloutq.sim_workers.worker import SimWorker, SimWorkerSettings
 async def run_sweep(url: str, backend: str, backend_options: dict[str, Any], task: str,
                     task_options: dict[str, Any], seeds: list[int], sims: int, envs: int,
                     max_batch_size: int, max_wait_ms: float = 2.0, run: str = "t",
-                    action_horizon: int = 8, shared_frames: bool = False) -> list[dict[str, Any]]:
+                    action_horizon: int = 8, shared_frames: bool = False, video_episodes: int = 0,
+                    videos: dict[int, bytes] | None = None) -> list[dict[str, Any]]:
+    """The sweep's records, and its worker's stats as a last `{"_worker": ...}` entry. `videos`, when
+    given, receives the GIF each simulator sent with its result (episode -> bytes; recorded for the
+    first `video_episodes` episodes)."""
     redis = RedisSettings(url=url)
     worker = PolicyWorker(PolicyWorkerSettings(
         backend=backend, backend_options=backend_options, redis=redis,
@@ -31,7 +35,8 @@ async def run_sweep(url: str, backend: str, backend_options: dict[str, Any], tas
         await fetch_metadata(r, Keys(), "p", wait_s=60)
         bytes_before = int((await r.info("stats"))["total_net_input_bytes"])
         queue = SweepQueue(r, run)
-        config = {"policy": "p", "task": task, "task_options": task_options, "action_horizon": action_horizon}
+        config = {"policy": "p", "task": task, "task_options": task_options, "action_horizon": action_horizon,
+                  "video_episodes": video_episodes}
         await queue.create(config, [EpisodeSpec(i, s) for i, s in enumerate(seeds)], lease_s=30)
         sim_workers = [SimWorker(SimWorkerSettings(run=run, redis=redis, envs=envs, sim_id=f"s{i}",
                                                    exit_when_drained=True,
@@ -40,6 +45,8 @@ async def run_sweep(url: str, backend: str, backend_options: dict[str, Any], tas
                        for i in range(sims)]
         await asyncio.wait_for(asyncio.gather(*[w.run() for w in sim_workers]), 600)
         records = [x.to_dict() for w in sim_workers for x in w.done]
+        if videos is not None:
+            videos.update({e.record["episode"]: e.video for e in await queue.read_results(b"0", 1) if e.video})
         stats = worker.stats()
         stats["redis_input_bytes"] = int((await r.info("stats"))["total_net_input_bytes"]) - bytes_before
         records.append({"_worker": stats})

@@ -95,7 +95,7 @@ class SyntheticSim:
             if rows == 1:
                 self.obs = flat_obs(seed)
             else:
-                from rolloutq.sim_workers.vector import stack_rows
+                from rolloutq.sim_workers.rows import stack_rows
 
                 self.obs = stack_rows([flat_obs(seed * 1000 + j) for j in range(rows)])
             self._states = self.obs

@@ -225,7 +225,7 @@ def test_a_slow_simulator_is_not_held_for_a_peer_mid_step():
     row. The other rollout is 150 ms away: the request goes at once."""
     b = CohortBatcher[str](max_batch_size=16, max_wait_s=0.005)
     t = 0.0
-    for step in range(6):  # a is answered at t, b at t + 0.15; both think 0.3 s
+    for _ in range(6):  # a is answered at t, b at t + 0.15; both think 0.3 s
         b.add("a", "k", now=t, rollout="a")
         assert b.pop_ready(now=t, flush=True)[0] == ["a"]
         b.batch_done(["a"], now=t + 0.042, busy_s=0.042)

@@ -7,7 +7,15 @@ from __future__ import annotations
 import json
 
 from rolloutq.controller.report import write_report
-from rolloutq.controller.results import EXIT_INCOMPLETE, EXIT_SIM_ERRORS, human_summary, summarize, verdict
+from rolloutq.controller.results import (
+    EXIT_INCOMPLETE,
+    EXIT_SIM_ERRORS,
+    group_table,
+    human_summary,
+    summarize,
+    verdict,
+    wilson_interval,
+)
 
 
 def _record(episode: int, outcome: str, reason: str = "") -> dict:
@@ -76,7 +84,20 @@ def test_report_shows_the_outcome_table(tmp_path):
     assert "| sim_error | 1 | sim_raised 1 |" in report and "| failure | 1 | - |" in report
     assert "| policy errors (scored as failures) | 3 |" in report
     assert (tmp_path / "success_per_seed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Per group" not in report  # the task groups no episodes
     json.dumps(s)  # summary.json stays plain JSON
+
+
+def test_report_has_the_per_group_table_when_the_summary_has_groups(tmp_path):
+    s = summarize(RECORDS, 10.0, {"mean_batch_size": 1.0}, {"episodes": 9, "task": "libero", "backend": "null"})
+    s["groups"] = group_table(RECORDS, lambda seed: f"task {seed % 2}")
+    report = write_report(tmp_path, RECORDS, s).read_text()
+    # task 0: seeds 0 2 (success), 4 6 (policy_error), 8 (infra); task 1: 1 (success), 3, 5, 7 (sim_error)
+    (lo0, hi0), (lo1, hi1) = ([round(x, 4) for x in wilson_interval(k, n)] for k, n in ((2, 4), (1, 3)))  # as stored
+    assert f"| task 0 | 4 | 2 | 50.0% | {lo0:.1%} – {hi0:.1%} | 1 |" in report
+    assert f"| task 1 | 3 | 1 | 33.3% | {lo1:.1%} – {hi1:.1%} | 1 |" in report
+    assert "Mean of the group rates: 41.7%" in report
+    assert report.index("## Per group") < report.index("## Outcome per seed")
 
 
 def test_eval_cli_exits_with_the_verdict_after_printing_the_summary(tmp_path, monkeypatch):

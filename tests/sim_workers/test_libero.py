@@ -1,8 +1,9 @@
 """The `libero` task: the standard protocol's pure parts everywhere; with LIBERO installed (its own
 venv, scripts/install_libero.sh), a real env built offline, the benchmark's initial states, the
-180-degree images, rendering only on demand, short episodes through a real redis-server and
-policy worker with two envs in one simulator process, and `rolloutq eval --task libero` run as a
-user runs it (`--full`: Ray, the embedded Redis, the per-task table in summary.json).
+180-degree images, rendering only on demand, video frames that leave the episode as it was, short
+episodes through a real redis-server and policy worker with two envs in one simulator process, and
+`rolloutq eval --task libero` run as a user runs it (`--full`: Ray, the embedded Redis, the per-task
+table in summary.json, the first episode's GIF).
 
 Episodes are kept short (`max_steps`) and envs few: a LIBERO env takes ~8 s to build and ~1 GiB.
 """
@@ -10,6 +11,7 @@ Episodes are kept short (`max_steps`) and envs few: a LIBERO env takes ~8 s to b
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -176,6 +178,28 @@ class TestRealEnv:
                 np.testing.assert_array_equal(ours[k][name], theirs[k][name], err_msg=f"step {k} {name}")
         assert not np.array_equal(ours[0]["agentview_image"], ours[7]["agentview_image"])  # the arm moved
 
+    def test_video_frames_are_agent_views_of_each_step_and_drawing_them_changes_nothing(self, env):
+        actions = [np.array([0.3, -0.2 * (-1) ** k, 0.2, 0.1, 0, 0, 1 if k > 2 else -1]) for k in range(8)]
+        env.reset(EpisodeSlot(0, 3))
+        states, frames = [env.video_state()], []
+        first_image = env.observe()["agentview_image"]
+        for a in actions:  # recorded, with a frame drawn after every step (the runner draws after the episode)
+            env.step(a)
+            states.append(env.video_state())
+            frames.append(env.video_frame(states[-1]))
+        recorded = (env.sim_state(), env.observe())
+        np.testing.assert_array_equal(env.video_frame(states[0]), first_image)  # the restored state, as observed
+        env.reset(EpisodeSlot(0, 3))
+        for a in actions:  # the same steps, no video
+            env.step(a)
+        np.testing.assert_array_equal(recorded[0], env.sim_state())
+        plain = env.observe()
+        for name in (*schema.CAMERAS.values(), "robot0_eef_pos", "robot0_gripper_qpos"):
+            np.testing.assert_array_equal(recorded[1][name], plain[name], err_msg=name)
+        assert all(f.shape == (128, 128, 3) and f.dtype == np.uint8 for f in frames)
+        assert sum(not np.array_equal(a, b) for a, b in zip(frames, frames[1:], strict=False)) == 7  # each step moved
+        np.testing.assert_array_equal(env.video_frame(states[-1]), frames[-1])  # drawing is repeatable
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
@@ -187,10 +211,11 @@ def test_episodes_through_redis_two_envs_in_one_simulator_end_at_the_step_limit(
     from tests.inprocess import run_sweep
 
     t0 = time.perf_counter()
+    videos: dict[int, bytes] = {}
     records = asyncio.run(run_sweep(
         redis_url, "null", {"action_dims": {"action": 7}}, "libero",
         {"suite": "libero_spatial", "tasks": [0, 1], "max_steps": 16, "image_size": 128},
-        seeds=[0, 1, 2], sims=1, envs=2, max_batch_size=4, max_wait_ms=200))
+        seeds=[0, 1, 2], sims=1, envs=2, max_batch_size=4, max_wait_ms=200, video_episodes=2, videos=videos))
     wall = time.perf_counter() - t0
     stats = records.pop()["_worker"]
     print(f"\n3 episodes x 16 steps on 2 envs in one process: {wall:.1f} s wall; worker batches {stats.get('batches')}")
@@ -199,6 +224,24 @@ def test_episodes_through_redis_two_envs_in_one_simulator_end_at_the_step_limit(
         assert (r["outcome"], r["reason"], r["steps"], r["policy_calls"]) == ("failure", "", 16, 2), r
     assert max(b for r in records for b in r["batch_sizes"]) == 2  # both envs asked in one batch
     assert len({r["sim"] for r in records}) == 1
+    assert sorted(videos) == [0, 1]  # the first two episodes, one per env
+    for data in videos.values():
+        assert _gif_frames(data) == (17, (128, 128))  # the settled scene, then each of the 16 steps
+
+
+def _gif_frames(data: bytes) -> tuple[int, tuple[int, int]]:
+    """A GIF's frames at 20 fps (LIBERO's control rate), counted from its play time: Pillow merges
+    identical consecutive frames into one of their summed duration (the null policy's arm holds
+    still), and its size."""
+    from PIL import Image
+
+    gif = Image.open(io.BytesIO(data))
+    durations = []
+    for k in range(gif.n_frames):
+        gif.seek(k)
+        durations.append(gif.info["duration"])
+    assert all(d % 50 == 0 for d in durations), durations
+    return sum(durations) // 50, gif.size
 
 
 @pytest.mark.slow
@@ -206,7 +249,8 @@ def test_episodes_through_redis_two_envs_in_one_simulator_end_at_the_step_limit(
 def test_rolloutq_eval_task_libero_through_ray_writes_the_per_task_table(tmp_path):
     """`python -m rolloutq.controller eval --task libero` in a subprocess: Ray, the embedded Redis, one
     simulator actor hosting 2 envs, the `null` backend (a zero action chunk: the arm holds still,
-    gripper closed; not a policy). 4 episodes over tasks 0-1 (interleaved: 2 each), 24 steps each."""
+    gripper closed; not a policy). 4 episodes over tasks 0-1 (interleaved: 2 each), 24 steps each;
+    the first one with its video."""
     pytest.importorskip("libero.libero", reason="LIBERO is not installed in this interpreter: run "
                         "scripts/install_libero.sh --full and this test with .venv-libero/bin/python")
     pytest.importorskip("ray", reason="rolloutq eval needs Ray: scripts/install_libero.sh --full")
@@ -219,7 +263,7 @@ def test_rolloutq_eval_task_libero_through_ray_writes_the_per_task_table(tmp_pat
          "--task-option", "suite=libero_spatial", "--task-option", "tasks=[0,1]", "--task-option", "max_steps=24",
          "--task-option", "image_size=128",
          "--backend", "null", "--episodes", "4", "--envs-per-sim", "2", "--out", str(out),
-         "--set", "progress=false", "--set", "video_episodes=0"],
+         "--set", "progress=false", "--set", "video_episodes=1"],
         capture_output=True, text=True, timeout=380, env=env,
     )
     wall = time.perf_counter() - t0
@@ -246,3 +290,6 @@ def test_rolloutq_eval_task_libero_through_ray_writes_the_per_task_table(tmp_pat
     for task in (0, 1):  # the printed table: ok/n, rate, the Wilson interval of 0 of 2
         assert re.search(rf"task {task}\s+0/2\s+0\.00\s+\[0\.00, 0\.66\]", shown), shown[-2000:]
     assert "mean of the groups' rates: 0.000" in shown
+    assert sorted(p.name for p in (out / "videos").iterdir()) == ["episode_0000.gif"]  # video_episodes=1
+    assert _gif_frames((out / "videos" / "episode_0000.gif").read_bytes()) == (25, (128, 128))  # reset + 24 steps
+    assert "![episode_0000](videos/episode_0000.gif)" in (out / "report.md").read_text()

@@ -26,6 +26,7 @@ from rolloutq.sim_workers.tasks.libero import schema
 from rolloutq.sim_workers.tasks.libero.env import LiberoEnv, LiberoOptionError, Suite
 from rolloutq.sim_workers.tasks.libero.protocol import (
     ACTION_DIM,
+    CONTROL_FREQ,
     ENV_SEED,
     MAX_STEPS,
     ORDERS,
@@ -34,6 +35,7 @@ from rolloutq.sim_workers.tasks.libero.protocol import (
     TASKS_PER_SUITE,
     EpisodeSlot,
     episode_slot,
+    rotate_180,
 )
 from rolloutq.sim_workers.vector import SingleEnvView, VectorSimAdapter
 
@@ -85,7 +87,7 @@ class VectorAdapter(VectorSimAdapter):
         self._frames: dict[int, np.ndarray] = {}
         names = [self.suite.tasks[i].instruction for i in self.task_ids]
         self.info = TaskInfo(name=f"libero:{suite}", instruction=names[0] if len(names) == 1 else f"{len(names)} tasks",
-                             max_steps=self.max_steps,
+                             max_steps=self.max_steps, fps=CONTROL_FREQ,
                              description=f"LIBERO {suite}, tasks {list(self.task_ids)}, {order} order, "
                                          f"{self.max_steps} policy steps after {settle_steps} settle steps")
 
@@ -136,6 +138,13 @@ class VectorAdapter(VectorSimAdapter):
 
     def frame(self, env_id: int) -> np.ndarray | None:
         return self._frames.get(env_id)
+
+    def video_state(self, env_id: int) -> tuple[np.ndarray, ...]:
+        return self.envs[env_id].video_state()
+
+    def video_frame(self, env_id: int, state: tuple[np.ndarray, ...]) -> np.ndarray:
+        """The agent-view image of the scene at the end of a step, turned as the policy's is."""
+        return rotate_180(self.envs[env_id].video_frame(state))
 
     def close(self) -> None:
         for env in self.envs:

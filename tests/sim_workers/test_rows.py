@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from rolloutq.broker.errors import ProtocolError
-from rolloutq.sim_workers.vector import split_rows, stack_rows
+from rolloutq.sim_workers.rows import split_rows, stack_rows
 
 
 def test_envs_stack_into_rows_and_the_reply_splits_back_in_order():
