@@ -12,7 +12,7 @@
 # Then, from the repository root:
 #   MUJOCO_GL=egl PYTHONPATH=. .venv-libero/bin/python -m pytest -q tests/sim_workers/test_libero*.py
 #   MUJOCO_GL=egl .venv-libero/bin/python -m rolloutq.controller eval --task libero --task-option suite=libero_spatial
-#   PYTHONPATH=. .venv-libero/bin/python -m rolloutq.controller.cli sim-worker --run RUN --envs 4 --redis-url ...
+#   PYTHONPATH=. .venv-libero/bin/python -m rolloutq.controller sim-worker --run RUN --envs 4 --redis-url ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${LIBERO_VENV:-.venv-libero}"

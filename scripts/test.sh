@@ -2,6 +2,11 @@
 # Install rolloutq with its test extras into .venv and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Isaac Lab's venv installs in the background meanwhile (mostly downloads and unpacking; log below).
+if [ "${ROLLOUTQ_TEST_ISAACLAB:-1}" = 1 ]; then
+  bash scripts/install_isaaclab.sh > .isaaclab-install.log 2>&1 &
+  isaaclab_install=$!
+fi
 python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip
@@ -21,12 +26,20 @@ if [ "${ROLLOUTQ_TEST_MJLAB:-0}" = 1 ]; then
   MUJOCO_GL="${MUJOCO_GL:-egl}" PYTHONPATH=. .venv-mjlab/bin/python -m pytest -q -p no:cacheprovider \
     tests/sim_workers/test_isaaclab_adapter.py
 fi
-# LIBERO needs mujoco<4, so its tests run from their own venv (~2 min install, ~80 s of tests);
-# ROLLOUTQ_TEST_LIBERO=0 skips them (docs/TASKS.md, "libero").
+# LIBERO needs mujoco<4, so its tests run from their own venv with rolloutq, Ray and vla-eval (~4.5 min
+# install, ~4 min of tests); ROLLOUTQ_TEST_LIBERO=0 skips them (docs/TASKS.md, "libero").
 if [ "${ROLLOUTQ_TEST_LIBERO:-1}" = 1 ]; then
-  bash scripts/install_libero.sh --vla-eval
+  bash scripts/install_libero.sh --full --vla-eval
   MUJOCO_GL="${MUJOCO_GL:-egl}" PYTHONPATH=. .venv-libero/bin/python -m pytest -q -p no:cacheprovider \
     tests/sim_workers/test_libero.py tests/sim_workers/test_libero_vla_eval.py
+fi
+# Isaac Lab 3.0 needs Python 3.12, so its tests run from their own venv, kit-less on the CPU (3-9 min install;
+# ~3 min of tests while Warp compiles its kernels the first time, ~20 s after); ROLLOUTQ_TEST_ISAACLAB=0
+# skips them (docs/INTEGRATIONS.md, "Isaac Lab").
+if [ "${ROLLOUTQ_TEST_ISAACLAB:-1}" = 1 ]; then
+  bash scripts/install_isaaclab.sh
+  ISAACSIM_ASSET_ROOT="$PWD/.venv-isaaclab/assets" PYTHONPATH=. .venv-isaaclab/bin/python -m pytest -q \
+    -p no:cacheprovider tests/sim_workers/test_isaaclab3.py
 fi
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 python -m pytest -q -p no:cacheprovider "$@"

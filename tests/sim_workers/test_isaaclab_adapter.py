@@ -12,23 +12,26 @@ import asyncio
 
 import numpy as np
 import pytest
-from rolloutq.sim_workers.adapters.isaaclab import _LocalRealG1, _quat_to_matrix, _real_g1, _resize
+from rolloutq.sim_workers import real_g1
+from rolloutq.sim_workers.adapters._isaaclab_env import resize_nearest
+from rolloutq.sim_workers.adapters._isaaclab_g1 import quat_to_matrix
 
 
 def test_translation_helpers():
     q = np.array([np.cos(0.25), 0.0, 0.0, np.sin(0.25)])  # 0.5 rad about z
-    r = _quat_to_matrix(q)
+    r = quat_to_matrix(q)
     np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
     np.testing.assert_allclose(r[0, :2], [np.cos(0.5), -np.sin(0.5)], atol=1e-12)
-    g1 = _real_g1()
+    np.testing.assert_allclose(quat_to_matrix(np.roll(q, -1), "xyzw"), r)  # Isaac Lab 3.0's order
+    g1 = real_g1
     v = g1.pose_to_9d(np.array([1.0, 2.0, 3.0]), np.eye(3))
     np.testing.assert_allclose(v, [1, 2, 3, 1, 0, 0, 0, 1, 0])
-    chunk = {k: np.zeros((1, 40, d), np.float32) for k, d in _LocalRealG1.ACTION_DIMS.items()}
+    chunk = {k: np.zeros((1, 40, d), np.float32) for k, d in real_g1.ACTION_DIMS.items()}
     chunk["left_arm"][0, 3] = 1.0
     chunk["right_hand"][0, 3] = 2.0
     a = np.asarray(g1.chunk_step_to_env_action(chunk, 3))
     assert a.shape == (1, 28) and a[0, :7].sum() == 7 and a[0, 21:].sum() == 14
-    assert _resize(np.zeros((32, 48, 3), np.uint8), 64).shape == (64, 64, 3)
+    assert resize_nearest(np.zeros((32, 48, 3), np.uint8), 64).shape == (64, 64, 3)
 
 
 @pytest.mark.slow
@@ -45,7 +48,7 @@ def test_vectorised_mjlab_g1_through_redis(redis_url):
     from rolloutq.sim_workers.adapters.isaaclab import VectorAdapter
     from rolloutq.sim_workers.vector import EpisodeSpec, run_vector
 
-    dims = _LocalRealG1.ACTION_DIMS
+    dims = real_g1.ACTION_DIMS
     schema = {"video.ego_view": {"dtype": "uint8", "shape": [1, 2, 64, 64, 3]},
               **{f"state.{k}": {"dtype": "float32", "shape": [1, 1, d]} for k, d in
                  {"left_wrist_eef_9d": 9, "right_wrist_eef_9d": 9, "left_arm": 7, "right_arm": 7,
@@ -72,10 +75,10 @@ def test_vectorised_mjlab_g1_through_redis(redis_url):
             chunk["left_arm"][..., 3] = 0.3
             return [chunk for _ in batch]
 
-    venv = VectorAdapter(framework="mjlab", device="cpu", num_envs=2,
+    venv = VectorAdapter(framework="mjlab", device="cpu", num_envs=2, schema="real_g1",
                          env_cfg="rolloutq.sim_workers.adapters._mjlab_g1:make_env_cfg",
                          env_cfg_kwargs={"camera": (32, 32)}, camera="sensor:ego", image_size=64, max_steps=16)
-    assert venv.num_envs == 2 and venv.action_dim == 29
+    assert venv.num_envs == 2 and venv.schema.action_dim == 29
     backend = ArmsUp()
 
     async def main():
@@ -102,8 +105,8 @@ def test_vectorised_mjlab_g1_through_redis(redis_url):
         assert all(r.outcome in ("success", "failure") and r.steps == 16 and r.policy_calls == 2
                    for r in records), records
         assert max(backend.batches) == 2, backend.batches  # both envs' requests in one forward pass
-        elbow = venv.robot.joint_names.index("left_elbow_joint")
-        q = venv.robot.data.joint_pos[0, elbow].item()
+        elbow = venv.schema.robot.joint_names.index("left_elbow_joint")
+        q = venv.schema.robot.data.joint_pos[0, elbow].item()
         assert abs(q - 0.3) < 0.15, q  # the chunk's left_arm command reached the joint
         assert venv.frame(0) is not None and venv.frame(0).std() > 0  # the camera rendered something
     finally:
