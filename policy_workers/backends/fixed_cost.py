@@ -17,6 +17,8 @@ from rolloutq.policy_workers.base import Chunk, Obs, PolicyMetadata
 
 
 class Backend(NullBackend):
+    runs_inline = False  # it sleeps: on the inference thread, like a model, never on the worker's event loop
+
     def __init__(self, batch_ms: float = 40.0, item_ms: float = 0.0, **options: Any) -> None:
         super().__init__(**options)
         self.batch_ms = float(batch_ms)
