@@ -25,7 +25,10 @@ REVISION_FILE = ROOT / "REVISION"
 
 
 def revision() -> dict[str, Any]:
-    """The checkout's commit and whether the tree differed from it (`dirty`)."""
+    """The checkout's commit and whether the tree differed from it (`dirty`). Carried code names its own
+    revision: the folder it travels in may sit inside another checkout whose `.git` is not its own."""
+    if REVISION_FILE.exists():
+        return json.loads(REVISION_FILE.read_text())
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
@@ -34,8 +37,6 @@ def revision() -> dict[str, Any]:
         return {"revision": sha, "dirty": bool(status.strip())}
     except (OSError, subprocess.SubprocessError):
         pass
-    if REVISION_FILE.exists():
-        return json.loads(REVISION_FILE.read_text())
     return {"revision": "unknown", "dirty": None}
 
 

@@ -112,10 +112,12 @@ def test_ten_killed_workers_leave_no_consumer_and_no_stats_record(aof_redis, spa
 
 @pytest.mark.timeout(180)
 def test_a_flood_of_maximal_fields_leaves_a_workers_memory_flat(aof_redis, spawn):
-    """Two floods of 1,000 requests with every field at or past its cap (v1-style `reply_to` of
+    """Three floods of 1,000 requests with every field at or past its cap (v1-style `reply_to` of
     10 MB for the first ten, 1 MB after; 10 KB rollout ids; 1 MB nonces; 16 junk fields), each
-    followed by 1,000 valid requests: the worker answers the valid ones, and the second flood
-    leaves its resident memory where the first left it."""
+    followed by 1,000 valid requests: the worker answers the valid ones, and the second and third
+    floods leave its resident memory where the first left it. The allocator's high-water mark moves
+    by a few MB from run to run, so the bound is 12 MB over two floods: keeping any 10 KB of a
+    maximal request would add 20 MB."""
     url = aof_redis.url
     worker = spawn("worker", redis_url=url, worker_id="w-rss", claim_idle_ms=120_000)
     wait_worker(url, "w-rss", proc=worker)
@@ -152,15 +154,15 @@ def test_a_flood_of_maximal_fields_leaves_a_workers_memory_flat(aof_redis, spawn
     valid(1000, "a")  # the worker's steady-state memory
     time.sleep(1)
     rss = [_rss_mb(worker.pid)]
-    for round_ in range(2):
+    for round_ in range(3):
         flood()
         valid(1000, f"b{round_}")
         time.sleep(1)
         rss.append(_rss_mb(worker.pid))
     stats = json.loads(r.hget(KEYS.worker_stats("p"), "w-rss"))
     print(f"FIGURE flood: worker RSS {rss[0]:.0f} MB before, {rss[1]:.0f} MB after 1,000 maximal requests, "
-          f"{rss[2]:.0f} MB after 1,000 more")
+          f"{rss[2]:.0f} and {rss[3]:.0f} MB after 1,000 more each")
     counts = (stats["replies_ok_total"], stats["requests_total"])
-    assert counts == (3000 + 500, 5000), counts  # the v1 reply_to ones are answered: the field is ignored
-    assert rss[2] - rss[1] < 5 and rss[1] - rss[0] < 40, rss
+    assert counts == (4000 + 750, 7000), counts  # the v1 reply_to ones are answered: the field is ignored
+    assert rss[3] - rss[1] < 12 and rss[1] - rss[0] < 40, rss
     r.close()
