@@ -3,12 +3,13 @@
 The first end-to-end figure with a real benchmark's simulator (issue 23 §4): S simulator processes,
 each hosting K LIBERO envs of one task (rolloutq's `libero` task, `VectorAdapter`, cameras rendered
 where MUJOCO_GL says: EGL on the GPU machine), run the product's closed loop (`run_vector`: the K
-envs ask in one request of K rows, execute 8 steps of each chunk, episodes restart from the
-suite's initial states) against one plain policy worker serving `benchmarks.libero_policy:Backend`
-from its own redis-server. Each `--configs` entry (SxK) runs a warm-up and then a measured window
-with the same worker; the record gives env steps/s, policy calls/s, round trips, the worker's
-batch size and busy share, and the GPU's utilisation over the window (NVML: the whole device,
-policy and rendering together; per process where the driver reports it).
+envs ask in one request of K rows, execute 8 steps of each chunk, episodes restart from the suite's
+initial states) against one plain policy worker serving the gr00t backend in the LIBERO layout
+(`mode="n17-random"`, `embodiment="libero"`) from its own redis-server. Each `--configs` entry (SxK)
+runs a warm-up and then a measured window with the same worker; the record gives env steps/s, policy
+calls/s, round trips, the worker's batch size and busy share, and the GPU's utilisation over the
+window (NVML: the whole device, policy and rendering together; per process where the driver reports
+it).
 
 Each sim process runs one task of the suite (sim i: task i mod 10), so its envs build their scene
 once (~5-8 s each, before the window) and never rebuild; all episodes run until the suite's step
@@ -17,7 +18,8 @@ limit or success. Settle steps after each reset are simulated but not counted as
     python -m benchmarks.libero_gpu --configs 14x4 --warmup-s 30 --window-s 60 --out $OUT/libero-gpu.json
     python -m benchmarks.libero_gpu --stand-in --configs 2x2 --gpus 0 --device cpu ...   # CPU check
 
-`--stand-in` serves the labelled timing double (`libero_policy.SleepPolicy`) instead of the network.
+`--stand-in` serves the labelled timing double (`benchmarks.libero_policy.SleepPolicy`) behind the same
+backend instead of the network.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from benchmarks.harness.record import make_record, write_record
 from benchmarks.harness.stats import summarise
 from benchmarks.harness.systems import RolloutqWorker, WorkerCounts, worker_settings
 
-BACKEND = "benchmarks.libero_policy:Backend"
+BACKEND = "gr00t"
+LAYOUT = {"mode": "n17-random", "embodiment": "libero"}
 GRAPH_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 80, 96, 128)
 
 
@@ -337,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     configs = parse_configs(args.configs)
     most = max(s * k for s, k in configs)
-    options: dict[str, Any] = {"device": args.device, "denoising_steps": args.denoising_steps}
+    options: dict[str, Any] = {**LAYOUT, "device": args.device, "denoising_steps": args.denoising_steps}
     graph_options: dict[str, Any] = {}
     if args.stand_in:
         options["policy_factory"] = "benchmarks.libero_policy:SleepPolicy"

@@ -52,6 +52,34 @@ def _walk(obs: Any, prefix: str, out: list[tuple]) -> None:
         out.append((prefix, type(obs).__name__))
 
 
+@dataclass
+class _Due:
+    """A rollout the dispatcher expects back: when (the mean of its think times after its last
+    answer), with how many rows, until when it is expected at all, and its think time's jitter."""
+
+    at: float
+    rows: int
+    drop: float
+    sigma: float
+
+
+_SIGMA_PER_SPREAD = 1.25
+"""Standard deviation over mean absolute deviation, for normally distributed think times."""
+_QUANTILES = (-1.28, -0.52, 0.0, 0.52, 1.28)
+"""Midpoints (in standard deviations) of the five equally likely fifths of a normal distribution."""
+
+
+def _arrivals(now: float, due: float, sigma: float, drop: float) -> list[float]:
+    """Equally likely arrival times of a rollout due at `due` with jitter `sigma`, given that it has
+    not arrived by `now`; one when there is no jitter or every likely time has passed."""
+    if sigma > 0:
+        later = [due + sigma * z for z in _QUANTILES if due + sigma * z > now]
+        if later:
+            return later
+        return [min(drop, now + 0.5 * sigma)]
+    return [max(due, now)]
+
+
 class _Group(deque):
     """One signature's waiting requests, and their rows."""
 
@@ -113,6 +141,9 @@ class MicroBatcher(Generic[T]):
         """Called by the consumer after each batch (`busy_s`: how long it took); the deadline rule
         needs nothing from it."""
 
+    def retire(self, rollouts: tuple[str, ...] | list[str]) -> None:
+        """Called by the consumer for rollouts that ended; the deadline rule keeps no state on them."""
+
     def drain(self) -> list[T]:
         """Every item still waiting (shutdown)."""
         items = [p.item for g in self._groups.values() for p in g]
@@ -139,6 +170,9 @@ class CohortBatcher(MicroBatcher[T]):
 
     It holds when the second choice costs fewer row-seconds of waiting over these two requests of
     every rollout concerned, for the prefix of expected rollouts (by expected time) that pays best.
+    Arrivals are uncertain (simulator steps vary), so the comparison is averaged over five equally
+    likely arrival times drawn from the rollout's think-time spread (`_arrivals`), those still ahead;
+    a hold lasts until the earliest of them, then the choice is made again.
     A rollout overdue by more than twice its think time's usual spread (at least 1 ms, or a tenth of
     its think time) is no longer expected: its episode ended or its simulator is slow this step.
     A hold never exceeds `max_merge_s`. A batch runs at once when it holds `max_batch_size` rows, so
@@ -217,27 +251,27 @@ class CohortBatcher(MicroBatcher[T]):
         if not expected or room <= 0:
             return None
         waiting = self._waiting_thinks(group)
-        cost = self.cost
-        c_k = cost(k)
-        best, best_at = 0.0, -1
+        c_k = self.cost(k)
+        best, best_until = 0.0, None
         m = 0
-        for i, (at, rows, _) in enumerate(expected):
-            if m + rows > room:
+        sigma = 0.0
+        for i, due in enumerate(expected):
+            if m + due.rows > room:
                 break
-            m += rows
-            whole = i + 1 == len(expected) or m + expected[i + 1][1] > room
+            m += due.rows
+            sigma = max(sigma, due.sigma)
+            whole = i + 1 == len(expected) or m + expected[i + 1].rows > room
             if i & (i + 1) and not whole:  # evaluate prefixes of 1, 2, 4, 8, ... rollouts and the longest
                 continue
-            delta = self._hold_minus_run(now, k, m, at, c_k, waiting)
+            arrivals = _arrivals(now, due.at, sigma, due.drop)
+            delta = sum(self._hold_minus_run(now, k, m, at, c_k, waiting) for at in arrivals) / len(arrivals)
             if delta < best:
-                best, best_at = delta, i
-        if best_at < 0:
-            return None
-        at = expected[best_at][0]
-        return at if at > now else min(drop for _, _, drop in expected[: best_at + 1])
+                best = delta
+                best_until = arrivals[0] if arrivals[0] > now else min(d.drop for d in expected[: i + 1])
+        return best_until
 
-    def _expected(self, now: float) -> list[tuple[float, int, float]]:
-        """(expected arrival, rows, time it stops being expected) of each answered rollout due back, by arrival."""
+    def _expected(self, now: float) -> list[_Due]:
+        """Each answered rollout still expected back (`_Due`), by expected arrival."""
         out = []
         for track in self.thinks.tracks.values():
             if track.served_at is None:
@@ -248,8 +282,8 @@ class CohortBatcher(MicroBatcher[T]):
             due = track.served_at + think
             drop = due + max(0.001, 2 * track.spread, 0.1 * think)
             if now < drop:
-                out.append((max(due, now), track.rows, drop))
-        out.sort()
+                out.append(_Due(due, track.rows, drop, _SIGMA_PER_SPREAD * track.spread))
+        out.sort(key=lambda d: d.at)
         return out
 
     def _waiting_thinks(self, group: _Group) -> tuple[list[float], list[float], list[float]]:

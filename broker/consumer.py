@@ -243,6 +243,7 @@ class StreamConsumer:
                 raise
             if got:
                 await self.accept(got, deliveries=1)
+                await asyncio.sleep(0)  # the dispatcher starts the batch before the next read goes out
 
     async def accept(self, mine: Entries, deliveries: int | dict[bytes, int]) -> None:
         """Admit held entries (from `hold`): each is batched, dropped as a duplicate, or answered."""

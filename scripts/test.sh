@@ -38,8 +38,10 @@ fi
 # skips them (docs/INTEGRATIONS.md, "Isaac Lab").
 if [ "${ROLLOUTQ_TEST_ISAACLAB:-1}" = 1 ]; then
   bash scripts/install_isaaclab.sh
-  ISAACSIM_ASSET_ROOT="$PWD/.venv-isaaclab/assets" PYTHONPATH=. .venv-isaaclab/bin/python -m pytest -q \
-    -p no:cacheprovider tests/sim_workers/test_isaaclab3.py
+  for t in tests/sim_workers/test_isaaclab3.py tests/sim_workers/test_g1_isaaclab.py; do  # one simulation per process
+    ISAACSIM_ASSET_ROOT="$PWD/.venv-isaaclab/assets" PYTHONPATH=. .venv-isaaclab/bin/python -m pytest -q \
+      -p no:cacheprovider "$t"
+  done
 fi
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 python -m pytest -q -p no:cacheprovider "$@"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from rolloutq.broker.batcher import MicroBatcher
 from rolloutq.broker.client import fetch_metadata
 from rolloutq.broker.connection import connect_async
 from rolloutq.broker.keys import Keys
@@ -19,10 +20,13 @@ async def run_sweep(url: str, backend: str, backend_options: dict[str, Any], tas
                     task_options: dict[str, Any], seeds: list[int], sims: int, envs: int,
                     max_batch_size: int, max_wait_ms: float = 2.0, run: str = "t",
                     action_horizon: int = 8, shared_frames: bool = False, video_episodes: int = 0,
-                    videos: dict[int, bytes] | None = None) -> list[dict[str, Any]]:
+                    videos: dict[int, bytes] | None = None, hold_ms: float | None = None) -> list[dict[str, Any]]:
     """The sweep's records, and its worker's stats as a last `{"_worker": ...}` entry. `videos`, when
     given, receives the GIF each simulator sent with its result (episode -> bytes; recorded for the
-    first `video_episodes` episodes)."""
+    first `video_episodes` episodes). `hold_ms` swaps the worker's cohort dispatch for the plain
+    deadline rule (a batch goes at `max_batch_size` rows or after `hold_ms`), so that tests which need
+    batches of several rows get them whatever the machine's speed (the cohort rule batches only when
+    that pays, which depends on the machine)."""
     redis = RedisSettings(url=url)
     worker = PolicyWorker(PolicyWorkerSettings(
         backend=backend, backend_options=backend_options, redis=redis,
@@ -33,6 +37,10 @@ async def run_sweep(url: str, backend: str, backend_options: dict[str, Any], tas
     r = connect_async(redis)
     try:
         await fetch_metadata(r, Keys(), "p", wait_s=60)
+        while worker.consumer is None:  # the metadata may be an earlier run's, still in Redis
+            await asyncio.sleep(0.01)
+        if hold_ms is not None:
+            worker.consumer.batcher = MicroBatcher(max_batch_size, hold_ms / 1000)
         bytes_before = int((await r.info("stats"))["total_net_input_bytes"])
         queue = SweepQueue(r, run)
         config = {"policy": "p", "task": task, "task_options": task_options, "action_horizon": action_horizon,

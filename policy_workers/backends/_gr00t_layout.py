@@ -1,9 +1,9 @@
 """The GR00T observation and action layout, shared by the backend and the N1.7 network.
 
-Modality specs (REAL_G1), the flat <-> nested key mapping of observations, stacking one
-micro-batch along B (frames into the policy's reused page-locked buffer where it has one) and
-splitting the batched action back per request, and synthetic observations for warm-up and
-benchmarks. Pure numpy: nothing here needs torch or a GPU.
+Modality specs (REAL_G1, LIBERO) and the embodiment layouts the backend serves, the flat <-> nested
+key mapping of observations, stacking one micro-batch along B (frames into the policy's reused
+page-locked buffer where it has one) and splitting the batched action back per request, and
+synthetic observations for warm-up and benchmarks. Pure numpy: nothing here needs torch or a GPU.
 """
 
 from __future__ import annotations
@@ -60,7 +60,38 @@ REAL_G1 = ModalitySpec(
 """The reference design's embodiment (DESIGN.md): one 2-frame 256x256 ego camera, 7 state groups,
 9 action groups of a 40-step chunk."""
 
-KNOWN_SPECS = {"real_g1_relative_eef_relative_joints": REAL_G1}
+LIBERO = ModalitySpec(
+    video={"agentview": (1, 256, 256, 3), "wrist": (1, 256, 256, 3)},
+    state={"eef_pos": (1, 3), "eef_axis_angle": (1, 3), "gripper_qpos": (1, 2), "joint_pos": (1, 7)},
+    action={"action": 7},
+    chunk_length=16,
+)
+"""What rolloutq's `libero` task sends and executes (its schema module is the reference; the policy
+side does not import simulators): the agent-view and wrist cameras, 256x256, one frame each; the
+Panda's end-effector position and axis-angle, finger joints and arm joints; the instruction; a
+16-step chunk of 7-D actions (delta position, delta axis-angle, gripper) under the key `action`.
+In the N1.7 network that is two images of 64 vision tokens each (as many as REAL_G1's two-frame ego
+view) and 15 state values, zero-padded to 132 like any embodiment's."""
+
+
+@dataclass(frozen=True)
+class Embodiment:
+    """A layout the backend serves (`embodiment` option): the modality spec, the Isaac-GR00T embodiment
+    tag it uses unless `embodiment_tag` says otherwise, and the prefix of its action keys on the wire."""
+
+    name: str
+    spec: ModalitySpec
+    tag: str
+    action_prefix: str
+
+
+EMBODIMENTS = {
+    "real_g1": Embodiment("real_g1", REAL_G1, "REAL_G1", "action."),
+    "libero": Embodiment("libero", LIBERO, "NEW_EMBODIMENT", ""),
+}
+"""By `embodiment` option value: `real_g1` for the G1 tasks (g1-pickplace, g1-isaaclab), `libero` for
+the libero task. LIBERO's actions go out as `action` (what the task reads), REAL_G1's as
+`action.<group>`."""
 
 
 # ------------------------------------------------------------------------------------------------

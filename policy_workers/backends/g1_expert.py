@@ -4,7 +4,9 @@ It reads only the observation: the right arm's joint state, the right hand's sta
 command) and the sim-only key `privileged.object_poses` (apple and plate poses in the pelvis
 frame), so it needs the task's `privileged=True` option. It keeps no per-rollout memory: every
 call re-plans from the observation, which makes it safe to batch observations from any number of
-rollouts in any order.
+rollouts in any order. A request may carry K rows (a vectorised simulator's K sub-envs, e.g.
+g1-isaaclab with `rows_per_request`; its schema's leading dimension is open): each row is planned
+on its own, from its own state alone, and the chunk has K rows in the same order.
 
 Each call plans 40 steps ahead: a palm target moves at a bounded speed through the phases
 (above the apple -> down -> close the hand -> up -> above the plate -> down -> open -> up), and
@@ -22,6 +24,7 @@ from rolloutq.broker.real_g1 import ACTION_DIMS, FRAMES, IMAGE_SIZE, STATE_DIMS,
 from rolloutq.policy_workers.backends._g1_assets import g1_xml_path
 from rolloutq.policy_workers.base import Chunk, Obs, PolicyBackend, PolicyMetadata
 from rolloutq.policy_workers.batching import flatten
+from rolloutq.policy_workers.errors import SchemaMismatch
 
 CHUNK = 40
 HORIZON = 8
@@ -49,19 +52,40 @@ CARRY_Z = TABLE_Z + APPLE_R + 0.15  # apple height while carrying
 HAND_AXIS = np.array([1.0, 0.0, -0.5]) / np.sqrt(1.25)  # hand points forward, 27 degrees down
 
 
+POSES_KEY = "privileged.object_poses"
+PLANNED_FROM = ("state.right_arm", "state.right_hand", "state.left_arm", POSES_KEY)
+"""The keys a plan reads; each must carry one row per row of the request."""
+
+
 def action_schema() -> dict[str, dict[str, Any]]:
     dims = ACTION_DIMS
-    return {k: {"dtype": "float32", "shape": [1, CHUNK, d]} for k, d in dims.items()}
+    return {k: {"dtype": "float32", "shape": [-1, CHUNK, d]} for k, d in dims.items()}
 
 
 def observation_schema() -> dict[str, dict[str, Any]]:
+    """The task's privileged REAL_G1 observation; the leading dimension (rows) is open."""
     schema: dict[str, dict[str, Any]] = {
-        VIDEO_KEY: {"dtype": "uint8", "shape": [1, FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3]}}
+        VIDEO_KEY: {"dtype": "uint8", "shape": [-1, FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3]}}
     for key, dim in STATE_DIMS.items():
-        schema[key] = {"dtype": "float32", "shape": [1, 1, dim]}
+        schema[key] = {"dtype": "float32", "shape": [-1, 1, dim]}
     schema[TEXT_KEY] = {"kind": "text"}
-    schema["privileged.object_poses"] = {"dtype": "float32", "shape": [1, 2, 7]}
+    schema[POSES_KEY] = {"dtype": "float32", "shape": [-1, 2, 7]}
     return schema
+
+
+def split_rows(obs: Obs, where: str = "observation") -> list[Obs]:
+    """A request of K rows as K one-row observations of the keys a plan reads."""
+    for key in PLANNED_FROM:
+        if key not in obs:
+            if key == POSES_KEY:
+                raise KeyError("g1-expert needs privileged.object_poses: run the task with privileged=True")
+            raise SchemaMismatch(f"{where}: missing {key}")
+    arrays = {k: np.asarray(obs[k]) for k in PLANNED_FROM}
+    rows = {k: a.shape[0] if a.ndim else 0 for k, a in arrays.items()}
+    k = rows["state.right_arm"]
+    if k < 1 or any(n != k for n in rows.values()):
+        raise SchemaMismatch(f"{where}: every key needs one row per env, got rows {rows}")
+    return [{key: a[j : j + 1] for key, a in arrays.items()} for j in range(k)]
 
 
 class ArmKinematics:
@@ -126,7 +150,7 @@ def _toward(p: np.ndarray, goal: np.ndarray, step: float) -> tuple[np.ndarray, b
 
 
 class Planner:
-    """Stateless 40-step plan for the right arm from one observation."""
+    """Stateless 40-step plan for the right arm from one observation of one row."""
 
     def __init__(self) -> None:
         self.kin = ArmKinematics("right")
@@ -232,15 +256,20 @@ class Backend(PolicyBackend):
             action_horizon=HORIZON,
             device="cpu",
             parameters=0,
-            description="Scripted IK expert for g1-pickplace (needs the task's privileged=True).",
+            description="Scripted IK expert for g1-pickplace (needs the task's privileged=True); a request "
+                        "may carry one row per env.",
         )
 
     def infer(self, batch: list[Obs]) -> list[Chunk]:
         if self.planner is None:
             self.load()
-        assert self.planner is not None
-        batch = [flatten(o) for o in batch]  # a nested observation passed the schema check flattened
-        for obs in batch:
-            if "privileged.object_poses" not in obs:
-                raise KeyError("g1-expert needs privileged.object_poses: run the task with privileged=True")
-        return [self.planner.plan(obs) for obs in batch]
+        planner = self.planner
+        assert planner is not None
+        # a nested observation passed the schema check flattened; check every request before planning
+        requests = [split_rows(flatten(o), f"observation {i}") for i, o in enumerate(batch)]
+        chunks = []
+        for rows in requests:
+            plans = [planner.plan(row) for row in rows]
+            chunks.append(plans[0] if len(plans) == 1 else
+                          {key: np.concatenate([p[key] for p in plans]) for key in plans[0]})
+        return chunks

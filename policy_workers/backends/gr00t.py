@@ -12,6 +12,11 @@ Two modes:
   at the real model's cost; its outputs are noise and are labelled "GR00T N1.7 network, random
   weights" everywhere (metadata, every chunk, every `info`). Never present them as a policy.
 
+The `embodiment` option picks the observation and action layout (`_gr00t_layout.EMBODIMENTS`):
+`real_g1` (the default, the G1 tasks' REAL_G1 schema) or `libero` (the libero task's two cameras,
+Panda proprio state and 7-D `action`), so `--task libero --backend gr00t --backend-option
+embodiment=libero` passes the pre-flight schema check and serves the libero task directly.
+
 Either way, the requests of one micro-batch (from different rollouts) become ONE `get_action`
 call: observations are stacked along B, the action chunk is split back per request. Observations
 may come as the nested modality dict of the reference design (`{"video": {"ego_view": ...},
@@ -28,8 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rolloutq.policy_workers.backends._gr00t_layout import (
-    KNOWN_SPECS,
-    REAL_G1,
+    EMBODIMENTS,
     ModalitySpec,
     VideoRows,
     check_nested,
@@ -73,7 +77,9 @@ class Gr00tSettings:
 
     mode: str = "gr00t"  # "gr00t" | "n17-random"
     model_path: str | None = None  # local checkpoint dir or hub id, e.g. "nvidia/GR00T-N1.7-3B"
-    embodiment_tag: str = "REAL_G1"  # enum name or value
+    embodiment: str = "real_g1"
+    """The observation and action layout served: "real_g1" (REAL_G1 schema) or "libero" (the libero task's)."""
+    embodiment_tag: str = ""  # enum name or value; "" = the layout's (REAL_G1; NEW_EMBODIMENT for libero)
     device: str = "cuda"
     denoising_steps: int = 4
     action_horizon: int = 8  # steps of the 40-step chunk a simulator executes before re-querying
@@ -82,7 +88,8 @@ class Gr00tSettings:
     health_check_timeout_s: float = 300.0
     env_vars: dict[str, str] = field(default_factory=dict)
     pass_env: tuple[str, ...] = ("HF_TOKEN", "HF_HOME", "HUGGINGFACE_HUB_CACHE")
-    action_prefix: str = "action."
+    action_prefix: str | None = None
+    """Prefix of the action keys sent back; None = the layout's ("action." for real_g1, none for libero)."""
     warmup_batch_sizes: tuple[int, ...] = ()
     """Run synthetic batches of these sizes at load, so first-call costs (kernel selection, allocator
     growth) are paid before serving instead of by the first rollouts."""
@@ -104,6 +111,21 @@ class Gr00tSettings:
     policy_factory: str | None = None
     """`module:callable` taking the settings and returning a Gr00tPolicy-like object (custom wrappers,
     test doubles); overrides `mode`'s loader."""
+
+    def __post_init__(self) -> None:
+        name = str(self.embodiment).lower().replace("-", "_")
+        if name not in EMBODIMENTS:
+            raise BackendLoadError(f"gr00t backend: embodiment must be one of {', '.join(map(repr, EMBODIMENTS))}, "
+                                   f"got {self.embodiment!r}")
+        self.embodiment = name
+        layout = EMBODIMENTS[name]
+        self.embodiment_tag = self.embodiment_tag or layout.tag
+        if self.action_prefix is None:
+            self.action_prefix = layout.action_prefix
+
+    @property
+    def spec(self) -> ModalitySpec:
+        return EMBODIMENTS[self.embodiment].spec
 
     @property
     def tag_value(self) -> str:
@@ -150,7 +172,7 @@ class Backend(PolicyBackend):
             )
         self._factory = policy_factory  # tests inject a labelled double of Gr00tPolicy here
         self.policy: GrootLikePolicy | None = None
-        self.spec: ModalitySpec = KNOWN_SPECS.get(self.settings.tag_value, REAL_G1)
+        self.spec: ModalitySpec = self.settings.spec
         self.load_time_s = 0.0
         self.parameters = 0
         self.last_call: dict[str, Any] = {}
@@ -237,15 +259,20 @@ class Backend(PolicyBackend):
             for k, d in spec.action.items()
         }
         random = self._is_random_network
+        label = None if random else getattr(self.policy, "label", None)  # a stand-in says what it is
         if random:
             model_id = "gr00t-n1.7-random-weights"
             desc = (
-                f"{RANDOM_LABEL}: the GR00T N1.7 architecture with random weights, for measuring "
-                "serving cost only. Its action chunks are noise, not a policy."
+                f"{RANDOM_LABEL}: the GR00T N1.7 architecture with random weights in the {s.embodiment} "
+                "layout, for measuring serving cost only. Its action chunks are noise, not a policy."
             )
+        elif label:
+            model_id = s.model_path or "gr00t"
+            desc = f"{label} ({s.embodiment} layout)"
         else:
             model_id = s.model_path or "gr00t"
-            desc = f"NVIDIA GR00T ({s.model_path}) embodiment {s.tag_value} through the gr00t package"
+            desc = (f"NVIDIA GR00T ({s.model_path}) embodiment {s.tag_value}, {s.embodiment} layout, "
+                    "through the gr00t package")
         return PolicyMetadata(
             model_id=model_id,
             observation_schema=obs_schema,
@@ -258,6 +285,7 @@ class Backend(PolicyBackend):
             extra={
                 "backend": "gr00t",
                 "mode": s.mode,
+                "embodiment": s.embodiment,
                 "embodiment_tag": s.tag_value,
                 "modality_config": spec.to_dict(),
                 "denoising_steps": s.denoising_steps,
@@ -267,7 +295,7 @@ class Backend(PolicyBackend):
                 **({"vision_attention": self.policy.vision_attention}
                    if hasattr(self.policy, "vision_attention") else {}),
                 "load_time_s": round(self.load_time_s, 2),
-                **({"label": RANDOM_LABEL} if random else {}),
+                **({"label": RANDOM_LABEL} if random else {"label": label} if label else {}),
             },
         )
 

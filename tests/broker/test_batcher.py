@@ -250,6 +250,37 @@ def test_a_peer_due_very_soon_is_waited_for_even_with_slow_simulators():
     assert b.pop_ready(now=t + 0.305)[0] == ["a", "b"]
 
 
+def test_a_peer_due_soon_but_jittery_is_not_waited_for():
+    """The same, but b's steps vary (think times spread by 24 ms on average, a standard deviation of
+    ~30 ms, as LIBERO's do): b due in 5 ms may well come 40 ms later, and that wait costs more than
+    the batching saves, so a goes at once. With b's spread at 2 ms the hold still pays."""
+    for spread, held in ((0.024, False), (0.002, True)):
+        b = CohortBatcher[str](max_batch_size=16, max_wait_s=0.005)
+        t = _steady(b, {"a": 0.300, "b": 0.305}, batch_s=0.044)
+        b.cost = _linear_cost(0.040, 0.002)
+        b.thinks.tracks["b"].spread = spread
+        b.add("a", "k", now=t + 0.300, rollout="a")
+        got = b.pop_ready(now=t + 0.300)
+        assert (got is None) == held, spread
+        if held:
+            assert b.next_deadline() < t + 0.305  # re-decided at b's earliest likely arrival
+
+
+def test_a_late_jittery_peer_is_given_up_as_its_likely_arrivals_pass():
+    """Holding for a jittery peer is re-decided as time passes. A batch of 12 ms (10 + 2 a row), b due
+    1 ms after a with a 5 ms jitter: holding pays while b is likely within a few ms, so a is held; at
+    b's due time only b's later arrivals remain likely, holding for them no longer pays, and a goes,
+    long before b stops being expected at all (30 ms late: a tenth of its think time)."""
+    b = CohortBatcher[str](max_batch_size=16, max_wait_s=0.005)
+    t = _steady(b, {"a": 0.300, "b": 0.301}, batch_s=0.044)
+    b.cost = _linear_cost(0.010, 0.002)
+    b.thinks.tracks["b"].spread = 0.004
+    b.add("a", "k", now=t + 0.300, rollout="a")
+    assert b.pop_ready(now=t + 0.300) is None
+    assert b.next_deadline() == pytest.approx(t + 0.301)
+    assert b.pop_ready(now=t + 0.301)[0] == ["a"]
+
+
 def test_a_model_that_costs_nothing_to_call_never_holds():
     """A null backend (0.2 ms a batch whatever its size): a new rollout's first request is served at
     once, not held for the others' next requests 20 ms away."""

@@ -2,7 +2,8 @@
 
 `ContractDoubleGr00tPolicy` below is a TEST DOUBLE, not NVIDIA's Gr00tPolicy: it enforces the
 documented `get_action` input contract (video (B, T, H, W, 3) uint8, state (B, T, D) float32,
-language (B, 1) lists of strings) and returns (B, 40, D) float32 actions whose values encode which
+language (B, 1) lists of strings) and returns (B, chunk, D) float32 actions in the layout of the
+settings it is built with (REAL_G1 unless `embodiment` says otherwise) whose values encode which
 batch row and which instruction they came from, so that stacking and splitting can be checked.
 The real network (random weights) is exercised by `test_n17_random_network_one_batched_request`
 where Python >= 3.12 and lerobot are present (the GPU machine); it skips elsewhere.
@@ -17,7 +18,8 @@ import zlib
 import numpy as np
 import pytest
 from rolloutq.policy_workers.backends import make_backend
-from rolloutq.policy_workers.backends.gr00t import RANDOM_LABEL, REAL_G1, Backend
+from rolloutq.policy_workers.backends._gr00t_layout import LIBERO, REAL_G1
+from rolloutq.policy_workers.backends.gr00t import RANDOM_LABEL, Backend
 from rolloutq.policy_workers.errors import BackendLoadError, SchemaMismatch
 
 TASK = "pick up the apple and place it on the plate"
@@ -28,6 +30,7 @@ class ContractDoubleGr00tPolicy:
 
     def __init__(self, settings=None) -> None:
         self.calls: list[int] = []
+        self.layout = settings.spec if settings is not None else REAL_G1
 
     def get_action(self, observation):
         assert set(observation) == {"video", "state", "language"}
@@ -44,11 +47,13 @@ class ContractDoubleGr00tPolicy:
         assert all(isinstance(r, list) and len(r) == 1 and isinstance(r[0], str) for r in lang)
         self.calls.append(bs)
         # row marker: the first pixel of the first frame, and a hash of the instruction
-        marker = observation["video"]["ego_view"][:, 0, 0, 0, 0].astype(np.float32)
+        assert set(observation["video"]) == set(self.layout.video)
+        assert set(observation["state"]) == set(self.layout.state)
+        marker = next(iter(observation["video"].values()))[:, 0, 0, 0, 0].astype(np.float32)
         lang_id = np.array([zlib.crc32(r[0].encode()) % 1000 for r in lang], dtype=np.float32)
         out = {}
-        for k, d in REAL_G1.action.items():
-            a = np.zeros((bs, 40, d), dtype=np.float32)
+        for k, d in self.layout.action.items():
+            a = np.zeros((bs, self.layout.chunk_length, d), dtype=np.float32)
             a[:, :, 0] = marker[:, None]
             if d > 1:
                 a[:, :, 1] = lang_id[:, None]
@@ -459,3 +464,122 @@ def test_stack_copies_a_large_batch_in_parallel_exactly():
     assert out.nbytes >= layout.PARALLEL_COPY_BYTES
     assert layout._copy_rows(parts, out) is out
     np.testing.assert_array_equal(out, np.concatenate(parts, 0))
+
+
+# --- the LIBERO layout (embodiment="libero") ------------------------------------------------------
+
+
+def libero_obs(markers: list[int], task: str = "put the bowl on the plate") -> dict:
+    """One request of len(markers) rows in the libero task's wire schema (its schema module's keys)."""
+    n = len(markers)
+    obs: dict = {}
+    for key in ("video.agentview", "video.wrist"):
+        video = np.zeros((n, 1, 256, 256, 3), dtype=np.uint8)
+        video[:, 0, 0, 0, 0] = markers
+        obs[key] = video
+    dims = {"state.eef_pos": 3, "state.eef_axis_angle": 3, "state.gripper_qpos": 2, "state.joint_pos": 7}
+    for key, d in dims.items():
+        obs[key] = np.tile(np.asarray(markers, np.float32)[:, None, None], (1, 1, d))
+    obs["annotation.human.task_description"] = [[task]] * n
+    return obs
+
+
+def libero_backend() -> Backend:
+    b = Backend(policy_factory=lambda s: ContractDoubleGr00tPolicy(s), embodiment="libero")
+    b.load()
+    return b
+
+
+def test_libero_rows_come_back_as_7d_action_chunks():
+    """A LIBERO request of two rows (a vectorised simulator's envs) beside a one-row request: one
+    get_action of three rows, `action` chunks of 7-D steps back in each request's rows."""
+    b = libero_backend()
+    chunks = b.infer([libero_obs([21, 22]), libero_obs([23], "open the drawer")])
+    assert b.policy.calls == [3]
+    assert [sorted(c) for c in chunks] == [["action"], ["action"]]
+    assert chunks[0]["action"].shape == (2, 16, 7) and chunks[1]["action"].shape == (1, 16, 7)
+    assert chunks[0]["action"].dtype == np.float32
+    assert list(chunks[0]["action"][:, 0, 0]) == [21, 22] and chunks[1]["action"][0, 0, 0] == 23
+    assert chunks[1]["action"][0, 0, 1] == zlib.crc32(b"open the drawer") % 1000
+
+
+@pytest.mark.parametrize(
+    "obs, message",
+    [
+        (flat_obs(1), "missing video.agentview"),  # a REAL_G1 observation
+        ({k: v for k, v in libero_obs([1, 2]).items() if k != "video.wrist"}, "missing video.wrist"),
+        ({**libero_obs([1]), "state.joint_pos": np.zeros((1, 1, 6), np.float32)},
+         r"state.joint_pos must have shape \(B, 1, 7\)"),
+        ({**libero_obs([1, 2]), "state.eef_pos": np.zeros((3, 1, 3), np.float32)}, "batch size 3"),
+    ],
+)
+def test_libero_wrong_observation_is_a_schema_error(obs, message):
+    b = libero_backend()
+    with pytest.raises(SchemaMismatch, match=message):
+        b.infer([libero_obs([0]), obs])
+    assert b.policy.calls == []
+
+
+def test_libero_schema_is_what_the_libero_task_sends():
+    """The published schema has the libero task's keys (its schema module) with the same shapes, the
+    leading dimension open for rows; actions `action` (rows, 16, 7); the options it took."""
+    from rolloutq.sim_workers.tasks.libero import schema as task
+
+    md = Backend(mode="n17-random", device="cpu", embodiment="libero").metadata()
+    sent = task.observation_schema()
+    assert set(md.observation_schema) == set(sent)
+    for key, spec in md.observation_schema.items():
+        want = sent[key]
+        assert spec.get("kind") == want.get("kind") and spec.get("dtype") == want.get("dtype"), key
+        if "shape" in want:
+            assert spec["shape"] == [-1, *want["shape"][1:]], key
+    assert md.action_schema == {task.ACTION_KEY: {"dtype": "float32", "shape": [-1, 16, 7]}}
+    assert md.chunk_length == 16 and set(LIBERO.action) == {task.ACTION_KEY}
+    assert md.extra["embodiment"] == "libero" and md.extra["embodiment_tag"] == "new_embodiment"
+    assert md.extra["label"] == RANDOM_LABEL and RANDOM_LABEL in md.description and "libero" in md.description
+
+
+def test_preflight_passes_libero_with_the_libero_layout_only():
+    """`--task libero --backend gr00t`: the pre-flight schema check refuses the default REAL_G1 layout and
+    passes `embodiment=libero`."""
+    import rolloutq.sim_workers.tasks.libero.adapter as adapter
+    from rolloutq.controller.preflight import Plan, preflight
+
+    def check(**options):
+        return preflight(Plan(backend="gr00t", backend_options=options, task="libero"), redis_required=False,
+                         engines=False)
+
+    assert any("does not send" in p for p in check(mode="n17-random"))
+    assert "video.wrist" in adapter.observation_schema()
+    assert check(mode="n17-random", embodiment="libero") == []
+    assert check(mode="gr00t", model_path="nvidia/GR00T-N1.7-3B", embodiment="libero") == []
+
+
+def test_embodiment_option_is_checked_and_sets_the_defaults():
+    with pytest.raises(BackendLoadError, match="embodiment must be one of 'real_g1', 'libero'"):
+        Backend(embodiment="panda")
+    b = Backend(embodiment="LIBERO", embodiment_tag="REAL_G1", action_prefix="act/")
+    assert b.settings.embodiment == "libero" and b.spec == LIBERO
+    md = b.metadata()
+    assert md.extra["embodiment_tag"] == "real_g1_relative_eef_relative_joints"
+    assert list(md.action_schema) == ["act/action"]
+    assert Backend().settings.action_prefix == "action." and Backend().spec == REAL_G1
+
+
+def test_a_labelled_stand_in_is_named_in_the_metadata():
+    """The LIBERO benchmark's timing double behind the backend: the metadata says what it is."""
+    b = Backend(policy_factory="benchmarks.libero_policy:SleepPolicy", embodiment="libero", device="cpu")
+    b.load()
+    md = b.metadata()
+    assert md.extra["label"] == b.policy.label and md.description.startswith(b.policy.label)
+    (chunk,) = b.infer([libero_obs([1, 2])])
+    assert chunk["action"].shape == (2, 16, 7) and "info.note" not in chunk
+
+
+@pytest.mark.skipif(_n17_skip_reason() is not None, reason=str(_n17_skip_reason()))
+def test_n17_random_network_in_the_libero_layout():
+    b = Backend(mode="n17-random", device="cuda", embodiment="libero")
+    b.load()
+    chunks = b.infer([libero_obs([1, 2]), libero_obs([3], "open the drawer")])
+    assert [c["action"].shape for c in chunks] == [(2, 16, 7), (1, 16, 7)]
+    assert all(np.isfinite(c["action"]).all() and c["info.note"] == RANDOM_LABEL for c in chunks)

@@ -76,6 +76,26 @@ def test_expert_episodes_through_redis_two_subenvs_in_one_process(redis_url):
                 assert shapes[key] == (tuple(spec["shape"]), spec["dtype"]), key
 
 
+def test_the_expert_takes_the_subenvs_as_one_request_of_rows(redis_url):
+    """`rows_per_request`: the two sub-environments ask in one request of two rows, and each row's plan
+    is its own (the same seeds succeed in as many steps as above, give or take the batching of physics)."""
+    from tests.inprocess import run_sweep
+
+    RecordingExpert.seen.clear()
+    RecordingExpert.batches.clear()
+    records = asyncio.run(run_sweep(redis_url, "tests.sim_workers.test_g1_isaaclab:RecordingExpert", {},
+                                    "g1-isaaclab", {"privileged": True, "rows_per_request": 2}, seeds=[0, 1],
+                                    sims=1, envs=2, max_batch_size=2, max_wait_ms=50, run="rows"))
+    records.pop()
+    print(f"\noutcomes {[(r['seed'], r['outcome'], r['steps']) for r in records]}; batches {RecordingExpert.batches}")
+    assert sorted(r["seed"] for r in records) == [0, 1]
+    for r in records:
+        assert r["outcome"] == "success", r
+        assert 60 <= r["steps"] <= 140, r
+    rows = [shapes["state.right_arm"][0][0] for shapes in RecordingExpert.seen]
+    assert set(RecordingExpert.batches) == {1} and max(rows) == 2, (RecordingExpert.batches, rows)
+
+
 @pytest.fixture(scope="module")
 def venv():
     """One Isaac Lab simulation per process: the tests that share it run after the sweep's closed."""

@@ -37,6 +37,7 @@ from rolloutq.sim_workers.tasks.libero.protocol import (
     episode_slot,
     rotate_180,
 )
+from rolloutq.sim_workers.tasks.libero.schema import observation_schema as observation_schema  # the pre-flight reads it
 from rolloutq.sim_workers.vector import SingleEnvView, VectorSimAdapter
 
 
