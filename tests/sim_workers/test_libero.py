@@ -215,7 +215,8 @@ def test_episodes_through_redis_two_envs_in_one_simulator_end_at_the_step_limit(
     records = asyncio.run(run_sweep(
         redis_url, "null", {"action_dims": {"action": 7}}, "libero",
         {"suite": "libero_spatial", "tasks": [0, 1], "max_steps": 16, "image_size": 128},
-        seeds=[0, 1, 2], sims=1, envs=2, max_batch_size=4, max_wait_ms=200, video_episodes=2, videos=videos))
+        seeds=[0, 1, 2], sims=1, envs=2, max_batch_size=2, video_episodes=2, videos=videos,
+        hold_ms=200))  # the deadline rule: the two envs' requests share a batch whatever the read timing
     wall = time.perf_counter() - t0
     stats = records.pop()["_worker"]
     print(f"\n3 episodes x 16 steps on 2 envs in one process: {wall:.1f} s wall; worker batches {stats.get('batches')}")
