@@ -108,7 +108,8 @@ class SyntheticSim:
         return self.obs
 
     def step(self, chunk: dict[str, Any], i: int, until: float | None) -> None:
-        _ = [a[:, i] for a in chunk.values() if isinstance(a, np.ndarray)]  # each env's command for step i (not the note)
+        # each env's command for step i (not the note)
+        _ = [a[:, i] for a in chunk.values() if isinstance(a, np.ndarray)]
         time.sleep(self.step_s if until is None else max(0.0, until - time.perf_counter()))
 
 

@@ -138,7 +138,7 @@ class Adapter(SimAdapter):
         self.map = _Mapping(self.env.observation_space, self.env.action_space, observations, actions, render_key,
                             instruction or env_id, text_key, success_key, success_on_terminate)
         self.info = TaskInfo(name=f"gym:{env_id}", instruction=self.map.instruction, max_steps=self.max_steps,
-                             description=f"gymnasium environment {env_id}")
+                             description=f"gymnasium environment {env_id}", fps=_fps(self.env))
         self._raw: Any = None
         self._frame: np.ndarray | None = None
         self._steps = 0
@@ -163,6 +163,11 @@ class Adapter(SimAdapter):
 
     def frame(self) -> np.ndarray | None:
         return self._frame
+
+    def video_state(self) -> np.ndarray | None:
+        """The env rendered after each step of a recorded episode (gymnasium offers no cheaper copy of a
+        scene); None without `render_key`: no video."""
+        return np.asarray(self.env.render()).copy() if self.map.render_key else None
 
     def close(self) -> None:
         self.env.close()
@@ -192,7 +197,7 @@ class VectorAdapter(VectorSimAdapter):
                             actions, render_key, instruction or env_id, text_key, success_key,
                             success_on_terminate)
         self.info = TaskInfo(name=f"gym:{env_id}", instruction=self.map.instruction, max_steps=self.max_steps,
-                             description=f"gymnasium vector environment {env_id} x{num_envs}")
+                             description=f"gymnasium vector environment {env_id} x{num_envs}", fps=_fps(self.venv))
         self._raw: Any = None
         self._steps = np.zeros(num_envs, np.int64)
         self._ended = np.ones(num_envs, bool)
@@ -268,8 +273,21 @@ class VectorAdapter(VectorSimAdapter):
     def frame(self, env_id: int) -> np.ndarray | None:
         return self._frames.get(env_id)
 
+    def video_state(self, env_id: int) -> np.ndarray | None:
+        """Env `env_id` rendered after each step of a recorded episode; None without `render_key`."""
+        return self._render(env_id).copy() if self.map.render_key else None
+
+    def video_frame(self, env_id: int, state: np.ndarray | None) -> np.ndarray | None:
+        return state
+
     def close(self) -> None:
         self.venv.close()
+
+
+def _fps(env: Any) -> float:
+    """The env's own frame rate (`metadata["render_fps"]`), for its videos; 10 when it names none."""
+    fps = (getattr(env, "metadata", None) or {}).get("render_fps")
+    return float(fps) if fps else 10.0
 
 
 def _row(raw: Any, i: int) -> Any:

@@ -102,6 +102,12 @@ class EnvSchema:
             out.append(obs)
         return out, first
 
+    def camera_frame(self, env_id: int) -> np.ndarray | None:
+        """Env `env_id`'s image from the first camera as it is now (a copy), or None without a camera."""
+        if not self.cameras:
+            return None
+        return camera_rgb(self.env.scene.sensors[next(iter(self.cameras))])[env_id].copy()
+
     def action_from_chunk(self, chunk: Chunk, t: int) -> np.ndarray:
         a = np.asarray(chunk[self.action_key], np.float32)[0, t].reshape(-1)
         if a.shape[0] != self.action_dim:
@@ -194,6 +200,15 @@ class VectorAdapter(VectorSimAdapter):
 
     def frame(self, env_id: int) -> np.ndarray | None:
         return self._frames.get(env_id)
+
+    def video_state(self, env_id: int) -> np.ndarray | None:
+        """The first camera's image of env `env_id` after each step of a recorded episode (the env renders
+        its cameras every step anyway); None when the schema has no camera: no video."""
+        draw = getattr(self.schema, "camera_frame", None)
+        return None if draw is None else draw(env_id)
+
+    def video_frame(self, env_id: int, state: np.ndarray | None) -> np.ndarray | None:
+        return state
 
     def close(self) -> None:
         try:

@@ -31,7 +31,8 @@ NEEDS = {
     "libero": (("libero", "robosuite"), "LIBERO runs from its own venv: bash scripts/install_libero.sh --full, then "
                "run .venv-libero/bin/rolloutq (docs/TASKS.md, \"libero\")"),
     "g1-isaaclab": (("isaaclab", "warp"), "Isaac Lab 3.0 runs from its own Python 3.12 venv: bash "
-                    "scripts/install_isaaclab.sh, then run .venv-isaaclab/bin/rolloutq (docs/TASKS.md, \"g1-isaaclab\")"),
+                    "scripts/install_isaaclab.sh, then run .venv-isaaclab/bin/rolloutq "
+                    "(docs/TASKS.md, \"g1-isaaclab\")"),
 }
 """Modules a built-in task's simulator imports that no extra of rolloutq installs, and how to get them."""
 _PACKAGES = (__name__, "rolloutq.sim_workers.adapters")

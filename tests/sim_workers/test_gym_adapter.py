@@ -292,3 +292,56 @@ def test_sim_worker_runs_a_sweep_vectorised(redis_url, rows):
     assert all(rec["outcome"] in ("success", "failure") and rec["steps"] == 6 for rec in (e.record for e in results))
     assert max(backend.batches) == 3, backend.batches
     assert max(o["state.obs"].shape[0] for o in backend.seen) == (3 if rows else 1)
+
+
+def _gif_play_frames(data: bytes) -> tuple[int, int]:
+    """(frames a GIF plays, counted from its play time, and its frame delay in ms): Pillow merges
+    identical consecutive frames into one of their summed duration."""
+    import io
+
+    from PIL import Image
+
+    gif = Image.open(io.BytesIO(data))
+    durations = []
+    for k in range(gif.n_frames):
+        gif.seek(k)
+        durations.append(gif.info["duration"])
+    return round(sum(durations) / min(durations)), min(durations)
+
+
+def test_a_vectorised_sweep_records_a_video_of_every_step(redis_url):
+    """`video_episodes` with a vector env: the first episodes come back with a GIF of the reset and each
+    step, played at the env's own rate (InvertedPendulum: 25 fps, 40 ms a frame)."""
+    from rolloutq.broker.keys import Keys
+    from rolloutq.broker.sweep import EpisodeSpec as SweepSpec
+    from rolloutq.broker.sweep import SweepQueue
+    from rolloutq.sim_workers.worker import SimWorker, SimWorkerSettings
+
+    async def main():
+        rs = RedisSettings(url=redis_url)
+        worker = PolicyWorker(PolicyWorkerSettings(redis=rs, worker=WorkerSettings(policy="p")), backend=Recorder(1))
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        r = connect_async(rs)
+        queue = SweepQueue(r, "video1", Keys(rs.namespace))
+        config = {"policy": "p", "task": "gym", "action_horizon": 4, "video_episodes": 2,
+                  "task_options": {"env_id": "InvertedPendulum-v5", "env_kwargs": {"width": 48, "height": 48},
+                                   "render_key": "video.ego", "max_steps": 6, "vectorized": True}}
+        await queue.create(config, [SweepSpec(i, 70 + i) for i in range(3)], lease_s=30)
+        sim = SimWorker(SimWorkerSettings(run="video1", redis=rs, envs=2, exit_when_drained=True))
+        await asyncio.wait_for(sim.run(), 120)
+        results = await queue.read_results(b"0-0", block_ms=100)
+        stop.set()
+        await task
+        await r.aclose()
+        return results
+
+    results = asyncio.run(main())
+    videos = {e.record["episode"]: (e.record, e.video) for e in results}
+    assert sorted(videos) == [0, 1, 2]
+    assert not videos[2][1]  # only the first two episodes are recorded
+    for episode in (0, 1):
+        record, gif = videos[episode]
+        steps = record["steps"]
+        assert 1 <= steps <= 6 and gif, record
+        assert _gif_play_frames(gif) == (steps + 1, 40), episode

@@ -81,11 +81,12 @@ def test_episodes_through_redis_four_subenvs_one_request_per_step(redis_url, ass
     from tests.inprocess import run_sweep
 
     max_steps = 30
+    videos: dict[int, bytes] = {}
     records = asyncio.run(run_sweep(
         redis_url, "tests.sim_workers.test_isaaclab3:CartPusher", {}, "isaaclab",
         {"task": TASK, "asset_root": asset_root, "success_on_time_limit": True, "max_steps": max_steps,
          "rows_per_request": 4},
-        seeds=list(range(6)), sims=1, envs=4, max_batch_size=4, max_wait_ms=20))
+        seeds=list(range(6)), sims=1, envs=4, max_batch_size=4, max_wait_ms=20, video_episodes=1, videos=videos))
     stats = records.pop()["_worker"]
     print(f"\nworker batches {stats.get('batches')}; "
           f"outcomes {[(r['seed'], r['outcome'], r['steps']) for r in records]}")
@@ -102,6 +103,27 @@ def test_episodes_through_redis_four_subenvs_one_request_per_step(redis_url, ass
     assert all(shapes[CAMERA] == ((n, 1, 96, 96, 3), "uint8") and shapes["state.critic"] == ((n, 1, 4), "float32")
                for shapes, n in zip(CartPusher.seen, rows, strict=True))
     assert CartPusher.in_view and min(CartPusher.in_view) > 1.0  # the camera saw the cartpole, not a blank frame
+    assert sorted(videos) == [0]  # episode 0's video: its camera after the reset and after each step
+    first = next(r for r in records if r["episode"] == 0)
+    frames = _gif_frames(videos[0])
+    assert len(frames) == first["steps"] + 1 and frames[0].shape == (96, 96, 3), (len(frames), first["steps"])
+    assert max(float(f.std()) for f in frames) > 1.0  # not blank
+
+
+def _gif_frames(data: bytes) -> list[np.ndarray]:
+    """A GIF's frames as played: Pillow merges identical consecutive frames into one of their summed
+    duration, so each is repeated by its share of the play time."""
+    import io
+
+    from PIL import Image
+
+    gif = Image.open(io.BytesIO(data))
+    shown = []
+    for k in range(gif.n_frames):
+        gif.seek(k)
+        shown.append((np.asarray(gif.convert("RGB")), gif.info["duration"]))
+    unit = min(d for _, d in shown)
+    return [f for f, d in shown for _ in range(round(d / unit))]
 
 
 def test_the_same_seed_gives_the_same_first_observation(asset_root):
