@@ -21,6 +21,7 @@ this revision, not an API.
 
     python -m benchmarks.round_trip_trace --backend null --calls 300
     python -m benchmarks.round_trip_trace --backend benchmarks.slow_sims.policy:CostModelPolicy
+    python -m benchmarks.round_trip_trace --shared-frames
 """
 
 from __future__ import annotations
@@ -94,15 +95,16 @@ def _worker(url: str, backend: str, options: dict[str, Any], done: str, out: str
     Path(out).write_text(json.dumps(events))
 
 
-async def _client(url: str, calls: int, think_s: float, events: Events) -> list[tuple[float, float]]:
+async def _client(url: str, calls: int, think_s: float, shared_frames: bool,
+                  events: Events) -> list[tuple[float, float]]:
     from rolloutq.broker.client import PolicyClient, fetch_metadata
     from rolloutq.broker.connection import connect_async
     from rolloutq.broker.keys import Keys
-    from rolloutq.broker.settings import RedisSettings
+    from rolloutq.broker.settings import ClientSettings, RedisSettings
 
     r = connect_async(RedisSettings(url=url))
     await fetch_metadata(r, Keys(), "trace", wait_s=60)
-    client = PolicyClient(r, "trace")
+    client = PolicyClient(r, "trace", settings=ClientSettings(shared_frames=shared_frames))
     _hook_sockets(events, "c-")
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 255, (1, 1, 256, 256, 3), dtype=np.uint8)
@@ -159,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="null", help="policy backend (name or module:Class)")
     p.add_argument("--calls", type=int, default=300, help="round trips (the first 50 are not counted)")
     p.add_argument("--think-ms", type=float, default=20.0, help="the simulator's time between calls")
+    p.add_argument("--shared-frames", action="store_true", help="the client sends its frame through shared memory")
     p.add_argument("--redis-server", default=shutil.which("redis-server"))
     p.add_argument("--out", default=None, help="write a record (.json) here")
     a = p.parse_args(argv)
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.3)
             worker.start()
             client_events: Events = []
-            spans = asyncio.run(_client(url, a.calls, a.think_ms / 1000, client_events))
+            spans = asyncio.run(_client(url, a.calls, a.think_ms / 1000, a.shared_frames, client_events))
             Path(done).touch()
             worker.join(60)
             events = json.loads(Path(out).read_text()) + client_events
@@ -188,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             if worker.is_alive():
                 worker.kill()
             redis.terminate()
-    result = {"backend": a.backend, "calls_counted": len(spans) - 50, "stages_p50_ms": _stages(spans[50:], events),
+    result = {"backend": a.backend, "shared_frames": a.shared_frames, "calls_counted": len(spans) - 50,
+              "stages_p50_ms": _stages(spans[50:], events),
               "thread_hop": _thread_hop()}
     for name, ms in result["stages_p50_ms"].items():
         print(f"{name:22s} {ms:8.3f} ms")
