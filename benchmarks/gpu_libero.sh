@@ -26,7 +26,8 @@ mkdir -p "$wheels" && tar -C "$wheels" -xJf "$dir/wheels.tar.xz" || exit 1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" \
   --find-links "$wheels" -r "$wheels/requirements.txt" 2>&1 | grep -v WARNING
 [ -d "$site/libero" ] || { echo "the offline install failed" >&2; exit 1; }
-[ -d .git ] || cp "$dir/REVISION" REVISION  # benchmarks/harness/record.py cites it
+# record.py cites REVISION before .git (the device copy's .git may be stale); never here on a dev checkout
+[ "$cpu" = 1 ] || cp "$dir/REVISION" REVISION
 export PYTHONPATH="$PWD:$site" PATH="$site/bin:$PATH" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 export MUJOCO_GL=egl PYOPENGL_PLATFORM=egl MUJOCO_EGL_DEVICE_ID=${MUJOCO_EGL_DEVICE_ID:-0}
 echo "unpacked and installed in $(( $(date +%s) - t0 ))s"

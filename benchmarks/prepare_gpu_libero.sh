@@ -9,7 +9,7 @@
 #                         (for its redis-server), and requirements.txt (the exact pins, installed --no-deps)
 #   DIR/gl/*.deb          libglvnd's EGL and OpenGL loaders (Debian 12, amd64), unpacked over / there
 #   DIR/SUITE             the suite the wheels were cut for
-#   DIR/REVISION          this checkout's commit (the machine's copy of the tree has no .git)
+#   DIR/REVISION          this checkout's commit (records cite it: the machine's copy of .git may be stale)
 # Everything the GPU image already has (numpy, scipy, numba, opencv-python-headless, matplotlib, torch,
 # transformers, ...; docs of the device tool) is not carried.
 #
