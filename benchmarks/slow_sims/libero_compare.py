@@ -9,7 +9,8 @@ The driver and rolloutq's policy worker run in rolloutq's venv; both systems' LI
 
 Both sides run one simulator process per rollout (vla-eval's way; on rolloutq's side
 `rolloutq_side` with the LIBERO `Adapter`, i.e. `--task-option vectorized=false`), so the two
-differ only in how the policy is asked. Rollout i runs task i from its first initial state; its
+differ only in how the policy is asked. Rollout i runs task i from its first initial state (beyond
+10 rollouts, task i mod T from state i // T, with T tasks splitting N evenly: 8 at N = 16); its
 clock starts after the env is built and settled (the barrier). Both render with MuJoCo's
 `MUJOCO_GL` renderer (EGL through Mesa on the CPU here; vla-eval's `render: gpu` leaves it to the
 environment). A LIBERO simulator process needs ~2 GiB: an N whose processes do not fit in the
@@ -44,17 +45,30 @@ def available_gib() -> float:
     return 0.0
 
 
+def tasks_of(n: int) -> int:
+    """The tasks a run of N rollouts covers: N of them up to the suite's 10, else the fewest rounds of
+    initial states (N / tasks each) that N splits into evenly (16: 8 tasks x states 0 and 1)."""
+    rounds = -(-n // TASKS)
+    while n % rounds:
+        rounds += 1
+    return n // rounds
+
+
 def make_adapter(i: int, a: argparse.Namespace) -> TimedAdapter:
     from rolloutq.sim_workers.tasks.libero.adapter import Adapter
 
     suite = a.options.get("suite", SUITE)
-    return TimedAdapter(Adapter(suite=suite, max_steps=a.steps + 1), rollout=i, steps=a.steps, out_dir=a.out)
+    tasks = int(a.options.get("tasks", TASKS))  # seed i: task i mod tasks, initial state i // tasks
+    return TimedAdapter(Adapter(suite=suite, tasks=list(range(tasks)), max_steps=a.steps + 1), rollout=i,
+                        steps=a.steps, out_dir=a.out)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.slow_sims.libero_compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ns", default="1,2,4", help=f"rollout counts, in order (at most {TASKS}: one task each)")
+    p.add_argument("--ns", default="1,2,4", help=f"rollout counts, in order (beyond {TASKS}, the same tasks from "
+                   "their next initial states)")
+    p.add_argument("--tasks", type=int, default=0, help="tasks a run covers (0: N up to 10, then as few as split N)")
     p.add_argument("--steps", type=int, default=20, help="env steps per rollout")
     p.add_argument("--suite", default=SUITE)
     p.add_argument("--systems", default="rolloutq,vla-eval")
@@ -68,13 +82,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--redis-server", default=shutil.which("redis-server"))
     p.add_argument("--out", default=None, help="a .json path (default benchmarks/results/slow-sims-libero-DATE.json)")
     a = p.parse_args(argv)
-    if any(int(n) > TASKS for n in a.ns.split(",")):
-        p.error(f"--ns: at most {TASKS} rollouts (one LIBERO task each)")
+    for n in (int(x) for x in a.ns.split(",")):
+        if a.tasks and (n % a.tasks or a.tasks > TASKS):
+            p.error(f"--tasks {a.tasks}: N = {n} must be a multiple of it, and it at most {TASKS}")
     return a
 
 
 def workload(a: argparse.Namespace) -> Workload:
     libero = Path(a.libero_venv)
+
+    def tasks(n: int) -> int:
+        return a.tasks or tasks_of(n)
 
     def fits(n: int) -> str | None:
         need, have = n * a.gib_per_sim + a.gib_spare, available_gib()
@@ -89,10 +107,12 @@ def workload(a: argparse.Namespace) -> Workload:
         rolloutq_sim=[python_of(libero), "-m", "benchmarks.slow_sims.libero_compare", "sim", "--steps",
                       str(a.steps), "--option", f"suite={a.suite}"],
         rolloutq_groups=lambda n: [[i] for i in range(n)],
+        rolloutq_sim_args=lambda n: ["--option", f"tasks={tasks(n)}"],
+        tasks=tasks,
         vla_python=python_of(Path(a.vla_venv)),
         vla_eval=str(libero / "bin" / "vla-eval"),
         vla_benchmark="benchmarks.slow_sims.libero_vla:TimedLIBERO",
-        vla_params=lambda n, folder: {"suite": a.suite, "steps": a.steps, "out_dir": str(folder),
+        vla_params=lambda n, folder: {"suite": a.suite, "steps": a.steps, "out_dir": str(folder), "tasks": tasks(n),
                                       "send_wrist_image": True, "send_state": True,
                                       "image_format": a.vla_image_format},
         render="gpu",

@@ -145,14 +145,19 @@ class VlaServer:
 
 
 def vla_eval_shards(vla_eval: str, n: int, benchmark: str, params: dict[str, Any], steps: int, server_url: str,
-                    folder: Path, render: str, extra_env: dict[str, str]) -> list[subprocess.Popen]:
-    """N `vla-eval run` shard processes (its way of running N episodes at once), one task each."""
+                    folder: Path, render: str, extra_env: dict[str, str], tasks: int | None = None
+                    ) -> list[subprocess.Popen]:
+    """N `vla-eval run` shard processes (its way of running N episodes at once), one episode each: the
+    first `tasks` tasks (default N) with N / `tasks` episodes each."""
+    tasks = tasks or n
+    if n % tasks:
+        raise ValueError(f"{n} rollouts do not split into {tasks} tasks with as many episodes each")
     config = {
         "server": {"url": server_url, "timeout": 300},
         "render": render,
         "output_dir": str(folder / "vla-eval-results"),
-        "benchmarks": [{"benchmark": benchmark, "params": params, "episodes_per_task": 1, "max_steps": steps,
-                        "max_tasks": n}],
+        "benchmarks": [{"benchmark": benchmark, "params": params, "episodes_per_task": n // tasks,
+                        "max_steps": steps, "max_tasks": tasks}],
     }
     path = folder / "vla-eval-config.yaml"
     path.write_text(json.dumps(config, indent=1))  # JSON is YAML

@@ -46,6 +46,8 @@ class Workload:
     run_timeout_s: float = 600
     describe: dict[str, Any] = field(default_factory=dict)
     fits: Callable[[int], str | None] = lambda n: None  # why N cannot run now (memory), or None
+    tasks: Callable[[int], int] = lambda n: n  # vla-eval tasks of a run of N rollouts (N / tasks episodes each)
+    rolloutq_sim_args: Callable[[int], list[str]] = lambda n: []  # more arguments of its simulators at N
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ class Systems:
             run = f"s{int(time.time())}n{n}"
 
             def launch(folder: Path) -> list:
-                return [spawn([*w.rolloutq_sim, "--redis-url", self.worker.url, "--run", run,
+                return [spawn([*w.rolloutq_sim, *w.rolloutq_sim_args(n), "--redis-url", self.worker.url, "--run", run,
                                "--rollouts", ",".join(map(str, g)), "--out", str(folder)],
                               folder / f"sim-{k}.log", env) for k, g in enumerate(w.rolloutq_groups(n))]
 
@@ -125,7 +127,7 @@ class Systems:
 
             def launch(folder: Path) -> list:
                 return vla_eval_shards(w.vla_eval, n, w.vla_benchmark, w.vla_params(n, folder), w.steps, url,
-                                       folder, w.render, w.env)
+                                       folder, w.render, w.env, tasks=w.tasks(n))
 
             pids = [self.vla.pid]
         return measure(system, n, folder, launch, pids, w.ready_timeout_s(n), w.run_timeout_s)
