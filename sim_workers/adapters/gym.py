@@ -20,6 +20,11 @@ Options:
 
 `Adapter` is one environment (for the per-slot `SimWorker`); `VectorAdapter` wraps
 `gymnasium.make_vec` (`num_envs`, `vectorization_mode`) for `rolloutq.sim_workers.vector.run_vector`.
+
+Videos: with `render_key`, both record the first `video_episodes` episodes of a run. `video_state`
+renders the env (a sub-env of the vector env) after the reset and after each step of a recorded
+episode and keeps a copy of that (H, W, 3) uint8 frame (gymnasium has no cheaper copy of a scene);
+`video_frame` returns it. Without `render_key` they return None: no video.
 """
 
 from __future__ import annotations

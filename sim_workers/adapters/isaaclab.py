@@ -31,6 +31,11 @@ Seeding: Isaac Lab and mjlab seed one global RNG. `reset(env_ids, seeds)` theref
 envs one by one, re-seeding before each, so an episode's initial state depends on its seed only
 (reset events draw for the env being reset). Auto-resets inside `step` are unseeded and are
 immediately replaced by the runner's seeded reset.
+
+Videos: `video_state(i)` is a copy of sub-environment i's image from the first camera of the `env`
+schema (the camera the observations already read, at its own resolution), taken after the reset and
+after each step of a recorded episode; `video_frame` returns it. A schema without a camera (and the
+`real_g1` schema) gives None: no video.
 """
 
 from __future__ import annotations
