@@ -235,7 +235,8 @@ class SimWorker:
             for rt in record.round_trip_ms:
                 self.metrics.on_round_trip(rt / 1000)
             self.metrics.on_episode(record.outcome)
-            video = encode_gif(frames, slot.env.info.fps) if frames else b""
+            # off the event loop: encoding takes seconds, and the other slots' round trips wait on the loop
+            video = await asyncio.to_thread(encode_gif, frames, slot.env.info.fps) if frames else b""
             accepted = await self._retry(
                 lambda: queue.finish(spec.episode, spec.token, record.to_dict(), video), stop)  # noqa: B023
             self._not_accepted(record, accepted)
@@ -253,7 +254,7 @@ class SimWorker:
         pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self.sim_id}-vec")
         loop = asyncio.get_running_loop()
         venv = await loop.run_in_executor(pool, lambda: vector_cls(num_envs=s.envs, **options))
-        videos: dict[int, bytes] = {}  # episode -> its GIF, from on_video until finish sends it
+        videos: dict[int, list[np.ndarray]] = {}  # episode -> its frames, from on_video until finish sends the GIF
 
         async def take() -> Any:
             if stop.is_set() or await queue.stopped():
@@ -265,15 +266,16 @@ class SimWorker:
             return spec
 
         def video(record: EpisodeRecord, frames: list[np.ndarray]) -> None:
-            videos[record.episode] = encode_gif(frames, venv.info.fps)
+            videos[record.episode] = frames  # encoded in `finish`, off the event loop
 
         async def finish(record: EpisodeRecord) -> None:
             record.sim = self.sim_id
             for rt in record.round_trip_ms:
                 self.metrics.on_round_trip(rt / 1000)
             self.metrics.on_episode(record.outcome)
-            accepted = await queue.finish(record.episode, self.tokens.get(record.episode, ""), record.to_dict(),
-                                          videos.pop(record.episode, b""))
+            frames = videos.pop(record.episode, None)
+            gif = await asyncio.to_thread(encode_gif, frames, venv.info.fps) if frames else b""
+            accepted = await queue.finish(record.episode, self.tokens.get(record.episode, ""), record.to_dict(), gif)
             self._not_accepted(record, accepted)
             self.running.pop(record.episode, None)
             self.tokens.pop(record.episode, None)
