@@ -114,10 +114,10 @@ def test_ten_killed_workers_leave_no_consumer_and_no_stats_record(aof_redis, spa
 def test_a_flood_of_maximal_fields_leaves_a_workers_memory_flat(aof_redis, spawn):
     """Three floods of 1,000 requests with every field at or past its cap (v1-style `reply_to` of
     10 MB for the first ten, 1 MB after; 10 KB rollout ids; 1 MB nonces; 16 junk fields), each
-    followed by 1,000 valid requests: the worker answers the valid ones, and the second and third
-    floods leave its resident memory where the first left it. The allocator's high-water mark moves
-    by a few MB from run to run, so the bound is 12 MB over two floods: keeping any 10 KB of a
-    maximal request would add 20 MB."""
+    followed by 1,000 valid requests: the worker answers the valid ones, and its resident memory stops
+    growing after the first flood. Keeping any 10 KB of a maximal request would add 10 MB with every
+    flood; the allocator's high-water mark instead steps up now and then (13 MB once, on CI) and stays.
+    So at least one of the two later floods must add less than 6 MB."""
     url = aof_redis.url
     worker = spawn("worker", redis_url=url, worker_id="w-rss", claim_idle_ms=120_000)
     wait_worker(url, "w-rss", proc=worker)
@@ -164,5 +164,5 @@ def test_a_flood_of_maximal_fields_leaves_a_workers_memory_flat(aof_redis, spawn
           f"{rss[2]:.0f} and {rss[3]:.0f} MB after 1,000 more each")
     counts = (stats["replies_ok_total"], stats["requests_total"])
     assert counts == (4000 + 750, 7000), counts  # the v1 reply_to ones are answered: the field is ignored
-    assert rss[3] - rss[1] < 12 and rss[1] - rss[0] < 40, rss
+    assert min(rss[2] - rss[1], rss[3] - rss[2]) < 6 and rss[1] - rss[0] < 40, rss
     r.close()
