@@ -20,6 +20,8 @@ from rolloutq.sim_workers.runner import EnvSlot, run_episode  # noqa: E402
 from rolloutq.sim_workers.tasks import make_task  # noqa: E402
 from rolloutq.sim_workers.vector import EpisodeSpec, run_vector  # noqa: E402
 
+from tests.gifs import played_frames  # noqa: E402
+
 
 class Recorder(PolicyBackend):
     """Test double: remembers what it was sent and returns a chunk derived from the state."""
@@ -294,21 +296,6 @@ def test_sim_worker_runs_a_sweep_vectorised(redis_url, rows):
     assert max(o["state.obs"].shape[0] for o in backend.seen) == (3 if rows else 1)
 
 
-def _gif_play_frames(data: bytes) -> tuple[int, int]:
-    """(frames a GIF plays, counted from its play time, and its frame delay in ms): Pillow merges
-    identical consecutive frames into one of their summed duration."""
-    import io
-
-    from PIL import Image
-
-    gif = Image.open(io.BytesIO(data))
-    durations = []
-    for k in range(gif.n_frames):
-        gif.seek(k)
-        durations.append(gif.info["duration"])
-    return round(sum(durations) / min(durations)), min(durations)
-
-
 def test_a_vectorised_sweep_records_a_video_of_every_step(redis_url):
     """`video_episodes` with a vector env: the first episodes come back with a GIF of the reset and each
     step, played at the env's own rate (InvertedPendulum: 25 fps, 40 ms a frame)."""
@@ -344,4 +331,5 @@ def test_a_vectorised_sweep_records_a_video_of_every_step(redis_url):
         record, gif = videos[episode]
         steps = record["steps"]
         assert 1 <= steps <= 6 and gif, record
-        assert _gif_play_frames(gif) == (steps + 1, 40), episode
+        frames, delay_ms = played_frames(gif)
+        assert (len(frames), delay_ms) == (steps + 1, 40), episode

@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 from rolloutq.policy_workers.base import PolicyBackend, PolicyMetadata
 
+from tests.gifs import played_frames
+
 TASK = "Isaac-Cartpole-Camera"
 ROOT = Path(__file__).resolve().parents[2]
 CAMERA = "video.tiled_camera"
@@ -105,25 +107,9 @@ def test_episodes_through_redis_four_subenvs_one_request_per_step(redis_url, ass
     assert CartPusher.in_view and min(CartPusher.in_view) > 1.0  # the camera saw the cartpole, not a blank frame
     assert sorted(videos) == [0]  # episode 0's video: its camera after the reset and after each step
     first = next(r for r in records if r["episode"] == 0)
-    frames = _gif_frames(videos[0])
+    frames, _ = played_frames(videos[0])
     assert len(frames) == first["steps"] + 1 and frames[0].shape == (96, 96, 3), (len(frames), first["steps"])
     assert max(float(f.std()) for f in frames) > 1.0  # not blank
-
-
-def _gif_frames(data: bytes) -> list[np.ndarray]:
-    """A GIF's frames as played: Pillow merges identical consecutive frames into one of their summed
-    duration, so each is repeated by its share of the play time."""
-    import io
-
-    from PIL import Image
-
-    gif = Image.open(io.BytesIO(data))
-    shown = []
-    for k in range(gif.n_frames):
-        gif.seek(k)
-        shown.append((np.asarray(gif.convert("RGB")), gif.info["duration"]))
-    unit = min(d for _, d in shown)
-    return [f for f, d in shown for _ in range(round(d / unit))]
 
 
 def test_the_same_seed_gives_the_same_first_observation(asset_root):
