@@ -72,8 +72,12 @@ def measure(system: str, n: int, folder: Path, launch: Callable[[Path], list[sub
     procs = launch(folder)
     barrier = Barrier(folder)
     deadline = time.monotonic() + ready_timeout_s
+    next_note = time.monotonic() + 30
     try:
         while barrier.ready() < n:
+            if time.monotonic() > next_note:
+                print(time.strftime("%H:%M:%S"), f"{system} N={n}: {barrier.ready()}/{n} rollouts ready", flush=True)
+                next_note += 30
             dead = [p for p in procs if p.poll() is not None and p.returncode != 0]
             if dead or time.monotonic() > deadline:
                 why = f"exited with {dead[0].returncode}" if dead else f"not ready after {ready_timeout_s:.0f} s"
@@ -84,7 +88,7 @@ def measure(system: str, n: int, folder: Path, launch: Callable[[Path], list[sub
         barrier.release()
         for p in procs:
             p.wait(timeout=max(1.0, t0 + run_timeout_s - time.time()))
-    except (RunFailed, subprocess.TimeoutExpired):
+    except (RunFailed, subprocess.TimeoutExpired, KeyboardInterrupt):
         for p in procs:
             if p.poll() is None:
                 p.kill()

@@ -8,6 +8,7 @@ system starts and with what. The policy cost model and the batching knobs are th
 from __future__ import annotations
 
 import hashlib
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -153,6 +154,10 @@ def run(w: Workload, ns: list[int], systems: list[str], cost: Cost, redis_server
                              "sha1": hashlib.sha1(Path(batcher.__file__).read_bytes()).hexdigest()},
         "rows": rows,
     }
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # `timeout` stops it like Ctrl-C: the rows measured are recorded
     try:
         results["systems"] = runner.start(systems)
         log("servers up; work folder", work)
@@ -172,6 +177,9 @@ def run(w: Workload, ns: list[int], systems: list[str], cost: Cost, redis_server
                 if "error" not in row:
                     log(f"{system:9s} N={n:2d} {row['env_steps_per_s']:8.2f} env steps/s  p50 {row['rt_p50_ms']:7.1f} "
                         f"p90 {row['rt_p90_ms']:7.1f} ms  batch {row['mean_batch']}  load {row['loadavg_1m_after']}")
+    except KeyboardInterrupt:
+        results["interrupted"] = True
+        log("interrupted; recording the rows measured so far")
     finally:
         runner.stop()
     command = " ".join([f"python -m {argv[0]}", *argv[1:]])
@@ -179,4 +187,4 @@ def run(w: Workload, ns: list[int], systems: list[str], cost: Cost, redis_server
     path = write_record(make_record(w.name, command, results, work_dir=str(work)), target)
     log("wrote", path)
     print(table(rows))
-    return 0 if all("error" not in r for r in rows) else 1
+    return 0 if rows and not results.get("interrupted") and all("error" not in r for r in rows) else 1
