@@ -21,10 +21,11 @@ Options:
 `Adapter` is one environment (for the per-slot `SimWorker`); `VectorAdapter` wraps
 `gymnasium.make_vec` (`num_envs`, `vectorization_mode`) for `rolloutq.sim_workers.vector.run_vector`.
 
-Videos: with `render_key`, both record the first `video_episodes` episodes of a run. `video_state`
-renders the env (a sub-env of the vector env) after the reset and after each step of a recorded
-episode and keeps a copy of that (H, W, 3) uint8 frame (gymnasium has no cheaper copy of a scene);
-`video_frame` returns it. Without `render_key` they return None: no video.
+Videos: when the env renders to images (`render_key`, or `render_mode="rgb_array"` in `env_kwargs`),
+both record the first `video_episodes` episodes of a run. `video_state` renders the env (a sub-env
+of the vector env) after the reset and after each step of a recorded episode and keeps a copy of
+that (H, W, 3) uint8 frame (gymnasium has no cheaper copy of a scene); `video_frame` returns it.
+An env that does not render to images records no video.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ class Adapter(SimAdapter):
                             instruction or env_id, text_key, success_key, success_on_terminate)
         self.info = TaskInfo(name=f"gym:{env_id}", instruction=self.map.instruction, max_steps=self.max_steps,
                              description=f"gymnasium environment {env_id}", fps=_fps(self.env))
+        self._video = _renders_images(self.env)
         self._raw: Any = None
         self._frame: np.ndarray | None = None
         self._steps = 0
@@ -171,8 +173,8 @@ class Adapter(SimAdapter):
 
     def video_state(self) -> np.ndarray | None:
         """The env rendered after each step of a recorded episode (gymnasium offers no cheaper copy of a
-        scene); None without `render_key`: no video."""
-        return np.asarray(self.env.render()).copy() if self.map.render_key else None
+        scene); None when it does not render to images: no video."""
+        return np.asarray(self.env.render()).copy() if self._video else None
 
     def close(self) -> None:
         self.env.close()
@@ -203,6 +205,7 @@ class VectorAdapter(VectorSimAdapter):
                             success_on_terminate)
         self.info = TaskInfo(name=f"gym:{env_id}", instruction=self.map.instruction, max_steps=self.max_steps,
                              description=f"gymnasium vector environment {env_id} x{num_envs}", fps=_fps(self.venv))
+        self._video = _renders_images(self.venv)
         self._raw: Any = None
         self._steps = np.zeros(num_envs, np.int64)
         self._ended = np.ones(num_envs, bool)
@@ -279,8 +282,9 @@ class VectorAdapter(VectorSimAdapter):
         return self._frames.get(env_id)
 
     def video_state(self, env_id: int) -> np.ndarray | None:
-        """Env `env_id` rendered after each step of a recorded episode; None without `render_key`."""
-        return self._render(env_id).copy() if self.map.render_key else None
+        """Env `env_id` rendered after each step of a recorded episode; None when it does not render to
+        images: no video."""
+        return self._render(env_id).copy() if self._video else None
 
     def video_frame(self, env_id: int, state: np.ndarray | None) -> np.ndarray | None:
         return state
@@ -293,6 +297,11 @@ def _fps(env: Any) -> float:
     """The env's own frame rate (`metadata["render_fps"]`), for its videos; 10 when it names none."""
     fps = (getattr(env, "metadata", None) or {}).get("render_fps")
     return float(fps) if fps else 10.0
+
+
+def _renders_images(env: Any) -> bool:
+    """Whether `env.render()` returns images (`render_mode="rgb_array"`), from which its videos are made."""
+    return getattr(env, "render_mode", None) == "rgb_array"
 
 
 def _row(raw: Any, i: int) -> Any:

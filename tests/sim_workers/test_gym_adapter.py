@@ -296,9 +296,12 @@ def test_sim_worker_runs_a_sweep_vectorised(redis_url, rows):
     assert max(o["state.obs"].shape[0] for o in backend.seen) == (3 if rows else 1)
 
 
-def test_a_vectorised_sweep_records_a_video_of_every_step(redis_url):
+@pytest.mark.parametrize("renders", [{"render_key": "video.ego"}, {"env_kwargs": {"render_mode": "rgb_array"}}],
+                         ids=["render_key", "render_mode"])
+def test_a_vectorised_sweep_records_a_video_of_every_step(redis_url, renders):
     """`video_episodes` with a vector env: the first episodes come back with a GIF of the reset and each
-    step, played at the env's own rate (InvertedPendulum: 25 fps, 40 ms a frame)."""
+    step, played at the env's own rate (InvertedPendulum: 25 fps, 40 ms a frame), whether the frames
+    also go to the policy (`render_key`) or the env only renders to images (`render_mode`)."""
     from rolloutq.broker.keys import Keys
     from rolloutq.broker.sweep import EpisodeSpec as SweepSpec
     from rolloutq.broker.sweep import SweepQueue
@@ -311,9 +314,9 @@ def test_a_vectorised_sweep_records_a_video_of_every_step(redis_url):
         task = asyncio.create_task(worker.run(stop))
         r = connect_async(rs)
         queue = SweepQueue(r, "video1", Keys(rs.namespace))
-        config = {"policy": "p", "task": "gym", "action_horizon": 4, "video_episodes": 2,
-                  "task_options": {"env_id": "InvertedPendulum-v5", "env_kwargs": {"width": 48, "height": 48},
-                                   "render_key": "video.ego", "max_steps": 6, "vectorized": True}}
+        options = {"env_id": "InvertedPendulum-v5", "max_steps": 6, "vectorized": True, **renders}
+        options["env_kwargs"] = {"width": 48, "height": 48, **options.get("env_kwargs", {})}
+        config = {"policy": "p", "task": "gym", "action_horizon": 4, "video_episodes": 2, "task_options": options}
         await queue.create(config, [SweepSpec(i, 70 + i) for i in range(3)], lease_s=30)
         sim = SimWorker(SimWorkerSettings(run="video1", redis=rs, envs=2, exit_when_drained=True))
         await asyncio.wait_for(sim.run(), 120)
