@@ -37,6 +37,8 @@ if importlib.util.find_spec("isaaclab") is not None:
 from rolloutq.policy_workers.backends.g1_expert import Backend as Expert  # noqa: E402
 from rolloutq.sim_workers.tasks.g1_pickplace import observation_schema  # noqa: E402
 
+from tests.gifs import played_frames  # noqa: E402
+
 STATE_KEYS = ("state.left_wrist_eef_9d", "state.right_wrist_eef_9d", "state.left_arm", "state.right_arm")
 
 
@@ -57,9 +59,10 @@ def test_expert_episodes_through_redis_two_subenvs_in_one_process(redis_url):
 
     RecordingExpert.seen.clear()
     RecordingExpert.batches.clear()
+    videos: dict[int, bytes] = {}
     records = asyncio.run(run_sweep(redis_url, "tests.sim_workers.test_g1_isaaclab:RecordingExpert", {},
                                     "g1-isaaclab", {"privileged": True}, seeds=[0, 1], sims=1, envs=2,
-                                    max_batch_size=2, max_wait_ms=50))
+                                    max_batch_size=2, max_wait_ms=50, video_episodes=2, videos=videos))
     records.pop()  # the worker's stats
     print(f"\noutcomes {[(r['seed'], r['outcome'], r['steps']) for r in records]}; batches {RecordingExpert.batches}")
     assert sorted(r["seed"] for r in records) == [0, 1]
@@ -74,6 +77,13 @@ def test_expert_episodes_through_redis_two_subenvs_in_one_process(redis_url):
         for key, spec in schema.items():
             if "shape" in spec:
                 assert shapes[key] == (tuple(spec["shape"]), spec["dtype"]), key
+    assert sorted(videos) == [0, 1]
+    for r in records:  # the camera after the reset and after each step; the last frame is the ended
+        # episode's scene, drawn from its poses (Isaac Lab reset the env inside that step), not the next one's
+        frames, _ = played_frames(videos[r["episode"]])
+        assert len(frames) == r["steps"] + 1 and frames[0].shape == (256, 256, 3), (len(frames), r["steps"])
+        first, before_last, last = (f.astype(int) for f in (frames[0], frames[-2], frames[-1]))
+        assert np.abs(last - first).mean() > 2 * np.abs(last - before_last).mean(), r
 
 
 def test_the_expert_takes_the_subenvs_as_one_request_of_rows(redis_url):

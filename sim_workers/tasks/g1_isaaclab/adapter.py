@@ -2,9 +2,12 @@
 process, spoken to in the REAL_G1 schema through `sim_workers/real_g1.py`, as the MuJoCo task is.
 
 `VectorAdapter` is what a sweep runs (one request per step for all the envs that are due);
-`Adapter` is one env for the per-slot worker. Videos: `video_state` keeps joint and object poses
-after each step (an ended episode's last ones, not those of Isaac Lab's same-step auto-reset),
-`video_frame` poses one env's scene in them and renders it after its episode.
+`Adapter` is one env for the per-slot worker. Videos: `video_state` keeps the ego camera's image after
+the reset and after each step. The camera renders all K sub-environments at once and at most once per
+step, whoever reads it (the observations read it too), so recording several episodes costs one render
+a step. An episode that Isaac Lab ended (and auto-reset in the same step) keeps its last joint and
+object poses instead, and `video_frame` poses its env in them and renders that one frame after the
+episode.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class VectorAdapter(VectorSimAdapter):
         arm = self._arm["left"] + self._arm["right"]
         self._low, self._high = limits[arm, 0], limits[arm, 1]
         self._steps = np.zeros(self.num_envs, np.int64)
+        self._reset_in_step = np.zeros(self.num_envs, bool)
         self._frames: dict[int, np.ndarray] = {}
         obs, _ = self.env.reset()
         self._sim_state = _np(obs["sim_state"])
@@ -100,6 +104,7 @@ class VectorAdapter(VectorSimAdapter):
         obs, _ = self.env.reset(env_ids=self._torch.tensor(env_ids, dtype=self._torch.int64, device=self.env.device))
         self._sim_state[env_ids] = _np(obs["sim_state"])[env_ids]
         self._steps[env_ids] = 0
+        self._reset_in_step[env_ids] = False
         for i in env_ids:
             self._frames.pop(i, None)
 
@@ -113,6 +118,7 @@ class VectorAdapter(VectorSimAdapter):
         tm = self.env.termination_manager
         success, fell = _np(tm.get_term("success")), _np(tm.get_term("fell"))
         ended = _np(terminated) | _np(truncated)  # these envs were reset inside the step
+        self._reset_in_step = ended
         self._sim_state = _np(obs["sim_state"])
         if ended.any():
             self._sim_state[ended] = _np(extras["final_obs"]["sim_state"])[ended]
@@ -184,11 +190,16 @@ class VectorAdapter(VectorSimAdapter):
     # --- videos --------------------------------------------------------------------------
 
     def video_state(self, env_id: int) -> np.ndarray:
-        """Joint positions, apple and plate poses after the last step (an ended episode's last state,
-        not the auto-reset one)."""
+        """The camera's (H, W, 3) image of env `env_id` as it is now; for an env that Isaac Lab reset
+        inside the last step (its camera shows the next episode's scene), the ended episode's joint
+        positions and apple and plate poses, (D,), drawn by `video_frame`."""
+        if self.render_enabled and not self._reset_in_step[env_id]:
+            return self._images([env_id])[0].copy()
         return self._sim_state[env_id].copy()
 
     def video_frame(self, env_id: int, state: np.ndarray) -> np.ndarray:
+        if state.ndim == 3:
+            return state
         t, dev = self._torch, self.env.device
         ids = t.tensor([env_id], dtype=t.int64, device=dev)
         joints, apple, plate = (t.from_numpy(s).to(dev)[None] for s in np.split(state, [-14, -7]))
