@@ -135,10 +135,11 @@ def eval_cmd(flags: EvalFlags) -> None:
     OUT/config.toml (what ran). Everything else is in the configuration file (`rolloutq config show`).
 
     Exit status: 0 done, 1 the run failed, 130 interrupted;
-    2 a wrong flag or configuration (nothing ran), or episodes lost to infrastructure;
-    3 more episodes ended in sim_error than --max-sim-errors (results are written for 2 and 3);
+    2 a wrong flag or configuration (nothing ran);
+    3 more episodes ended in sim_error than --max-sim-errors (results are written for 3 and 5);
     4 a setup error found before anything started (unknown backend or task, missing checkpoint,
-    Redis not answering, a policy that does not fit the task's observations, --out not empty).
+    Redis not answering, a policy that does not fit the task's observations, --out not empty);
+    5 episodes lost to infrastructure after every attempt.
     """
     from rolloutq.controller.config import replica_env, to_toml
 

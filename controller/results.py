@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from rolloutq.sim_workers.outcomes import INFRA, OUTCOMES, POLICY_ERROR, SCORED, SIM_ERROR, SUCCESS, outcome_of
 
-EXIT_INCOMPLETE = 2
+EXIT_INCOMPLETE = 5
 """Exit status of `rolloutq eval` when episodes are missing (lost to infrastructure after every attempt)."""
 EXIT_SIM_ERRORS = 3
 """Exit status of `rolloutq eval` when more episodes than `--max-sim-errors` ended in `sim_error`."""
