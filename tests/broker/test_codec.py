@@ -35,6 +35,10 @@ def _same(a, b) -> None:
         assert isinstance(b, dict) and a.keys() == b.keys()
         for k in a:
             _same(a[k], b[k])
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _same(x, y)
     else:
         assert a == b
 
@@ -222,11 +226,16 @@ def test_encoder_refuses_object_arrays():
         encode({"a": {1, 2}})
 
 
+plain = st.one_of(st.text(max_size=300), st.integers(-2**63, 2**64 - 1), st.floats(allow_nan=False), st.booleans(),
+                  st.lists(st.lists(st.text(max_size=50), max_size=3), max_size=3))
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.text(min_size=1, max_size=40), st.one_of(arrays, st.text(max_size=300)), max_size=15))
+@given(st.dictionaries(st.text(min_size=1, max_size=40), st.one_of(arrays, plain), max_size=15))
 def test_flat_map_fast_path_writes_what_msgpack_writes(msg):
-    """Flat maps of arrays and strings (action chunks) take a hand-built path; its bytes must be
-    msgpack's own, whatever the keys, dtypes, shapes and sizes."""
+    """Flat maps of arrays and plain values (action chunks; observations with their instruction)
+    take a hand-built path; its bytes must be msgpack's own, whatever the keys, dtypes, shapes,
+    sizes and values."""
     from rolloutq.broker.codec_encode import msgpack_default
 
     assert encode(msg) == msgpack.packb(msg, default=msgpack_default, use_bin_type=True)
@@ -236,6 +245,8 @@ def test_flat_map_fast_path_writes_what_msgpack_writes(msg):
 def test_flat_map_fast_path_leaves_the_rest_to_msgpack():
     big = {"a": np.zeros(70_000, np.uint8), "b": np.arange(6, dtype="<f4").reshape(2, 3)[:, ::2]}  # bin32, strided
     _same(decode(encode(big)), big)
+    nested = {"frames": [np.arange(3, dtype=np.uint8)], "text": [["pick"]], "n": 2**70 // 2**10}
+    _same(decode(encode(nested)), nested)
     with pytest.raises(CodecError, match="dtype"):
         encode({"a": np.zeros(2, np.complex64)})
     with pytest.raises(CodecError, match="dtype"):
