@@ -106,6 +106,47 @@ def test_the_expert_takes_the_subenvs_as_one_request_of_rows(redis_url):
     assert set(RecordingExpert.batches) == {1} and max(rows) == 2, (RecordingExpert.batches, rows)
 
 
+BC_SEEN: list[set[str]] = []
+
+
+def recording_bc(**options):
+    """The shipped behaviour-cloned checkpoint (`visuomotor`, `rolloutq eval`'s default backend),
+    recording the keys of every observation it is sent."""
+    from rolloutq.policy_workers.backends.visuomotor import Backend
+
+    class Recording(Backend):
+        def infer(self, batch):
+            BC_SEEN.extend(set(o) for o in batch)
+            return super().infer(batch)
+
+    return Recording(**options)
+
+
+def test_the_shipped_checkpoint_drives_the_isaac_lab_scene(redis_url):
+    """Any backend with the REAL_G1 schema runs the Isaac Lab scene: the default one, the BC checkpoint
+    trained on the MuJoCo task's images, gets the plain REAL_G1 observation (no privileged poses) from
+    two sub-environments and each episode ends as the task decides (success, or failure at the 40-step
+    cap set here), never as an error."""
+    from tests.inprocess import run_sweep
+
+    BC_SEEN.clear()
+    records = asyncio.run(run_sweep(redis_url, "tests.sim_workers.test_g1_isaaclab:recording_bc", {},
+                                    "g1-isaaclab", {"max_steps": 40}, seeds=[0, 1], sims=1, envs=2,
+                                    max_batch_size=2, max_wait_ms=50, run="bc"))
+    worker = records.pop()["_worker"]
+    print(f"\noutcomes {[(r['seed'], r['outcome'], r['steps']) for r in records]}; worker {worker}")
+    assert sorted(r["seed"] for r in records) == [0, 1]
+    assert worker["model_id"] == "g1-bc/visuomotor-v1"
+    for r in records:
+        assert r["outcome"] in ("success", "failure") and r["reason"] == "", r
+        assert r["outcome"] == "success" or r["steps"] == 40, r
+        assert r["policy_calls"] == -(-r["steps"] // 8), r  # one call per 8-step chunk
+    schema = observation_schema(privileged=False)
+    assert not any(k.startswith("privileged") for k in schema)
+    assert len(BC_SEEN) == sum(r["policy_calls"] for r in records)
+    assert all(keys == set(schema) for keys in BC_SEEN)
+
+
 @pytest.fixture(scope="module")
 def venv():
     """One Isaac Lab simulation per process: the tests that share it run after the sweep's closed."""
