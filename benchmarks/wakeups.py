@@ -28,16 +28,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import redis
+from rolloutq.broker.embedded import free_port
 
 from benchmarks.harness.record import make_record, write_record
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchmarks.harness.stats import percentile
 
 
 def _serve_blocking(port: int) -> None:
@@ -83,8 +78,8 @@ def _time(call: Callable[[], None], calls: int, idle_s: float) -> dict[str, floa
         t0 = time.perf_counter()
         call()
         spans.append(time.perf_counter() - t0)
-    ms = np.array(spans[20:]) * 1000
-    return {"p50_ms": round(float(np.median(ms)), 3), "p90_ms": round(float(np.percentile(ms, 90)), 3)}
+    ms = [x * 1000 for x in spans[20:]]
+    return {"p50_ms": percentile(ms, 0.5), "p90_ms": percentile(ms, 0.9)}
 
 
 def _child(kind: str, port: int) -> subprocess.Popen:
@@ -92,7 +87,7 @@ def _child(kind: str, port: int) -> subprocess.Popen:
 
 
 def _socket_rows(kind: str, calls: int, idles: list[float]) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     child = _child(kind, port)
     try:
         for _ in range(100):
@@ -116,7 +111,7 @@ def _socket_rows(kind: str, calls: int, idles: list[float]) -> dict[str, Any]:
 
 
 def _redis_rows(server: str, calls: int, idles: list[float]) -> dict[str, dict[str, Any]]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([server, "--port", str(port), "--save", "", "--appendonly", "no"],
                             stdout=subprocess.DEVNULL)
     try:
@@ -150,11 +145,19 @@ def _redis_rows(server: str, calls: int, idles: list[float]) -> dict[str, dict[s
         proc.wait()
 
 
+def _idle_list(text: str) -> list[float]:
+    try:
+        return [float(x) / 1000 for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give milliseconds, comma-separated, e.g. 0,20") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.wakeups", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--calls", type=int, default=200, help="ping-pongs per row (after 20 not counted)")
-    p.add_argument("--idle-ms", default="0,20", help="the receiver's idle time before each ping, comma-separated")
+    p.add_argument("--idle-ms", default="0,20", type=_idle_list,
+                   help="the receiver's idle time before each ping, in ms, comma-separated")
     p.add_argument("--redis-server", default=shutil.which("redis-server"), help="the redis-server binary")
     p.add_argument("--out", default=None, help="write a record (.json) here")
     p.add_argument("--serve", choices=["blocking", "asyncio", "relay"], help=argparse.SUPPRESS)
@@ -163,14 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.serve:
         {"blocking": _serve_blocking, "asyncio": _serve_asyncio, "relay": _serve_relay}[a.serve](a.port)
         return 0
-    if not a.redis_server:
-        p.error("no redis-server on PATH: install it or pass --redis-server")
-    idles = [float(x) / 1000 for x in a.idle_ms.split(",")]
+    if not a.redis_server or not shutil.which(a.redis_server):
+        p.error(f"no redis-server at {a.redis_server or 'PATH'}: install it or pass --redis-server")
+    idles = a.idle_ms
     rows = {"socket, blocking recv": _socket_rows("blocking", a.calls, idles),
             "socket, asyncio": _socket_rows("asyncio", a.calls, idles),
             **_redis_rows(a.redis_server, a.calls, idles)}
     for name, by_idle in rows.items():
-        print(f"{name:24s} " + "  ".join(f"{k}: p50 {v['p50_ms']:.3f} ms" for k, v in by_idle.items()))
+        print(f"{name:24s} " + "  ".join(f"{k}: p50 {v['p50_ms']:.2f} ms" for k, v in by_idle.items()))
     if a.out:
         command = "python -m benchmarks.wakeups " + " ".join(argv if argv is not None else sys.argv[1:])
         write_record(make_record("wakeups", command, {"calls": a.calls, "rows": rows}), a.out)
